@@ -1,0 +1,1 @@
+"""Front-ends built on rtopt's public API."""

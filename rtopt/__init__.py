@@ -1,0 +1,47 @@
+"""rtopt: an event-sourced reactive engine that optimises LLM prompts, models and parameters from feedback.
+
+The kernel: event schemas, the append-only log, the bus and the :class:`Engine`. Domain handler chains
+(bandits, detection, optimisation) live in the ``handlers`` package and register through entry points.
+"""
+
+from rtopt.engine import Draft, Engine, EngineStats, VerifyReport, default_handlers
+from rtopt.errors import InvalidEvent, InvalidLog, ReadOnlyLog, RtoptError, UnknownEventType
+from rtopt.events import (
+    ArmUpdated,
+    Decision,
+    Envelope,
+    Event,
+    ExperimentDefined,
+    Feedback,
+    FeedbackRejected,
+    HandlerFailed,
+    event_type,
+    registered_types,
+)
+from rtopt.handler import Context, Decider, Handler
+
+__all__ = [
+    "ArmUpdated",
+    "Context",
+    "Decider",
+    "Decision",
+    "Draft",
+    "Engine",
+    "EngineStats",
+    "Envelope",
+    "Event",
+    "ExperimentDefined",
+    "Feedback",
+    "FeedbackRejected",
+    "Handler",
+    "HandlerFailed",
+    "InvalidEvent",
+    "InvalidLog",
+    "ReadOnlyLog",
+    "RtoptError",
+    "UnknownEventType",
+    "VerifyReport",
+    "default_handlers",
+    "event_type",
+    "registered_types",
+]

@@ -1,0 +1,847 @@
+"""The Engine: the log, the bus and the handler chains behind one API.
+
+Write path: callers hand events to the engine; whichever thread takes the write lock first commits every
+event waiting at that moment (group commit). Before the commit, the batch is folded through the handler
+chains in seq order and the events they derive are appended after it, in the same transaction, so an
+input and everything it causes become durable together. Only then do subscribers see the events, in seq
+order. Replay folds the same events through the same code, which is why it reproduces the same state.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time as wall_clock
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import reactivex
+from reactivex.abc import DisposableBase
+from reactivex.subject import Subject
+
+from rtopt.bus import Bus
+from rtopt.errors import InvalidEvent, ReadOnlyLog, RtoptError
+from rtopt.events import (
+    Decision,
+    Envelope,
+    Event,
+    ExperimentDefined,
+    Feedback,
+    decode_payload,
+    encode_payload,
+)
+from rtopt.handler import Context, Decider, Derived, Handler, HandlerSlot, fold_operator
+from rtopt.log import COLUMNS, EventLog, Row, SQLiteLog
+
+DEFAULT_LOG = Path("event_log") / "rtopt.sqlite"
+HANDLER_ENTRY_POINTS = "rtopt.handlers"
+INPUT_NAMESPACE = uuid.UUID("0b7d8f5e-3f8e-4c51-8a0c-2e6c1f6f9d41")
+MAX_CASCADE_DEPTH = 32
+Progress = Callable[[int, int], None]
+"""Called with (events done, events in all) while long work runs."""
+
+
+class Draft(msgspec.Struct, frozen=True):
+    """An event on its way into the log, with the envelope fields its publisher chose."""
+
+    event: Event
+    stream: str | None = None
+    time: float | None = None
+    id: str | None = None
+    correlation_id: str | None = None
+
+
+class EngineStats(msgspec.Struct, frozen=True):
+    """Counters of what the engine accepted, derived and rejected since it was opened."""
+
+    last_seq: int
+    published: int
+    derived: int
+    rejected: dict[str, int]
+    handler_failures: dict[str, int]
+    observer_errors: int
+
+
+class Difference(msgspec.Struct, frozen=True):
+    """The first place where a re-derivation disagrees with the recorded log."""
+
+    seq: int
+    field: str
+    recorded: Any
+    rederived: Any
+
+
+class VerifyReport(msgspec.Struct, frozen=True):
+    """Outcome of :meth:`Engine.verify`: how many events were checked and the first difference, if any."""
+
+    events: int
+    derived: int
+    decisions: int
+    difference: Difference | None
+
+    @property
+    def ok(self) -> bool:
+        return self.difference is None
+
+
+class _Ticket:
+    __slots__ = ("done", "drafts", "envelopes", "error")
+
+    def __init__(self, drafts: list[Draft]) -> None:
+        self.drafts = drafts
+        self.envelopes: list[Envelope[Any]] = []
+        self.error: BaseException | None = None
+        self.done = False
+
+
+def default_handlers() -> list[Handler[Any]]:
+    """One instance of every handler that installed packages declare under ``rtopt.handlers``."""
+    found = sorted(entry_points(group=HANDLER_ENTRY_POINTS), key=lambda ep: ep.name)
+    return [ep.load()() for ep in found]
+
+
+def envelope_from_row(row: Row) -> Envelope[Any]:
+    """Decode a stored row into its envelope."""
+    seq, event_id, tag, stream, time, recorded_at, causation_id, correlation_id, version, payload = row
+    return Envelope(
+        seq,
+        event_id,
+        tag,
+        stream,
+        time,
+        recorded_at,
+        causation_id,
+        correlation_id,
+        version,
+        decode_payload(tag, payload),
+    )
+
+
+def _row(envelope: Envelope[Any]) -> Row:
+    return (
+        envelope.seq,
+        envelope.id,
+        envelope.type,
+        envelope.stream,
+        envelope.time,
+        envelope.recorded_at,
+        envelope.causation_id,
+        envelope.correlation_id,
+        envelope.schema_version,
+        encode_payload(envelope.payload),
+    )
+
+
+def _tags(types: Iterable[type[Event] | str] | None) -> list[str] | None:
+    if types is None:
+        return None
+    return [t if isinstance(t, str) else t.tag() for t in types]
+
+
+class Engine:
+    """An event-sourced engine over one log.
+
+    >>> from rtopt import Engine, Feedback
+    >>> with Engine.open(":memory:", seed=7) as engine:
+    ...     _ = engine.define_experiment("greeting", arms=["v1", "v2"], policy="thompson")
+    ...     decision = engine.decide("greeting", time=1.0)
+    ...     _ = engine.feedback(decision.id, success=True, quality_score=0.9, response_time_ms=300.0, time=2.0)
+    ...     engine.state("bandit", "greeting").arms[decision.arm].pulls
+    1
+    """
+
+    def __init__(
+        self,
+        log: EventLog,
+        handlers: Sequence[Handler[Any]],
+        *,
+        until_seq: int | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self._log = log
+        self._progress = progress
+        self.seed = int(log.meta()["seed"])
+        self._input_namespace = uuid.uuid5(INPUT_NAMESPACE, str(self.seed))
+        self._bus = Bus()
+        self._staging: Subject[Sequence[Envelope[Any]]] = Subject()
+        self._derived: list[Derived] = []
+        self._slots: list[HandlerSlot] = []
+        self._write_lock = threading.RLock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Ticket] = []
+        self._to_dispatch: deque[list[Envelope[Any]]] = deque()
+        self._dispatching = False
+        self._counts: Counter[str] = Counter()
+        self._rejected: Counter[str] = Counter()
+        self._until_seq = until_seq
+        self._last_seq = 0
+        self._inputs = 0
+        for handler in handlers:
+            self._add_slot(handler)
+        self._rebuild()
+
+    # --- opening and closing ---------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        location: str | Path | None = None,
+        *,
+        seed: int | None = None,
+        handlers: Sequence[Handler[Any]] | None = None,
+        read_only: bool = False,
+        durability: str = "process",
+        until_seq: int | None = None,
+        progress: Progress | None = None,
+    ) -> Engine:
+        """Open the log at ``location`` (default ``event_log/rtopt.sqlite``; ``":memory:"`` works).
+
+        ``seed`` is recorded when the log is created (a random one if None) and must match afterwards.
+        ``handlers`` defaults to every handler installed packages declare. ``durability`` is
+        ``"process"`` (a committed event survives the process being killed) or ``"power"`` (it also
+        survives an OS crash or power loss: fsync on every commit). A read-only engine rebuilds state
+        up to ``until_seq`` and refuses writes.
+        """
+        if durability not in ("process", "power"):
+            raise ValueError(f"durability must be 'process' or 'power', not {durability!r}")
+        log = SQLiteLog.open(
+            DEFAULT_LOG if location is None else location,
+            read_only=read_only,
+            seed=seed,
+            synchronous="FULL" if durability == "power" else "NORMAL",
+        )
+        recorded = int(log.meta()["seed"])
+        if seed is not None and seed != recorded:
+            log.close()
+            raise RtoptError(f"{log.location} was created with seed {recorded}; open it with seed={recorded} or None")
+        if until_seq is not None and not read_only:
+            log.close()
+            raise RtoptError("until_seq needs read_only=True: a writable engine must hold the whole log's state")
+        return cls(log, default_handlers() if handlers is None else handlers, until_seq=until_seq, progress=progress)
+
+    def close(self) -> None:
+        """Commit what is waiting, complete every observer and release the log."""
+        with self._write_lock:
+            if not self._log.read_only:
+                self._commit_queue()
+            self._bus.complete()
+            self._log.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def location(self) -> str:
+        """Where the log lives."""
+        return self._log.location
+
+    @property
+    def position(self) -> int:
+        """The seq of the last event folded into this engine's state."""
+        return self._last_seq
+
+    @property
+    def log(self) -> EventLog:
+        """The storage behind this engine."""
+        return self._log
+
+    # --- handlers and state ----------------------------------------------------------------------
+
+    def _add_slot(self, handler: Handler[Any]) -> HandlerSlot:
+        if any(slot.name == handler.name for slot in self._slots):
+            raise RtoptError(f"a handler named {handler.name!r} is already registered")
+        slot = HandlerSlot(handler, self.seed)
+        self._slots.append(slot)
+        self._staging.pipe(fold_operator(slot)).subscribe(self._derived.extend)
+        return slot
+
+    def register(self, handler: Handler[Any]) -> None:
+        """Add a handler chain; it first folds the log's history, then follows live events."""
+        with self._write_lock:
+            self._commit_queue()
+            slot = self._add_slot(handler)
+            self._fold_history([slot], self._last_seq)
+
+    def handlers(self) -> list[str]:
+        """Names of the registered handlers, in the order they see events."""
+        return [slot.name for slot in self._slots]
+
+    def _slot(self, name: str) -> HandlerSlot:
+        for slot in self._slots:
+            if slot.name == name:
+                return slot
+        raise KeyError(f"no handler named {name!r}; registered: {self.handlers()}")
+
+    def state(self, handler: str, key: str | None = None) -> Any:
+        """A detached copy of ``handler``'s state, or of the part of it for ``key``."""
+        with self._write_lock:
+            slot = self._slot(handler)
+            return slot.handler.view(slot.state, key)
+
+    def snapshot(self) -> int:
+        """Store every handler's state at the current position; returns that seq."""
+        with self._write_lock:
+            self._commit_queue()
+            for slot in self._slots:
+                blob = msgspec.msgpack.encode(slot.state)
+                self._log.save_snapshot(slot.name, slot.handler.fingerprint(), self._last_seq, blob)
+            return self._last_seq
+
+    def _rebuild(self) -> None:
+        """Reset handler state to the newest usable snapshot and fold the rest of the log."""
+        until = self._until_seq if self._until_seq is not None else self._log.last_seq()
+        for slot in self._slots:
+            slot.state = slot.handler.initial_state()
+            slot.position = 0
+            found = self._log.load_snapshot(slot.name, slot.handler.fingerprint(), until)
+            if found is not None:
+                slot.position, blob = found
+                slot.state = msgspec.msgpack.decode(blob, type=slot.handler.state_type)
+        self._fold_history(self._slots, until)
+        self._last_seq = until
+        self._inputs = self._log.count_inputs(until)
+
+    def _fold_history(self, slots: Sequence[HandlerSlot], until: int) -> None:
+        if not slots:
+            return
+        start = min(slot.position for slot in slots) + 1
+        tags = sorted(set().union(*(slot.accepted for slot in slots)))
+        progress = self._progress
+        batch: list[Envelope[Any]] = []
+        for row in self._log.rows(start=start, until=until, types=tags):
+            batch.append(envelope_from_row(row))
+            if len(batch) == 2000:
+                self._fold_batch_into(slots, batch)
+                if progress is not None:
+                    progress(batch[-1].seq, until)
+                batch = []
+        if batch:
+            self._fold_batch_into(slots, batch)
+        if progress is not None:
+            progress(until, until)
+        for slot in slots:
+            slot.position = until
+
+    @staticmethod
+    def _fold_batch_into(slots: Sequence[HandlerSlot], batch: list[Envelope[Any]]) -> None:
+        for slot in slots:
+            position = slot.position
+            if batch[0].seq > position:
+                slot.fold_batch(batch)
+            else:
+                slot.fold_batch([env for env in batch if env.seq > position])
+
+    # --- publishing ------------------------------------------------------------------------------
+
+    def publish(
+        self,
+        event: Event,
+        stream: str | None = None,
+        *,
+        time: float | None = None,
+        id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> Envelope[Any]:
+        """Append ``event`` and return its envelope once it is committed and delivered."""
+        return self._submit([self._draft(Draft(event, stream, time, id, correlation_id))])[0]
+
+    def publish_many(
+        self, events: Iterable[Event | Draft], stream: str | None = None, *, time: float | None = None
+    ) -> list[Envelope[Any]]:
+        """Append several events in one transaction; ``stream`` and ``time`` apply where an item sets none."""
+        drafts = [self._draft(item if isinstance(item, Draft) else Draft(item), stream, time) for item in events]
+        return self._submit(drafts) if drafts else []
+
+    def _draft(self, draft: Draft, stream: str | None = None, time: float | None = None) -> Draft:
+        """Check a draft and fill in its stream and event time."""
+        event = draft.event
+        if not isinstance(event, Event):
+            self._rejected["unregistered type"] += 1
+            raise InvalidEvent(
+                f"cannot publish a {type(event).__name__}: not a registered rtopt event type",
+                field="type",
+                value=type(event).__name__,
+            )
+        stream = draft.stream or stream or event.default_stream()
+        if not stream:
+            self._rejected["no stream"] += 1
+            raise InvalidEvent(f"{type(event).__name__} needs a stream to be published to", field="stream")
+        when = draft.time if draft.time is not None else time
+        return Draft(event, stream, self._event_time(when), draft.id, draft.correlation_id)
+
+    def _event_time(self, when: float | None) -> float:
+        if when is None:
+            return wall_clock.time()
+        if isinstance(when, bool) or not isinstance(when, int | float) or not math.isfinite(when):
+            self._rejected["bad time"] += 1
+            raise InvalidEvent(
+                f"time = {when!r}: must be a finite number of seconds since the epoch", field="time", value=when
+            )
+        return float(when)
+
+    def _submit(self, drafts: list[Draft]) -> list[Envelope[Any]]:
+        if self._log.read_only:
+            raise ReadOnlyLog(f"{self._log.location} is open read-only")
+        ticket = _Ticket(drafts)
+        with self._queue_lock:
+            self._queue.append(ticket)
+        with self._write_lock:
+            if not ticket.done:
+                self._commit_queue()
+        if ticket.error is not None:
+            raise ticket.error
+        return ticket.envelopes
+
+    def _commit_now(self, drafts: list[Draft]) -> list[Envelope[Any]]:
+        """Commit ``drafts`` as a group of their own; the caller holds the write lock."""
+        if self._log.read_only:
+            raise ReadOnlyLog(f"{self._log.location} is open read-only")
+        ticket = _Ticket(drafts)
+        self._commit([ticket])
+        if ticket.error is not None:
+            raise ticket.error
+        return ticket.envelopes
+
+    def _commit_queue(self) -> None:
+        with self._queue_lock:
+            tickets, self._queue = self._queue, []
+        if tickets:
+            self._commit(tickets)
+
+    def _commit(self, tickets: list[_Ticket]) -> None:
+        """Fold, append and deliver every event of ``tickets`` and what they derive, in one transaction."""
+        accepted = self._reject_taken_ids(tickets)
+        recorded_at = wall_clock.time()
+        seq, inputs = self._last_seq, self._inputs
+        batch: list[Envelope[Any]] = []
+        for ticket in accepted:
+            for draft in ticket.drafts:
+                seq += 1
+                inputs += 1
+                event = draft.event
+                envelope = Envelope(
+                    seq,
+                    draft.id or self._input_id(inputs),
+                    event.tag(),
+                    draft.stream,
+                    draft.time,
+                    recorded_at,
+                    None,
+                    draft.correlation_id,
+                    event.schema_version,
+                    event,
+                )
+                ticket.envelopes.append(envelope)
+                batch.append(envelope)
+        if not batch:
+            return
+        try:
+            written = self._cascade(batch, recorded_at)
+            self._log.append([_row(envelope) for envelope in written])
+        except BaseException as exc:
+            self._rebuild()
+            for ticket in accepted:
+                ticket.error, ticket.done = exc, True
+            return
+        self._last_seq, self._inputs = written[-1].seq, inputs
+        self._counts["published"] += len(batch)
+        self._counts["derived"] += len(written) - len(batch)
+        for ticket in accepted:
+            ticket.done = True
+        self._dispatch(written)
+
+    def _reject_taken_ids(self, tickets: list[_Ticket]) -> list[_Ticket]:
+        """Fail the tickets that reuse an id already in the log or earlier in the group."""
+        given = [draft.id for ticket in tickets for draft in ticket.drafts if draft.id is not None]
+        if not given:
+            return tickets
+        taken = self._log.existing_ids(given)
+        accepted = []
+        for ticket in tickets:
+            ids = [draft.id for draft in ticket.drafts if draft.id is not None]
+            clash = next((i for i in ids if i in taken), None) or _first_repeat(ids)
+            if clash is not None:
+                self._rejected["duplicate id"] += 1
+                ticket.error = InvalidEvent(
+                    f"id = {clash!r}: an event with this id is already in the log", field="id", value=clash
+                )
+                ticket.done = True
+                continue
+            taken.update(ids)
+            accepted.append(ticket)
+        return accepted
+
+    def _input_id(self, input_number: int) -> str:
+        return str(uuid.uuid5(self._input_namespace, str(input_number)))
+
+    def _cascade(self, batch: list[Envelope[Any]], recorded_at: float) -> list[Envelope[Any]]:
+        """Fold ``batch`` through the handlers, then what they derive, until nothing more is derived."""
+        written = list(batch)
+        seq = batch[-1].seq
+        for _ in range(MAX_CASCADE_DEPTH):
+            self._derived.clear()
+            self._staging.on_next(batch)
+            if not self._derived:
+                return written
+            self._derived.sort(key=lambda d: d.cause.seq)
+            batch = []
+            for derived in self._derived:
+                seq += 1
+                cause, event = derived.cause, derived.event
+                batch.append(
+                    Envelope(
+                        seq,
+                        derived.event_id(),
+                        event.tag(),
+                        cause.stream,
+                        cause.time,
+                        recorded_at,
+                        cause.id,
+                        cause.correlation_id or cause.id,
+                        event.schema_version,
+                        event,
+                    )
+                )
+            written.extend(batch)
+        raise RtoptError(f"handlers kept deriving events from each other past depth {MAX_CASCADE_DEPTH}")
+
+    def _dispatch(self, envelopes: list[Envelope[Any]]) -> None:
+        """Deliver committed events; events committed by an observer wait for the current delivery."""
+        self._to_dispatch.append(envelopes)
+        if self._dispatching:
+            return
+        self._dispatching = True
+        try:
+            while self._to_dispatch:
+                self._bus.emit(self._to_dispatch.popleft())
+        finally:
+            self._dispatching = False
+
+    # --- commands --------------------------------------------------------------------------------
+
+    def _decider_slots(self) -> list[HandlerSlot]:
+        return [slot for slot in self._slots if isinstance(slot.handler, Decider)]
+
+    def define_experiment(
+        self, name: str, arms: Sequence[str], policy: str = "thompson", *, time: float | None = None, **options: Any
+    ) -> Envelope[ExperimentDefined]:
+        """Set up an experiment over ``arms`` run by ``policy`` (an event); ``options`` tune the policy."""
+        definition = ExperimentDefined(experiment=name, arms=list(arms), policy=policy, options=options)
+        with self._write_lock:
+            self._commit_queue()
+            slot = next((s for s in self._decider_slots() if policy in s.handler.policies), None)
+            if slot is None:
+                known = sorted(p for s in self._decider_slots() for p in s.handler.policies)
+                self._rejected["unknown policy"] += 1
+                raise InvalidEvent(
+                    f"policy = {policy!r}: no registered handler runs it (known: {known})", field="policy", value=policy
+                )
+            slot.handler.check_definition(slot.state, definition)
+            return self._commit_now([self._draft(Draft(definition, name, time))])[0]
+
+    def decide(
+        self,
+        experiment: str,
+        context: dict[str, float] | None = None,
+        available: Sequence[str] | None = None,
+        *,
+        time: float | None = None,
+    ) -> Envelope[Decision]:
+        """Choose an arm of ``experiment`` for one request; the Decision is logged before it is returned.
+
+        ``available`` restricts the choice to those arms; ``context`` is the request's feature vector.
+        """
+        when = self._event_time(time)
+        with self._write_lock:
+            self._commit_queue()
+            slot = next((s for s in self._decider_slots() if s.handler.has_experiment(s.state, experiment)), None)
+            if slot is None:
+                self._rejected["unknown experiment"] += 1
+                raise InvalidEvent(
+                    f"experiment = {experiment!r}: no such experiment", field="experiment", value=experiment
+                )
+            decision_id = self._input_id(self._inputs + 1)
+            decision = slot.handler.decide(
+                slot.state, experiment, Context(when, decision_id, self.seed), context, available
+            )
+            return self._commit_now([Draft(decision, experiment, when, None, decision_id)])[0]
+
+    def feedback(
+        self,
+        decision_id: str,
+        *,
+        success: bool,
+        quality_score: float,
+        response_time_ms: float,
+        time: float | None = None,
+        **fields: Any,
+    ) -> Envelope[Feedback]:
+        """Record feedback on the response a decision led to (a Feedback event on the experiment's stream).
+
+        Other :class:`~rtopt.events.Feedback` fields (cost_usd, user_satisfaction, tokens_in ...) are
+        keyword arguments. An unknown decision id is rejected, counted and raised as InvalidEvent.
+        """
+        row = self._log.get(decision_id)
+        if row is None or row[2] != Decision.tag():
+            self._rejected["unknown decision"] += 1
+            raise InvalidEvent(
+                f"decision_id = {decision_id!r}: no such decision in the log", field="decision_id", value=decision_id
+            )
+        decision = decode_payload(row[2], row[9])
+        try:
+            event = Feedback(
+                prompt_id=decision.experiment,
+                variant_id=decision.arm,
+                decision_id=decision_id,
+                success=success,
+                quality_score=quality_score,
+                response_time_ms=response_time_ms,
+                **fields,
+            )
+        except InvalidEvent:
+            self._rejected["invalid feedback"] += 1
+            raise
+        return self.publish(event, decision.experiment, time=time, correlation_id=decision_id)
+
+    # --- observing and reading -------------------------------------------------------------------
+
+    def observe(
+        self, types: Iterable[type[Event] | str] | None = None, stream: str | None = None
+    ) -> reactivex.Observable[Envelope[Any]]:
+        """A hot Observable of committed envelopes (optionally only ``types`` in ``stream``), in seq order."""
+        return self._bus.observe(_tags(types), stream)
+
+    def subscribe(
+        self,
+        callback: Callable[[Envelope[Any]], None],
+        types: Iterable[type[Event] | str] | None = None,
+        stream: str | None = None,
+    ) -> DisposableBase:
+        """Call ``callback`` with every committed envelope that matches; dispose the result to stop."""
+        return self.observe(types, stream).subscribe(on_next=callback)
+
+    def read(
+        self,
+        types: Iterable[type[Event] | str] | None = None,
+        start: int = 1,
+        until: int | None = None,
+        stream: str | None = None,
+    ) -> Iterator[Envelope[Any]]:
+        """Recorded envelopes with ``start <= seq <= until``, in seq order."""
+        for row in self._log.rows(start, until, _tags(types), stream):
+            yield envelope_from_row(row)
+
+    def tail(
+        self,
+        types: Iterable[type[Event] | str] | None = None,
+        start: int | None = None,
+        stream: str | None = None,
+        *,
+        poll_interval: float = 0.05,
+        idle_timeout: float | None = None,
+        stop: threading.Event | None = None,
+    ) -> Iterator[Envelope[Any]]:
+        """Follow the log: yield recorded events from ``start`` (default: the end), then new ones as any
+        process commits them, until ``stop`` is set or nothing arrives for ``idle_timeout`` seconds."""
+        tags = _tags(types)
+        after = self._log.last_seq() if start is None else start - 1
+        idle_since = wall_clock.monotonic()
+        while stop is None or not stop.is_set():
+            found = False
+            for row in self._log.rows(after + 1, None, tags, stream):
+                found = True
+                after = row[0]
+                yield envelope_from_row(row)
+            if found:
+                idle_since = wall_clock.monotonic()
+            elif idle_timeout is not None and wall_clock.monotonic() - idle_since >= idle_timeout:
+                return
+            if not found:
+                self._log.wait_for_change(poll_interval)
+
+    def stats(self) -> EngineStats:
+        """What this engine published, derived and rejected since it was opened."""
+        return EngineStats(
+            last_seq=self._last_seq,
+            published=self._counts["published"],
+            derived=self._counts["derived"],
+            rejected=dict(self._rejected),
+            handler_failures={slot.name: slot.failures for slot in self._slots if slot.failures},
+            observer_errors=self._bus.observer_errors,
+        )
+
+    # --- replay ----------------------------------------------------------------------------------
+
+    @classmethod
+    def replay(
+        cls,
+        source: str | Path,
+        into: str | Path | None = None,
+        handlers: Sequence[Handler[Any]] | None = None,
+        until_seq: int | None = None,
+        *,
+        seed: int | None = None,
+        progress: Progress | None = None,
+    ) -> Engine:
+        """Rebuild state from the log at ``source``, which is never written to.
+
+        Rebuild (``handlers`` is None): every event is folded as recorded. With ``into`` None the result
+        is a read-only engine at ``until_seq``; with ``into`` the events up to ``until_seq`` are copied
+        there first and the engine goes on writing into that copy.
+
+        What-if (``handlers`` given): only the source's input events are fed, in their original groups,
+        through ``handlers`` into ``into`` (default in memory), deriving everything anew.
+        """
+        if handlers is None and into is None:
+            return cls.open(source, read_only=True, until_seq=until_seq, progress=progress)
+        src = SQLiteLog.open(source, read_only=True)
+        try:
+            recorded_seed = int(src.meta()["seed"])
+            if handlers is None:
+                target_log = SQLiteLog.open(into, seed=recorded_seed)
+                _refuse_non_empty(target_log)
+                _copy_rows(src, target_log, until_seq, progress)
+                target_log.close()
+                return cls.open(into, progress=progress)
+            target = cls.open(
+                ":memory:" if into is None else into, seed=recorded_seed if seed is None else seed, handlers=handlers
+            )
+            _refuse_non_empty(target._log)
+            target._refeed(src, until_seq, progress=progress)
+            return target
+        finally:
+            src.close()
+
+    def _refeed(
+        self,
+        source: EventLog,
+        until_seq: int | None,
+        *,
+        progress: Progress | None = None,
+        check_decision: Callable[[Envelope[Decision], Decision], None] | None = None,
+    ) -> None:
+        """Publish ``source``'s input events, grouped as they were committed, deriving anew."""
+        until = source.last_seq() if until_seq is None else until_seq
+        group: list[Draft] = []
+
+        def flush() -> None:
+            if group:
+                self._commit_now(list(group))
+                group.clear()
+
+        for row in source.rows(1, until):
+            if row[6] is not None:  # a derived event closes the group of inputs it came from
+                flush()
+                continue
+            envelope = envelope_from_row(row)
+            draft = Draft(envelope.payload, envelope.stream, envelope.time, envelope.id, envelope.correlation_id)
+            if isinstance(envelope.payload, Decision):
+                flush()
+                if check_decision is not None:
+                    check_decision(envelope, self._redecide(envelope))
+            group.append(draft)
+            if progress is not None and row[0] % 2000 == 0:
+                progress(row[0], until)
+        flush()
+        if progress is not None:
+            progress(until, until)
+
+    def _redecide(self, recorded: Envelope[Decision]) -> Decision:
+        decision = recorded.payload
+        slot = next((s for s in self._decider_slots() if s.handler.has_experiment(s.state, decision.experiment)), None)
+        if slot is None:
+            raise RtoptError(f"seq {recorded.seq}: no handler knows experiment {decision.experiment!r}")
+        ctx = Context(recorded.time, recorded.id, self.seed)
+        return slot.handler.decide(slot.state, decision.experiment, ctx, decision.context, decision.candidates or None)
+
+    @classmethod
+    def verify(
+        cls,
+        source: str | Path,
+        handlers: Sequence[Handler[Any]] | None = None,
+        *,
+        progress: Progress | None = None,
+    ) -> VerifyReport:
+        """Re-derive every derived event and re-make every decision of ``source``; report the first difference."""
+        src = SQLiteLog.open(source, read_only=True)
+        mismatches: list[Difference] = []
+        decisions = 0
+
+        def check_decision(recorded: Envelope[Decision], remade: Decision) -> None:
+            nonlocal decisions
+            decisions += 1
+            if not mismatches and encode_payload(remade) != encode_payload(recorded.payload):
+                mismatches.append(
+                    Difference(
+                        recorded.seq, "decision", msgspec.to_builtins(recorded.payload), msgspec.to_builtins(remade)
+                    )
+                )
+
+        try:
+            target = cls.open(
+                ":memory:", seed=int(src.meta()["seed"]), handlers=default_handlers() if handlers is None else handlers
+            )
+            with target:
+                target._refeed(src, None, progress=progress, check_decision=check_decision)
+                difference = mismatches[0] if mismatches else _first_difference(src, target._log)
+                derived = src.last_seq() - src.count_inputs(None)
+                return VerifyReport(events=src.last_seq(), derived=derived, decisions=decisions, difference=difference)
+        finally:
+            src.close()
+
+
+def _first_repeat(ids: Sequence[str]) -> str | None:
+    seen: set[str] = set()
+    for event_id in ids:
+        if event_id in seen:
+            return event_id
+        seen.add(event_id)
+    return None
+
+
+def _refuse_non_empty(log: EventLog) -> None:
+    if log.last_seq():
+        location = log.location
+        log.close()
+        raise RtoptError(f"{location} already holds events: replay into a new log")
+
+
+def _copy_rows(source: EventLog, target: EventLog, until_seq: int | None, progress: Progress | None) -> None:
+    until = source.last_seq() if until_seq is None else until_seq
+    chunk: list[Row] = []
+    for row in source.rows(1, until):
+        chunk.append(row)
+        if len(chunk) == 5000:
+            target.append(chunk)
+            chunk = []
+            if progress is not None:
+                progress(row[0], until)
+    target.append(chunk)
+
+
+def _first_difference(recorded: EventLog, rederived: EventLog) -> Difference | None:
+    """Compare two logs row by row, ignoring ``recorded_at``."""
+    left, right = recorded.rows(1, None), rederived.rows(1, None)
+    for a, b in zip(left, right, strict=False):
+        for index, name in enumerate(COLUMNS):
+            if name != "recorded_at" and a[index] != b[index]:
+                if name == "payload":
+                    return Difference(
+                        a[0],
+                        name,
+                        msgspec.to_builtins(decode_payload(a[2], a[9])),
+                        msgspec.to_builtins(decode_payload(b[2], b[9])),
+                    )
+                return Difference(a[0], name, a[index], b[index])
+    end_a, end_b = recorded.last_seq(), rederived.last_seq()
+    if end_a != end_b:
+        return Difference(min(end_a, end_b) + 1, "seq", f"log ends at {end_a}", f"log ends at {end_b}")
+    return None

@@ -1,0 +1,270 @@
+"""Event schemas: the immutable facts the engine records, their registry and their envelope.
+
+Every event type is a frozen, tagged ``msgspec.Struct``. Subclassing :class:`Event` registers the type
+under its tag (the class name), so handler packages add their own event types without touching the
+kernel. Constraints are declared once, as ``msgspec.Meta`` annotations, and are checked both when an
+event is constructed in Python and when it is decoded from the log or from JSON.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from typing import Annotated, Any, ClassVar, Generic, TypeVar
+
+import msgspec
+from msgspec import Meta
+
+from rtopt.errors import InvalidEvent, UnknownEventType
+
+UnitInterval = Annotated[float, Meta(ge=0.0, le=1.0)]
+NonNegative = Annotated[float, Meta(ge=0.0)]
+Count = Annotated[int, Meta(ge=0)]
+Name = Annotated[str, Meta(min_length=1, max_length=200)]
+OptionValue = bool | int | float | str
+
+_REGISTRY: dict[str, type[Event]] = {}
+_JSON_ENCODER = msgspec.json.Encoder()
+_MSGPACK_ENCODER = msgspec.msgpack.Encoder()
+_PATH_FIELD = re.compile(r"at `\$\.([A-Za-z_][A-Za-z0-9_]*)")
+_ARGUMENT_FIELD = re.compile(r"argument '([^']+)'")
+
+
+class _EventMeta(type(msgspec.Struct)):  # type: ignore[misc]
+    """Metaclass that validates an event when Python code constructs it."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        try:
+            event = super().__call__(*args, **kwargs)
+        except TypeError as exc:
+            match = _ARGUMENT_FIELD.search(str(exc))
+            field = match.group(1) if match else None
+            raise InvalidEvent(f"{cls.__name__}: {exc}", field=field) from None
+        _validate(event)
+        return event
+
+
+class Event(msgspec.Struct, frozen=True, tag=True, metaclass=_EventMeta):
+    """Base class of every event payload.
+
+    ``stream_field`` names the payload field used as the envelope's stream when the publisher gives
+    none; ``schema_version`` is recorded in the envelope of every event of the type.
+
+    >>> class Pinged(Event, frozen=True):
+    ...     target: Name
+    ...     stream_field: ClassVar[str] = "target"
+    >>> Pinged(target="api").target
+    'api'
+    >>> event_type("Pinged") is Pinged
+    True
+    """
+
+    stream_field: ClassVar[str | None] = None
+    schema_version: ClassVar[int] = 1
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        tag = cls.__name__
+        known = _REGISTRY.get(tag)
+        if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise TypeError(f"event tag {tag!r} is already registered by {known.__module__}.{known.__qualname__}")
+        _REGISTRY[tag] = cls
+
+    @classmethod
+    def tag(cls) -> str:
+        """The tag this type is recorded under: its class name."""
+        return cls.__name__
+
+    def default_stream(self) -> str | None:
+        """The stream an event goes to when its publisher names none."""
+        return getattr(self, self.stream_field) if self.stream_field else None
+
+
+@functools.cache
+def _decoders(cls: type[Event]) -> tuple[msgspec.json.Decoder[Event], msgspec.msgpack.Decoder[Event]]:
+    return msgspec.json.Decoder(cls), msgspec.msgpack.Decoder(cls)
+
+
+def _validate(event: Event) -> None:
+    cls = type(event)
+    try:
+        _decoders(cls)[0].decode(_JSON_ENCODER.encode(event))
+    except msgspec.ValidationError as exc:
+        match = _PATH_FIELD.search(str(exc))
+        field = match.group(1) if match else None
+        value = getattr(event, field, None) if field else None
+        reason = str(exc).split(" - at ")[0]
+        if isinstance(value, float) and not math.isfinite(value):
+            reason = "must be a finite number"
+        where = f"{cls.__name__}.{field}" if field else cls.__name__
+        raise InvalidEvent(f"{where} = {value!r}: {reason}", field=field, value=value) from None
+
+
+def event_type(tag: str) -> type[Event]:
+    """The registered event class for ``tag``; raises :class:`UnknownEventType` for an unknown tag."""
+    try:
+        return _REGISTRY[tag]
+    except KeyError:
+        raise UnknownEventType(
+            f"no event type is registered under {tag!r}: install or import the package that defines it"
+        ) from None
+
+
+def registered_types() -> dict[str, type[Event]]:
+    """A copy of the tag -> class registry."""
+    return dict(_REGISTRY)
+
+
+def encode_payload(event: Event) -> bytes:
+    """The msgpack bytes stored in the log for ``event``."""
+    return _MSGPACK_ENCODER.encode(event)
+
+
+def decode_payload(tag: str, data: bytes) -> Event:
+    """Decode a payload stored under ``tag`` (constraints are checked by msgspec)."""
+    return _decoders(event_type(tag))[1].decode(data)
+
+
+def event_from_dict(data: dict[str, Any]) -> Event:
+    """Build an event from a plain mapping with a ``type`` tag, as read from JSON.
+
+    >>> event_from_dict({"type": "ExperimentDefined", "experiment": "g", "arms": ["a"], "policy": "thompson"})
+    ExperimentDefined(experiment='g', arms=['a'], policy='thompson', options={})
+    """
+    if not isinstance(data, dict) or "type" not in data:
+        raise InvalidEvent("an event needs a 'type' field naming its tag", field="type", value=None)
+    cls = event_type(str(data["type"]))
+    try:
+        return msgspec.convert(data, cls)
+    except msgspec.ValidationError as exc:
+        match = _PATH_FIELD.search(str(exc)) or re.search(r"field `([^`]+)`", str(exc))
+        field = match.group(1) if match else None
+        raise InvalidEvent(f"{cls.__name__}: {exc}", field=field, value=data.get(field or "")) from None
+
+
+E = TypeVar("E", bound=Event)
+
+
+class Envelope(msgspec.Struct, Generic[E], frozen=True):
+    """An event as recorded in the log: its position, identity, time and causal links.
+
+    Attribute access falls through to the payload, so ``decision.arm`` works on a decision envelope.
+
+    >>> env = Envelope(seq=1, id="e1", type="ExperimentDefined", stream="g", time=0.0, recorded_at=0.0,
+    ...                causation_id=None, correlation_id=None, schema_version=1,
+    ...                payload=ExperimentDefined(experiment="g", arms=["a", "b"], policy="thompson"))
+    >>> env.seq, env.arms
+    (1, ['a', 'b'])
+    """
+
+    seq: int
+    id: str
+    type: str
+    stream: str
+    time: float
+    recorded_at: float
+    causation_id: str | None
+    correlation_id: str | None
+    schema_version: int
+    payload: E
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.payload, name)
+
+    @property
+    def is_input(self) -> bool:
+        """True for events the world told us (no causing event); False for derived events."""
+        return self.causation_id is None
+
+
+# --- events of the kernel -------------------------------------------------------------------------
+
+
+class Feedback(Event, frozen=True):
+    """What a user or an evaluator reported about one LLM response.
+
+    >>> Feedback(prompt_id="greeting", variant_id="v1", response_time_ms=420.0, success=True,
+    ...          quality_score=0.8).quality_score
+    0.8
+    >>> Feedback(prompt_id="greeting", variant_id="v1", response_time_ms=420.0, success=True,
+    ...          quality_score=1.7)
+    Traceback (most recent call last):
+    rtopt.errors.InvalidEvent: Feedback.quality_score = 1.7: Expected `float` <= 1.0
+    """
+
+    prompt_id: Name
+    variant_id: Name
+    response_time_ms: NonNegative
+    success: bool
+    quality_score: UnitInterval
+    decision_id: str | None = None
+    user_satisfaction: UnitInterval | None = None
+    error: str | None = None
+    cost_usd: NonNegative = 0.0
+    tokens_in: Count = 0
+    tokens_out: Count = 0
+    environment: Name = "production"
+    user_id: str | None = None
+    session_id: str | None = None
+    metadata: dict[str, str] = {}
+
+    stream_field: ClassVar[str] = "prompt_id"
+
+
+class ExperimentDefined(Event, frozen=True):
+    """An experiment over ``arms`` was set up, run by ``policy`` with its ``options``."""
+
+    experiment: Name
+    arms: Annotated[list[Name], Meta(min_length=1)]
+    policy: Name
+    options: dict[str, OptionValue] = {}
+
+    stream_field: ClassVar[str] = "experiment"
+
+
+class Decision(Event, frozen=True):
+    """An arm chosen for one request, with what is needed to evaluate it off-policy later.
+
+    ``propensity`` is the probability the policy had of choosing ``arm`` among ``candidates`` given
+    ``context`` (the feature vector used, if any).
+    """
+
+    experiment: Name
+    arm: Name
+    policy: Name
+    propensity: UnitInterval
+    candidates: list[Name] = []
+    context: dict[str, float] | None = None
+
+    stream_field: ClassVar[str] = "experiment"
+
+
+class ArmUpdated(Event, frozen=True):
+    """A policy learnt ``reward`` for ``arm``; ``posterior`` holds the arm's parameters afterwards."""
+
+    experiment: Name
+    arm: Name
+    reward: float
+    pulls: Count
+    posterior: dict[str, float]
+    decision_id: str | None = None
+
+    stream_field: ClassVar[str] = "experiment"
+
+
+class FeedbackRejected(Event, frozen=True):
+    """Feedback that reached a learner but was not learnt from, and why."""
+
+    reason: Name
+    decision_id: str | None = None
+    handler: str = ""
+
+
+class HandlerFailed(Event, frozen=True):
+    """A handler raised while folding an event; the bus and the other handlers went on."""
+
+    handler: Name
+    event_type: Name
+    error_type: Name
+    message: str

@@ -1,0 +1,188 @@
+"""Handlers: pure folds over events, wrapped by the kernel into Rx operators.
+
+A handler is ``apply(state, envelope, ctx) -> (state, derived events)``. The same fold runs live and in
+replay; it sees only event time (``ctx.time``) and a random generator seeded from the engine seed and the
+event id (``ctx.rng``), never the wall clock or a global generator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Generic, NamedTuple, Protocol, TypeVar, runtime_checkable
+
+import msgspec
+import numpy as np
+import reactivex
+from reactivex import operators as ops
+
+from rtopt.events import Decision, Envelope, Event, ExperimentDefined, HandlerFailed
+
+S = TypeVar("S")
+DERIVED_NAMESPACE = uuid.UUID("6f1c2d0e-6a59-4d54-9a43-52b3e4a1c0de")
+
+
+def seed_for(seed: int, event_id: str) -> list[int]:
+    """Entropy for the random generator of the event ``event_id`` under engine seed ``seed``."""
+    digest = hashlib.blake2b(event_id.encode(), digest_size=16).digest()
+    return [seed, int.from_bytes(digest, "big")]
+
+
+class Context:
+    """What a fold may know besides state and event: event time and a seeded random generator.
+
+    >>> ctx = Context(time=10.0, event_id="e1", seed=7)
+    >>> ctx.rng.random() == Context(time=10.0, event_id="e1", seed=7).rng.random()
+    True
+    """
+
+    __slots__ = ("_rng", "event_id", "seed", "time")
+
+    def __init__(self, time: float, event_id: str, seed: int) -> None:
+        self.time = time
+        self.event_id = event_id
+        self.seed = seed
+        self._rng: np.random.Generator | None = None
+
+    @property
+    def rng(self) -> np.random.Generator:
+        """A generator seeded from (engine seed, event id): the same draws live and in replay."""
+        if self._rng is None:
+            self._rng = np.random.default_rng(seed_for(self.seed, self.event_id))
+        return self._rng
+
+
+class Handler(Generic[S]):
+    """Base class of handler chains: a named fold over the event types in ``accepts``.
+
+    Subclasses set ``name``, ``accepts`` and ``state_type`` (a msgspec-encodable type, used for
+    snapshots) and implement :meth:`initial_state` and :meth:`apply`.
+
+    >>> import msgspec
+    >>> from rtopt.events import Feedback
+    >>> class Counter(msgspec.Struct):
+    ...     n: int = 0
+    >>> class CountFeedback(Handler[Counter]):
+    ...     name = "count"
+    ...     accepts = (Feedback,)
+    ...     state_type = Counter
+    ...     def initial_state(self): return Counter()
+    ...     def apply(self, state, envelope, ctx):
+    ...         state.n += 1
+    ...         return state, []
+    >>> CountFeedback().initial_state()
+    Counter(n=0)
+    """
+
+    name: ClassVar[str]
+    accepts: ClassVar[tuple[type[Event], ...]]
+    state_type: ClassVar[Any]
+
+    def initial_state(self) -> S:
+        """The state before any event."""
+        raise NotImplementedError
+
+    def apply(self, state: S, envelope: Envelope[Any], ctx: Context) -> tuple[S, Sequence[Event]]:
+        """Fold one event into ``state``; return the new state and the events it derives."""
+        raise NotImplementedError
+
+    def view(self, state: S, key: str | None = None) -> Any:
+        """A detached copy of the state (or the part of it for ``key``) for queries."""
+        return msgspec.convert(msgspec.to_builtins(state), self.state_type)
+
+    def config(self) -> dict[str, Any]:
+        """The settings that change what this handler derives (they key its snapshots)."""
+        return {}
+
+    def fingerprint(self) -> str:
+        """Identifies this handler's code version and configuration; snapshots only match it."""
+        blob = msgspec.json.encode(
+            {
+                "name": self.name,
+                "class": f"{type(self).__module__}.{type(self).__qualname__}",
+                "version": getattr(self, "version", 1),
+                "config": self.config(),
+            }
+        )
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@runtime_checkable
+class Decider(Protocol):
+    """A handler that also answers ``Engine.decide`` for the experiments of its policies."""
+
+    policies: ClassVar[tuple[str, ...]]
+
+    def check_definition(self, state: Any, definition: ExperimentDefined) -> None:
+        """Raise InvalidEvent if ``definition`` cannot be accepted in ``state``."""
+
+    def has_experiment(self, state: Any, experiment: str) -> bool:
+        """True if ``experiment`` was defined for one of this handler's policies."""
+
+    def decide(
+        self,
+        state: Any,
+        experiment: str,
+        ctx: Context,
+        context: dict[str, float] | None,
+        available: Sequence[str] | None,
+    ) -> Decision:
+        """Choose an arm for one request, reading but not changing ``state``."""
+
+
+class Derived(NamedTuple):
+    """An event a handler derived from ``cause``; ``index`` is its position among that handler's outputs."""
+
+    cause: Envelope[Any]
+    handler: str
+    index: int
+    event: Event
+
+    def event_id(self) -> str:
+        """Deterministic id: the same cause, handler and position give the same id in every replay."""
+        return str(uuid.uuid5(DERIVED_NAMESPACE, f"{self.cause.id}/{self.handler}/{self.index}"))
+
+
+class HandlerSlot:
+    """A registered handler with its current state, position and failure count."""
+
+    def __init__(self, handler: Handler[Any], seed: int) -> None:
+        self.handler = handler
+        self.name = handler.name
+        self.seed = seed
+        self.accepted = frozenset(t.tag() for t in handler.accepts)
+        self.state = handler.initial_state()
+        self.position = 0
+        self.failures = 0
+
+    def fold_batch(self, batch: Sequence[Envelope[Any]]) -> list[Derived]:
+        """Fold every accepted event of ``batch`` in order; a raising handler yields HandlerFailed."""
+        handler, accepted, seed = self.handler, self.accepted, self.seed
+        state = self.state
+        derived: list[Derived] = []
+        for envelope in batch:
+            if envelope.type not in accepted:
+                continue
+            try:
+                state, events = handler.apply(state, envelope, Context(envelope.time, envelope.id, seed))
+            except Exception as exc:
+                self.failures += 1
+                events = [
+                    HandlerFailed(
+                        handler=self.name,
+                        event_type=envelope.type,
+                        error_type=type(exc).__name__,
+                        message=str(exc)[:2000],
+                    )
+                ]
+            derived.extend(Derived(envelope, self.name, i, event) for i, event in enumerate(events))
+        self.state = state
+        return derived
+
+
+def fold_operator(
+    slot: HandlerSlot,
+) -> Callable[[reactivex.Observable[Sequence[Envelope[Any]]]], reactivex.Observable[list[Derived]]]:
+    """The Rx operator that folds batches of envelopes through ``slot`` and emits what it derives."""
+    return ops.map(slot.fold_batch)

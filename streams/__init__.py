@@ -1,0 +1,1 @@
+"""Reactive operators over streams of envelopes: windows, watermarks, deduplication, aggregates, features."""

@@ -89,7 +89,8 @@ def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
     with Engine.open(args.log, read_only=True, handlers=[]) as engine:
         log = engine.log
         counts = log.count_by_type()
-        table = Table(title=f"{args.log}: {sum(counts.values())} events")
+        console.print(f"{args.log}: {sum(counts.values())} events", markup=False, highlight=False)
+        table = Table()
         table.add_column("type")
         table.add_column("events", justify="right")
         for tag, count in counts.items():

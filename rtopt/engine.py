@@ -171,6 +171,7 @@ class Engine:
         self._staging: Subject[Sequence[Envelope[Any]]] = Subject()
         self._derived: list[Derived] = []
         self._slots: list[HandlerSlot] = []
+        self._deciders: list[HandlerSlot] = []
         self._write_lock = threading.RLock()
         self._queue_lock = threading.Lock()
         self._queue: list[_Ticket] = []
@@ -260,6 +261,8 @@ class Engine:
             raise RtoptError(f"a handler named {handler.name!r} is already registered")
         slot = HandlerSlot(handler, self.seed)
         self._slots.append(slot)
+        if isinstance(handler, Decider):
+            self._deciders.append(slot)
         self._staging.pipe(fold_operator(slot)).subscribe(self._derived.extend)
         return slot
 
@@ -527,8 +530,8 @@ class Engine:
 
     # --- commands --------------------------------------------------------------------------------
 
-    def _decider_slots(self) -> list[HandlerSlot]:
-        return [slot for slot in self._slots if isinstance(slot.handler, Decider)]
+    def _decider_for(self, experiment: str) -> HandlerSlot | None:
+        return next((s for s in self._deciders if s.handler.has_experiment(s.state, experiment)), None)
 
     def define_experiment(
         self, name: str, arms: Sequence[str], policy: str = "thompson", *, time: float | None = None, **options: Any
@@ -537,9 +540,9 @@ class Engine:
         definition = ExperimentDefined(experiment=name, arms=list(arms), policy=policy, options=options)
         with self._write_lock:
             self._commit_queue()
-            slot = next((s for s in self._decider_slots() if policy in s.handler.policies), None)
+            slot = next((s for s in self._deciders if policy in s.handler.policies), None)
             if slot is None:
-                known = sorted(p for s in self._decider_slots() for p in s.handler.policies)
+                known = sorted(p for s in self._deciders for p in s.handler.policies)
                 self._rejected["unknown policy"] += 1
                 raise InvalidEvent(
                     f"policy = {policy!r}: no registered handler runs it (known: {known})", field="policy", value=policy
@@ -562,7 +565,7 @@ class Engine:
         when = self._event_time(time)
         with self._write_lock:
             self._commit_queue()
-            slot = next((s for s in self._decider_slots() if s.handler.has_experiment(s.state, experiment)), None)
+            slot = self._decider_for(experiment)
             if slot is None:
                 self._rejected["unknown experiment"] += 1
                 raise InvalidEvent(
@@ -756,7 +759,7 @@ class Engine:
 
     def _redecide(self, recorded: Envelope[Decision]) -> Decision:
         decision = recorded.payload
-        slot = next((s for s in self._decider_slots() if s.handler.has_experiment(s.state, decision.experiment)), None)
+        slot = self._decider_for(decision.experiment)
         if slot is None:
             raise RtoptError(f"seq {recorded.seq}: no handler knows experiment {decision.experiment!r}")
         ctx = Context(recorded.time, recorded.id, self.seed)

@@ -33,7 +33,7 @@ class ThompsonOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     quality_threshold: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.7
     prior_alpha: Positive = 1.0
     prior_beta: Positive = 1.0
-    propensity_draws: Annotated[int, Meta(ge=1, le=100_000)] = 500
+    propensity_draws: Annotated[int, Meta(ge=1, le=100_000)] = 256
 
 
 class BetaArm(msgspec.Struct):

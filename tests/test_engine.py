@@ -1,0 +1,250 @@
+"""The Engine: bus order, handler chains, causation, failures, commands' errors."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import msgspec
+import pytest
+
+from handlers.bandits import BanditHandler
+from rtopt import (
+    ArmUpdated,
+    Context,
+    Decision,
+    Engine,
+    Envelope,
+    Event,
+    Feedback,
+    Handler,
+    HandlerFailed,
+    InvalidEvent,
+    RtoptError,
+)
+from rtopt.handler import DERIVED_NAMESPACE
+
+
+class Pinged(Event, frozen=True):
+    target: str
+    n: int = 0
+    stream_field: ClassVar[str] = "target"
+
+
+class Ponged(Event, frozen=True):
+    n: int
+
+
+class Count(msgspec.Struct):
+    pings: int = 0
+
+
+class PingPong(Handler[Count]):
+    """Answers every ping with a pong, and fails on ping number 13."""
+
+    name = "pingpong"
+    accepts = (Pinged,)
+    state_type = Count
+
+    def initial_state(self) -> Count:
+        return Count()
+
+    def apply(self, state: Count, envelope: Envelope[Any], ctx: Context) -> tuple[Count, Sequence[Event]]:
+        state.pings += 1
+        if envelope.payload.n == 13:
+            raise ValueError("unlucky ping")
+        return state, [Ponged(n=envelope.payload.n)]
+
+
+class PongCounter(Handler[Count]):
+    """Folds the pongs another handler derived."""
+
+    name = "pongs"
+    accepts = (Ponged,)
+    state_type = Count
+
+    def initial_state(self) -> Count:
+        return Count()
+
+    def apply(self, state: Count, envelope: Envelope[Any], ctx: Context) -> tuple[Count, Sequence[Event]]:
+        state.pings += 1
+        return state, []
+
+
+def test_derived_events_follow_their_cause_with_deterministic_ids() -> None:
+    with Engine.open(":memory:", seed=1, handlers=[PingPong(), PongCounter()]) as engine:
+        written = engine.publish_many([Pinged(target="a", n=i) for i in range(3)], time=5.0)
+        assert [e.seq for e in written] == [1, 2, 3]
+        events = list(engine.read())
+        assert [e.type for e in events] == ["Pinged"] * 3 + ["Ponged"] * 3
+        for cause, pong in zip(events[:3], events[3:], strict=True):
+            assert pong.causation_id == cause.id
+            assert pong.correlation_id == cause.id
+            assert pong.time == cause.time == 5.0
+            assert pong.stream == "a"
+            assert pong.id == str(uuid.uuid5(DERIVED_NAMESPACE, f"{cause.id}/pingpong/0"))
+        assert engine.state("pongs").pings == 3
+
+
+def test_subscribers_see_committed_events_in_seq_order_and_filters_apply() -> None:
+    with Engine.open(":memory:", seed=1, handlers=[PingPong()]) as engine:
+        everything, pongs, stream_b = [], [], []
+        engine.subscribe(lambda env: everything.append(env.seq))
+        engine.subscribe(lambda env: pongs.append(env.payload.n), types=[Ponged])
+        engine.observe(stream="b").subscribe(lambda env: stream_b.append(env.seq))
+        engine.publish(Pinged(target="a", n=1))
+        engine.publish_many([Pinged(target="b", n=2), Pinged(target="a", n=3)])
+        assert everything == list(range(1, 7))
+        assert pongs == [1, 2, 3]
+        assert stream_b == [3, 5]
+        assert engine.log.last_seq() == 6
+
+
+def test_a_failing_handler_becomes_an_event_and_the_rest_goes_on() -> None:
+    with Engine.open(":memory:", seed=1, handlers=[PingPong(), PongCounter()]) as engine:
+        engine.publish_many([Pinged(target="a", n=n) for n in (12, 13, 14)])
+        failures = [env for env in engine.read(types=[HandlerFailed])]
+        assert len(failures) == 1
+        failed = failures[0].payload
+        assert (failed.handler, failed.error_type, failed.message) == ("pingpong", "ValueError", "unlucky ping")
+        assert engine.state("pingpong").pings == 3
+        assert engine.state("pongs").pings == 2
+        assert engine.stats().handler_failures == {"pingpong": 1}
+
+
+def test_a_raising_subscriber_is_counted_and_does_not_stop_others() -> None:
+    def broken(env: Envelope[Any]) -> None:
+        raise RuntimeError("subscriber bug")
+
+    with Engine.open(":memory:", seed=1, handlers=[]) as engine:
+        seen: list[int] = []
+        engine.subscribe(broken)
+        engine.subscribe(lambda env: seen.append(env.seq))
+        engine.publish_many([Pinged(target="a", n=i) for i in range(4)])
+        assert seen == [1, 2, 3, 4]
+        assert engine.stats().observer_errors == 4
+
+
+def test_a_subscriber_that_publishes_keeps_everyone_in_seq_order() -> None:
+    with Engine.open(":memory:", seed=1, handlers=[]) as engine:
+        order: list[int] = []
+
+        def echo(env: Envelope[Any]) -> None:
+            if env.payload.n < 3:
+                engine.publish(Pinged(target="a", n=env.payload.n + 1))
+
+        engine.subscribe(echo, types=[Pinged])
+        engine.subscribe(lambda env: order.append(env.seq))
+        engine.publish(Pinged(target="a", n=0))
+        assert order == [1, 2, 3, 4]
+
+
+def test_register_folds_history_first(tmp_path: Path) -> None:
+    with Engine.open(tmp_path / "log.sqlite", seed=1, handlers=[]) as engine:
+        engine.publish_many([Pinged(target="a", n=i) for i in range(5)])
+        engine.register(PongCounter())
+        engine.register(PingPong())
+        assert engine.state("pingpong").pings == 5
+        engine.publish(Pinged(target="a", n=6))
+        assert engine.state("pingpong").pings == 6
+        assert engine.state("pongs").pings == 1
+        with pytest.raises(RtoptError, match="already registered"):
+            engine.register(PingPong())
+
+
+def test_handler_randomness_depends_on_seed_and_event_only() -> None:
+    a = Context(time=1.0, event_id="x", seed=3).rng.random(4)
+    assert list(a) == list(Context(time=99.0, event_id="x", seed=3).rng.random(4))
+    assert list(a) != list(Context(time=1.0, event_id="y", seed=3).rng.random(4))
+    assert list(a) != list(Context(time=1.0, event_id="x", seed=4).rng.random(4))
+
+
+def test_commands_reject_bad_arguments_with_the_field_named() -> None:
+    with Engine.open(":memory:", seed=2, handlers=[BanditHandler()]) as engine:
+        engine.define_experiment("g", arms=["a", "b"])
+        cases = [
+            (lambda: engine.define_experiment("g", arms=["a"]), "experiment"),
+            (lambda: engine.define_experiment("h", arms=["a", "a"]), "arms"),
+            (lambda: engine.define_experiment("h", arms=[]), "arms"),
+            (lambda: engine.define_experiment("h", arms=["a"], policy="nope"), "policy"),
+            (lambda: engine.define_experiment("h", arms=["a"], quality_threshold=1.5), "options.quality_threshold"),
+            (lambda: engine.define_experiment("h", arms=["a"], colour="red"), "options.colour"),
+            (lambda: engine.decide("missing"), "experiment"),
+            (lambda: engine.decide("g", available=["c"]), "available"),
+            (lambda: engine.decide("g", time=float("nan")), "time"),
+            (
+                lambda: engine.feedback("no-such-id", success=True, quality_score=0.5, response_time_ms=1.0),
+                "decision_id",
+            ),
+        ]
+        before = engine.log.last_seq()
+        for call, field in cases:
+            with pytest.raises(InvalidEvent) as caught:
+                call()
+            assert caught.value.field == field, (field, str(caught.value))
+        decision = engine.decide("g")
+        with pytest.raises(InvalidEvent) as caught:
+            engine.feedback(decision.id, success=True, quality_score=1.7, response_time_ms=1.0)
+        assert caught.value.field == "quality_score"
+        assert engine.log.last_seq() == before + 1
+        rejected = engine.stats().rejected
+        assert rejected["unknown decision"] == 1
+        assert rejected["invalid feedback"] == 1
+        assert rejected["unknown experiment"] == 1
+
+
+def test_decide_records_what_off_policy_evaluation_needs() -> None:
+    with Engine.open(":memory:", seed=2, handlers=[BanditHandler()]) as engine:
+        engine.define_experiment("g", arms=["a", "b", "c"])
+        decision = engine.decide("g", context={"hour_sin": 0.5}, available=["a", "c"], time=10.0)
+        assert decision.arm in {"a", "c"}
+        assert decision.candidates == ["a", "c"]
+        assert decision.context == {"hour_sin": 0.5}
+        assert 0.0 < decision.propensity <= 1.0
+        assert decision.policy == "thompson"
+        stored = next(engine.read(types=[Decision]))
+        assert stored.id == decision.id and stored.payload == decision.payload
+
+
+def test_reopening_needs_the_recorded_seed(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite"
+    Engine.open(path, seed=5, handlers=[]).close()
+    with pytest.raises(RtoptError, match="seed 5"):
+        Engine.open(path, seed=6, handlers=[])
+    with Engine.open(path, handlers=[]) as engine:
+        assert engine.seed == 5
+
+
+def test_feedback_is_learnt_once_and_the_rest_is_rejected_visibly() -> None:
+    with Engine.open(":memory:", seed=9, handlers=[BanditHandler(feedback_horizon_s=60.0)]) as engine:
+        engine.define_experiment("g", arms=["a", "b"], time=0.0)
+        first = engine.decide("g", time=1.0)
+        late = engine.decide("g", time=2.0)
+        engine.feedback(first.id, success=True, quality_score=0.9, response_time_ms=5.0, time=3.0)
+        engine.feedback(first.id, success=True, quality_score=0.9, response_time_ms=5.0, time=4.0)
+        engine.feedback(late.id, success=True, quality_score=0.9, response_time_ms=5.0, time=500.0)
+        mismatched = engine.decide("g", time=501.0)
+        other_arm = "a" if mismatched.arm == "b" else "b"
+        engine.publish(
+            Feedback(
+                prompt_id="g",
+                variant_id=other_arm,
+                decision_id=mismatched.id,
+                success=True,
+                quality_score=1.0,
+                response_time_ms=1.0,
+            ),
+            time=502.0,
+        )
+        reasons = [env.payload.reason for env in engine.read(types=["FeedbackRejected"])]
+        assert reasons == ["duplicate feedback", "unknown or expired decision", "feedback does not match its decision"]
+        assert [env.payload.decision_id for env in engine.read(types=[ArmUpdated])] == [first.id]
+        state = engine.state("bandit", "g")
+        assert sum(arm.rewards for arm in state.arms.values()) == 1
+        assert engine.state("bandit").rejected == {
+            "duplicate feedback": 1,
+            "unknown or expired decision": 1,
+            "feedback does not match its decision": 1,
+        }

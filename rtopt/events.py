@@ -51,12 +51,12 @@ class Event(msgspec.Struct, frozen=True, tag=True, metaclass=_EventMeta):
     ``stream_field`` names the payload field used as the envelope's stream when the publisher gives
     none; ``schema_version`` is recorded in the envelope of every event of the type.
 
-    >>> class Pinged(Event, frozen=True):
+    >>> class Greeted(Event, frozen=True):
     ...     target: Name
     ...     stream_field: ClassVar[str] = "target"
-    >>> Pinged(target="api").target
+    >>> Greeted(target="api").target
     'api'
-    >>> event_type("Pinged") is Pinged
+    >>> event_type("Greeted") is Greeted
     True
     """
 

@@ -34,6 +34,7 @@ from rtopt.events import (
     Feedback,
     decode_payload,
     encode_payload,
+    validate,
 )
 from rtopt.handler import Context, Decider, Derived, Handler, HandlerSlot, fold_operator
 from rtopt.log import COLUMNS, EventLog, Row, SQLiteLog
@@ -182,6 +183,7 @@ class Engine:
         self._until_seq = until_seq
         self._last_seq = 0
         self._inputs = 0
+        self._closed = False
         for handler in handlers:
             self._add_slot(handler)
         self._rebuild()
@@ -228,10 +230,13 @@ class Engine:
     def close(self) -> None:
         """Commit what is waiting, complete every observer and release the log."""
         with self._write_lock:
+            if self._closed:
+                return
             if not self._log.read_only:
                 self._commit_queue()
             self._bus.complete()
             self._log.close()
+            self._closed = True
 
     def __enter__(self) -> Engine:
         return self
@@ -373,6 +378,11 @@ class Engine:
                 field="type",
                 value=type(event).__name__,
             )
+        try:
+            validate(event)
+        except InvalidEvent:
+            self._rejected["invalid event"] += 1
+            raise
         stream = draft.stream or stream or event.default_stream()
         if not stream:
             self._rejected["no stream"] += 1
@@ -653,9 +663,21 @@ class Engine:
         stop: threading.Event | None = None,
     ) -> Iterator[Envelope[Any]]:
         """Follow the log: yield recorded events from ``start`` (default: the end), then new ones as any
-        process commits them, until ``stop`` is set or nothing arrives for ``idle_timeout`` seconds."""
-        tags = _tags(types)
+        process commits them, until ``stop`` is set or nothing arrives for ``idle_timeout`` seconds.
+
+        The end of the log is taken when ``tail`` is called, not when iteration starts."""
         after = self._log.last_seq() if start is None else start - 1
+        return self._follow(after, _tags(types), stream, poll_interval, idle_timeout, stop)
+
+    def _follow(
+        self,
+        after: int,
+        tags: list[str] | None,
+        stream: str | None,
+        poll_interval: float,
+        idle_timeout: float | None,
+        stop: threading.Event | None,
+    ) -> Iterator[Envelope[Any]]:
         idle_since = wall_clock.monotonic()
         while stop is None or not stop.is_set():
             found = False
@@ -667,7 +689,7 @@ class Engine:
                 idle_since = wall_clock.monotonic()
             elif idle_timeout is not None and wall_clock.monotonic() - idle_since >= idle_timeout:
                 return
-            if not found:
+            else:
                 self._log.wait_for_change(poll_interval)
 
     def stats(self) -> EngineStats:

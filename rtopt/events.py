@@ -41,7 +41,7 @@ class _EventMeta(type(msgspec.Struct)):  # type: ignore[misc]
             match = _ARGUMENT_FIELD.search(str(exc))
             field = match.group(1) if match else None
             raise InvalidEvent(f"{cls.__name__}: {exc}", field=field) from None
-        _validate(event)
+        validate(event)
         return event
 
 
@@ -86,8 +86,29 @@ def _decoders(cls: type[Event]) -> tuple[msgspec.json.Decoder[Event], msgspec.ms
     return msgspec.json.Decoder(cls), msgspec.msgpack.Decoder(cls)
 
 
-def _validate(event: Event) -> None:
+def _has_non_finite(value: object) -> bool:
+    if type(value) is float:
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_non_finite(v) for v in value)
+    if isinstance(value, msgspec.Struct):
+        return any(_has_non_finite(getattr(value, name)) for name in value.__struct_fields__)
+    return False
+
+
+def validate(event: Event) -> None:
+    """Raise :class:`InvalidEvent` unless every field of ``event`` meets its type and constraints.
+
+    Events built by calling their class are validated already; this checks one built another way
+    (``msgspec.structs.replace``, ``msgspec.convert``).
+    """
     cls = type(event)
+    for field in cls.__struct_fields__:
+        value = getattr(event, field)
+        if _has_non_finite(value):
+            raise InvalidEvent(f"{cls.__name__}.{field} = {value!r}: must be a finite number", field=field, value=value)
     try:
         _decoders(cls)[0].decode(_JSON_ENCODER.encode(event))
     except msgspec.ValidationError as exc:
@@ -95,8 +116,6 @@ def _validate(event: Event) -> None:
         field = match.group(1) if match else None
         value = getattr(event, field, None) if field else None
         reason = str(exc).split(" - at ")[0]
-        if isinstance(value, float) and not math.isfinite(value):
-            reason = "must be a finite number"
         where = f"{cls.__name__}.{field}" if field else cls.__name__
         raise InvalidEvent(f"{where} = {value!r}: {reason}", field=field, value=value) from None
 
@@ -136,11 +155,13 @@ def event_from_dict(data: dict[str, Any]) -> Event:
         raise InvalidEvent("an event needs a 'type' field naming its tag", field="type", value=None)
     cls = event_type(str(data["type"]))
     try:
-        return msgspec.convert(data, cls)
+        event = msgspec.convert(data, cls)
     except msgspec.ValidationError as exc:
         match = _PATH_FIELD.search(str(exc)) or re.search(r"field `([^`]+)`", str(exc))
         field = match.group(1) if match else None
         raise InvalidEvent(f"{cls.__name__}: {exc}", field=field, value=data.get(field or "")) from None
+    validate(event)
+    return event
 
 
 E = TypeVar("E", bound=Event)

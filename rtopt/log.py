@@ -370,6 +370,12 @@ def _create_schema(conn: sqlite3.Connection, seed: int | None) -> None:
                 f"CREATE TRIGGER events_no_{action.lower()} BEFORE {action} ON events"
                 f" BEGIN SELECT RAISE(ABORT, 'rtopt log is append-only: {action} refused'); END"
             )
+        # INSERT OR REPLACE deletes the row it conflicts with without firing DELETE triggers
+        conn.execute(
+            "CREATE TRIGGER events_no_replace BEFORE INSERT ON events"
+            " WHEN NEW.seq <= (SELECT max(seq) FROM events) OR EXISTS (SELECT 1 FROM events WHERE id = NEW.id)"
+            " BEGIN SELECT RAISE(ABORT, 'rtopt log is append-only: REPLACE refused'); END"
+        )
         meta = {
             "format_version": str(FORMAT_VERSION),
             "seed": str(seed if seed is not None else secrets.randbits(63)),

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import threading
 import time as wall_clock
-import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from importlib.metadata import entry_points
@@ -33,15 +32,16 @@ from rtopt.events import (
     ExperimentDefined,
     Feedback,
     decode_payload,
+    discarded_events,
     encode_payload,
     validate,
 )
 from rtopt.handler import Context, Decider, Derived, Handler, HandlerSlot, fold_operator
+from rtopt.ids import ordered_id
 from rtopt.log import COLUMNS, EventLog, Row, SQLiteLog
 
 DEFAULT_LOG = Path("event_log") / "rtopt.sqlite"
 HANDLER_ENTRY_POINTS = "rtopt.handlers"
-INPUT_NAMESPACE = uuid.UUID("0b7d8f5e-3f8e-4c51-8a0c-2e6c1f6f9d41")
 MAX_CASCADE_DEPTH = 32
 Progress = Callable[[int, int], None]
 """Called with (events done, events in all) while long work runs."""
@@ -167,7 +167,7 @@ class Engine:
         self._log = log
         self._progress = progress
         self.seed = int(log.meta()["seed"])
-        self._input_namespace = uuid.uuid5(INPUT_NAMESPACE, str(self.seed))
+        self._input_namespace = f"rtopt/input/{self.seed}/".encode()
         self._bus = Bus()
         self._staging: Subject[Sequence[Envelope[Any]]] = Subject()
         self._derived: list[Derived] = []
@@ -324,15 +324,16 @@ class Engine:
         tags = sorted(set().union(*(slot.accepted for slot in slots)))
         progress = self._progress
         batch: list[Envelope[Any]] = []
-        for row in self._log.rows(start=start, until=until, types=tags):
-            batch.append(envelope_from_row(row))
-            if len(batch) == 2000:
+        with discarded_events():
+            for row in self._log.rows(start=start, until=until, types=tags):
+                batch.append(envelope_from_row(row))
+                if len(batch) == 2000:
+                    self._fold_batch_into(slots, batch)
+                    if progress is not None:
+                        progress(batch[-1].seq, until)
+                    batch = []
+            if batch:
                 self._fold_batch_into(slots, batch)
-                if progress is not None:
-                    progress(batch[-1].seq, until)
-                batch = []
-        if batch:
-            self._fold_batch_into(slots, batch)
         if progress is not None:
             progress(until, until)
         for slot in slots:
@@ -413,12 +414,12 @@ class Engine:
             raise ticket.error
         return ticket.envelopes
 
-    def _commit_now(self, drafts: list[Draft]) -> list[Envelope[Any]]:
+    def _commit_now(self, drafts: list[Draft], *, ids_known_unique: bool = False) -> list[Envelope[Any]]:
         """Commit ``drafts`` as a group of their own; the caller holds the write lock."""
         if self._log.read_only:
             raise ReadOnlyLog(f"{self._log.location} is open read-only")
         ticket = _Ticket(drafts)
-        self._commit([ticket])
+        self._commit([ticket], ids_known_unique=ids_known_unique)
         if ticket.error is not None:
             raise ticket.error
         return ticket.envelopes
@@ -429,9 +430,9 @@ class Engine:
         if tickets:
             self._commit(tickets)
 
-    def _commit(self, tickets: list[_Ticket]) -> None:
+    def _commit(self, tickets: list[_Ticket], *, ids_known_unique: bool = False) -> None:
         """Fold, append and deliver every event of ``tickets`` and what they derive, in one transaction."""
-        accepted = self._reject_taken_ids(tickets)
+        accepted = tickets if ids_known_unique else self._reject_taken_ids(tickets)
         recorded_at = wall_clock.time()
         seq, inputs = self._last_seq, self._inputs
         batch: list[Envelope[Any]] = []
@@ -493,7 +494,7 @@ class Engine:
         return accepted
 
     def _input_id(self, input_number: int) -> str:
-        return str(uuid.uuid5(self._input_namespace, str(input_number)))
+        return ordered_id(input_number, self._input_namespace, str(input_number))
 
     def _cascade(self, batch: list[Envelope[Any]], recorded_at: float) -> list[Envelope[Any]]:
         """Fold ``batch`` through the handlers, then what they derive, until nothing more is derived."""
@@ -759,7 +760,8 @@ class Engine:
 
         def flush() -> None:
             if group:
-                self._commit_now(list(group))
+                # ids come from one log, where they were unique, into a log that started empty
+                self._commit_now(list(group), ids_known_unique=True)
                 group.clear()
 
         for row in source.rows(1, until):

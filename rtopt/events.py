@@ -8,9 +8,12 @@ event is constructed in Python and when it is decoded from the log or from JSON.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import re
+import threading
+from collections.abc import Iterator
 from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
 import msgspec
@@ -25,10 +28,27 @@ Name = Annotated[str, Meta(min_length=1, max_length=200)]
 OptionValue = bool | int | float | str
 
 _REGISTRY: dict[str, type[Event]] = {}
+_PAYLOAD_DECODERS: dict[str, msgspec.msgpack.Decoder[Event]] = {}
 _JSON_ENCODER = msgspec.json.Encoder()
 _MSGPACK_ENCODER = msgspec.msgpack.Encoder()
 _PATH_FIELD = re.compile(r"at `\$\.([A-Za-z_][A-Za-z0-9_]*)")
 _ARGUMENT_FIELD = re.compile(r"argument '([^']+)'")
+
+
+_construction = threading.local()
+
+
+@contextlib.contextmanager
+def discarded_events() -> Iterator[None]:
+    """Within this block (on this thread) events are built without validation: the caller throws them away.
+
+    Replay uses it while handlers re-derive events that are already in the log.
+    """
+    _construction.discarded = True
+    try:
+        yield
+    finally:
+        _construction.discarded = False
 
 
 class _EventMeta(type(msgspec.Struct)):  # type: ignore[misc]
@@ -41,7 +61,8 @@ class _EventMeta(type(msgspec.Struct)):  # type: ignore[misc]
             match = _ARGUMENT_FIELD.search(str(exc))
             field = match.group(1) if match else None
             raise InvalidEvent(f"{cls.__name__}: {exc}", field=field) from None
-        validate(event)
+        if not getattr(_construction, "discarded", False):
+            validate(event)
         return event
 
 
@@ -70,6 +91,7 @@ class Event(msgspec.Struct, frozen=True, tag=True, metaclass=_EventMeta):
         if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
             raise TypeError(f"event tag {tag!r} is already registered by {known.__module__}.{known.__qualname__}")
         _REGISTRY[tag] = cls
+        _PAYLOAD_DECODERS.pop(tag, None)
 
     @classmethod
     def tag(cls) -> str:
@@ -84,6 +106,28 @@ class Event(msgspec.Struct, frozen=True, tag=True, metaclass=_EventMeta):
 @functools.cache
 def _decoders(cls: type[Event]) -> tuple[msgspec.json.Decoder[Event], msgspec.msgpack.Decoder[Event]]:
     return msgspec.json.Decoder(cls), msgspec.msgpack.Decoder(cls)
+
+
+def _holds_float(info: msgspec.inspect.Type) -> bool:
+    if isinstance(info, msgspec.inspect.FloatType):
+        return True
+    if isinstance(info, msgspec.inspect.UnionType):
+        return any(_holds_float(t) for t in info.types)
+    if isinstance(info, msgspec.inspect.DictType):
+        return _holds_float(info.value_type)
+    if isinstance(info, msgspec.inspect.ListType | msgspec.inspect.SetType | msgspec.inspect.VarTupleType):
+        return _holds_float(info.item_type)
+    if isinstance(info, msgspec.inspect.TupleType):
+        return any(_holds_float(t) for t in info.item_types)
+    if isinstance(info, msgspec.inspect.StructType):
+        return any(_holds_float(f.type) for f in info.fields)
+    return isinstance(info, msgspec.inspect.AnyType)
+
+
+@functools.cache
+def _float_fields(cls: type[Event]) -> tuple[str, ...]:
+    """The fields of ``cls`` whose values may contain floats."""
+    return tuple(f.name for f in msgspec.inspect.type_info(cls).fields if _holds_float(f.type))
 
 
 def _has_non_finite(value: object) -> bool:
@@ -105,7 +149,7 @@ def validate(event: Event) -> None:
     (``msgspec.structs.replace``, ``msgspec.convert``).
     """
     cls = type(event)
-    for field in cls.__struct_fields__:
+    for field in _float_fields(cls):
         value = getattr(event, field)
         if _has_non_finite(value):
             raise InvalidEvent(f"{cls.__name__}.{field} = {value!r}: must be a finite number", field=field, value=value)
@@ -142,7 +186,10 @@ def encode_payload(event: Event) -> bytes:
 
 def decode_payload(tag: str, data: bytes) -> Event:
     """Decode a payload stored under ``tag`` (constraints are checked by msgspec)."""
-    return _decoders(event_type(tag))[1].decode(data)
+    decoder = _PAYLOAD_DECODERS.get(tag)
+    if decoder is None:
+        decoder = _PAYLOAD_DECODERS[tag] = _decoders(event_type(tag))[1]
+    return decoder.decode(data)
 
 
 def event_from_dict(data: dict[str, Any]) -> Event:

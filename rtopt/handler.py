@@ -8,7 +8,6 @@ event id (``ctx.rng``), never the wall clock or a global generator.
 from __future__ import annotations
 
 import hashlib
-import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Generic, NamedTuple, Protocol, TypeVar, runtime_checkable
 
@@ -18,9 +17,10 @@ import reactivex
 from reactivex import operators as ops
 
 from rtopt.events import Decision, Envelope, Event, ExperimentDefined, HandlerFailed
+from rtopt.ids import ordered_id, prefix_of
 
 S = TypeVar("S")
-DERIVED_NAMESPACE = uuid.UUID("6f1c2d0e-6a59-4d54-9a43-52b3e4a1c0de")
+DERIVED_NAMESPACE = b"rtopt/derived/"
 
 
 def seed_for(seed: int, event_id: str) -> list[int]:
@@ -141,7 +141,8 @@ class Derived(NamedTuple):
 
     def event_id(self) -> str:
         """Deterministic id: the same cause, handler and position give the same id in every replay."""
-        return str(uuid.uuid5(DERIVED_NAMESPACE, f"{self.cause.id}/{self.handler}/{self.index}"))
+        cause_id = self.cause.id
+        return ordered_id(prefix_of(cause_id), DERIVED_NAMESPACE, f"{cause_id}/{self.handler}/{self.index}")
 
 
 class HandlerSlot:
@@ -176,7 +177,8 @@ class HandlerSlot:
                         message=str(exc)[:2000],
                     )
                 ]
-            derived.extend(Derived(envelope, self.name, i, event) for i, event in enumerate(events))
+            if events:
+                derived.extend(Derived(envelope, self.name, i, event) for i, event in enumerate(events))
         self.state = state
         return derived
 

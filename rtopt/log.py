@@ -121,6 +121,7 @@ class SQLiteLog(EventLog):
         self._write_lock = threading.Lock()
         self._read_lock = self._write_lock if writer is reader else threading.Lock()
         self._data_version = self._pragma_data_version()
+        self._checkpointer = _Checkpointer(location) if writer is not None and writer is not reader else None
 
     # --- opening ---------------------------------------------------------------------------------
 
@@ -161,6 +162,7 @@ class SQLiteLog(EventLog):
         writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         writer.execute("PRAGMA journal_mode=WAL")
         writer.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        writer.execute("PRAGMA wal_autocheckpoint=0")  # a background thread checkpoints instead
         if not exists or not _has_meta(writer):
             _create_schema(writer, seed)
         reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
@@ -188,6 +190,8 @@ class SQLiteLog(EventLog):
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+        if self._checkpointer is not None:
+            self._checkpointer.pending = True
 
     def save_snapshot(self, handler: str, fingerprint: str, seq: int, state: bytes) -> None:
         if self._writer is None:
@@ -223,7 +227,10 @@ class SQLiteLog(EventLog):
         if types is not None:
             if not types:
                 return
-            where.append(f"type IN ({', '.join('?' * len(types))})")
+            marks = ", ".join("?" * len(types))
+            # walking the table in seq order beats the type index (and its sort) when most rows match
+            common = stream is None and self._share(types, start, until) > 0.25
+            where.append(f"{'+type' if common else 'type'} IN ({marks})")
             params.extend(types)
         if stream is not None:
             where.append("stream = ?")
@@ -236,6 +243,17 @@ class SQLiteLog(EventLog):
             if len(batch) < chunk:
                 return
             after = batch[-1][0]
+
+    def _share(self, types: Sequence[str], start: int, until: int | None) -> float:
+        """The fraction of rows in [start, until] whose type is one of ``types`` (read from the type index)."""
+        end = self.last_seq() if until is None else until
+        if end < start:
+            return 0.0
+        marks = ", ".join("?" * len(types))
+        (matching,) = self._query(
+            f"SELECT count(*) FROM events WHERE type IN ({marks}) AND seq BETWEEN ? AND ?", [*types, start, end]
+        )[0]
+        return matching / (end - start + 1)
 
     def get(self, event_id: str) -> Row | None:
         found = self._query(f"{_SELECT} WHERE id = ?", (event_id,))
@@ -291,11 +309,38 @@ class SQLiteLog(EventLog):
         return self._query("PRAGMA integrity_check")[0][0]
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         with self._write_lock:
             if self._writer is not None:
+                self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 self._writer.close()
             if self._reader is not self._writer:
                 self._reader.close()
+
+
+class _Checkpointer(threading.Thread):
+    """Copies the WAL back into the database file off the write path, so commits never wait for it."""
+
+    interval = 0.25
+
+    def __init__(self, location: str) -> None:
+        super().__init__(name=f"rtopt-checkpoint {location}", daemon=True)
+        self._conn = sqlite3.connect(location, isolation_level=None, check_same_thread=False, timeout=30)
+        self._stopping = threading.Event()
+        self.pending = False
+        self.start()
+
+    def run(self) -> None:
+        while not self._stopping.wait(self.interval):
+            if self.pending:
+                self.pending = False
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join()
+        self._conn.close()
 
 
 def _check_existing(path: Path) -> None:

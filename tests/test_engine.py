@@ -24,7 +24,6 @@ from rtopt import (
     InvalidEvent,
     RtoptError,
 )
-from rtopt.handler import DERIVED_NAMESPACE
 
 
 class Pinged(Event, frozen=True):
@@ -84,7 +83,12 @@ def test_derived_events_follow_their_cause_with_deterministic_ids() -> None:
             assert pong.correlation_id == cause.id
             assert pong.time == cause.time == 5.0
             assert pong.stream == "a"
-            assert pong.id == str(uuid.uuid5(DERIVED_NAMESPACE, f"{cause.id}/pingpong/0"))
+            assert uuid.UUID(pong.id).version == 8
+            assert pong.id[:13] == cause.id[:13]  # the id index grows at its right edge
+        again = Engine.open(":memory:", seed=1, handlers=[PingPong(), PongCounter()])
+        again.publish_many([Pinged(target="a", n=i) for i in range(3)], time=5.0)
+        assert [e.id for e in again.read()] == [e.id for e in events]
+        assert len({e.id for e in events}) == 6
         assert engine.state("pongs").pings == 3
 
 

@@ -41,11 +41,19 @@ class PendingDecision(msgspec.Struct, array_like=True):
 
 
 class BanditState(msgspec.Struct):
-    """Everything the bandit handler knows; rebuilt by replay and stored in snapshots."""
+    """Everything the bandit handler knows; rebuilt by replay and stored in snapshots.
+
+    ``horizon`` lists (event time, id) of every decision still remembered, oldest first from
+    ``horizon_start``; a decision leaves ``pending`` when its feedback is learnt (it then stays in
+    ``settled``, with the feedback's time, to recognise a second feedback) and both forget it once it is
+    older than the horizon.
+    """
 
     experiments: dict[str, ExperimentState] = {}
     pending: dict[str, PendingDecision] = {}
     settled: dict[str, float] = {}
+    horizon: list[tuple[float, str]] = []
+    horizon_start: int = 0
     rejected: dict[str, int] = {}
 
 
@@ -149,6 +157,7 @@ class BanditHandler(Handler[BanditState]):
                 exp.decisions += 1
                 exp.arms[event.arm].pulls += 1
                 state.pending[envelope.id] = PendingDecision(event.experiment, event.arm, envelope.time)
+                state.horizon.append((envelope.time, envelope.id))
             return state, ()
         if isinstance(event, ExperimentDefined) and event.experiment not in state.experiments:
             options = _options(event)
@@ -192,16 +201,18 @@ class BanditHandler(Handler[BanditState]):
         return (FeedbackRejected(reason=reason, decision_id=decision_id, handler=self.name),)
 
     def _expire(self, state: BanditState, now: float) -> None:
-        """Forget decisions older than the horizon (both maps are in decision order)."""
+        """Forget decisions made more than the horizon before ``now``."""
         cutoff = now - self.feedback_horizon_s
-        for table in (state.pending, state.settled):
-            while table:
-                oldest = next(iter(table))
-                entry = table[oldest]
-                when = entry.time if isinstance(entry, PendingDecision) else entry
-                if when >= cutoff:
-                    break
-                del table[oldest]
+        horizon, start = state.horizon, state.horizon_start
+        while start < len(horizon) and horizon[start][0] < cutoff:
+            decision_id = horizon[start][1]
+            state.pending.pop(decision_id, None)
+            state.settled.pop(decision_id, None)
+            start += 1
+        if start > 1024 and 2 * start > len(horizon):
+            del horizon[:start]
+            start = 0
+        state.horizon_start = start
 
 
 def _options(definition: ExperimentDefined) -> ThompsonOptions:

@@ -1,0 +1,57 @@
+"""Smoke test of benchmarks/throughput.py: a tiny run must report every figure (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
+FIGURES = {
+    "raw_rows_per_s",
+    "publish_many_events_per_s",
+    "publish_many_inputs_per_s",
+    "publish_events_per_s",
+    "publish_inputs_per_s",
+    "decide_3_arms_p50_us",
+    "decide_3_arms_p99_us",
+    "decide_10_arms_p50_us",
+    "decide_10_arms_p99_us",
+    "replay_events_per_s",
+    "verify_events_per_s",
+}
+RATIOS = {"publish_many_events_to_raw", "publish_many_inputs_to_raw"}
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def test_throughput_quick_json(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+
+    assert set(data["figures"]) == FIGURES
+    assert set(data["ratios"]) == RATIOS
+    for key, value in {**data["figures"], **data["ratios"]}.items():
+        assert _positive(value), f"{key} = {value!r}"
+    assert data["ratios"]["publish_many_events_to_raw"] > data["ratios"]["publish_many_inputs_to_raw"]
+
+    assert set(data["status"]) == set(data["targets"])
+    assert set(data["status"].values()) <= {"PASS", "MISS"}
+
+    counts = data["counts"]
+    assert counts["snapshots"] == 0
+    assert counts["subscriber_events"] == counts["log_events"] == counts["replay_events"]
+    assert counts["publish_many_events"] == 2 * counts["publish_many_inputs"]
+    assert list(tmp_path.iterdir()) == []

@@ -32,7 +32,6 @@ from rtopt.events import (
     ExperimentDefined,
     Feedback,
     decode_payload,
-    discarded_events,
     encode_payload,
     validate,
 )
@@ -324,16 +323,15 @@ class Engine:
         tags = sorted(set().union(*(slot.accepted for slot in slots)))
         progress = self._progress
         batch: list[Envelope[Any]] = []
-        with discarded_events():
-            for row in self._log.rows(start=start, until=until, types=tags):
-                batch.append(envelope_from_row(row))
-                if len(batch) == 2000:
-                    self._fold_batch_into(slots, batch)
-                    if progress is not None:
-                        progress(batch[-1].seq, until)
-                    batch = []
-            if batch:
+        for row in self._log.rows(start=start, until=until, types=tags):
+            batch.append(envelope_from_row(row))
+            if len(batch) == 2000:
                 self._fold_batch_into(slots, batch)
+                if progress is not None:
+                    progress(batch[-1].seq, until)
+                batch = []
+        if batch:
+            self._fold_batch_into(slots, batch)
         if progress is not None:
             progress(until, until)
         for slot in slots:
@@ -344,9 +342,9 @@ class Engine:
         for slot in slots:
             position = slot.position
             if batch[0].seq > position:
-                slot.fold_batch(batch)
+                slot.fold_batch(batch, keep=False)
             else:
-                slot.fold_batch([env for env in batch if env.seq > position])
+                slot.fold_batch([env for env in batch if env.seq > position], keep=False)
 
     # --- publishing ------------------------------------------------------------------------------
 
@@ -401,9 +399,14 @@ class Engine:
             )
         return float(when)
 
-    def _submit(self, drafts: list[Draft]) -> list[Envelope[Any]]:
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise RtoptError(f"the engine on {self._log.location} is closed")
         if self._log.read_only:
             raise ReadOnlyLog(f"{self._log.location} is open read-only")
+
+    def _submit(self, drafts: list[Draft]) -> list[Envelope[Any]]:
+        self._check_writable()
         ticket = _Ticket(drafts)
         with self._queue_lock:
             self._queue.append(ticket)
@@ -414,12 +417,11 @@ class Engine:
             raise ticket.error
         return ticket.envelopes
 
-    def _commit_now(self, drafts: list[Draft], *, ids_known_unique: bool = False) -> list[Envelope[Any]]:
+    def _commit_now(self, drafts: list[Draft], *, checked: bool = False) -> list[Envelope[Any]]:
         """Commit ``drafts`` as a group of their own; the caller holds the write lock."""
-        if self._log.read_only:
-            raise ReadOnlyLog(f"{self._log.location} is open read-only")
+        self._check_writable()
         ticket = _Ticket(drafts)
-        self._commit([ticket], ids_known_unique=ids_known_unique)
+        self._commit([ticket], checked=checked)
         if ticket.error is not None:
             raise ticket.error
         return ticket.envelopes
@@ -430,68 +432,107 @@ class Engine:
         if tickets:
             self._commit(tickets)
 
-    def _commit(self, tickets: list[_Ticket], *, ids_known_unique: bool = False) -> None:
-        """Fold, append and deliver every event of ``tickets`` and what they derive, in one transaction."""
-        accepted = tickets if ids_known_unique else self._reject_taken_ids(tickets)
-        recorded_at = wall_clock.time()
-        seq, inputs = self._last_seq, self._inputs
-        batch: list[Envelope[Any]] = []
-        for ticket in accepted:
-            for draft in ticket.drafts:
-                seq += 1
-                inputs += 1
-                event = draft.event
-                envelope = Envelope(
-                    seq,
-                    draft.id or self._input_id(inputs),
-                    event.tag(),
-                    draft.stream,
-                    draft.time,
-                    recorded_at,
-                    None,
-                    draft.correlation_id,
-                    event.schema_version,
-                    event,
-                )
-                ticket.envelopes.append(envelope)
-                batch.append(envelope)
-        if not batch:
-            return
+    def _commit(self, tickets: list[_Ticket], *, checked: bool = False) -> None:
+        """Fold, append and deliver every event of ``tickets`` and what they derive, in one transaction.
+
+        ``checked`` tickets come from commands or a replayed log and skip the screening of inputs.
+        Whatever happens, every ticket ends done, with its envelopes or with the error that stopped it.
+        """
         try:
-            written = self._cascade(batch, recorded_at)
-            self._log.append([_row(envelope) for envelope in written])
-        except BaseException as exc:
-            self._rebuild()
+            accepted = tickets if checked else self._screen(tickets)
+            recorded_at = wall_clock.time()
+            seq, inputs = self._last_seq, self._inputs
+            batch: list[Envelope[Any]] = []
             for ticket in accepted:
-                ticket.error, ticket.done = exc, True
+                for draft in ticket.drafts:
+                    seq += 1
+                    inputs += 1
+                    event = draft.event
+                    envelope = Envelope(
+                        seq,
+                        draft.id or self._input_id(inputs),
+                        event.tag(),
+                        draft.stream,
+                        draft.time,
+                        recorded_at,
+                        None,
+                        draft.correlation_id,
+                        event.schema_version,
+                        event,
+                    )
+                    ticket.envelopes.append(envelope)
+                    batch.append(envelope)
+            if not batch:
+                return
+            try:
+                written = self._cascade(batch, recorded_at)
+                self._log.append([_row(envelope) for envelope in written])
+            except BaseException:
+                self._rebuild()  # the handlers folded events that are not in the log
+                raise
+            self._last_seq, self._inputs = written[-1].seq, inputs
+            self._counts["published"] += len(batch)
+            self._counts["derived"] += len(written) - len(batch)
+            for ticket in accepted:
+                ticket.done = True
+        except BaseException as exc:
+            for ticket in tickets:
+                if not ticket.done:
+                    ticket.envelopes.clear()
+                    ticket.error, ticket.done = exc, True
             return
-        self._last_seq, self._inputs = written[-1].seq, inputs
-        self._counts["published"] += len(batch)
-        self._counts["derived"] += len(written) - len(batch)
-        for ticket in accepted:
-            ticket.done = True
         self._dispatch(written)
 
-    def _reject_taken_ids(self, tickets: list[_Ticket]) -> list[_Ticket]:
-        """Fail the tickets that reuse an id already in the log or earlier in the group."""
+    def _screen(self, tickets: list[_Ticket]) -> list[_Ticket]:
+        """Fail the tickets holding an input the engine must refuse; return the others.
+
+        Refused: an id already in the log or earlier in the group; where handlers run experiments, an
+        experiment definition that ``define_experiment`` would refuse and a Decision of a policy they run
+        (those are made by ``decide``, so that replay can re-make them).
+        """
         given = [draft.id for ticket in tickets for draft in ticket.drafts if draft.id is not None]
-        if not given:
-            return tickets
-        taken = self._log.existing_ids(given)
+        taken = self._log.existing_ids(given) if given else set()
+        defined: set[str] = set()
         accepted = []
         for ticket in tickets:
-            ids = [draft.id for draft in ticket.drafts if draft.id is not None]
-            clash = next((i for i in ids if i in taken), None) or _first_repeat(ids)
-            if clash is not None:
-                self._rejected["duplicate id"] += 1
-                ticket.error = InvalidEvent(
-                    f"id = {clash!r}: an event with this id is already in the log", field="id", value=clash
-                )
-                ticket.done = True
+            ids: set[str] = set()
+            experiments: set[str] = set()
+            try:
+                for draft in ticket.drafts:
+                    self._screen_draft(draft, (taken, ids), (defined, experiments))
+                    if draft.id is not None:
+                        ids.add(draft.id)
+                    if isinstance(draft.event, ExperimentDefined):
+                        experiments.add(draft.event.experiment)
+            except InvalidEvent as exc:
+                ticket.error, ticket.done = exc, True
                 continue
-            taken.update(ids)
+            taken |= ids
+            defined |= experiments
             accepted.append(ticket)
         return accepted
+
+    def _screen_draft(self, draft: Draft, taken: tuple[set[str], set[str]], defined: tuple[set[str], set[str]]) -> None:
+        event = draft.event
+        if draft.id is not None and any(draft.id in ids for ids in taken):
+            self._rejected["duplicate id"] += 1
+            raise InvalidEvent(
+                f"id = {draft.id!r}: an event with this id is already in the log", field="id", value=draft.id
+            )
+        if isinstance(event, ExperimentDefined) and self._deciders:
+            if any(event.experiment in names for names in defined):
+                self._rejected["invalid command"] += 1
+                raise InvalidEvent(
+                    f"experiment = {event.experiment!r}: already defined", field="experiment", value=event.experiment
+                )
+            self._check_definition(event)
+        elif isinstance(event, Decision) and any(event.policy in s.handler.policies for s in self._deciders):
+            self._rejected["invalid command"] += 1
+            raise InvalidEvent(
+                f"policy = {event.policy!r}: decisions of this policy are made by engine.decide, not published",
+                field="policy",
+                value=event.policy,
+            )
 
     def _input_id(self, input_number: int) -> str:
         return ordered_id(input_number, self._input_namespace, str(input_number))
@@ -544,6 +585,23 @@ class Engine:
     def _decider_for(self, experiment: str) -> HandlerSlot | None:
         return next((s for s in self._deciders if s.handler.has_experiment(s.state, experiment)), None)
 
+    def _check_definition(self, definition: ExperimentDefined) -> None:
+        """Raise InvalidEvent (and count it) unless a registered handler runs the experiment's policy and
+        accepts its definition."""
+        slot = next((s for s in self._deciders if definition.policy in s.handler.policies), None)
+        try:
+            if slot is None:
+                known = sorted(p for s in self._deciders for p in s.handler.policies)
+                raise InvalidEvent(
+                    f"policy = {definition.policy!r}: no registered handler runs it (known: {known})",
+                    field="policy",
+                    value=definition.policy,
+                )
+            slot.handler.check_definition(slot.state, definition)
+        except InvalidEvent:
+            self._rejected["invalid command"] += 1
+            raise
+
     def define_experiment(
         self, name: str, arms: Sequence[str], policy: str = "thompson", *, time: float | None = None, **options: Any
     ) -> Envelope[ExperimentDefined]:
@@ -551,15 +609,8 @@ class Engine:
         definition = ExperimentDefined(experiment=name, arms=list(arms), policy=policy, options=options)
         with self._write_lock:
             self._commit_queue()
-            slot = next((s for s in self._deciders if policy in s.handler.policies), None)
-            if slot is None:
-                known = sorted(p for s in self._deciders for p in s.handler.policies)
-                self._rejected["unknown policy"] += 1
-                raise InvalidEvent(
-                    f"policy = {policy!r}: no registered handler runs it (known: {known})", field="policy", value=policy
-                )
-            slot.handler.check_definition(slot.state, definition)
-            return self._commit_now([self._draft(Draft(definition, name, time))])[0]
+            self._check_definition(definition)
+            return self._commit_now([self._draft(Draft(definition, name, time))], checked=True)[0]
 
     def decide(
         self,
@@ -583,10 +634,14 @@ class Engine:
                     f"experiment = {experiment!r}: no such experiment", field="experiment", value=experiment
                 )
             decision_id = self._input_id(self._inputs + 1)
-            decision = slot.handler.decide(
-                slot.state, experiment, Context(when, decision_id, self.seed), context, available
-            )
-            return self._commit_now([Draft(decision, experiment, when, None, decision_id)])[0]
+            try:
+                decision = slot.handler.decide(
+                    slot.state, experiment, Context(when, decision_id, self.seed), context, available
+                )
+            except InvalidEvent:
+                self._rejected["invalid command"] += 1
+                raise
+            return self._commit_now([Draft(decision, experiment, when, None, decision_id)], checked=True)[0]
 
     def feedback(
         self,
@@ -760,8 +815,8 @@ class Engine:
 
         def flush() -> None:
             if group:
-                # ids come from one log, where they were unique, into a log that started empty
-                self._commit_now(list(group), ids_known_unique=True)
+                # the inputs of one log, where they were accepted, into a log that started empty
+                self._commit_now(list(group), checked=True)
                 group.clear()
 
         for row in source.rows(1, until):
@@ -823,15 +878,6 @@ class Engine:
                 return VerifyReport(events=src.last_seq(), derived=derived, decisions=decisions, difference=difference)
         finally:
             src.close()
-
-
-def _first_repeat(ids: Sequence[str]) -> str | None:
-    seen: set[str] = set()
-    for event_id in ids:
-        if event_id in seen:
-            return event_id
-        seen.add(event_id)
-    return None
 
 
 def _refuse_non_empty(log: EventLog) -> None:

@@ -39,16 +39,17 @@ _construction = threading.local()
 
 
 @contextlib.contextmanager
-def discarded_events() -> Iterator[None]:
-    """Within this block (on this thread) events are built without validation: the caller throws them away.
+def unvalidated() -> Iterator[None]:
+    """Within this block (on this thread) events are built without validation.
 
-    Replay uses it while handlers re-derive events that are already in the log.
+    Handler folds run inside it: the kernel validates what a fold derives after the fold returns, so a
+    fold does exactly the same whether its outputs are kept (live) or thrown away (rebuilding state).
     """
-    _construction.discarded = True
+    _construction.unvalidated = True
     try:
         yield
     finally:
-        _construction.discarded = False
+        _construction.unvalidated = False
 
 
 class _EventMeta(type(msgspec.Struct)):  # type: ignore[misc]
@@ -61,7 +62,7 @@ class _EventMeta(type(msgspec.Struct)):  # type: ignore[misc]
             match = _ARGUMENT_FIELD.search(str(exc))
             field = match.group(1) if match else None
             raise InvalidEvent(f"{cls.__name__}: {exc}", field=field) from None
-        if not getattr(_construction, "discarded", False):
+        if not getattr(_construction, "unvalidated", False):
             validate(event)
         return event
 

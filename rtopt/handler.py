@@ -16,7 +16,8 @@ import numpy as np
 import reactivex
 from reactivex import operators as ops
 
-from rtopt.events import Decision, Envelope, Event, ExperimentDefined, HandlerFailed
+from rtopt.errors import InvalidEvent
+from rtopt.events import Decision, Envelope, Event, ExperimentDefined, HandlerFailed, unvalidated, validate
 from rtopt.ids import ordered_id, prefix_of
 
 S = TypeVar("S")
@@ -157,30 +158,41 @@ class HandlerSlot:
         self.position = 0
         self.failures = 0
 
-    def fold_batch(self, batch: Sequence[Envelope[Any]]) -> list[Derived]:
-        """Fold every accepted event of ``batch`` in order; a raising handler yields HandlerFailed."""
+    def fold_batch(self, batch: Sequence[Envelope[Any]], keep: bool = True) -> list[Derived]:
+        """Fold every accepted event of ``batch`` in order and return what the handler derived.
+
+        A fold that raises yields a HandlerFailed event instead of its outputs, and so does an output that
+        fails validation. With ``keep`` False (rebuilding state from events whose outputs are already in
+        the log) outputs are neither validated nor returned; the fold itself runs the same either way.
+        """
         handler, accepted, seed = self.handler, self.accepted, self.seed
         state = self.state
         derived: list[Derived] = []
-        for envelope in batch:
-            if envelope.type not in accepted:
-                continue
-            try:
-                state, events = handler.apply(state, envelope, Context(envelope.time, envelope.id, seed))
-            except Exception as exc:
-                self.failures += 1
-                events = [
-                    HandlerFailed(
-                        handler=self.name,
-                        event_type=envelope.type,
-                        error_type=type(exc).__name__,
-                        message=str(exc)[:2000],
-                    )
-                ]
-            if events:
-                derived.extend(Derived(envelope, self.name, i, event) for i, event in enumerate(events))
+        with unvalidated():
+            for envelope in batch:
+                if envelope.type not in accepted:
+                    continue
+                try:
+                    state, events = handler.apply(state, envelope, Context(envelope.time, envelope.id, seed))
+                except Exception as exc:
+                    self.failures += 1
+                    events = [self._failure(envelope, exc)]
+                if events and keep:
+                    derived.extend(Derived(envelope, self.name, i, event) for i, event in enumerate(events))
         self.state = state
+        if keep:
+            for position, item in enumerate(derived):
+                try:
+                    validate(item.event)
+                except InvalidEvent as exc:
+                    self.failures += 1
+                    derived[position] = item._replace(event=self._failure(item.cause, exc))
         return derived
+
+    def _failure(self, envelope: Envelope[Any], exc: Exception) -> HandlerFailed:
+        return HandlerFailed(
+            handler=self.name, event_type=envelope.type, error_type=type(exc).__name__, message=str(exc)[:2000]
+        )
 
 
 def fold_operator(

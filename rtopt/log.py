@@ -20,6 +20,7 @@ import sqlite_utils
 from rtopt.errors import InvalidLog, ReadOnlyLog, RtoptError
 
 FORMAT_VERSION = 1
+WAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes the WAL file is cut back to after a checkpoint
 META_TABLE = "rtopt_meta"
 COLUMNS = (
     "seq",
@@ -121,7 +122,6 @@ class SQLiteLog(EventLog):
         self._write_lock = threading.Lock()
         self._read_lock = self._write_lock if writer is reader else threading.Lock()
         self._data_version = self._pragma_data_version()
-        self._checkpointer = _Checkpointer(location) if writer is not None and writer is not reader else None
 
     # --- opening ---------------------------------------------------------------------------------
 
@@ -162,7 +162,7 @@ class SQLiteLog(EventLog):
         writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         writer.execute("PRAGMA journal_mode=WAL")
         writer.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        writer.execute("PRAGMA wal_autocheckpoint=0")  # a background thread checkpoints instead
+        writer.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         if not exists or not _has_meta(writer):
             _create_schema(writer, seed)
         reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
@@ -190,8 +190,6 @@ class SQLiteLog(EventLog):
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
-        if self._checkpointer is not None:
-            self._checkpointer.pending = True
 
     def save_snapshot(self, handler: str, fingerprint: str, seq: int, state: bytes) -> None:
         if self._writer is None:
@@ -309,38 +307,12 @@ class SQLiteLog(EventLog):
         return self._query("PRAGMA integrity_check")[0][0]
 
     def close(self) -> None:
-        if self._checkpointer is not None:
-            self._checkpointer.stop()
         with self._write_lock:
             if self._writer is not None:
                 self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 self._writer.close()
             if self._reader is not self._writer:
                 self._reader.close()
-
-
-class _Checkpointer(threading.Thread):
-    """Copies the WAL back into the database file off the write path, so commits never wait for it."""
-
-    interval = 0.25
-
-    def __init__(self, location: str) -> None:
-        super().__init__(name=f"rtopt-checkpoint {location}", daemon=True)
-        self._conn = sqlite3.connect(location, isolation_level=None, check_same_thread=False, timeout=30)
-        self._stopping = threading.Event()
-        self.pending = False
-        self.start()
-
-    def run(self) -> None:
-        while not self._stopping.wait(self.interval):
-            if self.pending:
-                self.pending = False
-                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self.join()
-        self._conn.close()
 
 
 def _check_existing(path: Path) -> None:

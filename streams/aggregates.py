@@ -15,6 +15,7 @@ for computing sample variances" (the merge).
 from __future__ import annotations
 
 import math
+import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -165,9 +166,7 @@ class Aggregates:
             unknown = [s for s in statistics if not _is_statistic(s)]
             if unknown or not statistics:
                 raise ValueError(f"{name}: unknown statistics {unknown} (known: {STATISTICS} and pNN)")
-            extract = (
-                (lambda payload, attribute=source: getattr(payload, attribute)) if isinstance(source, str) else source
-            )
+            extract = operator.attrgetter(source) if isinstance(source, str) else source
             keep_values = any(_PERCENTILE.match(s) for s in statistics)
             self._fields.append((name, extract, statistics, keep_values))
 

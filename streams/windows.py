@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -159,6 +159,8 @@ class WindowPipeline:
         self.allowed_lateness = allowed_lateness if late == "update" else 0.0
         self._key = _key_function(key)
         self._key_description = key if not callable(key) else f"{key.__module__}.{key.__qualname__}"
+        self._counting = isinstance(window, Counting)
+        self._add = self._add_to_session if isinstance(window, Session) else self._add_to_panes
         if isinstance(window, Tumbling | Sliding):
             self._pane = window.size if isinstance(window, Tumbling) else window.step
             self._panes_per_window = round(window.size / self._pane)
@@ -187,17 +189,15 @@ class WindowPipeline:
         keyed = state.keys.get(key)
         if keyed is None:
             keyed = state.keys[key] = KeyState()
-        window = self.window
-        if isinstance(window, Counting):
+        if self._counting:
             return self._count(keyed, key, envelope)
         out: list[Event] = []
-        if isinstance(window, Session):
-            self._add_to_session(state, keyed, key, envelope, out)
-        else:
-            self._add_to_panes(state, keyed, key, envelope, out)
+        self._add(state, keyed, key, envelope, out)
         if envelope.time > state.max_time:
             state.max_time = envelope.time
-            self._close_due(state, out)
+            due = state.due
+            if due and due[0][0] <= envelope.time - self.out_of_orderness:
+                self._close_due(state, out)
         return out
 
     def flush(self, state: PipelineState) -> list[Event]:
@@ -216,46 +216,64 @@ class WindowPipeline:
     def _add_to_panes(
         self, state: PipelineState, keyed: KeyState, key: str, envelope: Envelope[Any], out: list[Event]
     ) -> None:
-        pane_seconds, width = self._pane, self._panes_per_window
+        pane_seconds = self._pane
         pane = math.floor(envelope.time / pane_seconds)
-        watermark = state.watermark(self.out_of_orderness)
+        watermark = state.max_time - self.out_of_orderness
+        if (pane + 1) * pane_seconds <= watermark:  # the pane's first window has closed: the event is late
+            self._add_late(state, keyed, key, pane, envelope, watermark, out)
+            return
+        summary = keyed.panes.get(pane)
+        if summary is None:
+            summary = keyed.panes[pane] = self.aggregates.empty()
+            self._schedule(state, keyed, key, range(pane + 1, pane + self._panes_per_window + 1))
+        self.aggregates.add(summary, envelope.payload)
+
+    def _schedule(self, state: PipelineState, keyed: KeyState, key: str, ends: Iterable[int]) -> None:
+        """Make sure the windows ending at ``ends`` (in panes) will close."""
+        for end in ends:
+            index = bisect.bisect_left(keyed.open_ends, end)
+            if index == len(keyed.open_ends) or keyed.open_ends[index] != end:
+                keyed.open_ends.insert(index, end)
+                heapq.heappush(state.due, (end * self._pane, key))
+
+    def _add_late(
+        self,
+        state: PipelineState,
+        keyed: KeyState,
+        key: str,
+        pane: int,
+        envelope: Envelope[Any],
+        watermark: float,
+        out: list[Event],
+    ) -> None:
+        """An event some of whose windows have closed: drop it from those, or revise them."""
+        pane_seconds, width = self._pane, self._panes_per_window
         ends = range(pane + 1, pane + width + 1)
-        closed_ends = [end for end in ends if end * pane_seconds <= watermark]
-        if closed_ends:
-            revisable = [
-                end
-                for end in closed_ends
-                if self.late == "update" and end * pane_seconds + self.allowed_lateness > watermark
-            ]
-            if len(closed_ends) == width and not revisable:
-                state.dropped += 1
+        closed = [end for end in ends if end * pane_seconds <= watermark]
+        revisable = [
+            end for end in closed if self.late == "update" and end * pane_seconds + self.allowed_lateness > watermark
+        ]
+        if len(revisable) < len(closed):
+            state.dropped += 1
+            if len(closed) == width and not revisable:
                 return
-            if len(revisable) < len(closed_ends):
-                state.dropped += 1
         summary = keyed.panes.get(pane)
         if summary is None:
             summary = keyed.panes[pane] = self.aggregates.empty()
         self.aggregates.add(summary, envelope.payload)
-        for end in ends:
-            if end * pane_seconds <= watermark:
-                continue
-            index = bisect.bisect_left(keyed.open_ends, end)
-            if index == len(keyed.open_ends) or keyed.open_ends[index] != end:
-                keyed.open_ends.insert(index, end)
-                heapq.heappush(state.due, (end * pane_seconds, key))
-        if closed_ends and self.late == "update":
-            for record in keyed.closed:
-                if record.end in closed_ends and record.end * pane_seconds + self.allowed_lateness > watermark:
-                    record.revision += 1
-                    record.late += 1
-                    state.updated += 1
-                    out.append(self._updated(key, record.end, keyed, record))
-            new = [end for end in revisable if all(r.end != end for r in keyed.closed)]
-            for end in new:  # a late event opens a window that never had data: it closes revised
-                record = ClosedWindow(end=end, revision=1, late=1)
+        self._schedule(state, keyed, key, ends[len(closed) :])
+        if not revisable:
+            return
+        records = {record.end: record for record in keyed.closed}
+        for end in revisable:
+            record = records.get(end)
+            if record is None:  # a window that never had data, opened by a late event: it closes revised
+                record = ClosedWindow(end=end)
                 keyed.closed.append(record)
-                state.updated += 1
-                out.append(self._updated(key, end, keyed, record))
+            record.revision += 1
+            record.late += 1
+            state.updated += 1
+            out.append(self._updated(key, end, keyed, record))
 
     def _window_summary(self, keyed: KeyState, end: int) -> Summary:
         panes = [keyed.panes[p] for p in range(end - self._panes_per_window, end) if p in keyed.panes]
@@ -271,12 +289,11 @@ class WindowPipeline:
             out.append(self._result(key, (end - width) * pane_seconds, end * pane_seconds, summary))
             if self.late == "update":
                 keyed.closed.append(ClosedWindow(end=end))
-        watermark = state.watermark(self.out_of_orderness)
-        keyed.closed = [r for r in keyed.closed if r.end * pane_seconds + self.allowed_lateness > watermark]
-        oldest_needed = min(
-            [*(e - width for e in keyed.open_ends), *(r.end - width for r in keyed.closed)], default=None
-        )
-        for pane in [p for p in keyed.panes if oldest_needed is None or p < oldest_needed]:
+        if keyed.closed:
+            watermark = state.watermark(self.out_of_orderness)
+            keyed.closed = [r for r in keyed.closed if r.end * pane_seconds + self.allowed_lateness > watermark]
+        first_end = min([keyed.open_ends[0] if keyed.open_ends else math.inf, *(r.end for r in keyed.closed)])
+        for pane in [p for p in keyed.panes if p < first_end - width]:
             del keyed.panes[pane]
 
     def _updated(self, key: str, end: int, keyed: KeyState, record: ClosedWindow) -> Event:

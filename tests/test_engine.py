@@ -18,6 +18,7 @@ from rtopt import (
     Engine,
     Envelope,
     Event,
+    ExperimentDefined,
     Feedback,
     Handler,
     HandlerFailed,
@@ -252,3 +253,87 @@ def test_feedback_is_learnt_once_and_the_rest_is_rejected_visibly() -> None:
             "unknown or expired decision": 1,
             "feedback does not match its decision": 1,
         }
+
+
+class Broken(Event, frozen=True):
+    ratio: float
+
+
+class EmitsInvalid(Handler[Count]):
+    """Derives an invalid event on every third ping, after counting it."""
+
+    name = "emits_invalid"
+    accepts = (Pinged,)
+    state_type = Count
+
+    def initial_state(self) -> Count:
+        return Count()
+
+    def apply(self, state: Count, envelope: Envelope[Any], ctx: Context) -> tuple[Count, Sequence[Event]]:
+        bad = Broken(ratio=float("nan") if envelope.payload.n % 3 == 0 else 0.5)
+        state.pings += 1
+        return state, [bad]
+
+
+def test_an_invalid_derived_event_fails_the_same_way_live_and_in_rebuild(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite"
+    with Engine.open(path, seed=1, handlers=[EmitsInvalid()]) as engine:
+        engine.publish_many([Pinged(target="a", n=n) for n in range(7)])
+        live = engine.state("emits_invalid").pings
+        failures = [env.payload for env in engine.read(types=[HandlerFailed])]
+    assert live == 7
+    assert [f.error_type for f in failures] == ["InvalidEvent"] * 3
+    assert "ratio" in failures[0].message
+    with Engine.open(path, read_only=True, handlers=[EmitsInvalid()]) as rebuilt:
+        assert rebuilt.state("emits_invalid").pings == live
+    assert Engine.verify(path, handlers=[EmitsInvalid()]).ok
+
+
+def test_a_storage_failure_fails_every_waiting_caller_and_loses_nothing_accepted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Engine.open(tmp_path / "log.sqlite", seed=1, handlers=[PingPong()]) as engine:
+        engine.publish(Pinged(target="a", n=1))
+        log = engine.log
+
+        def broken_append(rows: object) -> None:
+            raise OSError("disk full")
+
+        monkeypatch.setattr(log, "append", broken_append)
+        with pytest.raises(OSError, match="disk full"):
+            engine.publish_many([Pinged(target="a", n=2), Pinged(target="a", n=3)], time=1.0)
+        monkeypatch.undo()
+        # the handler's state was rebuilt from the log: the failed pings are not in it
+        assert engine.state("pingpong").pings == 1
+        assert engine.publish(Pinged(target="a", n=4)).seq == 3
+        assert [env.payload.n for env in engine.read(types=[Pinged])] == [1, 4]
+
+
+def test_publish_refuses_what_the_commands_would_refuse() -> None:
+    with Engine.open(":memory:", seed=4, handlers=[BanditHandler()]) as engine:
+        engine.define_experiment("g", arms=["a", "b"])
+        before = engine.log.last_seq()
+        bad = [
+            (ExperimentDefined(experiment="h", arms=["a", "a"], policy="thompson"), "arms"),
+            (ExperimentDefined(experiment="g", arms=["a"], policy="thompson"), "experiment"),
+            (ExperimentDefined(experiment="h", arms=["a"], policy="ucb9"), "policy"),
+            (Decision(experiment="g", arm="a", policy="thompson", propensity=1.0), "policy"),
+        ]
+        for event, field in bad:
+            with pytest.raises(InvalidEvent) as caught:
+                engine.publish(event)
+            assert caught.value.field == field
+        with pytest.raises(InvalidEvent, match="already defined"):
+            engine.publish_many([ExperimentDefined(experiment="h", arms=["a"], policy="thompson")] * 2)
+        assert engine.log.last_seq() == before
+        # a decision made elsewhere, by a policy this engine does not run, is a fact it records
+        engine.publish(Decision(experiment="g", arm="b", policy="human", propensity=1.0))
+        assert engine.stats().rejected["invalid command"] == 5
+
+
+def test_a_closed_engine_says_so() -> None:
+    engine = Engine.open(":memory:", seed=1, handlers=[])
+    engine.close()
+    engine.close()
+    with pytest.raises(RtoptError, match="closed"):
+        engine.publish(Pinged(target="a"))

@@ -1,7 +1,7 @@
 """pytest-benchmark benchmarks of the kernel's hot paths.
 
-They are not part of the default test run (``testpaths`` leaves ``benchmarks/`` out and ``addopts``
-disables benchmarking); run them with ``pytest benchmarks/ --benchmark-enable``.
+The default test run executes each once, as a test (``addopts`` disables benchmarking); measure them
+with ``pytest benchmarks/ --benchmark-enable``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.throughput import ARMS_3, BATCH, EXPERIMENT, SEED, START, Outcomes, make_workload
+from benchmarks.throughput import ARMS_3, BATCH, EXPERIMENT, SEED, START, Outcomes, link, make_workload
 from rtopt import Engine
 
 ROUNDS = 20
@@ -35,8 +35,8 @@ def log_20k(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with Engine.open(path, seed=SEED) as engine:
         engine.define_experiment(EXPERIMENT, arms=list(ARMS_3), time=START)
         for start in range(0, REPLAY_PAIRS, BATCH):
-            engine.publish_many(work.decisions[start : start + BATCH], time=START + 1 + start * 1e-3)
-            engine.publish_many(work.feedback[start : start + BATCH], time=START + 2 + start * 1e-3)
+            made = engine.publish_many(work.decisions[start : start + BATCH], time=START + 1 + start * 1e-3)
+            engine.publish_many(link(work.feedback[start : start + BATCH], made), time=START + 2 + start * 1e-3)
         assert engine.position == 1 + 3 * REPLAY_PAIRS
     return path
 
@@ -48,8 +48,8 @@ def test_publish_many_1000_feedback(benchmark, engine: Engine) -> None:
 
     def setup() -> tuple[tuple[object, ...], dict[str, object]]:
         start = next(starts)
-        engine.publish_many(work.decisions[start : start + BATCH], time=START + 1 + start)
-        return (work.feedback[start : start + BATCH],), {"time": START + 2 + start}
+        made = engine.publish_many(work.decisions[start : start + BATCH], time=START + 1 + start)
+        return (link(work.feedback[start : start + BATCH], made),), {"time": START + 2 + start}
 
     envelopes = benchmark.pedantic(engine.publish_many, setup=setup, rounds=ROUNDS, iterations=1, warmup_rounds=1)
     assert len(envelopes) == BATCH
@@ -60,16 +60,19 @@ def test_publish_many_1000_feedback(benchmark, engine: Engine) -> None:
 def test_publish_one_feedback(benchmark, engine: Engine) -> None:
     """One publish() call of one Feedback event on a pending decision."""
     work = make_workload(20 * BATCH, ARMS_3, SEED, stream=12)
+    linked = []
     for start in range(0, len(work.decisions), BATCH):
-        engine.publish_many(work.decisions[start : start + BATCH], time=START + 1)
-    feedback = iter(work.feedback)
+        made = engine.publish_many(work.decisions[start : start + BATCH], time=START + 1)
+        linked.extend(link(work.feedback[start : start + BATCH], made))
+    feedback = iter(linked)
 
     def setup() -> tuple[tuple[object, ...], dict[str, object]]:
         return (next(feedback),), {"time": START + 2}
 
-    envelope = benchmark.pedantic(engine.publish, setup=setup, rounds=len(work.feedback) - 1, iterations=1)
+    envelope = benchmark.pedantic(engine.publish, setup=setup, rounds=len(linked) - 1, iterations=1)
     assert envelope.type == "Feedback"
-    assert not engine.stats().rejected
+    stats = engine.stats()
+    assert not stats.rejected and stats.derived == stats.published - len(work.decisions) - 1  # 1 definition
 
 
 def test_decide_then_feedback(benchmark, engine: Engine) -> None:

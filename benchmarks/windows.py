@@ -37,23 +37,43 @@ def make_events(count: int, seed: int = 1) -> list[Envelope[Any]]:
     latency = rng.lognormal(6.0, 0.5, count)
     events = []
     for i in range(count):
-        payload = Feedback(prompt_id=f"model-{keys[i]}", variant_id="v", response_time_ms=float(latency[i]),
-                           success=True, quality_score=0.8)
-        events.append(Envelope(i + 1, f"e{i}", "Feedback", payload.prompt_id, float(times[i]), 0.0, None, None, 1,
-                               payload))
+        payload = Feedback(
+            prompt_id=f"model-{keys[i]}",
+            variant_id="v",
+            response_time_ms=float(latency[i]),
+            success=True,
+            quality_score=0.8,
+        )
+        events.append(
+            Envelope(i + 1, f"e{i}", "Feedback", payload.prompt_id, float(times[i]), 0.0, None, None, 1, payload)
+        )
     return events
 
 
 def run_pipelines(events: Sequence[Envelope[Any]]) -> list[tuple]:
     spec = Aggregates({"response_time_ms": ("mean", "std", "p95")})
-    pipelines = [WindowPipeline("t1m", Tumbling(MINUTE), spec), WindowPipeline("s5m", Sliding(5 * MINUTE, MINUTE), spec)]
+    pipelines = [
+        WindowPipeline("t1m", Tumbling(MINUTE), spec),
+        WindowPipeline("s5m", Sliding(5 * MINUTE, MINUTE), spec),
+    ]
     states = [p.initial_state() for p in pipelines]
     out = []
     for envelope in events:
         for pipeline, state in zip(pipelines, states, strict=True):
             out.extend(pipeline.step(state, envelope))
-    return [(w.pipeline, w.key, w.start, w.end, w.count, w.values["response_time_ms.mean"],
-             w.values["response_time_ms.std"], w.values["response_time_ms.p95"]) for w in out]
+    return [
+        (
+            w.pipeline,
+            w.key,
+            w.start,
+            w.end,
+            w.count,
+            w.values["response_time_ms.mean"],
+            w.values["response_time_ms.std"],
+            w.values["response_time_ms.p95"],
+        )
+        for w in out
+    ]
 
 
 def run_plain_loop(events: Sequence[Envelope[Any]]) -> list[tuple]:

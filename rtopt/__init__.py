@@ -4,7 +4,7 @@ The kernel: event schemas, the append-only log, the bus and the :class:`Engine`.
 (bandits, detection, optimisation) live in the ``handlers`` package and register through entry points.
 """
 
-from rtopt.engine import Draft, Engine, EngineStats, VerifyReport, default_handlers
+from rtopt.engine import ConfigurationChanged, Draft, Engine, EngineStats, Rebuilt, VerifyReport, default_handlers
 from rtopt.errors import InvalidEvent, InvalidLog, ReadOnlyLog, RtoptError, UnknownEventType
 from rtopt.events import (
     ArmUpdated,
@@ -22,6 +22,7 @@ from rtopt.handler import Context, Decider, Handler
 
 __all__ = [
     "ArmUpdated",
+    "ConfigurationChanged",
     "Context",
     "Decider",
     "Decision",
@@ -38,6 +39,7 @@ __all__ = [
     "InvalidEvent",
     "InvalidLog",
     "ReadOnlyLog",
+    "Rebuilt",
     "RtoptError",
     "UnknownEventType",
     "VerifyReport",

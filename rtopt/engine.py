@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import threading
 import time as wall_clock
+import warnings
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from importlib.metadata import entry_points
@@ -42,8 +43,14 @@ from rtopt.log import COLUMNS, EventLog, Row, SQLiteLog
 DEFAULT_LOG = Path("event_log") / "rtopt.sqlite"
 HANDLER_ENTRY_POINTS = "rtopt.handlers"
 MAX_CASCADE_DEPTH = 32
+REPLAYED_FROM = "replayed_from"  # meta key of a what-if log: the log whose inputs it replayed
+HANDLERS = "handlers"  # meta key: handler name -> fingerprint of the configuration that last wrote the log
 Progress = Callable[[int, int], None]
 """Called with (events done, events in all) while long work runs."""
+
+
+class ConfigurationChanged(UserWarning):
+    """A handler opened a log with another configuration than the one that last wrote it."""
 
 
 class Draft(msgspec.Struct, frozen=True):
@@ -83,10 +90,22 @@ class VerifyReport(msgspec.Struct, frozen=True):
     derived: int
     decisions: int
     difference: Difference | None
+    notes: list[str] = []
 
     @property
     def ok(self) -> bool:
+        """True when everything re-derived matched the log."""
         return self.difference is None
+
+
+class Rebuilt(msgspec.Struct, frozen=True):
+    """How an engine's state was rebuilt when it opened: up to ``position``, starting from the
+    ``snapshots`` (handler -> seq) it found, folding ``folded`` events of the log in ``seconds``."""
+
+    position: int
+    snapshots: dict[str, int]
+    folded: int
+    seconds: float
 
 
 class _Ticket:
@@ -186,6 +205,7 @@ class Engine:
         for handler in handlers:
             self._add_slot(handler)
         self._rebuild()
+        self._note_handlers()
 
     # --- opening and closing ---------------------------------------------------------------------
 
@@ -277,6 +297,24 @@ class Engine:
             slot = self._add_slot(handler)
             self._fold_history([slot], self._last_seq)
 
+    def _note_handlers(self) -> None:
+        """Warn when a handler runs with another configuration than the one that last wrote the log."""
+        recorded = msgspec.json.decode(self._log.meta().get(HANDLERS, "{}"))
+        current = {slot.name: slot.handler.fingerprint() for slot in self._slots}
+        changed = sorted(
+            name for name, fingerprint in current.items() if recorded.get(name, fingerprint) != fingerprint
+        )
+        if changed:
+            warnings.warn(
+                f"{self._log.location}: {changed} run with another configuration than the one that last wrote this "
+                "log; their state is rebuilt with the current one and can differ from what was derived",
+                ConfigurationChanged,
+                stacklevel=4,
+            )
+        merged = {**recorded, **current}
+        if not self._log.read_only and merged != recorded:
+            self._log.set_meta(HANDLERS, msgspec.json.encode(merged).decode())
+
     def handlers(self) -> list[str]:
         """Names of the registered handlers, in the order they see events."""
         return [slot.name for slot in self._slots]
@@ -304,7 +342,11 @@ class Engine:
 
     def _rebuild(self) -> None:
         """Reset handler state to the newest usable snapshot and fold the rest of the log."""
-        until = self._until_seq if self._until_seq is not None else self._log.last_seq()
+        last = self._log.last_seq()
+        until = self._until_seq if self._until_seq is not None else last
+        if not 0 <= until <= last:
+            raise RtoptError(f"until_seq = {until}: the log at {self._log.location} holds seqs 1..{last}")
+        snapshots = {}
         for slot in self._slots:
             slot.state = slot.handler.initial_state()
             slot.position = 0
@@ -312,18 +354,24 @@ class Engine:
             if found is not None:
                 slot.position, blob = found
                 slot.state = msgspec.msgpack.decode(blob, type=slot.handler.state_type)
-        self._fold_history(self._slots, until)
+                snapshots[slot.name] = slot.position
+        started = wall_clock.perf_counter()
+        folded = self._fold_history(self._slots, until)
+        self.rebuilt = Rebuilt(until, snapshots, folded, wall_clock.perf_counter() - started)
         self._last_seq = until
         self._inputs = self._log.count_inputs(until)
 
-    def _fold_history(self, slots: Sequence[HandlerSlot], until: int) -> None:
+    def _fold_history(self, slots: Sequence[HandlerSlot], until: int) -> int:
+        """Fold the log up to ``until`` into ``slots``, each from its own position; returns the rows read."""
         if not slots:
-            return
+            return 0
+        folded = 0
         start = min(slot.position for slot in slots) + 1
         tags = sorted(set().union(*(slot.accepted for slot in slots)))
         progress = self._progress
         batch: list[Envelope[Any]] = []
         for row in self._log.rows(start=start, until=until, types=tags):
+            folded += 1
             batch.append(envelope_from_row(row))
             if len(batch) == 2000:
                 self._fold_batch_into(slots, batch)
@@ -336,6 +384,7 @@ class Engine:
             progress(until, until)
         for slot in slots:
             slot.position = until
+        return folded
 
     @staticmethod
     def _fold_batch_into(slots: Sequence[HandlerSlot], batch: list[Envelope[Any]]) -> None:
@@ -526,7 +575,7 @@ class Engine:
                     f"experiment = {event.experiment!r}: already defined", field="experiment", value=event.experiment
                 )
             self._check_definition(event)
-        elif isinstance(event, Decision) and any(event.policy in s.handler.policies for s in self._deciders):
+        elif isinstance(event, Decision) and self._runs_policy(event.policy):
             self._rejected["invalid command"] += 1
             raise InvalidEvent(
                 f"policy = {event.policy!r}: decisions of this policy are made by engine.decide, not published",
@@ -796,6 +845,7 @@ class Engine:
                 ":memory:" if into is None else into, seed=recorded_seed if seed is None else seed, handlers=handlers
             )
             _refuse_non_empty(target._log)
+            target._log.set_meta(REPLAYED_FROM, str(source))
             target._refeed(src, until_seq, progress=progress)
             return target
         finally:
@@ -827,7 +877,7 @@ class Engine:
             draft = Draft(envelope.payload, envelope.stream, envelope.time, envelope.id, envelope.correlation_id)
             if isinstance(envelope.payload, Decision):
                 flush()
-                if check_decision is not None:
+                if check_decision is not None and self._runs_policy(envelope.payload.policy):
                     check_decision(envelope, self._redecide(envelope))
             group.append(draft)
             if progress is not None and row[0] % 2000 == 0:
@@ -835,6 +885,9 @@ class Engine:
         flush()
         if progress is not None:
             progress(until, until)
+
+    def _runs_policy(self, policy: str) -> bool:
+        return any(policy in slot.handler.policies for slot in self._deciders)
 
     def _redecide(self, recorded: Envelope[Decision]) -> Decision:
         decision = recorded.payload
@@ -868,14 +921,23 @@ class Engine:
                 )
 
         try:
+            meta = src.meta()
+            notes = []
+            if REPLAYED_FROM in meta:
+                notes.append(
+                    f"this log is a what-if replay of {meta[REPLAYED_FROM]}: its decisions were made on the state of "
+                    "that log, so they are taken as recorded, not re-made"
+                )
             target = cls.open(
-                ":memory:", seed=int(src.meta()["seed"]), handlers=default_handlers() if handlers is None else handlers
+                ":memory:", seed=int(meta["seed"]), handlers=default_handlers() if handlers is None else handlers
             )
             with target:
-                target._refeed(src, None, progress=progress, check_decision=check_decision)
+                target._refeed(src, None, progress=progress, check_decision=None if notes else check_decision)
                 difference = mismatches[0] if mismatches else _first_difference(src, target._log)
                 derived = src.last_seq() - src.count_inputs(None)
-                return VerifyReport(events=src.last_seq(), derived=derived, decisions=decisions, difference=difference)
+                return VerifyReport(
+                    events=src.last_seq(), derived=derived, decisions=decisions, difference=difference, notes=notes
+                )
         finally:
             src.close()
 

@@ -75,8 +75,8 @@ class EventLog(ABC):
         """Those of ``ids`` already in the log."""
 
     @abstractmethod
-    def count_by_type(self) -> dict[str, int]:
-        """Number of events per type tag."""
+    def count_by_type(self, until: int | None = None) -> dict[str, int]:
+        """Number of events per type tag, among those with seq <= ``until``."""
 
     @abstractmethod
     def count_inputs(self, until: int | None = None) -> int:
@@ -89,6 +89,10 @@ class EventLog(ABC):
     @abstractmethod
     def wait_for_change(self, timeout: float) -> bool:
         """Block up to ``timeout`` seconds for another connection to commit; True if one did."""
+
+    @abstractmethod
+    def set_meta(self, key: str, value: str) -> None:
+        """Record ``value`` under ``key`` in the log's meta data (the format version cannot be changed)."""
 
     @abstractmethod
     def save_snapshot(self, handler: str, fingerprint: str, seq: int, state: bytes) -> None:
@@ -191,6 +195,14 @@ class SQLiteLog(EventLog):
                 raise
             conn.execute("COMMIT")
 
+    def set_meta(self, key: str, value: str) -> None:
+        if self._writer is None:
+            raise ReadOnlyLog(f"{self.location} is open read-only")
+        if key == "format_version":
+            raise ValueError("the format version of a log is set when it is created")
+        with self._write_lock:
+            self._writer.execute(f"INSERT OR REPLACE INTO {META_TABLE} (key, value) VALUES (?, ?)", (key, value))
+
     def save_snapshot(self, handler: str, fingerprint: str, seq: int, state: bytes) -> None:
         if self._writer is None:
             raise ReadOnlyLog(f"{self.location} is open read-only")
@@ -267,8 +279,13 @@ class SQLiteLog(EventLog):
             )
         return found
 
-    def count_by_type(self) -> dict[str, int]:
-        return dict(self._query("SELECT type, count(*) FROM events GROUP BY type ORDER BY type"))
+    def count_by_type(self, until: int | None = None) -> dict[str, int]:
+        return dict(
+            self._query(
+                "SELECT type, count(*) FROM events WHERE seq <= ? GROUP BY type ORDER BY type",
+                (until if until is not None else 2**62,),
+            )
+        )
 
     def count_inputs(self, until: int | None = None) -> int:
         return self._query(

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from handlers.bandits.simulation import default_variants, simulate
 from rtopt import Engine
-from rtopt.simulation import default_variants, simulate
 
 
 def sha256(path: Path) -> str:

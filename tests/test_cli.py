@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
 import re
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from conftest import rows_without_recorded_at
 
-from rtopt import Engine
+from rtopt import Engine, RtoptError
 from rtopt.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def rtopt(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "rtopt", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "rtopt", *args], cwd=cwd, capture_output=True, text=True)
 
 
 def test_simulate_inspect_and_verify(tmp_path: Path) -> None:
@@ -50,7 +50,9 @@ def test_simulate_with_the_same_seed_replaces_the_log_with_the_same_events(tmp_p
     log = tmp_path / "same.sqlite"
     assert main(["simulate", "--steps", "200", "--seed", "9", "--log", str(log)]) == 0
     first = rows_without_recorded_at(log)
-    assert main(["simulate", "--steps", "200", "--seed", "9", "--log", str(log)]) == 0
+    assert main(["simulate", "--steps", "200", "--seed", "9", "--log", str(log)]) == 2  # it exists
+    assert rows_without_recorded_at(log) == first
+    assert main(["simulate", "--steps", "200", "--seed", "9", "--log", str(log), "--force"]) == 0
     assert rows_without_recorded_at(log) == first
 
 
@@ -83,6 +85,18 @@ def test_every_command_has_help(command: list[str], tmp_path: Path) -> None:
     assert "usage: rtopt" in done.stdout
 
 
+def test_the_readme_streams_example_runs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    example = readme.split("## Streams: windows and features", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    scope: dict = {}
+    exec(compile(example, "README.md", "exec"), scope)
+    # at t=590 (watermark 585 with 5 s out-of-orderness) the last closed 1-minute window is [480, 540):
+    # latencies 780..830, mean 805; the last 5-minute window is [240, 540): 540..830 in steps of 10,
+    # p95 = 540 + 10 * 0.95 * 29 = 815.5
+    assert scope["context"] == {"window_1min_avg_latency": 805.0, "window_5min_p95_latency": pytest.approx(815.5)}
+    assert scope["decision"].context == scope["context"]
+
+
 def test_the_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     readme = (ROOT / "README.md").read_text()
     example = readme.split("## Embedding the engine", 1)[1].split("```python", 1)[1].split("```", 1)[0]
@@ -92,3 +106,49 @@ def test_the_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     with Engine.open(tmp_path / "event_log" / "example.sqlite", read_only=True) as engine:
         assert engine.state("bandit", "greeting").decisions == 2
         assert engine.log.count_by_type()["Feedback"] == 4
+
+
+def wait_for_events(log: Path, writer: subprocess.Popen) -> None:
+    """Return once the log another process writes holds events (a condition, polled every 10 ms)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and writer.poll() is None:
+        if log.exists():
+            with contextlib.suppress(RtoptError), Engine.open(log, read_only=True, handlers=[]) as engine:
+                if engine.position:
+                    return
+        time.sleep(0.01)
+    raise AssertionError(f"{log} got no events")
+
+
+def test_follow_prints_each_event_of_a_live_log_once(tmp_path: Path) -> None:
+    log = tmp_path / "live.sqlite"
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "rtopt", "simulate", "--steps", "3000", "--log", str(log)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_events(log, writer)
+        follow = rtopt("inspect", str(log), "--last", "5", "--follow", "--idle-timeout", "2", cwd=tmp_path)
+    finally:
+        writer.wait(timeout=60)
+    assert follow.returncode == 0, follow.stderr
+    seqs = [int(line.split()[0]) for line in follow.stdout.splitlines() if re.match(r"^\s+\d+ \d{4}-", line)]
+    assert seqs == sorted(set(seqs))
+    with Engine.open(log, read_only=True, handlers=[]) as engine:
+        assert seqs[-1] == engine.position == 9001
+
+
+def test_replay_reports_how_it_rebuilt_and_refuses_a_seq_past_the_end(tmp_path: Path) -> None:
+    log = tmp_path / "r.sqlite"
+    assert main(["simulate", "--steps", "300", "--seed", "1", "--log", str(log)]) == 0
+    done = rtopt("replay", str(log), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "at seq 901 from snapshots {'bandit': 901}: folded 0 events" in done.stdout
+    assert "more lines (--state prints all)" in done.stdout
+    partial = rtopt("replay", str(log), "--until-seq", "500", cwd=tmp_path)
+    assert "at seq 500 from the start of the log: folded" in partial.stdout
+    beyond = rtopt("replay", str(log), "--until-seq", "5000", cwd=tmp_path)
+    assert beyond.returncode == 2 and "holds seqs 1..901" in beyond.stderr
+    bad_rate = rtopt("simulate", "--rate", "0", cwd=tmp_path)
+    assert bad_rate.returncode == 2 and "not positive" in bad_rate.stderr

@@ -10,7 +10,7 @@ import pytest
 from conftest import rows_without_recorded_at, sha256, simulate_into
 
 from handlers.bandits import BanditHandler
-from rtopt import ArmUpdated, Decision, Engine, RtoptError, default_handlers
+from rtopt import ArmUpdated, ConfigurationChanged, Decision, Engine, RtoptError, default_handlers
 
 
 def derived_rows(engine: Engine) -> list[tuple]:
@@ -68,7 +68,12 @@ def test_what_if_leaves_the_source_byte_identical(simulated_log: Path, tmp_path:
         assert what_if.state("bandit").rejected["unknown or expired decision"] > 10_000
     with Engine.replay(simulated_log, until_seq=5_000) as rebuilt:
         assert rebuilt.position == 5_000
+    with pytest.raises(RtoptError, match="until_seq"):
+        Engine.replay(simulated_log, until_seq=10**9)
     assert sha256(simulated_log) == before
+    report = Engine.verify(tmp_path / "what_if.sqlite", handlers=[BanditHandler(feedback_horizon_s=1.0)])
+    assert report.ok, report.difference
+    assert report.decisions == 0 and "what-if replay" in report.notes[0]
 
 
 def test_what_if_with_another_threshold_changes_rewards_but_not_the_source(tmp_path: Path) -> None:
@@ -112,7 +117,10 @@ def test_snapshot_plus_tail_equals_full_replay(tmp_path: Path) -> None:
     with Engine.open(path, read_only=True, handlers=[BanditHandler(feedback_horizon_s=86_400.0)]) as again:
         assert state_bytes(again) == final
     # a handler with another configuration cannot use the snapshot and folds the whole log
-    with Engine.open(path, read_only=True, handlers=[BanditHandler(feedback_horizon_s=10.0)]) as other:
+    with (
+        pytest.warns(ConfigurationChanged, match="bandit"),
+        Engine.open(path, read_only=True, handlers=[BanditHandler(feedback_horizon_s=10.0)]) as other,
+    ):
         assert state_bytes(other) != final
 
 

@@ -3,22 +3,30 @@
 Requests arrive as a Poisson process on simulated event time; each is answered by ``engine.decide``; its
 feedback arrives later (response latency plus a user delay), so learning is delayed as in production.
 The workload draws from its own generator seeded by ``seed``, so the same seed writes the same log.
+``rtopt simulate`` (declared under the ``rtopt.commands`` entry point group) runs it into a log.
 """
 
 from __future__ import annotations
 
+import argparse
 import heapq
 import time as wall_clock
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import numpy as np
+from rich.console import Console
+from rich.table import Table
 from scipy import stats
 
-from rtopt.engine import Engine
+from rtopt import Engine, InvalidLog
+from rtopt.cli import positive, progress_bar
+from rtopt.log import SQLiteLog
 
 SIMULATION_START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+DEMO_LOG = Path("event_log") / "demo.sqlite"
 ERRORS = ("timeout", "rate_limited", "refusal", "invalid_output")
 
 
@@ -175,3 +183,80 @@ def _response(variant: VariantProfile, rng: np.random.Generator) -> dict[str, An
         "cost_usd": (variant.tokens_in + tokens_out) / 1000.0 * variant.usd_per_1k_tokens,
         "user_satisfaction": float(np.clip(quality + rng.normal(0.0, 0.1), 0.0, 1.0)),
     }
+
+
+# --- the command -------------------------------------------------------------------------------------
+
+
+def register_command(commands: argparse._SubParsersAction) -> None:
+    """Add ``rtopt simulate`` to the command line."""
+    sim = commands.add_parser(
+        "simulate",
+        help="run a synthetic LLM workload into a log",
+        description="Serve simulated requests with Thompson sampling over prompt variants whose true quality, "
+        "latency and cost are hidden; write every event to a fresh log and print pulls, rewards and regret.",
+    )
+    sim.add_argument("--steps", type=positive(int), default=5000, help="requests to serve (default 5000)")
+    sim.add_argument("--variants", type=positive(int), default=4, help="prompt variants, 2 to 26 (default 4)")
+    sim.add_argument("--seed", type=int, default=7, help="seed of the workload and the engine (default 7)")
+    sim.add_argument(
+        "--log",
+        type=Path,
+        default=DEMO_LOG,
+        help=f"log to write (default {DEMO_LOG}, which each run replaces; another existing log needs --force)",
+    )
+    sim.add_argument("--force", action="store_true", help="replace the log given with --log if it exists")
+    sim.add_argument("--rate", type=positive(float), default=5.0, help="requests per second of event time (default 5)")
+    sim.add_argument(
+        "--feedback-delay",
+        type=positive(float),
+        default=20.0,
+        help="mean seconds between a response and its feedback (default 20)",
+    )
+    sim.set_defaults(run=run_command)
+
+
+def run_command(args: argparse.Namespace, console: Console) -> int:
+    """``rtopt simulate``: a fresh log, the workload, and a table of what the policy did."""
+    path = args.log
+    if path.exists():
+        if path != DEMO_LOG and not args.force:
+            raise InvalidLog(f"{path} exists: pass --force to replace it, or choose another --log")
+        SQLiteLog.open(path, read_only=True).close()  # refuses to delete what is not an rtopt log
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        console.print(f"replacing the rtopt log at {path}")
+    variants = default_variants(args.variants, args.seed)
+    with Engine.open(path, seed=args.seed) as engine, progress_bar(console, "simulating") as progress:
+        report = simulate(
+            engine,
+            args.steps,
+            variants,
+            args.seed,
+            requests_per_second=args.rate,
+            feedback_delay_s=args.feedback_delay,
+            progress=progress,
+        )
+        engine.snapshot()
+    table = Table(title=f"{args.steps} requests, Thompson sampling over {len(variants)} variants (seed {args.seed})")
+    for column in ("variant", "pulls", "share", "observed reward", "true reward", "posterior mean"):
+        table.add_column(column, justify="left" if column == "variant" else "right")
+    for v in report.variants:
+        name = f"{v.name} (best)" if v.name == report.best else v.name
+        table.add_row(
+            name,
+            str(v.pulls),
+            f"{v.pulls / args.steps:.1%}",
+            f"{v.observed_reward:.3f}",
+            f"{v.true_reward:.3f}",
+            f"{v.posterior_mean:.3f}",
+        )
+    console.print(table)
+    console.print(
+        f"regret against always choosing {report.best}: {report.regret:.1f} "
+        f"({report.regret / args.steps:.4f} per request)\n"
+        f"{report.events} events in {report.seconds:.2f} s: {report.events_per_second:,.0f} events/s\n"
+        f"log: {path}",
+        soft_wrap=True,
+    )
+    return 0

@@ -14,7 +14,9 @@ temporary directory:
 4. ``Engine.decide`` latency (p50, p99) on a 3-arm and a 10-arm Thompson experiment, each decision
    followed by its feedback;
 5. ``Engine.replay`` (rebuild, no snapshot) of the log written in step 2, and ``Engine.verify`` of the
-   3-arm log of step 4 (its decisions were made by ``decide`` so that verify can re-make them).
+   3-arm log of step 4 (its decisions were made by ``decide`` so that verify can re-make them);
+6. step 2's publish path with a 1-minute tumbling and a 5-minute sliding window pipeline (mean, std and p95
+   of latency per arm) registered beside the bandit chain.
 
 Run ``python benchmarks/throughput.py`` (``--quick`` for a tiny run, ``--json`` for one JSON object on
 stdout, ``--help`` for the sizes).
@@ -43,8 +45,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from handlers.bandits import BanditHandler
 from rtopt import Decision, Draft, Engine, Feedback
 from rtopt.log import COLUMNS, Row, SQLiteLog
+from streams import Aggregates, Sliding, Tumbling, WindowHandler, WindowPipeline
 
 BATCH = 1_000
 SEED = 20_260_101
@@ -53,7 +57,7 @@ EXPERIMENT = "bench"
 ARMS_3 = ("v1", "v2", "v3")
 ARMS_10 = tuple(f"v{i}" for i in range(1, 11))
 BENCH_NAMESPACE = uuid.UUID("3c1d0a52-8f0e-4b7a-9d55-6a1f0c2b9e77")
-REPLAY_ROUNDS = 2  # replay is timed this many times and the fastest counts (it is short and noise-prone)
+REPLAY_ROUNDS = 3  # replay is timed this many times and the fastest counts (it is short and noise-prone)
 INSERT = f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
 DEFAULTS = {"events": 200_000, "publishes": 20_000, "decides": 10_000}
@@ -72,6 +76,8 @@ FIGURES: dict[str, tuple[str, str]] = {
     "decide_10_arms_p99_us": ("4. decide() p99, 10 arms", "µs"),
     "replay_events_per_s": ("5. replay, rebuild, no snapshot", "events/s"),
     "verify_events_per_s": ("5. verify", "events/s"),
+    "streaming_events_per_s": ("6. publish_many + windows, inputs + derived", "events/s"),
+    "streaming_inputs_per_s": ("6. publish_many + windows, inputs only", "events/s"),
 }
 RATIOS: dict[str, str] = {
     "publish_many_events_to_raw": "2. events / 1. raw",
@@ -342,6 +348,46 @@ def measure_publish_many(
     }
 
 
+def measure_streaming(path: Path, work: Workload, tick: Callable[[int], None]) -> dict[str, float]:
+    """Step 6: step 2's publish path with two window pipelines beside the bandit chain.
+
+    A 1-minute tumbling and a 5-minute sliding window (mean, std and p95 of latency per arm); the feedback
+    arrives 20 a second of event time, so the windows close as it flows.
+    """
+    latency = Aggregates({"response_time_ms": ("mean", "std", "p95")})
+    handlers = [
+        BanditHandler(),
+        WindowHandler(WindowPipeline("latency_1min", Tumbling(60.0), latency, key="variant_id")),
+        WindowHandler(WindowPipeline("latency_5min", Sliding(300.0, 60.0), latency, key="variant_id")),
+    ]
+    elapsed = written = inputs = 0
+    with Engine.open(path, seed=SEED, handlers=handlers) as engine:
+        engine.define_experiment(EXPERIMENT, arms=list(ARMS_3), time=START)
+        for start in range(0, len(work.feedback), BATCH):
+            stop = min(start + BATCH, len(work.feedback))
+            made = engine.publish_many(work.decisions[start:stop], time=START + start * 0.05)
+            drafts = [
+                Draft(event, time=START + (start + i) * 0.05 + 0.5)
+                for i, event in enumerate(link(work.feedback[start:stop], made))
+            ]
+            before = engine.position
+            started = time.perf_counter_ns()
+            engine.publish_many(drafts)
+            elapsed += time.perf_counter_ns() - started
+            written += engine.position - before
+            inputs += len(drafts)
+            tick(len(drafts))
+        windows = engine.log.count_by_type().get("WindowClosed", 0)
+        stats = engine.stats()
+    if stats.rejected or stats.handler_failures or not windows:
+        raise RuntimeError(f"the streaming chains did not run cleanly: {stats}, {windows} windows")
+    return {
+        "streaming_events_per_s": written / (elapsed / 1e9),
+        "streaming_inputs_per_s": inputs / (elapsed / 1e9),
+        "streaming_windows": windows,
+    }
+
+
 def measure_publish(path: Path, work: Workload, tick: Callable[[int], None]) -> dict[str, float]:
     """Step 3: one publish() call per Feedback event on pending decisions."""
     with Engine.open(path, seed=SEED) as engine:
@@ -488,6 +534,14 @@ def run(
     del rows
     figures["raw_rows_per_s"] = raw["raw_rows_per_s"]
     counts["raw_rows"] = raw["raw_rows"]
+
+    streaming = make_workload(pairs, ARMS_3, SEED, stream=6)
+    with reporter.step(6, f"publish_many of {pairs:,} Feedback through the bandit and two windows", pairs) as tick:
+        stream = measure_streaming(workdir / "streaming.sqlite", streaming, tick)
+    del streaming
+    figures["streaming_events_per_s"] = stream["streaming_events_per_s"]
+    figures["streaming_inputs_per_s"] = stream["streaming_inputs_per_s"]
+    counts["streaming_windows"] = stream["streaming_windows"]
 
     single = make_workload(publishes, ARMS_3, SEED, stream=3)
     with reporter.step(3, f"publish() of {publishes:,} Feedback, one call each", publishes) as tick:
@@ -650,7 +704,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     err = Console(stderr=True)
     workdir = Path(tempfile.mkdtemp(prefix="rtopt-bench-"))
     try:
-        with Reporter(err, steps=5) as reporter:
+        with Reporter(err, steps=6) as reporter:
             results = run(
                 events,
                 publishes,

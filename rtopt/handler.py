@@ -17,7 +17,7 @@ import reactivex
 from reactivex import operators as ops
 
 from rtopt.errors import InvalidEvent
-from rtopt.events import Decision, Envelope, Event, ExperimentDefined, HandlerFailed, unvalidated, validate
+from rtopt.events import Decision, Envelope, Event, HandlerFailed, unvalidated, validate
 from rtopt.ids import ordered_id, prefix_of
 
 S = TypeVar("S")
@@ -88,6 +88,11 @@ class Handler(Generic[S]):
         """Fold one event into ``state``; return the new state and the events it derives."""
         raise NotImplementedError
 
+    def screen(self, state: S, event: Event) -> None:
+        """Raise InvalidEvent if ``event``, published as an input, must be refused in ``state``.
+
+        The engine asks every handler that accepts the event's type before committing it."""
+
     def view(self, state: S, key: str | None = None) -> Any:
         """A detached copy of the state (or the part of it for ``key``) for queries."""
         return msgspec.convert(msgspec.to_builtins(state), self.state_type)
@@ -114,9 +119,6 @@ class Decider(Protocol):
     """A handler that also answers ``Engine.decide`` for the experiments of its policies."""
 
     policies: ClassVar[tuple[str, ...]]
-
-    def check_definition(self, state: Any, definition: ExperimentDefined) -> None:
-        """Raise InvalidEvent if ``definition`` cannot be accepted in ``state``."""
 
     def has_experiment(self, state: Any, experiment: str) -> bool:
         """True if ``experiment`` was defined for one of this handler's policies."""

@@ -55,7 +55,7 @@ def test_throughput_quick_json(tmp_path: Path) -> None:
     counts = data["counts"]
     assert counts["snapshots"] == 0
     assert counts["subscriber_events"] == counts["log_events"] == counts["replay_events"]
-    assert counts["publish_many_events"] == 2 * counts["publish_many_inputs"]
+    assert counts["publish_many_events"] >= 2 * counts["publish_many_inputs"]
     assert list(tmp_path.iterdir()) == []
 
 

@@ -33,16 +33,17 @@ def test_simulate_inspect_and_verify(tmp_path: Path) -> None:
     with Engine.open(log, read_only=True, handlers=[]) as engine:
         counts = engine.log.count_by_type()
     assert counts["Decision"] == 600 and counts["Feedback"] == 600 and counts["ArmUpdated"] == 600
+    assert counts["ExperimentStats"] == 6  # one every 100 rewards
     for variant in ("v1", "v2", "v3"):
         assert variant in done.stdout
 
     shown = rtopt("inspect", str(log), "--last", "2", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
-    assert "1801 events" in shown.stdout and "ArmUpdated" in shown.stdout
+    assert "1807 events" in shown.stdout and "ArmUpdated" in shown.stdout
 
     verified = rtopt("replay", str(log), "--verify", cwd=tmp_path)
     assert verified.returncode == 0, verified.stderr
-    assert "all 1801 events match" in verified.stdout
+    assert "all 1807 events match" in verified.stdout
     assert "600 decisions re-made" in verified.stdout
 
 
@@ -136,7 +137,7 @@ def test_follow_prints_each_event_of_a_live_log_once(tmp_path: Path) -> None:
     seqs = [int(line.split()[0]) for line in follow.stdout.splitlines() if re.match(r"^\s+\d+ \d{4}-", line)]
     assert seqs == sorted(set(seqs))
     with Engine.open(log, read_only=True, handlers=[]) as engine:
-        assert seqs[-1] == engine.position == 9001
+        assert seqs[-1] == engine.position == 9031  # 3,000 x (decision, feedback, update) + 30 stats + definition
 
 
 def test_replay_reports_how_it_rebuilt_and_refuses_a_seq_past_the_end(tmp_path: Path) -> None:
@@ -144,11 +145,11 @@ def test_replay_reports_how_it_rebuilt_and_refuses_a_seq_past_the_end(tmp_path: 
     assert main(["simulate", "--steps", "300", "--seed", "1", "--log", str(log)]) == 0
     done = rtopt("replay", str(log), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "at seq 901 from snapshots {'bandit': 901}: folded 0 events" in done.stdout
+    assert "at seq 904 from snapshots {'bandit': 904}: folded 0 events" in done.stdout
     assert "more lines (--state prints all)" in done.stdout
     partial = rtopt("replay", str(log), "--until-seq", "500", cwd=tmp_path)
     assert "at seq 500 from the start of the log: folded" in partial.stdout
     beyond = rtopt("replay", str(log), "--until-seq", "5000", cwd=tmp_path)
-    assert beyond.returncode == 2 and "holds seqs 1..901" in beyond.stderr
+    assert beyond.returncode == 2 and "holds seqs 1..904" in beyond.stderr
     bad_rate = rtopt("simulate", "--rate", "0", cwd=tmp_path)
     assert bad_rate.returncode == 2 and "not positive" in bad_rate.stderr

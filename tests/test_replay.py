@@ -30,7 +30,7 @@ def test_what_if_with_the_same_handlers_rederives_identical_events_and_state(sim
         recorded, live_state = derived_rows(live), state_bytes(live)
         decisions = sum(1 for _ in live.read(types=[Decision]))
     assert decisions == 20_000
-    assert len(recorded) == 20_000
+    assert len(recorded) == 20_200
     with Engine.replay(simulated_log, handlers=default_handlers()) as replayed:
         assert derived_rows(replayed) == recorded
         assert state_bytes(replayed) == live_state
@@ -46,7 +46,7 @@ def test_verify_remakes_every_decision(simulated_log: Path) -> None:
     report = Engine.verify(simulated_log)
     assert report.ok, report.difference
     assert report.decisions == 20_000
-    assert report.derived == 20_000
+    assert report.derived == 20_000 + 200  # an ArmUpdated per feedback, ExperimentStats every 100
 
 
 def test_same_seed_writes_the_same_log_and_another_seed_other_decisions(tmp_path: Path) -> None:

@@ -6,9 +6,13 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import msgspec
+import numpy as np
 
-from handlers.bandits import thompson
-from handlers.bandits.thompson import BetaArm, ThompsonOptions
+from handlers.bandits import policies
+from handlers.bandits.events import ArmAdded, ArmPaused, ArmResumed, ArmRetired, ArmSummary, ExperimentStats
+from handlers.bandits.options import CONTEXTUAL, POLICY_OPTIONS, BanditOptions, parse_options
+from handlers.bandits.policies import ACTIVE, PAUSED, RETIRED, ArmState
+from handlers.bandits.rewards import reward
 from rtopt import (
     ArmUpdated,
     Context,
@@ -22,22 +26,33 @@ from rtopt import (
     InvalidEvent,
 )
 
+STATS_DRAWS = 2_000
+
 
 class ExperimentState(msgspec.Struct):
-    """One experiment: its arms in definition order, their posteriors and its options."""
+    """One experiment: its policy and options, its arms in the order they joined, and its counters.
+
+    ``window`` holds (arm, reward) of the rewards still inside a sliding window, oldest first from
+    ``window_start``.
+    """
 
     policy: str
-    options: ThompsonOptions
-    arms: dict[str, BetaArm]
+    options: BanditOptions
+    arms: dict[str, ArmState]
     decisions: int = 0
+    explored: int = 0
+    rewards: int = 0
+    window: list[tuple[str, float]] = []
+    window_start: int = 0
 
 
 class PendingDecision(msgspec.Struct, array_like=True):
-    """A decision still waiting for its feedback."""
+    """A decision still waiting for its feedback (with its context vector for the linear policies)."""
 
     experiment: str
     arm: str
     time: float
+    context: list[float] | None = None
 
 
 class BanditState(msgspec.Struct):
@@ -60,25 +75,32 @@ class BanditState(msgspec.Struct):
 class BanditHandler(Handler[BanditState]):
     """Runs bandit experiments: answers ``decide`` and learns from feedback that names its decision.
 
+    Policies: ``epsilon_greedy``, ``ucb1``, ``thompson`` (Beta-Bernoulli), ``thompson_gaussian``
+    (Normal-Inverse-Gamma), ``softmax``, and the contextual ``linucb`` and ``lin_thompson``; their options
+    are :class:`~handlers.bandits.options.BanditOptions`. Arms join, pause, resume and retire at run time
+    through :mod:`handlers.bandits.events`.
+
     Feedback is matched to its decision by ``decision_id`` within ``feedback_horizon_s`` seconds of event
     time. Feedback for an unknown or expired decision, a second feedback for one decision, or feedback
     whose prompt and variant do not match its decision is rejected with a ``FeedbackRejected`` event and
-    never changes what the policy learnt.
+    never changes what the policy learnt. Feedback that names no decision is not a bandit observation and
+    is left to other handlers.
 
     >>> from rtopt import Engine
     >>> with Engine.open(":memory:", seed=1, handlers=[BanditHandler()]) as engine:
-    ...     _ = engine.define_experiment("g", arms=["a", "b"], policy="thompson")
+    ...     _ = engine.define_experiment("g", arms=["a", "b"], policy="ucb1")
     ...     d = engine.decide("g", time=0.0)
     ...     _ = engine.feedback(d.id, success=True, quality_score=0.9, response_time_ms=80.0, time=1.0)
     ...     arm = engine.state("bandit", "g").arms[d.arm]
-    ...     (arm.pulls, arm.alpha, arm.beta)
-    (1, 2.0, 1.0)
+    ...     (arm.pulls, arm.rewards, arm.mean)
+    (1, 1, 1.0)
     """
 
     name = "bandit"
-    accepts = (ExperimentDefined, Decision, Feedback)
+    accepts = (ExperimentDefined, Decision, Feedback, ArmAdded, ArmPaused, ArmResumed, ArmRetired)
     state_type = BanditState
-    policies: ClassVar[tuple[str, ...]] = ("thompson",)
+    policies: ClassVar[tuple[str, ...]] = tuple(POLICY_OPTIONS)
+    version = 2
 
     def __init__(self, feedback_horizon_s: float = 86_400.0) -> None:
         if not feedback_horizon_s > 0:
@@ -93,19 +115,20 @@ class BanditHandler(Handler[BanditState]):
 
     # --- commands' side ----------------------------------------------------------------------------
 
-    def check_definition(self, state: BanditState, definition: ExperimentDefined) -> None:
-        if definition.experiment in state.experiments:
-            raise InvalidEvent(
-                f"experiment = {definition.experiment!r}: already defined",
-                field="experiment",
-                value=definition.experiment,
-            )
-        repeated = sorted({arm for arm in definition.arms if definition.arms.count(arm) > 1})
-        if repeated:
-            raise InvalidEvent(
-                f"arms = {definition.arms!r}: {repeated} appear more than once", field="arms", value=definition.arms
-            )
-        _options(definition)
+    def screen(self, state: BanditState, event: Event) -> None:
+        if isinstance(event, ExperimentDefined):
+            if event.experiment in state.experiments:
+                raise InvalidEvent(
+                    f"experiment = {event.experiment!r}: already defined", field="experiment", value=event.experiment
+                )
+            repeated = sorted({arm for arm in event.arms if event.arms.count(arm) > 1})
+            if repeated:
+                raise InvalidEvent(
+                    f"arms = {event.arms!r}: {repeated} appear more than once", field="arms", value=event.arms
+                )
+            parse_options(event)
+        elif isinstance(event, ArmAdded | ArmPaused | ArmResumed | ArmRetired):
+            _check_arm_change(state, event)
 
     def has_experiment(self, state: BanditState, experiment: str) -> bool:
         return experiment in state.experiments
@@ -119,25 +142,27 @@ class BanditHandler(Handler[BanditState]):
         available: Sequence[str] | None,
     ) -> Decision:
         exp = state.experiments[experiment]
-        candidates = list(exp.arms) if available is None else list(available)
-        unknown = [arm for arm in candidates if arm not in exp.arms]
-        if unknown or not candidates:
-            raise InvalidEvent(
-                f"available = {candidates!r}: "
-                + (f"{unknown} are not arms of {experiment!r}" if unknown else "no arm to choose from"),
-                field="available",
-                value=candidates,
+        candidates = _candidates(exp, experiment, available)
+        vector = _context_vector(exp, context)
+        arms = [exp.arms[arm] for arm in candidates]
+        rng = ctx.rng
+        first = exp.options.first_samples(exp.policy)
+        short = [i for i, arm in enumerate(arms) if arm.pulls < first]
+        if short:  # every arm gets its first decisions before the policy's rule applies
+            chosen = short[0] if len(short) == 1 else int(rng.choice(short))
+            choice = policies.Choice(chosen, 1.0 / len(short), False)
+        else:
+            choice = policies.choose(
+                exp.policy, arms, exp.options, rng, decisions=exp.decisions, now=ctx.time, context=vector
             )
-        index, propensity = thompson.choose(
-            [exp.arms[arm] for arm in candidates], ctx.rng, exp.options.propensity_draws
-        )
         return Decision(
             experiment=experiment,
-            arm=candidates[index],
+            arm=candidates[choice.index],
             policy=exp.policy,
-            propensity=propensity,
+            propensity=choice.propensity,
             candidates=candidates,
             context=context,
+            explored=choice.explored,
         )
 
     def view(self, state: BanditState, key: str | None = None) -> Any:
@@ -150,25 +175,31 @@ class BanditHandler(Handler[BanditState]):
     def apply(self, state: BanditState, envelope: Envelope[Any], ctx: Context) -> tuple[BanditState, Sequence[Event]]:
         event = envelope.payload
         if isinstance(event, Feedback):
-            return state, self._learn(state, envelope, event)
+            return state, self._learn(state, envelope, event, ctx)
         if isinstance(event, Decision):
             exp = state.experiments.get(event.experiment)
             if exp is not None and event.arm in exp.arms:
                 exp.decisions += 1
+                exp.explored += event.explored
                 exp.arms[event.arm].pulls += 1
-                state.pending[envelope.id] = PendingDecision(event.experiment, event.arm, envelope.time)
+                vector = _context_vector(exp, event.context) if exp.policy in CONTEXTUAL else None
+                state.pending[envelope.id] = PendingDecision(
+                    event.experiment, event.arm, envelope.time, None if vector is None else vector.tolist()
+                )
                 state.horizon.append((envelope.time, envelope.id))
             return state, ()
-        if isinstance(event, ExperimentDefined) and event.experiment not in state.experiments:
-            options = _options(event)
-            state.experiments[event.experiment] = ExperimentState(
-                policy=event.policy,
-                options=options,
-                arms={arm: BetaArm(alpha=options.prior_alpha, beta=options.prior_beta) for arm in event.arms},
-            )
+        if isinstance(event, ExperimentDefined):
+            if event.experiment not in state.experiments:
+                state.experiments[event.experiment] = ExperimentState(
+                    policy=event.policy, options=parse_options(event), arms={arm: ArmState() for arm in event.arms}
+                )
+            return state, ()
+        exp = state.experiments.get(event.experiment)
+        if exp is not None:
+            _change_arm(exp, event)
         return state, ()
 
-    def _learn(self, state: BanditState, envelope: Envelope[Any], feedback: Feedback) -> Sequence[Event]:
+    def _learn(self, state: BanditState, envelope: Envelope[Any], feedback: Feedback, ctx: Context) -> Sequence[Event]:
         decision_id = feedback.decision_id
         if decision_id is None:
             return ()
@@ -182,19 +213,35 @@ class BanditHandler(Handler[BanditState]):
         del state.pending[decision_id]
         state.settled[decision_id] = envelope.time
         exp = state.experiments[pending.experiment]
+        options = exp.options
+        value, parts = reward(feedback, options)
         arm = exp.arms[pending.arm]
-        reward = thompson.reward(feedback, exp.options)
-        arm.learn(reward)
-        return (
+        if options.decay < 1.0:
+            for other in exp.arms.values():
+                other.scale(options.decay)
+        arm.add(value)
+        arm.rewards += 1
+        arm.reward_sum += value
+        arm.last_reward_time = envelope.time
+        if pending.context is not None:
+            policies.learn_linear(arm, np.asarray(pending.context), value, options)
+        if options.window is not None:
+            _slide(exp, pending.arm, value)
+        exp.rewards += 1
+        derived: list[Event] = [
             ArmUpdated(
                 experiment=pending.experiment,
                 arm=pending.arm,
-                reward=reward,
+                reward=value,
                 pulls=arm.pulls,
-                posterior=arm.posterior(),
+                posterior={"n": arm.n, "mean": arm.mean},
                 decision_id=decision_id,
-            ),
-        )
+                parts=parts,
+            )
+        ]
+        if options.stats_every and exp.rewards % options.stats_every == 0:
+            derived.append(statistics(pending.experiment, exp, ctx.rng, envelope.time))
+        return derived
 
     def _reject(self, state: BanditState, reason: str, decision_id: str) -> Sequence[Event]:
         state.rejected[reason] = state.rejected.get(reason, 0) + 1
@@ -215,16 +262,117 @@ class BanditHandler(Handler[BanditState]):
         state.horizon_start = start
 
 
-def _options(definition: ExperimentDefined) -> ThompsonOptions:
-    try:
-        return msgspec.convert(definition.options, ThompsonOptions)
-    except msgspec.ValidationError as exc:
-        message = str(exc)
-        field = message.split("`$.")[-1].rstrip("`") if "`$." in message else None
-        if field is None and "unknown field" in message:
-            field = message.split("`")[1]
+def statistics(name: str, exp: ExperimentState, rng: np.random.Generator, now: float) -> ExperimentStats:
+    """The statistics of an experiment: per-arm means with 95 % credible intervals and the probability
+    that each arm is best (a seeded Monte Carlo over the posteriors)."""
+    names = list(exp.arms)
+    arms = [exp.arms[arm] for arm in names]
+    draws = policies.posterior_draws(exp.policy, arms, exp.options, rng, STATS_DRAWS, now)
+    live = np.array([arm.status != RETIRED for arm in arms])
+    winners = np.where(live, draws, -np.inf).argmax(axis=1)
+    low, high = np.percentile(draws, [2.5, 97.5], axis=0)
+    summaries = {
+        arm: ArmSummary(
+            status=state.status,
+            pulls=state.pulls,
+            rewards=state.rewards,
+            mean=state.reward_sum / state.rewards if state.rewards else None,
+            low=float(low[i]) if state.rewards else None,
+            high=float(high[i]) if state.rewards else None,
+            p_best=float(np.count_nonzero(winners == i)) / STATS_DRAWS,
+        )
+        for i, (arm, state) in enumerate(zip(names, arms, strict=True))
+    }
+    return ExperimentStats(
+        experiment=name,
+        decisions=exp.decisions,
+        rewards=exp.rewards,
+        exploration_rate=exp.explored / exp.decisions if exp.decisions else 0.0,
+        arms=summaries,
+    )
+
+
+def _candidates(exp: ExperimentState, experiment: str, available: Sequence[str] | None) -> list[str]:
+    active = [arm for arm, state in exp.arms.items() if state.status == ACTIVE]
+    if available is None:
+        candidates = active
+    else:
+        candidates = list(available)
+        unknown = [arm for arm in candidates if arm not in exp.arms]
+        inactive = [arm for arm in candidates if arm in exp.arms and exp.arms[arm].status != ACTIVE]
+        if unknown or inactive:
+            problem = f"{unknown} are not arms of {experiment!r}" if unknown else f"{inactive} are paused or retired"
+            raise InvalidEvent(f"available = {candidates!r}: {problem}", field="available", value=candidates)
+    if not candidates:
         raise InvalidEvent(
-            f"options of {definition.experiment!r}: {message}",
-            field=f"options.{field}" if field else "options",
-            value=definition.options.get(field or ""),
-        ) from None
+            f"available = {candidates!r}: no active arm to choose from in {experiment!r}",
+            field="available",
+            value=candidates,
+        )
+    return candidates
+
+
+def _context_vector(exp: ExperimentState, context: dict[str, float] | None) -> np.ndarray | None:
+    if exp.policy not in CONTEXTUAL:
+        return None
+    features = exp.options.features
+    missing = [name for name in features if context is None or name not in context]
+    if missing:
+        raise InvalidEvent(
+            f"context: policy {exp.policy!r} needs the features {missing}", field="context", value=context
+        )
+    return np.array([context[name] for name in features], dtype=float)
+
+
+def _slide(exp: ExperimentState, arm: str, value: float) -> None:
+    """Keep the experiment's last ``window`` rewards: the oldest one leaves its arm's statistics."""
+    exp.window.append((arm, value))
+    if len(exp.window) - exp.window_start > exp.options.window:
+        old_arm, old_value = exp.window[exp.window_start]
+        exp.window_start += 1
+        if old_arm in exp.arms:
+            exp.arms[old_arm].add(old_value, weight=-1.0)
+    if exp.window_start > 1024 and 2 * exp.window_start > len(exp.window):
+        del exp.window[: exp.window_start]
+        exp.window_start = 0
+
+
+_TRANSITIONS = {
+    ArmPaused: ({ACTIVE}, PAUSED),
+    ArmResumed: ({PAUSED}, ACTIVE),
+    ArmRetired: ({ACTIVE, PAUSED}, RETIRED),
+}
+
+
+def _check_arm_change(state: BanditState, event: ArmAdded | ArmPaused | ArmResumed | ArmRetired) -> None:
+    exp = state.experiments.get(event.experiment)
+    if exp is None:
+        raise InvalidEvent(
+            f"experiment = {event.experiment!r}: no such experiment", field="experiment", value=event.experiment
+        )
+    arm = exp.arms.get(event.arm)
+    if isinstance(event, ArmAdded):
+        if arm is not None:
+            raise InvalidEvent(
+                f"arm = {event.arm!r}: already an arm of {event.experiment!r}", field="arm", value=event.arm
+            )
+        return
+    if arm is None:
+        raise InvalidEvent(f"arm = {event.arm!r}: not an arm of {event.experiment!r}", field="arm", value=event.arm)
+    allowed, _ = _TRANSITIONS[type(event)]
+    if arm.status not in allowed:
+        raise InvalidEvent(
+            f"arm = {event.arm!r}: a {arm.status} arm cannot be {type(event).__name__[3:].lower()}",
+            field="arm",
+            value=event.arm,
+        )
+
+
+def _change_arm(exp: ExperimentState, event: Event) -> None:
+    if isinstance(event, ArmAdded):
+        exp.arms.setdefault(event.arm, ArmState())
+        return
+    arm = exp.arms.get(event.arm)
+    allowed, status = _TRANSITIONS[type(event)]
+    if arm is not None and arm.status in allowed:
+        arm.status = status

@@ -21,6 +21,9 @@ from rich.console import Console
 from rich.table import Table
 from scipy import stats
 
+from handlers.bandits.events import ArmSummary
+from handlers.bandits.handler import statistics
+from handlers.bandits.options import CONTEXTUAL, POLICY_OPTIONS
 from rtopt import Engine, InvalidLog
 from rtopt.cli import positive, progress_bar
 from rtopt.log import SQLiteLog
@@ -75,13 +78,14 @@ def default_variants(count: int, seed: int) -> list[VariantProfile]:
 
 
 class VariantResult(msgspec.Struct, frozen=True):
-    """What a simulation did with one variant."""
+    """What a simulation did with one variant: its decisions, the reward observed, the truth, and the
+    experiment's statistics of it (mean learnt with a 95 % credible interval, probability of being best)."""
 
     name: str
     pulls: int
     observed_reward: float
     true_reward: float
-    posterior_mean: float
+    summary: ArmSummary
 
 
 class SimulationReport(msgspec.Struct, frozen=True):
@@ -106,16 +110,21 @@ def simulate(
     seed: int,
     *,
     experiment: str = "greeting",
+    policy: str = "thompson",
     requests_per_second: float = 5.0,
     feedback_delay_s: float = 20.0,
     progress: Callable[[int, int], None] | None = None,
+    **options: Any,
 ) -> SimulationReport:
-    """Serve ``steps`` requests through ``engine`` and report pulls, rewards and regret per variant."""
+    """Serve ``steps`` requests through ``engine`` with ``policy`` (and its ``options``) and report pulls,
+    rewards and regret per variant."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, not {steps}")
     rng = np.random.default_rng([seed, 1])
     start_seq, started = engine.position, wall_clock.perf_counter()
-    engine.define_experiment(experiment, arms=[v.name for v in variants], policy="thompson", time=SIMULATION_START)
+    engine.define_experiment(
+        experiment, arms=[v.name for v in variants], policy=policy, time=SIMULATION_START, **options
+    )
     threshold = engine.state("bandit", experiment).options.quality_threshold
     by_name = {v.name: v for v in variants}
     truth = {v.name: v.reward_probability(threshold) for v in variants}
@@ -144,14 +153,15 @@ def simulate(
     deliver(float("inf"))
     if progress is not None:
         progress(steps, steps)
-    arms = engine.state("bandit", experiment).arms
+    state = engine.state("bandit", experiment)
+    summaries = statistics(experiment, state, np.random.default_rng([seed, 2]), now).arms
     results = [
         VariantResult(
             name=v.name,
-            pulls=arms[v.name].pulls,
-            observed_reward=rewards[v.name] / arms[v.name].pulls if arms[v.name].pulls else 0.0,
+            pulls=state.arms[v.name].pulls,
+            observed_reward=rewards[v.name] / state.arms[v.name].pulls if state.arms[v.name].pulls else 0.0,
             true_reward=truth[v.name],
-            posterior_mean=arms[v.name].mean,
+            summary=summaries[v.name],
         )
         for v in variants
     ]
@@ -193,8 +203,15 @@ def register_command(commands: argparse._SubParsersAction) -> None:
     sim = commands.add_parser(
         "simulate",
         help="run a synthetic LLM workload into a log",
-        description="Serve simulated requests with Thompson sampling over prompt variants whose true quality, "
-        "latency and cost are hidden; write every event to a fresh log and print pulls, rewards and regret.",
+        description="Serve simulated requests with a bandit policy over prompt variants whose true quality, "
+        "latency and cost are hidden; write every event to a fresh log and print pulls, rewards, credible "
+        "intervals, probabilities of being best and regret.",
+    )
+    sim.add_argument(
+        "--policy",
+        choices=[p for p in POLICY_OPTIONS if p not in CONTEXTUAL],
+        default="thompson",
+        help="the bandit policy (default thompson)",
     )
     sim.add_argument("--steps", type=positive(int), default=5000, help="requests to serve (default 5000)")
     sim.add_argument("--variants", type=positive(int), default=4, help="prompt variants, 2 to 26 (default 4)")
@@ -233,23 +250,27 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
             args.steps,
             variants,
             args.seed,
+            policy=args.policy,
             requests_per_second=args.rate,
             feedback_delay_s=args.feedback_delay,
             progress=progress,
         )
         engine.snapshot()
-    table = Table(title=f"{args.steps} requests, Thompson sampling over {len(variants)} variants (seed {args.seed})")
-    for column in ("variant", "pulls", "share", "observed reward", "true reward", "posterior mean"):
+    table = Table(title=f"{args.steps} requests, {args.policy} over {len(variants)} variants (seed {args.seed})")
+    columns = ("variant", "pulls", "share", "observed reward", "true reward", "95% interval", "P(best)")
+    for column in columns:
         table.add_column(column, justify="left" if column == "variant" else "right")
     for v in report.variants:
         name = f"{v.name} (best)" if v.name == report.best else v.name
+        interval = f"{v.summary.low:.3f}-{v.summary.high:.3f}" if v.summary.low is not None else "-"
         table.add_row(
             name,
             str(v.pulls),
             f"{v.pulls / args.steps:.1%}",
             f"{v.observed_reward:.3f}",
             f"{v.true_reward:.3f}",
-            f"{v.posterior_mean:.3f}",
+            interval,
+            f"{v.summary.p_best:.3f}",
         )
     console.print(table)
     console.print(

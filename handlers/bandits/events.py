@@ -1,0 +1,67 @@
+"""Events of bandit experiments: arms changing at run time, and the statistics of an experiment."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar
+
+import msgspec
+from msgspec import Meta
+
+from rtopt import Event
+from rtopt.events import Count, Name
+
+
+class ArmAdded(Event, frozen=True):
+    """A new arm joins a running experiment."""
+
+    experiment: Name
+    arm: Name
+    stream_field: ClassVar[str] = "experiment"
+
+
+class ArmPaused(Event, frozen=True):
+    """An arm stops being chosen until it is resumed; feedback on its past decisions is still learnt."""
+
+    experiment: Name
+    arm: Name
+    stream_field: ClassVar[str] = "experiment"
+
+
+class ArmResumed(Event, frozen=True):
+    """A paused arm can be chosen again."""
+
+    experiment: Name
+    arm: Name
+    stream_field: ClassVar[str] = "experiment"
+
+
+class ArmRetired(Event, frozen=True):
+    """An arm leaves the experiment for good."""
+
+    experiment: Name
+    arm: Name
+    stream_field: ClassVar[str] = "experiment"
+
+
+class ArmSummary(msgspec.Struct, frozen=True):
+    """One arm in an experiment's statistics: decisions, rewards learnt, mean reward with a 95 % credible
+    interval, and the probability that it is the best arm (None before its first reward)."""
+
+    status: str
+    pulls: Count
+    rewards: Count
+    mean: float | None
+    low: float | None
+    high: float | None
+    p_best: Annotated[float, Meta(ge=0.0, le=1.0)]
+
+
+class ExperimentStats(Event, frozen=True):
+    """Where an experiment stands: per-arm statistics and the share of decisions that explored."""
+
+    experiment: Name
+    decisions: Count
+    rewards: Count
+    exploration_rate: Annotated[float, Meta(ge=0.0, le=1.0)]
+    arms: dict[str, ArmSummary]
+    stream_field: ClassVar[str] = "experiment"

@@ -1,0 +1,132 @@
+"""The options of a bandit experiment, checked against the policy that runs it."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from rtopt import ExperimentDefined, InvalidEvent
+
+Positive = Annotated[float, Meta(gt=0.0)]
+Unit = Annotated[float, Meta(ge=0.0, le=1.0)]
+NonNegative = Annotated[float, Meta(ge=0.0)]
+
+CONTEXTUAL = ("linucb", "lin_thompson")
+POLICY_OPTIONS: dict[str, frozenset[str]] = {
+    "epsilon_greedy": frozenset({"epsilon", "epsilon_decay"}),
+    "ucb1": frozenset({"exploration"}),
+    "thompson": frozenset({"prior_alpha", "prior_beta", "propensity_draws"}),
+    "thompson_gaussian": frozenset({"prior_mean", "prior_kappa", "prior_shape", "prior_scale", "propensity_draws"}),
+    "softmax": frozenset({"temperature"}),
+    "linucb": frozenset({"features", "alpha", "ridge"}),
+    "lin_thompson": frozenset({"features", "scale", "ridge", "propensity_draws"}),
+}
+COMMON_OPTIONS = frozenset(
+    {
+        "min_samples",
+        "reward",
+        "quality_threshold",
+        "w_quality",
+        "w_cost",
+        "w_latency",
+        "w_satisfaction",
+        "cost_budget_usd",
+        "latency_sla_ms",
+        "stats_every",
+    }
+)
+NON_STATIONARY_OPTIONS = frozenset({"decay", "window", "idle_half_life_s"})
+
+
+class BanditOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Every option a bandit experiment can set; each policy reads those that concern it.
+
+    Rewards: ``reward="binary"`` is 1 for a successful response whose quality is at least
+    ``quality_threshold`` and 0 otherwise; ``reward="composite"`` weighs quality, cost against
+    ``cost_budget_usd``, latency against ``latency_sla_ms`` and user satisfaction (when given) with the
+    ``w_*`` weights, and is 0 for a failed response.
+
+    Non-stationary arms (non-contextual policies): ``decay`` discounts past rewards by that factor at each
+    new one; ``window`` keeps only the last rewards of the experiment; ``idle_half_life_s`` halves the
+    weight of an arm's evidence for every that many seconds of event time without a reward.
+
+    ``min_samples`` decisions go to every arm before the policy's own rule applies (None: 1 for
+    epsilon-greedy, UCB1 and softmax, 0 for the Bayesian policies). ``stats_every`` emits an
+    ExperimentStats event after every that many learnt rewards (0: never).
+
+    >>> BanditOptions().epsilon, BanditOptions().exploration
+    (0.1, 1.4142135623730951)
+    """
+
+    min_samples: Annotated[int, Meta(ge=0)] | None = None
+    reward: Literal["binary", "composite"] = "binary"
+    quality_threshold: Unit = 0.7
+    w_quality: NonNegative = 1.0
+    w_cost: NonNegative = 0.0
+    w_latency: NonNegative = 0.0
+    w_satisfaction: NonNegative = 0.0
+    cost_budget_usd: Positive = 0.01
+    latency_sla_ms: Positive = 2_000.0
+    stats_every: Annotated[int, Meta(ge=0)] = 100
+    decay: Annotated[float, Meta(gt=0.0, le=1.0)] = 1.0
+    window: Annotated[int, Meta(ge=1)] | None = None
+    idle_half_life_s: Positive | None = None
+    epsilon: Unit = 0.1
+    epsilon_decay: NonNegative = 0.0
+    exploration: NonNegative = math.sqrt(2.0)
+    prior_alpha: Positive = 1.0
+    prior_beta: Positive = 1.0
+    prior_mean: float = 0.5
+    prior_kappa: Positive = 1.0
+    prior_shape: Positive = 1.0
+    prior_scale: Positive = 0.05
+    temperature: Positive = 0.1
+    features: list[str] = []
+    alpha: NonNegative = 1.0
+    scale: Positive = 0.25
+    ridge: Positive = 1.0
+    propensity_draws: Annotated[int, Meta(ge=1, le=100_000)] = 256
+
+    def first_samples(self, policy: str) -> int:
+        """Decisions every arm gets before the policy's rule applies."""
+        if self.min_samples is not None:
+            return self.min_samples
+        return 1 if policy in ("epsilon_greedy", "ucb1", "softmax") else 0
+
+
+def parse_options(definition: ExperimentDefined) -> BanditOptions:
+    """The typed options of ``definition``; InvalidEvent names an unknown, misplaced or invalid option."""
+    policy = definition.policy
+    allowed = POLICY_OPTIONS[policy] | COMMON_OPTIONS | (NON_STATIONARY_OPTIONS if policy not in CONTEXTUAL else set())
+    for name, value in definition.options.items():
+        if name not in allowed:
+            raise InvalidEvent(
+                f"options.{name} = {value!r}: not an option of policy {policy!r} (it takes {sorted(allowed)})",
+                field=f"options.{name}",
+                value=value,
+            )
+    try:
+        options = msgspec.convert(definition.options, BanditOptions)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        field = message.split("`$.")[-1].split("`")[0] if "`$." in message else None
+        raise InvalidEvent(
+            f"options of {definition.experiment!r}: {message}",
+            field=f"options.{field}" if field else "options",
+            value=definition.options.get(field or ""),
+        ) from None
+    if policy in CONTEXTUAL and not options.features:
+        raise InvalidEvent(
+            f"options.features: policy {policy!r} needs the names of the context features it reads",
+            field="options.features",
+            value=None,
+        )
+    if (
+        options.reward == "composite"
+        and options.w_quality + options.w_cost + options.w_latency + options.w_satisfaction == 0
+    ):
+        raise InvalidEvent("options: a composite reward needs a positive weight", field="options.w_quality", value=0.0)
+    return options

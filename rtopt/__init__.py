@@ -18,7 +18,7 @@ from rtopt.events import (
     event_type,
     registered_types,
 )
-from rtopt.handler import Context, Decider, Handler
+from rtopt.handler import Context, Decider, Handler, Request
 
 __all__ = [
     "ArmUpdated",
@@ -40,6 +40,7 @@ __all__ = [
     "InvalidLog",
     "ReadOnlyLog",
     "Rebuilt",
+    "Request",
     "RtoptError",
     "UnknownEventType",
     "VerifyReport",

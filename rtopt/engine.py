@@ -36,7 +36,7 @@ from rtopt.events import (
     encode_payload,
     validate,
 )
-from rtopt.handler import Context, Decider, Derived, Handler, HandlerSlot, fold_operator
+from rtopt.handler import Context, Decider, Derived, Handler, HandlerSlot, Request, fold_operator
 from rtopt.ids import ordered_id
 from rtopt.log import COLUMNS, EventLog, Row, SQLiteLog
 
@@ -668,12 +668,15 @@ class Engine:
         context: dict[str, float] | None = None,
         available: Sequence[str] | None = None,
         *,
+        unit: str | None = None,
         time: float | None = None,
     ) -> Envelope[Decision]:
         """Choose an arm of ``experiment`` for one request; the Decision is logged before it is returned.
 
-        ``available`` restricts the choice to those arms; ``context`` is the request's feature vector.
+        ``available`` restricts the choice to those arms; ``context`` is the request's feature vector;
+        ``unit`` names the user or session the request is for.
         """
+        request = Request(context=context, available=None if available is None else list(available), unit=unit)
         when = self._event_time(time)
         with self._write_lock:
             self._commit_queue()
@@ -685,9 +688,7 @@ class Engine:
                 )
             decision_id = self._input_id(self._inputs + 1)
             try:
-                decision = slot.handler.decide(
-                    slot.state, experiment, Context(when, decision_id, self.seed), context, available
-                )
+                decision = slot.handler.decide(slot.state, experiment, Context(when, decision_id, self.seed), request)
             except InvalidEvent:
                 self._rejected["invalid command"] += 1
                 raise
@@ -896,7 +897,8 @@ class Engine:
         if slot is None:
             raise RtoptError(f"seq {recorded.seq}: no handler knows experiment {decision.experiment!r}")
         ctx = Context(recorded.time, recorded.id, self.seed)
-        return slot.handler.decide(slot.state, decision.experiment, ctx, decision.context, decision.candidates or None)
+        request = Request(context=decision.context, available=decision.candidates or None, unit=decision.unit)
+        return slot.handler.decide(slot.state, decision.experiment, ctx, request)
 
     @classmethod
     def verify(

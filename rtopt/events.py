@@ -297,7 +297,7 @@ class Decision(Event, frozen=True):
 
     ``propensity`` is the probability the policy had of choosing ``arm`` among ``candidates`` given
     ``context`` (the feature vector used, if any); ``explored`` says the arm was not the one with the best
-    estimate at the time.
+    estimate at the time; ``unit`` is the user or session the decision was for, when the caller named one.
     """
 
     experiment: Name
@@ -307,6 +307,7 @@ class Decision(Event, frozen=True):
     candidates: list[Name] = []
     context: dict[str, float] | None = None
     explored: bool = False
+    unit: str | None = None
 
     stream_field: ClassVar[str] = "experiment"
 

@@ -114,6 +114,16 @@ class Handler(Generic[S]):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+class Request(msgspec.Struct, frozen=True):
+    """What a caller asks of ``decide`` for one request: its feature vector (``context``), the arms it can
+    take (``available``, None for every active arm) and the unit it is for (a user or session id, which
+    fixed-allocation experiments hash to keep each unit on one arm)."""
+
+    context: dict[str, float] | None = None
+    available: list[str] | None = None
+    unit: str | None = None
+
+
 @runtime_checkable
 class Decider(Protocol):
     """A handler that also answers ``Engine.decide`` for the experiments of its policies."""
@@ -123,14 +133,7 @@ class Decider(Protocol):
     def has_experiment(self, state: Any, experiment: str) -> bool:
         """True if ``experiment`` was defined for one of this handler's policies."""
 
-    def decide(
-        self,
-        state: Any,
-        experiment: str,
-        ctx: Context,
-        context: dict[str, float] | None,
-        available: Sequence[str] | None,
-    ) -> Decision:
+    def decide(self, state: Any, experiment: str, ctx: Context, request: Request) -> Decision:
         """Choose an arm for one request, reading but not changing ``state``."""
 
 

@@ -20,7 +20,7 @@ from handlers.bandits import (
     ExperimentStats,
     choose,
 )
-from rtopt import ArmUpdated, Context, Decision, Engine, Envelope, ExperimentDefined, Feedback, InvalidEvent
+from rtopt import ArmUpdated, Context, Decision, Engine, Envelope, ExperimentDefined, Feedback, InvalidEvent, Request
 
 _ids = itertools.count()
 
@@ -46,7 +46,8 @@ class Bandit:
     def decide(self, context: dict | None = None, available: list | None = None) -> tuple[str, str, Decision]:
         self.t += 1.0
         decision_id = f"d{next(_ids)}"
-        decision = self.handler.decide(self.state, "x", Context(self.t, decision_id, self.seed), context, available)
+        request = Request(context=context, available=available)
+        decision = self.handler.decide(self.state, "x", Context(self.t, decision_id, self.seed), request)
         env = Envelope(0, decision_id, "Decision", "x", self.t, 0.0, None, None, 1, decision)
         self.state, _ = self.handler.apply(self.state, env, Context(self.t, decision_id, self.seed))
         return decision.arm, decision_id, decision

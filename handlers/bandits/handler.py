@@ -24,6 +24,7 @@ from rtopt import (
     FeedbackRejected,
     Handler,
     InvalidEvent,
+    Request,
 )
 
 STATS_DRAWS = 2_000
@@ -138,12 +139,11 @@ class BanditHandler(Handler[BanditState]):
         state: BanditState,
         experiment: str,
         ctx: Context,
-        context: dict[str, float] | None,
-        available: Sequence[str] | None,
+        request: Request,
     ) -> Decision:
         exp = state.experiments[experiment]
-        candidates = _candidates(exp, experiment, available)
-        vector = _context_vector(exp, context)
+        candidates = _candidates(exp, experiment, request.available)
+        vector = _context_vector(exp, request.context)
         arms = [exp.arms[arm] for arm in candidates]
         rng = ctx.rng
         first = exp.options.first_samples(exp.policy)
@@ -161,8 +161,9 @@ class BanditHandler(Handler[BanditState]):
             policy=exp.policy,
             propensity=choice.propensity,
             candidates=candidates,
-            context=context,
+            context=request.context,
             explored=choice.explored,
+            unit=request.unit,
         )
 
     def view(self, state: BanditState, key: str | None = None) -> Any:

@@ -669,14 +669,19 @@ class Engine:
         available: Sequence[str] | None = None,
         *,
         unit: str | None = None,
+        slots: int = 1,
         time: float | None = None,
     ) -> Envelope[Decision]:
         """Choose an arm of ``experiment`` for one request; the Decision is logged before it is returned.
 
         ``available`` restricts the choice to those arms; ``context`` is the request's feature vector;
-        ``unit`` names the user or session the request is for.
+        ``unit`` names the user or session the request is for; ``slots`` > 1 asks for a ranked slate.
         """
-        request = Request(context=context, available=None if available is None else list(available), unit=unit)
+        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+            self._rejected["invalid command"] += 1
+            raise InvalidEvent(f"slots = {slots!r}: must be a whole number of at least 1", field="slots", value=slots)
+        available = None if available is None else list(available)
+        request = Request(context=context, available=available, unit=unit, slots=slots)
         when = self._event_time(time)
         with self._write_lock:
             self._commit_queue()
@@ -897,7 +902,12 @@ class Engine:
         if slot is None:
             raise RtoptError(f"seq {recorded.seq}: no handler knows experiment {decision.experiment!r}")
         ctx = Context(recorded.time, recorded.id, self.seed)
-        request = Request(context=decision.context, available=decision.candidates or None, unit=decision.unit)
+        request = Request(
+            context=decision.context,
+            available=decision.candidates or None,
+            unit=decision.unit,
+            slots=max(len(decision.slate), 1),
+        )
         return slot.handler.decide(slot.state, decision.experiment, ctx, request)
 
     @classmethod

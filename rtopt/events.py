@@ -298,6 +298,8 @@ class Decision(Event, frozen=True):
     ``propensity`` is the probability the policy had of choosing ``arm`` among ``candidates`` given
     ``context`` (the feature vector used, if any); ``explored`` says the arm was not the one with the best
     estimate at the time; ``unit`` is the user or session the decision was for, when the caller named one.
+    A slate decision ranks several arms: ``slate`` in order (``arm`` is its first) with the propensity of
+    each slot's choice among the arms left for it.
     """
 
     experiment: Name
@@ -308,6 +310,8 @@ class Decision(Event, frozen=True):
     context: dict[str, float] | None = None
     explored: bool = False
     unit: str | None = None
+    slate: list[Name] = []
+    slate_propensities: list[UnitInterval] = []
 
     stream_field: ClassVar[str] = "experiment"
 

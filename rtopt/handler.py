@@ -116,12 +116,14 @@ class Handler(Generic[S]):
 
 class Request(msgspec.Struct, frozen=True):
     """What a caller asks of ``decide`` for one request: its feature vector (``context``), the arms it can
-    take (``available``, None for every active arm) and the unit it is for (a user or session id, which
-    fixed-allocation experiments hash to keep each unit on one arm)."""
+    take (``available``, None for every active arm), the unit it is for (a user or session id, which
+    fixed-allocation experiments hash to keep each unit on one arm) and how many arms it shows at once
+    (``slots``: a ranked slate, each slot chosen with the policy's own exploration)."""
 
     context: dict[str, float] | None = None
     available: list[str] | None = None
     unit: str | None = None
+    slots: int = 1
 
 
 @runtime_checkable

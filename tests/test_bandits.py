@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,8 @@ from handlers.bandits import (
     BanditOptions,
     ExperimentStats,
     choose,
+    export_policy_state,
+    import_policy_state,
 )
 from rtopt import ArmUpdated, Context, Decision, Engine, Envelope, ExperimentDefined, Feedback, InvalidEvent, Request
 
@@ -360,3 +363,53 @@ def test_replay_remakes_every_decision_of_every_policy(policy: str, options: dic
     report = Engine.verify(path)
     assert report.ok, report.difference
     assert report.decisions == 150
+
+
+def test_a_slate_ranks_distinct_arms_and_learns_from_each_slot(tmp_path: Path) -> None:
+    path = tmp_path / "slate.sqlite"
+    with Engine.open(path, seed=6, handlers=[BanditHandler()]) as engine:
+        engine.define_experiment("g", arms=["a", "b", "c", "d"], policy="thompson", time=0.0)
+        decision = engine.decide("g", slots=3, time=1.0)
+        assert len(set(decision.slate)) == 3 and decision.arm == decision.slate[0]
+        assert len(decision.slate_propensities) == 3 and decision.propensity == decision.slate_propensities[0]
+        # engine.feedback answers the decision's first arm; feedback on another shown arm names it
+        engine.feedback(decision.id, success=True, quality_score=0.9, response_time_ms=5.0, time=2.0)
+        engine.publish(
+            Feedback(
+                prompt_id="g",
+                variant_id=decision.slate[2],
+                decision_id=decision.id,
+                success=False,
+                quality_score=0.1,
+                response_time_ms=5.0,
+            ),
+            time=3.0,
+        )
+        updates = [env.payload.arm for env in engine.read(types=[ArmUpdated])]
+        with pytest.raises(InvalidEvent, match="only 4 arms"):
+            engine.decide("g", slots=5)
+    assert sorted(updates) == sorted([decision.slate[0], decision.slate[2]])
+    assert Engine.verify(path).ok
+
+
+def test_policy_state_exports_and_imports_as_json_through_an_event(tmp_path: Path) -> None:
+    source_path, target_path = tmp_path / "source.sqlite", tmp_path / "target.sqlite"
+    with Engine.open(source_path, seed=1) as source:
+        source.define_experiment("g", arms=["a", "b"], policy="ucb1", time=0.0)
+        for t in range(50):
+            d = source.decide("g", time=float(t))
+            source.feedback(d.id, success=d.arm == "b", quality_score=0.9, response_time_ms=5.0, time=t + 0.5)
+        exported = export_policy_state(source, "g")
+        expected = source.state("bandit", "g").arms
+    assert json.loads(exported)["b"]["n"] > 0  # plain JSON, not pickle
+    with Engine.open(target_path, seed=2) as target:
+        target.define_experiment("g", arms=["a", "b"], policy="ucb1", time=0.0)
+        import_policy_state(target, "g", exported, time=1.0)
+        assert target.state("bandit", "g").arms == expected
+        with pytest.raises(InvalidEvent) as caught:
+            import_policy_state(target, "g", '{"z": {}}', time=2.0)
+        assert caught.value.field == "arms"
+        with pytest.raises(InvalidEvent, match="not JSON"):
+            import_policy_state(target, "g", "pickle?", time=2.0)
+    with Engine.open(target_path, read_only=True) as reopened:
+        assert reopened.state("bandit", "g").arms == expected

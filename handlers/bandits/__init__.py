@@ -1,9 +1,18 @@
 """Bandit policies that choose among prompt variants and learn from feedback."""
 
-from handlers.bandits.events import ArmAdded, ArmPaused, ArmResumed, ArmRetired, ArmSummary, ExperimentStats
+from handlers.bandits.events import (
+    ArmAdded,
+    ArmPaused,
+    ArmResumed,
+    ArmRetired,
+    ArmSummary,
+    ExperimentStats,
+    PolicyStateImported,
+)
 from handlers.bandits.handler import BanditHandler, BanditState, ExperimentState, statistics
 from handlers.bandits.options import BanditOptions
 from handlers.bandits.policies import ArmState, Choice, choose
+from handlers.bandits.transfer import export_policy_state, import_policy_state
 
 __all__ = [
     "ArmAdded",
@@ -18,6 +27,9 @@ __all__ = [
     "Choice",
     "ExperimentState",
     "ExperimentStats",
+    "PolicyStateImported",
     "choose",
+    "export_policy_state",
+    "import_policy_state",
     "statistics",
 ]

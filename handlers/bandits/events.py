@@ -65,3 +65,14 @@ class ExperimentStats(Event, frozen=True):
     exploration_rate: Annotated[float, Meta(ge=0.0, le=1.0)]
     arms: dict[str, ArmSummary]
     stream_field: ClassVar[str] = "experiment"
+
+
+class PolicyStateImported(Event, frozen=True):
+    """Arms' statistics brought into an experiment from JSON (a warm start, or a policy moved between logs).
+
+    ``arms`` is the JSON of ``{arm: ArmState}`` as :func:`handlers.bandits.export_policy_state` writes it.
+    """
+
+    experiment: Name
+    arms: str
+    stream_field: ClassVar[str] = "experiment"

@@ -9,10 +9,19 @@ import msgspec
 import numpy as np
 
 from handlers.bandits import policies
-from handlers.bandits.events import ArmAdded, ArmPaused, ArmResumed, ArmRetired, ArmSummary, ExperimentStats
+from handlers.bandits.events import (
+    ArmAdded,
+    ArmPaused,
+    ArmResumed,
+    ArmRetired,
+    ArmSummary,
+    ExperimentStats,
+    PolicyStateImported,
+)
 from handlers.bandits.options import CONTEXTUAL, POLICY_OPTIONS, BanditOptions, parse_options
 from handlers.bandits.policies import ACTIVE, PAUSED, RETIRED, ArmState
 from handlers.bandits.rewards import reward
+from handlers.bandits.transfer import decode_arms
 from rtopt import (
     ArmUpdated,
     Context,
@@ -48,12 +57,14 @@ class ExperimentState(msgspec.Struct):
 
 
 class PendingDecision(msgspec.Struct, array_like=True):
-    """A decision still waiting for its feedback (with its context vector for the linear policies)."""
+    """A decision still waiting for its feedback (with its context vector for the linear policies); a
+    slate waits for one feedback per arm in ``slate``."""
 
     experiment: str
     arm: str
     time: float
     context: list[float] | None = None
+    slate: list[str] | None = None
 
 
 class BanditState(msgspec.Struct):
@@ -98,7 +109,7 @@ class BanditHandler(Handler[BanditState]):
     """
 
     name = "bandit"
-    accepts = (ExperimentDefined, Decision, Feedback, ArmAdded, ArmPaused, ArmResumed, ArmRetired)
+    accepts = (ExperimentDefined, Decision, Feedback, ArmAdded, ArmPaused, ArmResumed, ArmRetired, PolicyStateImported)
     state_type = BanditState
     policies: ClassVar[tuple[str, ...]] = tuple(POLICY_OPTIONS)
     version = 2
@@ -130,6 +141,15 @@ class BanditHandler(Handler[BanditState]):
             parse_options(event)
         elif isinstance(event, ArmAdded | ArmPaused | ArmResumed | ArmRetired):
             _check_arm_change(state, event)
+        elif isinstance(event, PolicyStateImported):
+            exp = state.experiments.get(event.experiment)
+            if exp is None:
+                raise InvalidEvent(
+                    f"experiment = {event.experiment!r}: no such experiment", field="experiment", value=event.experiment
+                )
+            unknown = sorted(set(decode_arms(event)) - set(exp.arms))
+            if unknown:
+                raise InvalidEvent(f"arms: {unknown} are not arms of {event.experiment!r}", field="arms", value=unknown)
 
     def has_experiment(self, state: BanditState, experiment: str) -> bool:
         return experiment in state.experiments
@@ -143,27 +163,41 @@ class BanditHandler(Handler[BanditState]):
     ) -> Decision:
         exp = state.experiments[experiment]
         candidates = _candidates(exp, experiment, request.available)
+        if request.slots > len(candidates):
+            raise InvalidEvent(
+                f"slots = {request.slots}: {experiment!r} has only {len(candidates)} arms to offer",
+                field="slots",
+                value=request.slots,
+            )
         vector = _context_vector(exp, request.context)
-        arms = [exp.arms[arm] for arm in candidates]
+        remaining, slate, choices = list(candidates), [], []
+        for _ in range(request.slots):  # each slot is chosen, with exploration, among the arms left
+            choice = self._choose(exp, [exp.arms[arm] for arm in remaining], ctx, vector)
+            slate.append(remaining.pop(choice.index))
+            choices.append(choice)
+        return Decision(
+            experiment=experiment,
+            arm=slate[0],
+            policy=exp.policy,
+            propensity=choices[0].propensity,
+            candidates=candidates,
+            context=request.context,
+            explored=choices[0].explored,
+            unit=request.unit,
+            slate=slate if request.slots > 1 else [],
+            slate_propensities=[c.propensity for c in choices] if request.slots > 1 else [],
+        )
+
+    @staticmethod
+    def _choose(exp: ExperimentState, arms: list[ArmState], ctx: Context, vector: np.ndarray | None) -> policies.Choice:
         rng = ctx.rng
         first = exp.options.first_samples(exp.policy)
         short = [i for i, arm in enumerate(arms) if arm.pulls < first]
         if short:  # every arm gets its first decisions before the policy's rule applies
             chosen = short[0] if len(short) == 1 else int(rng.choice(short))
-            choice = policies.Choice(chosen, 1.0 / len(short), False)
-        else:
-            choice = policies.choose(
-                exp.policy, arms, exp.options, rng, decisions=exp.decisions, now=ctx.time, context=vector
-            )
-        return Decision(
-            experiment=experiment,
-            arm=candidates[choice.index],
-            policy=exp.policy,
-            propensity=choice.propensity,
-            candidates=candidates,
-            context=request.context,
-            explored=choice.explored,
-            unit=request.unit,
+            return policies.Choice(chosen, 1.0 / len(short), False)
+        return policies.choose(
+            exp.policy, arms, exp.options, rng, decisions=exp.decisions, now=ctx.time, context=vector
         )
 
     def view(self, state: BanditState, key: str | None = None) -> Any:
@@ -179,13 +213,18 @@ class BanditHandler(Handler[BanditState]):
             return state, self._learn(state, envelope, event, ctx)
         if isinstance(event, Decision):
             exp = state.experiments.get(event.experiment)
-            if exp is not None and event.arm in exp.arms:
+            if exp is not None and all(arm in exp.arms for arm in event.slate or [event.arm]):
                 exp.decisions += 1
                 exp.explored += event.explored
-                exp.arms[event.arm].pulls += 1
+                for arm in event.slate or [event.arm]:
+                    exp.arms[arm].pulls += 1
                 vector = _context_vector(exp, event.context) if exp.policy in CONTEXTUAL else None
                 state.pending[envelope.id] = PendingDecision(
-                    event.experiment, event.arm, envelope.time, None if vector is None else vector.tolist()
+                    event.experiment,
+                    event.arm,
+                    envelope.time,
+                    None if vector is None else vector.tolist(),
+                    list(event.slate) if event.slate else None,
                 )
                 state.horizon.append((envelope.time, envelope.id))
             return state, ()
@@ -196,7 +235,11 @@ class BanditHandler(Handler[BanditState]):
                 )
             return state, ()
         exp = state.experiments.get(event.experiment)
-        if exp is not None:
+        if exp is not None and isinstance(event, PolicyStateImported):
+            for name, imported in decode_arms(event).items():
+                if name in exp.arms:
+                    exp.arms[name] = imported
+        elif exp is not None:
             _change_arm(exp, event)
         return state, ()
 
@@ -209,14 +252,19 @@ class BanditHandler(Handler[BanditState]):
         if pending is None:
             reason = "duplicate feedback" if decision_id in state.settled else "unknown or expired decision"
             return self._reject(state, reason, decision_id)
-        if (pending.experiment, pending.arm) != (feedback.prompt_id, feedback.variant_id):
+        waiting = pending.slate if pending.slate is not None else [pending.arm]
+        if pending.experiment != feedback.prompt_id or feedback.variant_id not in waiting:
             return self._reject(state, "feedback does not match its decision", decision_id)
-        del state.pending[decision_id]
-        state.settled[decision_id] = envelope.time
+        if pending.slate is not None and len(pending.slate) > 1:
+            pending.slate.remove(feedback.variant_id)  # the slate waits for its other arms' feedback
+        else:
+            del state.pending[decision_id]
+            state.settled[decision_id] = envelope.time
         exp = state.experiments[pending.experiment]
         options = exp.options
         value, parts = reward(feedback, options)
-        arm = exp.arms[pending.arm]
+        arm_name = feedback.variant_id
+        arm = exp.arms[arm_name]
         if options.decay < 1.0:
             for other in exp.arms.values():
                 other.scale(options.decay)
@@ -227,12 +275,12 @@ class BanditHandler(Handler[BanditState]):
         if pending.context is not None:
             policies.learn_linear(arm, np.asarray(pending.context), value, options)
         if options.window is not None:
-            _slide(exp, pending.arm, value)
+            _slide(exp, arm_name, value)
         exp.rewards += 1
         derived: list[Event] = [
             ArmUpdated(
                 experiment=pending.experiment,
-                arm=pending.arm,
+                arm=arm_name,
                 reward=value,
                 pulls=arm.pulls,
                 posterior={"n": arm.n, "mean": arm.mean},

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import rows_without_recorded_at
 
+from handlers.bandits.simulation import default_variants
 from rtopt import Engine, RtoptError
 from rtopt.cli import main
 
@@ -153,3 +154,23 @@ def test_replay_reports_how_it_rebuilt_and_refuses_a_seq_past_the_end(tmp_path: 
     assert beyond.returncode == 2 and "holds seqs 1..904" in beyond.stderr
     bad_rate = rtopt("simulate", "--rate", "0", cwd=tmp_path)
     assert bad_rate.returncode == 2 and "not positive" in bad_rate.stderr
+
+
+def test_evaluate_estimates_another_policy_off_policy(tmp_path: Path) -> None:
+    log = tmp_path / "e.sqlite"
+    assert main(["simulate", "--steps", "1500", "--seed", "3", "--policy", "epsilon_greedy", "--log", str(log)]) == 0
+    done = rtopt("evaluate", str(log), "--policy", "uniform", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "off-policy estimates of uniform" in done.stdout and "not a re-run" in done.stdout
+    intervals = {
+        row.split()[1]: tuple(float(x) for x in row.split()[5].split("-"))
+        for row in done.stdout.splitlines()
+        if row.startswith("│ ") and row.split()[1] in ("replay", "ips", "snips")
+    }
+    # the uniform policy's true value is the mean of the variants' reward probabilities
+    truth = sum(v.reward_probability(0.7) for v in default_variants(4, 3)) / 4
+    assert set(intervals) == {"replay", "ips", "snips"}
+    # importance weighting is unbiased whatever the logging policy (replay assumes uniform logging)
+    assert all(low <= truth <= high for name, (low, high) in intervals.items() if name != "replay"), intervals
+    bad = rtopt("evaluate", str(log), "--policy", "best", cwd=tmp_path)
+    assert bad.returncode == 2 and "always:ARM" in bad.stderr

@@ -1,0 +1,543 @@
+"""Bandit policies: rtopt through its engine against MABWiser and River on one seeded Bernoulli bandit.
+
+Every figure is measured in one run, on the same machine and in the same process. The world is a 10-arm
+Bernoulli bandit whose success rates are evenly spaced from 0.10 to 0.55. For each seed the reward of
+every (round, arm) is drawn once, before anything is timed, into a table ``rewards[round, arm]``; every
+library reads the reward of the arm it chose from that table, so all of them face the very same world.
+
+For every policy rtopt shares with a peer (epsilon-greedy, UCB1, Beta-Bernoulli Thompson sampling, and
+softmax, which MABWiser has and River has not) the script measures, over ``--rounds`` rounds and
+averaged over ``--seeds`` seeds:
+
+- **rtopt**: ``Engine.open`` on a temporary SQLite file (WAL, the default ``durability="process"``: every
+  event is committed before the call returns) with ``handlers.bandits.BanditHandler``, the experiment
+  defined by ``define_experiment``, then per round ``engine.decide`` and ``engine.feedback`` (success
+  drawn from the table, ``quality_score`` 1.0 on success and 0.0 otherwise, so the binary reward is the
+  table's value); the experiment keeps rtopt's default options except the policy's own hyper-parameter;
+- **MABWiser** (``mabwiser.mab.MAB``), one decision at a time: ``predict()`` then
+  ``partial_fit([arm], [reward])``;
+- **River** (``river.bandit``): ``pull(arm_ids)`` then ``update(arm, reward)``.
+
+Figures: rounds/s (one decision and the learning from its reward; for rtopt ``decide`` + ``feedback``,
+i.e. two durable commits) over the timed loop only (opening the engine and defining the experiment are
+not timed), and cumulative pseudo-regret ``sum_t (mu* - mu[arm_t])`` (lower variance than the realised
+regret; the realised reward is in the JSON output too).
+
+Goals (from the issue): rtopt's rounds/s at least 3x MABWiser's on every shared policy, and rtopt's regret
+equal to or lower than both peers' on every policy they share. "Equal" has a tolerance: rtopt passes if
+its mean regret exceeds the peer's by no more than the larger of 10 % of the peer's mean regret and one
+standard error of the per-seed (paired: same world) regret differences.
+
+Hyper-parameters, matched where they mean the same thing:
+
+- epsilon-greedy: epsilon 0.1 everywhere (each explores uniformly over all arms with probability 0.1);
+- UCB1: rtopt ``exploration`` sqrt(2) in ``c * sqrt(ln N / n)``, MABWiser ``alpha`` 1 and River ``delta``
+  1 in ``alpha * sqrt(2 ln N / n)``: the same bonus (River's "delta" is not a confidence level here: it is
+  the multiplier of that bonus, and River documents delta=1 as UCB1);
+- Thompson sampling: Beta(1, 1) priors everywhere. rtopt draws ``propensity_draws`` (default 256)
+  posterior samples per decision to log the decision's propensity, where the peers draw one per arm;
+- softmax: temperature 0.1 (rtopt ``temperature``, MABWiser ``tau``). MABWiser does not sample from the
+  Boltzmann distribution: it takes the argmax of one Dirichlet draw whose concentrations are the softmax
+  probabilities, so the two explore differently with the same temperature;
+- first pulls: rtopt's default ``min_samples`` (1 for epsilon-greedy, UCB1 and softmax: untried arms
+  first, in random order) and River's ``burn_in=1`` (in arm order) try every arm once before the policy's
+  rule; MABWiser has no burn-in and its UCB1 gives untried arms an expectation of 0 (they would never be
+  tried), so for those three policies the harness pulls each arm once in arm order (``fit`` then
+  ``partial_fit``, timed like any other round). Thompson sampling has no first pulls anywhere (MABWiser is
+  ``fit`` on empty data, untimed, so that ``predict`` may be called);
+- rtopt also emits an ``ExperimentStats`` event (2,000 posterior draws per arm) every 100 rewards
+  (``stats_every``, default 100), which it logs and the peers have no equivalent of.
+
+If a peer is not installed (the ``bench`` extra: ``pip install -e ".[bench]"``) the script says so and
+measures rtopt alone. Run ``python benchmarks/bandits.py`` (``--quick`` for a tiny run, ``--json`` for
+one JSON object on stdout, ``--help`` for the sizes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import importlib.metadata
+import json
+import math
+import platform
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from handlers.bandits import BanditHandler
+from rtopt import Engine
+
+SEED = 20_260_101
+START = 1_767_225_600.0  # event time of the first round: 2026-01-01T00:00:00Z
+STEP = 1e-2  # event time between rounds (s); feedback follows its decision by half a step
+EXPERIMENT = "bench"
+MEANS = np.linspace(0.10, 0.55, 10)
+ARMS = len(MEANS)
+ARM_NAMES = tuple(f"v{i}" for i in range(ARMS))
+
+DEFAULTS = {"rounds": 10_000, "seeds": 5}
+QUICK = {"rounds": 300, "seeds": 2}
+
+SPEED_TARGET = 3.0  # rtopt rounds/s over MABWiser's, at least
+REGRET_TOLERANCE = 0.10  # relative tolerance on "equal or lower" regret (or one standard error, if larger)
+
+LIBRARIES = ("rtopt", "mabwiser", "river")
+LABELS = {"rtopt": "rtopt", "mabwiser": "MABWiser", "river": "River"}
+
+
+# --- the policies and how each library spells them -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """One policy: rtopt's name and options, and the peers' constructors (None: the peer lacks it)."""
+
+    key: str
+    label: str
+    rtopt_options: dict[str, Any]
+    warmup: bool  # every arm is pulled once before the policy's rule applies
+    mabwiser: Callable[[], Any] | None
+    river: Callable[[int], Any] | None
+    hyper: str = ""
+
+
+def _mabwiser_policy(name: str, **kwargs: Any) -> Callable[[], Any]:
+    def make() -> Any:
+        from mabwiser.mab import LearningPolicy
+
+        return getattr(LearningPolicy, name)(**kwargs)
+
+    return make
+
+
+def _river_epsilon(seed: int) -> Any:
+    from river import bandit
+
+    return bandit.EpsilonGreedy(epsilon=0.1, burn_in=1, seed=seed)
+
+
+def _river_ucb(seed: int) -> Any:
+    from river import bandit
+
+    return bandit.UCB(delta=1.0, burn_in=1, seed=seed)
+
+
+def _river_thompson(seed: int) -> Any:
+    from river import bandit, proba
+
+    return bandit.ThompsonSampling(reward_obj=proba.Beta(1, 1), seed=seed)
+
+
+POLICIES: dict[str, PolicySpec] = {
+    spec.key: spec
+    for spec in (
+        PolicySpec(
+            "epsilon_greedy",
+            "epsilon-greedy",
+            {"epsilon": 0.1},
+            True,
+            _mabwiser_policy("EpsilonGreedy", epsilon=0.1),
+            _river_epsilon,
+            "epsilon 0.1 (rtopt epsilon, MABWiser epsilon, River epsilon)",
+        ),
+        PolicySpec(
+            "ucb1",
+            "UCB1",
+            {"exploration": math.sqrt(2.0)},
+            True,
+            _mabwiser_policy("UCB1", alpha=1.0),
+            _river_ucb,
+            "bonus sqrt(2 ln N / n) (rtopt exploration sqrt(2), MABWiser alpha 1, River delta 1)",
+        ),
+        PolicySpec(
+            "thompson",
+            "Thompson (Beta)",
+            {"prior_alpha": 1.0, "prior_beta": 1.0},
+            False,
+            _mabwiser_policy("ThompsonSampling"),
+            _river_thompson,
+            "Beta(1, 1) priors (rtopt prior_alpha/prior_beta, MABWiser fixed, River proba.Beta(1, 1))",
+        ),
+        PolicySpec(
+            "softmax",
+            "softmax",
+            {"temperature": 0.1},
+            True,
+            _mabwiser_policy("Softmax", tau=0.1),
+            None,
+            "temperature 0.1 (rtopt temperature, MABWiser tau; River has no softmax)",
+        ),
+    )
+}
+
+
+# --- the world ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class World:
+    """The pre-drawn rewards of one seed: ``success[i][a]`` (bool) and ``value[i][a]`` (0.0 or 1.0)."""
+
+    success: list[list[bool]]
+    value: list[list[float]]
+
+    @classmethod
+    def draw(cls, rounds: int, seed: int) -> World:
+        table = np.random.default_rng([SEED, seed]).random((rounds, ARMS)) < MEANS
+        return cls(success=table.tolist(), value=table.astype(float).tolist())
+
+
+@dataclass
+class Run:
+    """One library on one policy and one seed."""
+
+    seconds: float
+    regret: float
+    reward: float
+
+
+def score(chosen: Sequence[int], world: World, seconds: float) -> Run:
+    """Pseudo-regret and realised reward of the arms ``chosen`` round by round."""
+    arms = np.asarray(chosen, dtype=np.intp)
+    gaps = MEANS.max() - MEANS
+    reward = float(sum(world.value[i][arm] for i, arm in enumerate(chosen)))
+    return Run(seconds=seconds, regret=float(gaps[arms].sum()), reward=reward)
+
+
+# --- the three libraries ----------------------------------------------------------------------------
+
+
+def run_rtopt(spec: PolicySpec, world: World, seed: int, workdir: Path) -> Run:
+    """rtopt through the engine: decide + feedback per round, every event committed to a SQLite file."""
+    rounds = len(world.success)
+    path = workdir / f"rtopt-{spec.key}-{seed}.sqlite"
+    index = {name: i for i, name in enumerate(ARM_NAMES)}
+    chosen = [0] * rounds
+    success = world.success
+    with Engine.open(path, seed=SEED + seed, handlers=[BanditHandler()]) as engine:
+        engine.define_experiment(EXPERIMENT, arms=list(ARM_NAMES), policy=spec.key, time=START, **spec.rtopt_options)
+        decide, feedback = engine.decide, engine.feedback
+        gc.collect()
+        t0 = time.perf_counter_ns()
+        for i in range(rounds):
+            when = START + 1.0 + i * STEP
+            decision = decide(EXPERIMENT, time=when)
+            arm = index[decision.arm]
+            ok = success[i][arm]
+            feedback(
+                decision.id,
+                success=ok,
+                quality_score=1.0 if ok else 0.0,
+                response_time_ms=1.0,
+                time=when + STEP / 2,
+            )
+            chosen[i] = arm
+        elapsed = time.perf_counter_ns() - t0
+        stats = engine.stats()
+        learnt = engine.state("bandit", EXPERIMENT).rewards
+    path.unlink()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    if stats.rejected or stats.handler_failures or stats.published != 2 * rounds + 1 or learnt != rounds:
+        raise RuntimeError(f"rtopt {spec.key} did not run cleanly: {stats}, {learnt} rewards learnt")
+    return score(chosen, world, elapsed / 1e9)
+
+
+def run_mabwiser(spec: PolicySpec, world: World, seed: int) -> Run:
+    """MABWiser one decision at a time: predict() then partial_fit([arm], [reward])."""
+    from mabwiser.mab import MAB
+
+    assert spec.mabwiser is not None
+    rounds = len(world.value)
+    value = world.value
+    chosen = [0] * rounds
+    mab = MAB(arms=list(range(ARMS)), learning_policy=spec.mabwiser(), seed=SEED + seed)
+    first = ARMS if spec.warmup else 0
+    if not spec.warmup:
+        mab.fit([], [])  # nothing learnt: Beta(1, 1) priors; MABWiser refuses predict() before a fit
+    predict, partial_fit = mab.predict, mab.partial_fit
+    gc.collect()
+    t0 = time.perf_counter_ns()
+    for i in range(first):  # one pull of each arm, in arm order (River's burn_in=1 does the same)
+        (mab.fit if i == 0 else partial_fit)([i], [value[i][i]])
+        chosen[i] = i
+    for i in range(first, rounds):
+        arm = predict()
+        partial_fit([arm], [value[i][arm]])
+        chosen[i] = arm
+    elapsed = time.perf_counter_ns() - t0
+    return score(chosen, world, elapsed / 1e9)
+
+
+def run_river(spec: PolicySpec, world: World, seed: int) -> Run:
+    """River: pull(arm_ids) then update(arm, reward)."""
+    assert spec.river is not None
+    rounds = len(world.value)
+    value = world.value
+    chosen = [0] * rounds
+    policy = spec.river(SEED + seed)
+    arm_ids = list(range(ARMS))
+    pull, update = policy.pull, policy.update
+    gc.collect()
+    t0 = time.perf_counter_ns()
+    for i in range(rounds):
+        arm = pull(arm_ids)
+        update(arm, value[i][arm])
+        chosen[i] = arm
+    elapsed = time.perf_counter_ns() - t0
+    return score(chosen, world, elapsed / 1e9)
+
+
+def peer_versions() -> dict[str, str | None]:
+    """The installed version of each peer, None if it is not importable."""
+    versions: dict[str, str | None] = {}
+    for name, module in (("mabwiser", "mabwiser.mab"), ("river", "river.bandit")):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            versions[name] = None
+        else:
+            versions[name] = importlib.metadata.version(name)
+    return versions
+
+
+# --- the run ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Series:
+    """The runs of one library on one policy, one per seed."""
+
+    runs: list[Run] = field(default_factory=list)
+
+    def summary(self, rounds: int) -> dict[str, Any]:
+        regrets = np.array([run.regret for run in self.runs])
+        seconds = sum(run.seconds for run in self.runs)
+        return {
+            "rounds_per_s": rounds * len(self.runs) / seconds,
+            "regret": float(regrets.mean()),
+            "regret_se": standard_error(regrets),
+            "regret_per_seed": regrets.tolist(),
+            "reward": float(np.mean([run.reward for run in self.runs])),
+            "seconds": seconds,
+        }
+
+
+def standard_error(values: np.ndarray) -> float:
+    return float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
+
+
+def regret_status(ours: Sequence[float], theirs: Sequence[float]) -> tuple[str, float]:
+    """PASS if rtopt's mean regret exceeds the peer's by at most the tolerance; (status, tolerance)."""
+    mine, peer = np.asarray(ours), np.asarray(theirs)
+    tolerance = max(REGRET_TOLERANCE * float(peer.mean()), standard_error(mine - peer))
+    return ("PASS" if float(mine.mean() - peer.mean()) <= tolerance else "MISS"), tolerance
+
+
+def run(
+    rounds: int, seeds: int, policies: Sequence[str], *, workdir: Path, err: Console, quiet: bool = False
+) -> dict[str, Any]:
+    """Measure every library on every policy and seed; return the results as one JSON-ready dict."""
+    started = time.perf_counter()
+    versions = peer_versions()
+    available = [lib for lib in LIBRARIES if lib == "rtopt" or versions[lib] is not None]
+    series: dict[str, dict[str, Series]] = {key: {} for key in policies}
+    for seed in range(seeds):
+        world = World.draw(rounds, seed)
+        t0 = time.perf_counter()
+        for key in policies:
+            spec = POLICIES[key]
+            for lib in available:
+                if lib == "rtopt":
+                    result = run_rtopt(spec, world, seed, workdir)
+                elif lib == "mabwiser" and spec.mabwiser is not None:
+                    result = run_mabwiser(spec, world, seed)
+                elif lib == "river" and spec.river is not None:
+                    result = run_river(spec, world, seed)
+                else:
+                    continue
+                series[key].setdefault(lib, Series()).runs.append(result)
+        if not quiet:
+            err.print(f"seed {seed + 1}/{seeds} done in {time.perf_counter() - t0:.1f} s", highlight=False)
+
+    results: dict[str, dict[str, Any]] = {}
+    ratios: dict[str, dict[str, float | None]] = {}
+    status: dict[str, dict[str, str]] = {}
+    tolerances: dict[str, dict[str, float]] = {}
+    for key in policies:
+        results[key] = {lib: s.summary(rounds) for lib, s in series[key].items()}
+        ours = results[key]["rtopt"]
+        ratios[key], status[key], tolerances[key] = {}, {}, {}
+        for lib in ("mabwiser", "river"):
+            if lib not in results[key]:
+                continue
+            peer = results[key][lib]
+            ratios[key][f"speed_vs_{lib}"] = ours["rounds_per_s"] / peer["rounds_per_s"]
+            ratios[key][f"regret_vs_{lib}"] = ours["regret"] / peer["regret"] if peer["regret"] > 0 else None
+            verdict, tolerance = regret_status(ours["regret_per_seed"], peer["regret_per_seed"])
+            status[key][f"regret_vs_{lib}"] = verdict
+            tolerances[key][f"regret_vs_{lib}"] = tolerance
+            if lib == "mabwiser":
+                status[key]["speed_vs_mabwiser"] = (
+                    "PASS" if ratios[key]["speed_vs_mabwiser"] >= SPEED_TARGET else "MISS"
+                )
+    return {
+        "results": results,
+        "ratios": ratios,
+        "status": status,
+        "tolerances": tolerances,
+        "targets": {
+            "speed_vs_mabwiser": {"op": ">=", "value": SPEED_TARGET},
+            "regret_vs_peer": {
+                "op": "<=",
+                "value": "peer mean regret + max(10 % of it, 1 SE of the paired per-seed differences)",
+                "relative_tolerance": REGRET_TOLERANCE,
+            },
+        },
+        "peers": versions,
+        "config": {
+            "rounds": rounds,
+            "seeds": seeds,
+            "policies": list(policies),
+            "arms": ARMS,
+            "means": MEANS.round(6).tolist(),
+            "hyper_parameters": {key: POLICIES[key].hyper for key in policies},
+            "rtopt_options": {key: POLICIES[key].rtopt_options for key in policies},
+            "durability": "process",
+            "seed": SEED,
+            "python": platform.python_version(),
+            "sqlite": sqlite3.sqlite_version,
+            "numpy": np.__version__,
+            "machine": platform.machine(),
+        },
+        "elapsed_s": time.perf_counter() - started,
+    }
+
+
+# --- output -----------------------------------------------------------------------------------------
+
+
+def format_status(status: str | None) -> str:
+    if status is None:
+        return "—"
+    return "[green]PASS[/green]" if status == "PASS" else "[red]MISS[/red]"
+
+
+def render(results: dict[str, Any], console: Console) -> None:
+    """The results as a rich table plus a few lines on the world and the hyper-parameters."""
+    config = results["config"]
+    table = Table(
+        title=f"bandits: {config['rounds']:,} rounds x {config['seeds']} seeds, {config['arms']}-arm Bernoulli",
+        title_justify="left",
+    )
+    table.add_column("policy")
+    table.add_column("library")
+    table.add_column("rounds/s", justify="right")
+    table.add_column("regret (± SE)", justify="right")
+    table.add_column("rtopt/peer rounds/s", justify="right")
+    table.add_column(f"speed ≥ {SPEED_TARGET:g}x", justify="center")
+    table.add_column("rtopt/peer regret", justify="right")
+    table.add_column("regret ≤ peer", justify="center")
+    for key in config["policies"]:
+        spec = POLICIES[key]
+        for lib in LIBRARIES:
+            figures = results["results"][key].get(lib)
+            if figures is None:
+                continue
+            ratios, status = results["ratios"][key], results["status"][key]
+            regret = f"{figures['regret']:,.1f} ± {figures['regret_se']:,.1f}"
+            if lib == "rtopt":
+                table.add_row(spec.label, LABELS[lib], f"{figures['rounds_per_s']:,.0f}", regret, "", "", "", "")
+                continue
+            table.add_row(
+                "",
+                LABELS[lib],
+                f"{figures['rounds_per_s']:,.0f}",
+                regret,
+                f"{ratios[f'speed_vs_{lib}']:.2f}x",
+                format_status(status.get(f"speed_vs_{lib}")),
+                "—" if ratios[f"regret_vs_{lib}"] is None else f"{ratios[f'regret_vs_{lib}']:.3f}",
+                format_status(status.get(f"regret_vs_{lib}")),
+            )
+        table.add_section()
+    console.print(table)
+    for lib, version in results["peers"].items():
+        if version is None:
+            console.print(
+                f"{LABELS[lib]} is not installed: rtopt measured without it (pip install -e '.[bench]')",
+                highlight=False,
+            )
+    means = ", ".join(f"{m:.2f}" for m in config["means"])
+    versions = ", ".join(f"{LABELS[lib]} {v}" for lib, v in results["peers"].items() if v is not None)
+    console.print(
+        f"world: success rates {means}; the same pre-drawn rewards[round, arm] for every library; regret is the"
+        f" cumulative pseudo-regret sum(mu* - mu[arm]); rtopt = Engine.decide + Engine.feedback, every event"
+        f" committed (SQLite WAL, durability={config['durability']!r}); regret 'equal' = within"
+        f" max({REGRET_TOLERANCE:.0%} of the peer's, 1 SE of the paired differences over seeds)",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
+    for key in config["policies"]:
+        console.print(
+            f"{POLICIES[key].label}: {config['hyper_parameters'][key]}", highlight=False, markup=False, soft_wrap=True
+        )
+    console.print(
+        f"{versions or 'no peer'}; Python {config['python']}, SQLite {config['sqlite']}, numpy {config['numpy']};"
+        f" {results['elapsed_s']:.1f} s in all",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, help=f"rounds per run (default {DEFAULTS['rounds']:,})")
+    parser.add_argument("--seeds", type=int, help=f"seeds (worlds) to average over (default {DEFAULTS['seeds']})")
+    parser.add_argument(
+        "--policy",
+        action="append",
+        choices=list(POLICIES),
+        help="measure only this policy (repeatable; default: all of them)",
+    )
+    parser.add_argument("--quick", action="store_true", help="a tiny run (a few seconds), for smoke tests")
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON object on stdout")
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else DEFAULTS
+    rounds = args.rounds if args.rounds is not None else sizes["rounds"]
+    seeds = args.seeds if args.seeds is not None else sizes["seeds"]
+    if rounds < 2 * ARMS or seeds < 1:
+        parser.error(f"--rounds must be at least {2 * ARMS} and --seeds at least 1")
+    policies = list(dict.fromkeys(args.policy)) if args.policy else list(POLICIES)
+
+    err = Console(stderr=True)
+    workdir = Path(tempfile.mkdtemp(prefix="rtopt-bandits-"))
+    try:
+        results = run(rounds, seeds, policies, workdir=workdir, err=err)
+    finally:
+        for file in workdir.iterdir():
+            file.unlink()
+        workdir.rmdir()
+    if args.json:
+        print(json.dumps(results))
+    else:
+        console = Console()
+        if not console.is_terminal:  # a pipe or a file: do not squeeze the table into 80 columns
+            console = Console(width=max(console.width, 132))
+        render(results, console)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -413,3 +413,18 @@ def test_policy_state_exports_and_imports_as_json_through_an_event(tmp_path: Pat
             import_policy_state(target, "g", "pickle?", time=2.0)
     with Engine.open(target_path, read_only=True) as reopened:
         assert reopened.state("bandit", "g").arms == expected
+
+
+def test_on_the_simulated_workload_linucb_uses_the_context_to_lower_regret() -> None:
+    from handlers.bandits.simulation import VariantProfile, simulate
+
+    def variant(name: str, quality: float, long_prompt_shift: float) -> VariantProfile:
+        return VariantProfile(name, 0.97, quality, 600.0, 200.0, 0.002, long_prompt_shift=long_prompt_shift)
+
+    # v1 is best on short prompts, v2 on long ones: a context-free policy must lose on one of them
+    variants = [variant("v1", 0.80, -0.20), variant("v2", 0.68, 0.14), variant("v3", 0.62, 0.0)]
+    regret = {}
+    for policy in ("thompson", "linucb"):
+        with Engine.open(":memory:", seed=21, handlers=[BanditHandler()]) as engine:
+            regret[policy] = simulate(engine, 3_000, variants, 21, policy=policy).regret
+    assert regret["linucb"] < 0.6 * regret["thompson"], regret

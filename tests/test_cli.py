@@ -29,7 +29,7 @@ def test_simulate_inspect_and_verify(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     log = tmp_path / "event_log" / "demo.sqlite"
     assert log.exists()
-    assert re.search(r"regret against always choosing v\d: [\d.]+", done.stdout)
+    assert re.search(r"regret against the best variant for each request: [\d.]+", done.stdout)
     assert re.search(r"events/s", done.stdout)
     with Engine.open(log, read_only=True, handlers=[]) as engine:
         counts = engine.log.count_by_type()

@@ -30,11 +30,16 @@ from rtopt.log import SQLiteLog
 
 SIMULATION_START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 DEMO_LOG = Path("event_log") / "demo.sqlite"
+CONTEXT_FEATURES = ("bias", "long_prompt")
 ERRORS = ("timeout", "rate_limited", "refusal", "invalid_output")
 
 
+LONG_PROMPT_SHARE = 0.4
+
+
 class VariantProfile(msgspec.Struct, frozen=True):
-    """The hidden truth about one prompt variant."""
+    """The hidden truth about one prompt variant; on long prompts its mean quality moves by
+    ``long_prompt_shift``, so the best variant can depend on the request (the context)."""
 
     name: str
     success_rate: float
@@ -45,11 +50,21 @@ class VariantProfile(msgspec.Struct, frozen=True):
     quality_concentration: float = 20.0
     latency_sigma: float = 0.35
     tokens_in: int = 400
+    long_prompt_shift: float = 0.0
 
-    def reward_probability(self, quality_threshold: float) -> float:
-        """P(success and quality >= threshold): the expected Thompson reward of this variant."""
-        a = self.quality_mean * self.quality_concentration
-        b = (1.0 - self.quality_mean) * self.quality_concentration
+    def quality(self, long_prompt: bool) -> float:
+        """Mean quality on a short or a long prompt."""
+        return float(np.clip(self.quality_mean + (self.long_prompt_shift if long_prompt else 0.0), 0.05, 0.95))
+
+    def reward_probability(self, quality_threshold: float, long_prompt: bool | None = None) -> float:
+        """P(success and quality >= threshold): the expected binary reward of this variant, on short or
+        long prompts, or (None) over the workload's mix of both."""
+        if long_prompt is None:
+            return (1 - LONG_PROMPT_SHARE) * self.reward_probability(
+                quality_threshold, False
+            ) + LONG_PROMPT_SHARE * self.reward_probability(quality_threshold, True)
+        mean = self.quality(long_prompt)
+        a, b = mean * self.quality_concentration, (1.0 - mean) * self.quality_concentration
         return self.success_rate * float(stats.beta.sf(quality_threshold, a, b))
 
 
@@ -72,6 +87,7 @@ def default_variants(count: int, seed: int) -> list[VariantProfile]:
             latency_median_ms=float(500 + 2500 * (q - 0.6) + rng.normal(0, 80)),
             tokens_out_mean=float(150 + 600 * (q - 0.6)),
             usd_per_1k_tokens=float(rng.choice([0.0005, 0.002, 0.01])),
+            long_prompt_shift=float(rng.uniform(-0.15, 0.15)),
         )
         for i, q in enumerate(quality)
     ]
@@ -122,13 +138,15 @@ def simulate(
         raise ValueError(f"steps must be at least 1, not {steps}")
     rng = np.random.default_rng([seed, 1])
     start_seq, started = engine.position, wall_clock.perf_counter()
+    if policy in CONTEXTUAL:
+        options.setdefault("features", list(CONTEXT_FEATURES))
     engine.define_experiment(
         experiment, arms=[v.name for v in variants], policy=policy, time=SIMULATION_START, **options
     )
     threshold = engine.state("bandit", experiment).options.quality_threshold
     by_name = {v.name: v for v in variants}
     truth = {v.name: v.reward_probability(threshold) for v in variants}
-    best = max(truth.values())
+    by_context = {long: {v.name: v.reward_probability(threshold, long) for v in variants} for long in (False, True)}
     due: list[tuple[float, int, str, dict[str, Any]]] = []
     rewards = dict.fromkeys(by_name, 0.0)
     now, regret = SIMULATION_START, 0.0
@@ -141,11 +159,14 @@ def simulate(
     for step in range(steps):
         now += float(rng.exponential(1.0 / requests_per_second))
         deliver(now)
-        decision = engine.decide(experiment, time=now)
+        long_prompt = bool(rng.random() < LONG_PROMPT_SHARE)
+        context = {"bias": 1.0, "long_prompt": float(long_prompt)}
+        decision = engine.decide(experiment, context=context, time=now)
         variant = by_name[decision.arm]
-        fields = _response(variant, rng)
+        fields = _response(variant, rng, long_prompt)
         rewards[variant.name] += float(fields["success"] and fields["quality_score"] >= threshold)
-        regret += best - truth[variant.name]
+        expected = by_context[long_prompt]
+        regret += max(expected.values()) - expected[variant.name]
         arrival = now + fields["response_time_ms"] / 1000.0 + float(rng.exponential(feedback_delay_s))
         heapq.heappush(due, (arrival, step, decision.id, fields))
         if progress is not None and (step + 1) % 100 == 0:
@@ -175,11 +196,11 @@ def simulate(
     )
 
 
-def _response(variant: VariantProfile, rng: np.random.Generator) -> dict[str, Any]:
+def _response(variant: VariantProfile, rng: np.random.Generator, long_prompt: bool) -> dict[str, Any]:
     """Draw one response's feedback fields from ``variant``'s hidden distributions."""
     success = bool(rng.random() < variant.success_rate)
-    a = variant.quality_mean * variant.quality_concentration
-    b = (1.0 - variant.quality_mean) * variant.quality_concentration
+    mean = variant.quality(long_prompt)
+    a, b = mean * variant.quality_concentration, (1.0 - mean) * variant.quality_concentration
     quality = float(rng.beta(a, b)) if success else float(rng.uniform(0.0, 0.3))
     latency = float(variant.latency_median_ms * np.exp(rng.normal(0.0, variant.latency_sigma)))
     tokens_out = int(rng.poisson(variant.tokens_out_mean)) if success else 0
@@ -209,9 +230,10 @@ def register_command(commands: argparse._SubParsersAction) -> None:
     )
     sim.add_argument(
         "--policy",
-        choices=[p for p in POLICY_OPTIONS if p not in CONTEXTUAL],
+        choices=list(POLICY_OPTIONS),
         default="thompson",
-        help="the bandit policy (default thompson)",
+        help="the bandit policy (default thompson); linucb and lin_thompson read each request's context "
+        "(whether the prompt is long), on which the best variant depends",
     )
     sim.add_argument("--steps", type=positive(int), default=5000, help="requests to serve (default 5000)")
     sim.add_argument("--variants", type=positive(int), default=4, help="prompt variants, 2 to 26 (default 4)")
@@ -274,7 +296,7 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
         )
     console.print(table)
     console.print(
-        f"regret against always choosing {report.best}: {report.regret:.1f} "
+        f"regret against the best variant for each request: {report.regret:.1f} "
         f"({report.regret / args.steps:.4f} per request)\n"
         f"{report.events} events in {report.seconds:.2f} s: {report.events_per_second:,.0f} events/s\n"
         f"log: {path}",

@@ -122,6 +122,7 @@ def cmd_replay(args: argparse.Namespace, console: Console) -> int:
             f"rebuilt {', '.join(engine.handlers()) or 'no handler'} at seq {rebuilt.position} {start}: "
             f"folded {rebuilt.folded} events in {rebuilt.seconds:.2f} s{rate}",
             markup=False,
+            soft_wrap=True,
         )
         for name in engine.handlers():
             text = msgspec.json.format(msgspec.json.encode(engine.state(name)), indent=2).decode()

@@ -8,14 +8,14 @@ from typing import Any
 import msgspec
 
 from rtopt import Envelope
+from streams.horizon import Horizon
 
 
 class SeenKeys(msgspec.Struct):
-    """Keys seen in the last ``horizon`` seconds of event time, oldest first from ``start``."""
+    """Keys seen in the last ``horizon`` seconds of event time, and the repeats counted."""
 
     times: dict[str, float] = {}
-    order: list[tuple[float, str]] = []
-    start: int = 0
+    order: Horizon = msgspec.field(default_factory=Horizon)
     duplicates: int = 0
 
 
@@ -50,18 +50,11 @@ class Deduplicator:
             state.duplicates += 1
             return False
         state.times[key] = now
-        state.order.append((now, key))
+        state.order.add(now, key)
         return True
 
     def _expire(self, now: float) -> None:
-        state, cutoff = self.state, now - self.horizon
-        order, start = state.order, state.start
-        while start < len(order) and order[start][0] <= cutoff:
-            seen_at, key = order[start]
-            if state.times.get(key) == seen_at:
-                del state.times[key]
-            start += 1
-        if start > 1024 and 2 * start > len(order):
-            del order[:start]
-            start = 0
-        state.start = start
+        times = self.state.times
+        for seen_at, key in self.state.order.expire(now - self.horizon):
+            if times.get(key) == seen_at:
+                del times[key]

@@ -248,7 +248,7 @@ def test_feedback_is_learnt_once_and_the_rest_is_rejected_visibly() -> None:
         assert [env.payload.decision_id for env in engine.read(types=[ArmUpdated])] == [first.id]
         state = engine.state("bandit", "g")
         assert sum(arm.rewards for arm in state.arms.values()) == 1
-        assert engine.state("bandit").rejected == {
+        assert engine.state("bandit").ledger.rejected == {
             "duplicate feedback": 1,
             "unknown or expired decision": 1,
             "feedback does not match its decision": 1,

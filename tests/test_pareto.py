@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from handlers.bandits.simulation import default_variants, simulate
+from handlers.bandits.simulation import LONG_PROMPT_SHARE, default_variants, simulate
 from handlers.pareto import (
     Candidate,
     NoFeasibleCandidate,
@@ -265,7 +265,8 @@ def test_observed_candidates_from_a_simulated_run_match_the_hidden_profiles(tmp_
     measured = observed[best.name]
     # the simulator's truth: quality Beta(mean) on success, Uniform(0, 0.3) on failure; lognormal latency;
     # tokens_in + Poisson(tokens_out_mean) tokens on success, priced per 1k tokens
-    quality = best.success_rate * best.quality_mean + (1 - best.success_rate) * 0.15
+    mean_quality = (1 - LONG_PROMPT_SHARE) * best.quality(False) + LONG_PROMPT_SHARE * best.quality(True)
+    quality = best.success_rate * mean_quality + (1 - best.success_rate) * 0.15
     cost = (best.tokens_in + best.success_rate * best.tokens_out_mean) / 1000 * best.usd_per_1k_tokens
     p95 = best.latency_median_ms * math.exp(1.6448536 * best.latency_sigma)
     assert measured.quality == pytest.approx(quality, abs=0.02)

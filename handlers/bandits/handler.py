@@ -22,6 +22,7 @@ from handlers.bandits.options import CONTEXTUAL, POLICY_OPTIONS, BanditOptions, 
 from handlers.bandits.policies import ACTIVE, PAUSED, RETIRED, ArmState
 from handlers.bandits.rewards import reward
 from handlers.bandits.transfer import decode_arms
+from handlers.ledger import DecisionLedger, MatchesFeedback
 from rtopt import (
     ArmUpdated,
     Context,
@@ -68,23 +69,13 @@ class PendingDecision(msgspec.Struct, array_like=True):
 
 
 class BanditState(msgspec.Struct):
-    """Everything the bandit handler knows; rebuilt by replay and stored in snapshots.
-
-    ``horizon`` lists (event time, id) of every decision still remembered, oldest first from
-    ``horizon_start``; a decision leaves ``pending`` when its feedback is learnt (it then stays in
-    ``settled``, with the feedback's time, to recognise a second feedback) and both forget it once it is
-    older than the horizon.
-    """
+    """Everything the bandit handler knows; rebuilt by replay and stored in snapshots."""
 
     experiments: dict[str, ExperimentState] = {}
-    pending: dict[str, PendingDecision] = {}
-    settled: dict[str, float] = {}
-    horizon: list[tuple[float, str]] = []
-    horizon_start: int = 0
-    rejected: dict[str, int] = {}
+    ledger: DecisionLedger[PendingDecision] = msgspec.field(default_factory=DecisionLedger)
 
 
-class BanditHandler(Handler[BanditState]):
+class BanditHandler(MatchesFeedback, Handler[BanditState]):
     """Runs bandit experiments: answers ``decide`` and learns from feedback that names its decision.
 
     Policies: ``epsilon_greedy``, ``ucb1``, ``thompson`` (Beta-Bernoulli), ``thompson_gaussian``
@@ -112,15 +103,7 @@ class BanditHandler(Handler[BanditState]):
     accepts = (ExperimentDefined, Decision, Feedback, ArmAdded, ArmPaused, ArmResumed, ArmRetired, PolicyStateImported)
     state_type = BanditState
     policies: ClassVar[tuple[str, ...]] = tuple(POLICY_OPTIONS)
-    version = 2
-
-    def __init__(self, feedback_horizon_s: float = 86_400.0) -> None:
-        if not feedback_horizon_s > 0:
-            raise ValueError(f"feedback_horizon_s must be positive, not {feedback_horizon_s!r}")
-        self.feedback_horizon_s = feedback_horizon_s
-
-    def config(self) -> dict[str, Any]:
-        return {"feedback_horizon_s": self.feedback_horizon_s}
+    version = 3
 
     def initial_state(self) -> BanditState:
         return BanditState()
@@ -133,6 +116,8 @@ class BanditHandler(Handler[BanditState]):
                 raise InvalidEvent(
                     f"experiment = {event.experiment!r}: already defined", field="experiment", value=event.experiment
                 )
+            if event.policy not in self.policies:  # another handler's experiment
+                return
             repeated = sorted({arm for arm in event.arms if event.arms.count(arm) > 1})
             if repeated:
                 raise InvalidEvent(
@@ -219,17 +204,20 @@ class BanditHandler(Handler[BanditState]):
                 for arm in event.slate or [event.arm]:
                     exp.arms[arm].pulls += 1
                 vector = _context_vector(exp, event.context) if exp.policy in CONTEXTUAL else None
-                state.pending[envelope.id] = PendingDecision(
-                    event.experiment,
-                    event.arm,
+                state.ledger.open(
+                    envelope.id,
                     envelope.time,
-                    None if vector is None else vector.tolist(),
-                    list(event.slate) if event.slate else None,
+                    PendingDecision(
+                        event.experiment,
+                        event.arm,
+                        envelope.time,
+                        None if vector is None else vector.tolist(),
+                        list(event.slate) if event.slate else None,
+                    ),
                 )
-                state.horizon.append((envelope.time, envelope.id))
             return state, ()
         if isinstance(event, ExperimentDefined):
-            if event.experiment not in state.experiments:
+            if event.experiment not in state.experiments and event.policy in self.policies:
                 state.experiments[event.experiment] = ExperimentState(
                     policy=event.policy, options=parse_options(event), arms={arm: ArmState() for arm in event.arms}
                 )
@@ -245,21 +233,21 @@ class BanditHandler(Handler[BanditState]):
 
     def _learn(self, state: BanditState, envelope: Envelope[Any], feedback: Feedback, ctx: Context) -> Sequence[Event]:
         decision_id = feedback.decision_id
-        if decision_id is None:
-            return ()
-        self._expire(state, envelope.time)
-        pending = state.pending.get(decision_id)
+        ledger = state.ledger
+        if decision_id is None or (feedback.prompt_id not in state.experiments and decision_id not in ledger.pending):
+            return ()  # not about a bandit experiment: another handler's feedback
+        pending = ledger.claim(
+            decision_id,
+            envelope.time,
+            self.feedback_horizon_s,
+            lambda p: p.experiment == feedback.prompt_id and feedback.variant_id in (p.slate or [p.arm]),
+        )
         if pending is None:
-            reason = "duplicate feedback" if decision_id in state.settled else "unknown or expired decision"
-            return self._reject(state, reason, decision_id)
-        waiting = pending.slate if pending.slate is not None else [pending.arm]
-        if pending.experiment != feedback.prompt_id or feedback.variant_id not in waiting:
-            return self._reject(state, "feedback does not match its decision", decision_id)
+            return (FeedbackRejected(reason=ledger.last_rejection, decision_id=decision_id, handler=self.name),)
         if pending.slate is not None and len(pending.slate) > 1:
             pending.slate.remove(feedback.variant_id)  # the slate waits for its other arms' feedback
         else:
-            del state.pending[decision_id]
-            state.settled[decision_id] = envelope.time
+            ledger.settle(decision_id, envelope.time)
         exp = state.experiments[pending.experiment]
         options = exp.options
         value, parts = reward(feedback, options)
@@ -291,24 +279,6 @@ class BanditHandler(Handler[BanditState]):
         if options.stats_every and exp.rewards % options.stats_every == 0:
             derived.append(statistics(pending.experiment, exp, ctx.rng, envelope.time))
         return derived
-
-    def _reject(self, state: BanditState, reason: str, decision_id: str) -> Sequence[Event]:
-        state.rejected[reason] = state.rejected.get(reason, 0) + 1
-        return (FeedbackRejected(reason=reason, decision_id=decision_id, handler=self.name),)
-
-    def _expire(self, state: BanditState, now: float) -> None:
-        """Forget decisions made more than the horizon before ``now``."""
-        cutoff = now - self.feedback_horizon_s
-        horizon, start = state.horizon, state.horizon_start
-        while start < len(horizon) and horizon[start][0] < cutoff:
-            decision_id = horizon[start][1]
-            state.pending.pop(decision_id, None)
-            state.settled.pop(decision_id, None)
-            start += 1
-        if start > 1024 and 2 * start > len(horizon):
-            del horizon[:start]
-            start = 0
-        state.horizon_start = start
 
 
 def statistics(name: str, exp: ExperimentState, rng: np.random.Generator, now: float) -> ExperimentStats:

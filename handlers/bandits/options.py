@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated
 
 import msgspec
 from msgspec import Meta
 
+from handlers.bandits.rewards import REWARD_OPTIONS, RewardOptions
+from handlers.options import typed_options
 from rtopt import ExperimentDefined, InvalidEvent
 
 Positive = Annotated[float, Meta(gt=0.0)]
@@ -24,30 +26,13 @@ POLICY_OPTIONS: dict[str, frozenset[str]] = {
     "linucb": frozenset({"features", "alpha", "ridge"}),
     "lin_thompson": frozenset({"features", "scale", "ridge", "propensity_draws"}),
 }
-COMMON_OPTIONS = frozenset(
-    {
-        "min_samples",
-        "reward",
-        "quality_threshold",
-        "w_quality",
-        "w_cost",
-        "w_latency",
-        "w_satisfaction",
-        "cost_budget_usd",
-        "latency_sla_ms",
-        "stats_every",
-    }
-)
+COMMON_OPTIONS = REWARD_OPTIONS | {"min_samples", "stats_every"}
 NON_STATIONARY_OPTIONS = frozenset({"decay", "window", "idle_half_life_s"})
 
 
-class BanditOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Every option a bandit experiment can set; each policy reads those that concern it.
-
-    Rewards: ``reward="binary"`` is 1 for a successful response whose quality is at least
-    ``quality_threshold`` and 0 otherwise; ``reward="composite"`` weighs quality, cost against
-    ``cost_budget_usd``, latency against ``latency_sla_ms`` and user satisfaction (when given) with the
-    ``w_*`` weights, and is 0 for a failed response.
+class BanditOptions(RewardOptions, frozen=True, forbid_unknown_fields=True):
+    """Every option a bandit experiment can set; each policy reads those that concern it. The reward
+    options are those of :class:`~handlers.bandits.rewards.RewardOptions`.
 
     Non-stationary arms (non-contextual policies): ``decay`` discounts past rewards by that factor at each
     new one; ``window`` keeps only the last rewards of the experiment; ``idle_half_life_s`` halves the
@@ -62,14 +47,6 @@ class BanditOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """
 
     min_samples: Annotated[int, Meta(ge=0)] | None = None
-    reward: Literal["binary", "composite"] = "binary"
-    quality_threshold: Unit = 0.7
-    w_quality: NonNegative = 1.0
-    w_cost: NonNegative = 0.0
-    w_latency: NonNegative = 0.0
-    w_satisfaction: NonNegative = 0.0
-    cost_budget_usd: Positive = 0.01
-    latency_sla_ms: Positive = 2_000.0
     stats_every: Annotated[int, Meta(ge=0)] = 100
     decay: Annotated[float, Meta(gt=0.0, le=1.0)] = 1.0
     window: Annotated[int, Meta(ge=1)] | None = None
@@ -84,7 +61,7 @@ class BanditOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     prior_shape: Positive = 1.0
     prior_scale: Positive = 0.05
     temperature: Positive = 0.1
-    features: list[str] = []
+    features: list[str] = msgspec.field(default_factory=list)
     alpha: NonNegative = 1.0
     scale: Positive = 0.25
     ridge: Positive = 1.0
@@ -101,32 +78,12 @@ def parse_options(definition: ExperimentDefined) -> BanditOptions:
     """The typed options of ``definition``; InvalidEvent names an unknown, misplaced or invalid option."""
     policy = definition.policy
     allowed = POLICY_OPTIONS[policy] | COMMON_OPTIONS | (NON_STATIONARY_OPTIONS if policy not in CONTEXTUAL else set())
-    for name, value in definition.options.items():
-        if name not in allowed:
-            raise InvalidEvent(
-                f"options.{name} = {value!r}: not an option of policy {policy!r} (it takes {sorted(allowed)})",
-                field=f"options.{name}",
-                value=value,
-            )
-    try:
-        options = msgspec.convert(definition.options, BanditOptions)
-    except msgspec.ValidationError as exc:
-        message = str(exc)
-        field = message.split("`$.")[-1].split("`")[0] if "`$." in message else None
-        raise InvalidEvent(
-            f"options of {definition.experiment!r}: {message}",
-            field=f"options.{field}" if field else "options",
-            value=definition.options.get(field or ""),
-        ) from None
+    options = typed_options(definition, BanditOptions, allowed)
     if policy in CONTEXTUAL and not options.features:
         raise InvalidEvent(
             f"options.features: policy {policy!r} needs the names of the context features it reads",
             field="options.features",
             value=None,
         )
-    if (
-        options.reward == "composite"
-        and options.w_quality + options.w_cost + options.w_latency + options.w_satisfaction == 0
-    ):
-        raise InvalidEvent("options: a composite reward needs a positive weight", field="options.w_quality", value=0.0)
+    options.check()
     return options

@@ -1,5 +1,29 @@
-"""Experiments: A/B and multi-variant tests of prompt variants, and the statistics that judge them."""
+"""Experiments: A/B and multi-variant tests and canary rollouts of prompt variants, and the statistics that
+judge them."""
 
+from handlers.experiments.events import (
+    AllocationUpdated,
+    CanaryAdvanced,
+    CanaryRolledBack,
+    CupedResult,
+    ExperimentAnalysed,
+    ExperimentArchived,
+    ExperimentCompleted,
+    ExperimentConcluded,
+    ExperimentPaused,
+    ExperimentResumed,
+    ExperimentStarted,
+    SampleRatioMismatch,
+    SrmResult,
+    TestResult,
+    VariantComparison,
+    VariantStats,
+    Verdict,
+    WinnerPromoted,
+)
+from handlers.experiments.handler import ExperimentHandler
+from handlers.experiments.options import ExperimentOptions
+from handlers.experiments.state import ArmStats, Experiment, ExperimentsState
 from handlers.experiments.stats import (
     Adjustment,
     Comparison,
@@ -27,12 +51,35 @@ from handlers.experiments.stats import (
 
 __all__ = [
     "Adjustment",
+    "AllocationUpdated",
+    "ArmStats",
+    "CanaryAdvanced",
+    "CanaryRolledBack",
     "Comparison",
     "Cuped",
+    "CupedResult",
+    "Experiment",
+    "ExperimentAnalysed",
+    "ExperimentArchived",
+    "ExperimentCompleted",
+    "ExperimentConcluded",
+    "ExperimentHandler",
+    "ExperimentOptions",
+    "ExperimentPaused",
+    "ExperimentResumed",
+    "ExperimentStarted",
+    "ExperimentsState",
     "Interval",
     "MixtureSPRT",
     "Moments",
     "SampleRatioCheck",
+    "SampleRatioMismatch",
+    "SrmResult",
+    "TestResult",
+    "VariantComparison",
+    "VariantStats",
+    "Verdict",
+    "WinnerPromoted",
     "bonferroni",
     "cuped",
     "holm",

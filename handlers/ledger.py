@@ -1,0 +1,78 @@
+"""Decisions awaiting feedback: matched by decision id within a horizon of event time, once each."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from streams.horizon import Horizon
+
+P = TypeVar("P")
+
+DUPLICATE = "duplicate feedback"
+UNKNOWN = "unknown or expired decision"
+MISMATCH = "feedback does not match its decision"
+
+
+class DecisionLedger(msgspec.Struct, Generic[P]):
+    """The decisions a handler made that still wait for feedback (``pending``), the ones answered
+    (``settled``, with the answer's time, to recognise a second answer) and the rejections by reason.
+    Both forget a decision once it is older than the horizon.
+
+    >>> ledger = DecisionLedger[str]()
+    >>> ledger.open("d1", time=0.0, entry="arm-a")
+    >>> ledger.claim("d1", now=5.0, horizon_s=60.0, matches=lambda arm: arm == "arm-a")
+    'arm-a'
+    >>> ledger.settle("d1", now=5.0)
+    >>> ledger.claim("d1", now=6.0, horizon_s=60.0, matches=lambda arm: True), ledger.rejected
+    (None, {'duplicate feedback': 1})
+    """
+
+    pending: dict[str, P] = {}
+    settled: dict[str, float] = {}
+    horizon: Horizon = msgspec.field(default_factory=Horizon)
+    rejected: dict[str, int] = {}
+    last_rejection: str = ""
+
+    def open(self, decision_id: str, time: float, entry: P) -> None:
+        """Record a decision made at ``time`` that waits for feedback."""
+        self.pending[decision_id] = entry
+        self.horizon.add(time, decision_id)
+
+    def claim(self, decision_id: str, now: float, horizon_s: float, matches: Callable[[P], bool]) -> P | None:
+        """The pending decision that feedback at ``now`` answers, or None when the feedback must be
+        rejected (the reason is counted and kept in ``last_rejection``)."""
+        for _, expired in self.horizon.expire(now - horizon_s):
+            self.pending.pop(expired, None)
+            self.settled.pop(expired, None)
+        entry = self.pending.get(decision_id)
+        if entry is None:
+            return self._reject(DUPLICATE if decision_id in self.settled else UNKNOWN)
+        if not matches(entry):
+            return self._reject(MISMATCH)
+        return entry
+
+    def settle(self, decision_id: str, now: float) -> None:
+        """The decision is fully answered: a later feedback on it is a duplicate."""
+        del self.pending[decision_id]
+        self.settled[decision_id] = now
+
+    def _reject(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        self.last_rejection = reason
+        return None
+
+
+class MatchesFeedback:
+    """For handlers whose decisions wait for feedback: the horizon within which feedback is matched."""
+
+    def __init__(self, feedback_horizon_s: float = 86_400.0) -> None:
+        if not feedback_horizon_s > 0:
+            raise ValueError(f"feedback_horizon_s must be positive, not {feedback_horizon_s!r}")
+        self.feedback_horizon_s = feedback_horizon_s
+
+    def config(self) -> dict[str, Any]:
+        """The horizon changes what is learnt, so it keys the handler's snapshots."""
+        return {"feedback_horizon_s": self.feedback_horizon_s}

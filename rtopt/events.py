@@ -67,7 +67,7 @@ class _EventMeta(type(msgspec.Struct)):  # type: ignore[misc]
         return event
 
 
-class Event(msgspec.Struct, frozen=True, tag=True, metaclass=_EventMeta):
+class Event(msgspec.Struct, frozen=True, tag=True, omit_defaults=True, metaclass=_EventMeta):
     """Base class of every event payload.
 
     ``stream_field`` names the payload field used as the envelope's stream when the publisher gives

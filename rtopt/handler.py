@@ -33,17 +33,22 @@ def seed_for(seed: int, event_id: str) -> list[int]:
 class Context:
     """What a fold may know besides state and event: event time and a seeded random generator.
 
+    ``derives`` is False while state is rebuilt from a log that already holds what the fold derived: the
+    fold may then skip building derived events (its outputs are thrown away), but must change its state
+    exactly as it would otherwise.
+
     >>> ctx = Context(time=10.0, event_id="e1", seed=7)
     >>> ctx.rng.random() == Context(time=10.0, event_id="e1", seed=7).rng.random()
     True
     """
 
-    __slots__ = ("_rng", "event_id", "seed", "time")
+    __slots__ = ("_rng", "derives", "event_id", "seed", "time")
 
-    def __init__(self, time: float, event_id: str, seed: int) -> None:
+    def __init__(self, time: float, event_id: str, seed: int, derives: bool = True) -> None:
         self.time = time
         self.event_id = event_id
         self.seed = seed
+        self.derives = derives
         self._rng: np.random.Generator | None = None
 
     @property
@@ -180,7 +185,7 @@ class HandlerSlot:
                 if envelope.type not in accepted:
                     continue
                 try:
-                    state, events = handler.apply(state, envelope, Context(envelope.time, envelope.id, seed))
+                    state, events = handler.apply(state, envelope, Context(envelope.time, envelope.id, seed, keep))
                 except Exception as exc:
                     self.failures += 1
                     events = [self._failure(envelope, exc)]

@@ -198,10 +198,11 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
             return state, self._learn(state, envelope, event, ctx)
         if isinstance(event, Decision):
             exp = state.experiments.get(event.experiment)
-            if exp is not None and all(arm in exp.arms for arm in event.slate or [event.arm]):
+            shown = event.slate or (event.arm,)
+            if exp is not None and all(arm in exp.arms for arm in shown):
                 exp.decisions += 1
                 exp.explored += event.explored
-                for arm in event.slate or [event.arm]:
+                for arm in shown:
                     exp.arms[arm].pulls += 1
                 vector = _context_vector(exp, event.context) if exp.policy in CONTEXTUAL else None
                 state.ledger.open(
@@ -265,6 +266,8 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
         if options.window is not None:
             _slide(exp, arm_name, value)
         exp.rewards += 1
+        if not ctx.derives:
+            return ()
         derived: list[Event] = [
             ArmUpdated(
                 experiment=pending.experiment,

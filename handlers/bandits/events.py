@@ -11,36 +11,28 @@ from rtopt import Event
 from rtopt.events import Count, Name
 
 
-class ArmAdded(Event, frozen=True):
+class ArmChanged(Event, frozen=True):
+    """An arm of an experiment changed at run time (the events below say how)."""
+
+    experiment: Name
+    arm: Name
+    stream_field: ClassVar[str] = "experiment"
+
+
+class ArmAdded(ArmChanged, frozen=True):
     """A new arm joins a running experiment."""
 
-    experiment: Name
-    arm: Name
-    stream_field: ClassVar[str] = "experiment"
 
-
-class ArmPaused(Event, frozen=True):
+class ArmPaused(ArmChanged, frozen=True):
     """An arm stops being chosen until it is resumed; feedback on its past decisions is still learnt."""
 
-    experiment: Name
-    arm: Name
-    stream_field: ClassVar[str] = "experiment"
 
-
-class ArmResumed(Event, frozen=True):
+class ArmResumed(ArmChanged, frozen=True):
     """A paused arm can be chosen again."""
 
-    experiment: Name
-    arm: Name
-    stream_field: ClassVar[str] = "experiment"
 
-
-class ArmRetired(Event, frozen=True):
+class ArmRetired(ArmChanged, frozen=True):
     """An arm leaves the experiment for good."""
-
-    experiment: Name
-    arm: Name
-    stream_field: ClassVar[str] = "experiment"
 
 
 class ArmSummary(msgspec.Struct, frozen=True):

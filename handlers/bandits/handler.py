@@ -11,6 +11,7 @@ import numpy as np
 from handlers.bandits import policies
 from handlers.bandits.events import (
     ArmAdded,
+    ArmChanged,
     ArmPaused,
     ArmResumed,
     ArmRetired,
@@ -124,7 +125,7 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
                     f"arms = {event.arms!r}: {repeated} appear more than once", field="arms", value=event.arms
                 )
             parse_options(event)
-        elif isinstance(event, ArmAdded | ArmPaused | ArmResumed | ArmRetired):
+        elif isinstance(event, ArmChanged):
             _check_arm_change(state, event)
         elif isinstance(event, PolicyStateImported):
             exp = state.experiments.get(event.experiment)
@@ -366,7 +367,7 @@ _TRANSITIONS = {
 }
 
 
-def _check_arm_change(state: BanditState, event: ArmAdded | ArmPaused | ArmResumed | ArmRetired) -> None:
+def _check_arm_change(state: BanditState, event: ArmChanged) -> None:
     exp = state.experiments.get(event.experiment)
     if exp is None:
         raise InvalidEvent(

@@ -178,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
     console = Console()
+    if not console.is_terminal:  # a pipe or a file: do not squeeze tables into 80 columns
+        console = Console(width=max(console.width, 120))
     try:
         return args.run(args, console)
     except (RtoptError, ValueError) as exc:

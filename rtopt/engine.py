@@ -27,6 +27,7 @@ from reactivex.subject import Subject
 from rtopt.bus import Bus
 from rtopt.errors import InvalidEvent, ReadOnlyLog, RtoptError
 from rtopt.events import (
+    HANDLER_ENTRY_POINTS,
     Decision,
     Envelope,
     Event,
@@ -41,7 +42,6 @@ from rtopt.ids import ordered_id
 from rtopt.log import COLUMNS, EventLog, Row, SQLiteLog
 
 DEFAULT_LOG = Path("event_log") / "rtopt.sqlite"
-HANDLER_ENTRY_POINTS = "rtopt.handlers"
 MAX_CASCADE_DEPTH = 32
 REPLAYED_FROM = "replayed_from"  # meta key of a what-if log: the log whose inputs it replayed
 HANDLERS = "handlers"  # meta key: handler name -> fingerprint of the configuration that last wrote the log

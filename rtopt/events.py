@@ -14,6 +14,7 @@ import math
 import re
 import threading
 from collections.abc import Iterator
+from importlib.metadata import entry_points
 from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
 import msgspec
@@ -165,8 +166,24 @@ def validate(event: Event) -> None:
         raise InvalidEvent(f"{where} = {value!r}: {reason}", field=field, value=value) from None
 
 
+HANDLER_ENTRY_POINTS = "rtopt.handlers"
+
+
+@functools.cache
+def _import_installed_handlers() -> None:
+    """Import the packages that declare handlers: importing them registers their event types."""
+    for entry_point in entry_points(group=HANDLER_ENTRY_POINTS):
+        entry_point.load()
+
+
 def event_type(tag: str) -> type[Event]:
-    """The registered event class for ``tag``; raises :class:`UnknownEventType` for an unknown tag."""
+    """The registered event class for ``tag``; raises :class:`UnknownEventType` for an unknown tag.
+
+    A tag not registered yet may belong to an installed handler package that was not imported: those are
+    imported once before giving up.
+    """
+    if tag not in _REGISTRY:
+        _import_installed_handlers()
     try:
         return _REGISTRY[tag]
     except KeyError:

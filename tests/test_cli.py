@@ -174,3 +174,29 @@ def test_evaluate_estimates_another_policy_off_policy(tmp_path: Path) -> None:
     assert all(low <= truth <= high for name, (low, high) in intervals.items() if name != "replay"), intervals
     bad = rtopt("evaluate", str(log), "--policy", "best", cwd=tmp_path)
     assert bad.returncode == 2 and "always:ARM" in bad.stderr
+
+
+@pytest.mark.parametrize("policy", ["ab_test", "canary"])
+def test_simulate_runs_an_ab_test_or_a_canary_and_says_how_it_ended(policy: str, tmp_path: Path) -> None:
+    log = tmp_path / f"{policy}.sqlite"
+    done = rtopt(
+        "simulate",
+        "--policy",
+        policy,
+        "--variants",
+        "2",
+        "--steps",
+        "2500",
+        "--seed",
+        "5",
+        "--log",
+        str(log),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    with Engine.open(log, read_only=True, handlers=[]) as engine:
+        counts = engine.log.count_by_type()
+    assert counts["Decision"] == 2500 and counts.get("ExperimentAnalysed", 0) >= 1
+    ended = {"ExperimentConcluded", "ExperimentPaused", "CanaryRolledBack", "ExperimentCompleted"} & set(counts)
+    assert ("the test:" in done.stdout) == bool(ended)
+    assert Engine.verify(log).ok

@@ -24,13 +24,21 @@ from scipy import stats
 from handlers.bandits.events import ArmSummary
 from handlers.bandits.handler import statistics
 from handlers.bandits.options import CONTEXTUAL, POLICY_OPTIONS
-from rtopt import Engine, InvalidLog
+from handlers.experiments.events import (
+    CanaryRolledBack,
+    ExperimentCompleted,
+    ExperimentConcluded,
+    ExperimentPaused,
+)
+from handlers.experiments.options import POLICIES as AB_POLICIES
+from rtopt import Decision, Engine, InvalidLog
 from rtopt.cli import positive, progress_bar
 from rtopt.log import SQLiteLog
 
 SIMULATION_START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 DEMO_LOG = Path("event_log") / "demo.sqlite"
 CONTEXT_FEATURES = ("bias", "long_prompt")
+USERS = 2_000  # simulated users an A/B test assigns by hashing
 ERRORS = ("timeout", "rate_limited", "refusal", "invalid_output")
 
 
@@ -101,7 +109,7 @@ class VariantResult(msgspec.Struct, frozen=True):
     pulls: int
     observed_reward: float
     true_reward: float
-    summary: ArmSummary
+    summary: ArmSummary | None = None
 
 
 class SimulationReport(msgspec.Struct, frozen=True):
@@ -113,6 +121,7 @@ class SimulationReport(msgspec.Struct, frozen=True):
     regret: float
     best: str
     variants: list[VariantResult]
+    conclusion: str | None = None
 
     @property
     def events_per_second(self) -> float:
@@ -140,10 +149,14 @@ def simulate(
     start_seq, started = engine.position, wall_clock.perf_counter()
     if policy in CONTEXTUAL:
         options.setdefault("features", list(CONTEXT_FEATURES))
+    ab_test = policy in AB_POLICIES
+    if ab_test:
+        options.setdefault("start", True)
     engine.define_experiment(
         experiment, arms=[v.name for v in variants], policy=policy, time=SIMULATION_START, **options
     )
-    threshold = engine.state("bandit", experiment).options.quality_threshold
+    handler = "experiments" if ab_test else "bandit"
+    threshold = engine.state(handler, experiment).options.quality_threshold
     by_name = {v.name: v for v in variants}
     truth = {v.name: v.reward_probability(threshold) for v in variants}
     by_context = {long: {v.name: v.reward_probability(threshold, long) for v in variants} for long in (False, True)}
@@ -161,7 +174,8 @@ def simulate(
         deliver(now)
         long_prompt = bool(rng.random() < LONG_PROMPT_SHARE)
         context = {"bias": 1.0, "long_prompt": float(long_prompt)}
-        decision = engine.decide(experiment, context=context, time=now)
+        unit = f"user-{int(rng.integers(USERS))}" if ab_test else None
+        decision = engine.decide(experiment, context=context, unit=unit, time=now)
         variant = by_name[decision.arm]
         fields = _response(variant, rng, long_prompt)
         rewards[variant.name] += float(fields["success"] and fields["quality_score"] >= threshold)
@@ -174,18 +188,34 @@ def simulate(
     deliver(float("inf"))
     if progress is not None:
         progress(steps, steps)
-    state = engine.state("bandit", experiment)
-    summaries = statistics(experiment, state, np.random.default_rng([seed, 2]), now).arms
+    pulls = dict.fromkeys(by_name, 0)
+    for envelope in engine.read(types=[Decision], start=start_seq + 1, stream=experiment):
+        pulls[envelope.payload.arm] += 1
+    summaries = {}
+    if not ab_test:
+        summaries = statistics(
+            experiment, engine.state("bandit", experiment), np.random.default_rng([seed, 2]), now
+        ).arms
     results = [
         VariantResult(
             name=v.name,
-            pulls=state.arms[v.name].pulls,
-            observed_reward=rewards[v.name] / state.arms[v.name].pulls if state.arms[v.name].pulls else 0.0,
+            pulls=pulls[v.name],
+            observed_reward=rewards[v.name] / pulls[v.name] if pulls[v.name] else 0.0,
             true_reward=truth[v.name],
-            summary=summaries[v.name],
+            summary=summaries.get(v.name),
         )
         for v in variants
     ]
+    endings = (ExperimentConcluded, ExperimentPaused, CanaryRolledBack, ExperimentCompleted)
+    ends = [e.payload for e in engine.read(types=endings, start=start_seq + 1, stream=experiment)]
+    conclusion = None
+    if ends:
+        last = next((e for e in ends if isinstance(e, ExperimentConcluded)), ends[-1])
+        if isinstance(last, ExperimentConcluded):
+            winner = f"; winner {last.winner}" if last.winner else ""
+            conclusion = f"{last.outcome}{winner} after {last.feedback} feedback ({last.reason})"
+        else:
+            conclusion = f"{type(last).__name__}: {last.reason}"
     return SimulationReport(
         steps=steps,
         events=engine.position - start_seq,
@@ -193,6 +223,7 @@ def simulate(
         regret=regret,
         best=max(truth, key=truth.__getitem__),
         variants=results,
+        conclusion=conclusion,
     )
 
 
@@ -230,10 +261,11 @@ def register_command(commands: argparse._SubParsersAction) -> None:
     )
     sim.add_argument(
         "--policy",
-        choices=list(POLICY_OPTIONS),
+        choices=[*POLICY_OPTIONS, *AB_POLICIES],
         default="thompson",
-        help="the bandit policy (default thompson); linucb and lin_thompson read each request's context "
-        "(whether the prompt is long), on which the best variant depends",
+        help="the policy (default thompson); linucb and lin_thompson read each request's context (whether the "
+        "prompt is long), on which the best variant depends; ab_test runs an A/B test over simulated users "
+        "(the first variant is the control) and canary a rollout of the second variant",
     )
     sim.add_argument("--steps", type=positive(int), default=5000, help="requests to serve (default 5000)")
     sim.add_argument("--variants", type=positive(int), default=4, help="prompt variants, 2 to 26 (default 4)")
@@ -284,7 +316,7 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
         table.add_column(column, justify="left" if column == "variant" else "right")
     for v in report.variants:
         name = f"{v.name} (best)" if v.name == report.best else v.name
-        interval = f"{v.summary.low:.3f}-{v.summary.high:.3f}" if v.summary.low is not None else "-"
+        interval = f"{v.summary.low:.3f}-{v.summary.high:.3f}" if v.summary and v.summary.low is not None else "-"
         table.add_row(
             name,
             str(v.pulls),
@@ -292,9 +324,11 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
             f"{v.observed_reward:.3f}",
             f"{v.true_reward:.3f}",
             interval,
-            f"{v.summary.p_best:.3f}",
+            f"{v.summary.p_best:.3f}" if v.summary else "-",
         )
     console.print(table)
+    if report.conclusion:
+        console.print(f"the test: {report.conclusion}", soft_wrap=True)
     console.print(
         f"regret against the best variant for each request: {report.regret:.1f} "
         f"({report.regret / args.steps:.4f} per request)\n"

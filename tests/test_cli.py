@@ -200,3 +200,6 @@ def test_simulate_runs_an_ab_test_or_a_canary_and_says_how_it_ended(policy: str,
     ended = {"ExperimentConcluded", "ExperimentPaused", "CanaryRolledBack", "ExperimentCompleted"} & set(counts)
     assert ("the test:" in done.stdout) == bool(ended)
     assert Engine.verify(log).ok
+    # a process that imports no handler still reads their events: the installed packages are found
+    shown = rtopt("inspect", str(log), "--last", "6000", cwd=tmp_path)
+    assert shown.returncode == 0 and "ExperimentAnalysed" in shown.stdout, shown.stderr

@@ -22,7 +22,7 @@ class DecisionLedger(msgspec.Struct, Generic[P]):
     Both forget a decision once it is older than the horizon.
 
     >>> ledger = DecisionLedger[str]()
-    >>> ledger.open("d1", time=0.0, entry="arm-a")
+    >>> ledger.open("d1", time=0.0, entry="arm-a", horizon_s=60.0)
     >>> ledger.claim("d1", now=5.0, horizon_s=60.0, matches=lambda arm: arm == "arm-a")
     'arm-a'
     >>> ledger.settle("d1", now=5.0)
@@ -36,22 +36,26 @@ class DecisionLedger(msgspec.Struct, Generic[P]):
     rejected: dict[str, int] = {}
     last_rejection: str = ""
 
-    def open(self, decision_id: str, time: float, entry: P) -> None:
-        """Record a decision made at ``time`` that waits for feedback."""
+    def open(self, decision_id: str, time: float, entry: P, horizon_s: float) -> None:
+        """Record a decision made at ``time`` that waits for feedback (and forget those past the horizon)."""
+        self._expire(time - horizon_s)
         self.pending[decision_id] = entry
         self.horizon.add(time, decision_id)
+
+    def _expire(self, cutoff: float) -> None:
+        for _, expired in self.horizon.expire(cutoff):
+            self.pending.pop(expired, None)
+            self.settled.pop(expired, None)
 
     def claim(self, decision_id: str, now: float, horizon_s: float, matches: Callable[[P], bool]) -> P | None:
         """The pending decision that feedback at ``now`` answers, or None when the feedback must be
         rejected (the reason is counted and kept in ``last_rejection``)."""
-        for _, expired in self.horizon.expire(now - horizon_s):
-            self.pending.pop(expired, None)
-            self.settled.pop(expired, None)
+        self._expire(now - horizon_s)
         entry = self.pending.get(decision_id)
         if entry is None:
-            return self._reject(DUPLICATE if decision_id in self.settled else UNKNOWN)
+            return self.reject(DUPLICATE if decision_id in self.settled else UNKNOWN)
         if not matches(entry):
-            return self._reject(MISMATCH)
+            return self.reject(MISMATCH)
         return entry
 
     def settle(self, decision_id: str, now: float) -> None:
@@ -59,7 +63,8 @@ class DecisionLedger(msgspec.Struct, Generic[P]):
         del self.pending[decision_id]
         self.settled[decision_id] = now
 
-    def _reject(self, reason: str) -> None:
+    def reject(self, reason: str) -> None:
+        """Count a rejection of feedback for ``reason``."""
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
         self.last_rejection = reason
         return None

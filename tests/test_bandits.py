@@ -293,6 +293,7 @@ def test_options_are_checked_against_the_policy() -> None:
             ({"policy": "linucb", "features": ["f"], "decay": 0.9}, "options.decay"),
             ({"policy": "epsilon_greedy", "epsilon": 1.5}, "options.epsilon"),
             ({"policy": "thompson", "window": 0}, "options.window"),
+            ({"policy": "thompson", "window": 10, "decay": 0.5}, "options.decay"),
         ]
         for options, field in cases:
             with pytest.raises(InvalidEvent) as caught:
@@ -385,6 +386,8 @@ def test_a_slate_ranks_distinct_arms_and_learns_from_each_slot(tmp_path: Path) -
             ),
             time=3.0,
         )
+        engine.feedback(decision.id, success=True, quality_score=0.9, response_time_ms=5.0, time=4.0)
+        assert [env.payload.reason for env in engine.read(types=["FeedbackRejected"])] == ["duplicate feedback"]
         updates = [env.payload.arm for env in engine.read(types=[ArmUpdated])]
         with pytest.raises(InvalidEvent, match="only 4 arms"):
             engine.decide("g", slots=5)

@@ -23,7 +23,7 @@ from handlers.bandits.options import CONTEXTUAL, POLICY_OPTIONS, BanditOptions, 
 from handlers.bandits.policies import ACTIVE, PAUSED, RETIRED, ArmState
 from handlers.bandits.rewards import reward
 from handlers.bandits.transfer import decode_arms
-from handlers.ledger import DecisionLedger, MatchesFeedback
+from handlers.ledger import DUPLICATE, DecisionLedger, MatchesFeedback
 from rtopt import (
     ArmUpdated,
     Context,
@@ -67,6 +67,7 @@ class PendingDecision(msgspec.Struct, array_like=True):
     time: float
     context: list[float] | None = None
     slate: list[str] | None = None
+    answered: list[str] = []
 
 
 class BanditState(msgspec.Struct):
@@ -104,7 +105,7 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
     accepts = (ExperimentDefined, Decision, Feedback, ArmAdded, ArmPaused, ArmResumed, ArmRetired, PolicyStateImported)
     state_type = BanditState
     policies: ClassVar[tuple[str, ...]] = tuple(POLICY_OPTIONS)
-    version = 3
+    version = 4
 
     def initial_state(self) -> BanditState:
         return BanditState()
@@ -216,6 +217,7 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
                         None if vector is None else vector.tolist(),
                         list(event.slate) if event.slate else None,
                     ),
+                    self.feedback_horizon_s,
                 )
             return state, ()
         if isinstance(event, ExperimentDefined):
@@ -242,12 +244,15 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
             decision_id,
             envelope.time,
             self.feedback_horizon_s,
-            lambda p: p.experiment == feedback.prompt_id and feedback.variant_id in (p.slate or [p.arm]),
+            lambda p: p.experiment == feedback.prompt_id and feedback.variant_id in (p.slate or [p.arm]) + p.answered,
         )
+        if pending is not None and feedback.variant_id in pending.answered:
+            pending = ledger.reject(DUPLICATE)
         if pending is None:
             return (FeedbackRejected(reason=ledger.last_rejection, decision_id=decision_id, handler=self.name),)
         if pending.slate is not None and len(pending.slate) > 1:
             pending.slate.remove(feedback.variant_id)  # the slate waits for its other arms' feedback
+            pending.answered.append(feedback.variant_id)
         else:
             ledger.settle(decision_id, envelope.time)
         exp = state.experiments[pending.experiment]

@@ -85,5 +85,12 @@ def parse_options(definition: ExperimentDefined) -> BanditOptions:
             field="options.features",
             value=None,
         )
+    if options.window is not None and options.decay < 1.0:
+        raise InvalidEvent(
+            f"options.decay = {options.decay!r}: choose decay or window; together the window would take out "
+            "rewards the decay had already shrunk",
+            field="options.decay",
+            value=options.decay,
+        )
     options.check()
     return options

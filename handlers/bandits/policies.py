@@ -118,7 +118,7 @@ def beta_draws(
     n: np.ndarray, total: np.ndarray, options: BanditOptions, rng: np.random.Generator, draws: int
 ) -> np.ndarray:
     """Draws of each arm's mean from its Beta posterior (rewards in [0, 1] as fractional successes)."""
-    alpha = options.prior_alpha + total
+    alpha = options.prior_alpha + np.maximum(total, 0.0)
     beta = options.prior_beta + np.maximum(n - total, 0.0)
     return rng.beta(alpha, beta, size=(draws, len(n)))
 

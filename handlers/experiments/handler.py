@@ -110,7 +110,7 @@ class ExperimentHandler(MatchesFeedback, Handler[ExperimentsState]):
     accepts = (ExperimentDefined, Decision, Feedback, *LIFECYCLE_EVENTS, *CANARY_EVENTS, *DERIVED_ONLY)
     state_type = ExperimentsState
     policies: ClassVar[tuple[str, ...]] = POLICIES
-    version = 2
+    version = 3
 
     def initial_state(self) -> ExperimentsState:
         return ExperimentsState()
@@ -197,7 +197,7 @@ class ExperimentHandler(MatchesFeedback, Handler[ExperimentsState]):
         if isinstance(event, Feedback):
             return state, self._learn(state, envelope, event, ctx)
         if isinstance(event, Decision):
-            _record(state, envelope, event)
+            _record(state, envelope, event, self.feedback_horizon_s)
             return state, ()
         if isinstance(event, ExperimentDefined):
             if event.policy in POLICIES and event.experiment not in state.experiments:
@@ -333,7 +333,7 @@ def _shares(exp: Experiment, candidates: list[str]) -> tuple[list[str], list[flo
     return arms, [share[arm] for arm in arms]
 
 
-def _record(state: ExperimentsState, envelope: Envelope[Any], event: Decision) -> None:
+def _record(state: ExperimentsState, envelope: Envelope[Any], event: Decision, horizon_s: float) -> None:
     """Remember a decision of one of the experiments until its feedback; count it in or outside the test.
 
     A decision is in the test when the experiment was running and every arm was a candidate."""
@@ -347,7 +347,8 @@ def _record(state: ExperimentsState, envelope: Envelope[Any], event: Decision) -
     else:
         stats.served += 1
     version = len(exp.versions) - 1 if in_test else -1
-    state.ledger.open(envelope.id, envelope.time, PendingDecision(event.experiment, event.arm, envelope.time, version))
+    entry = PendingDecision(event.experiment, event.arm, envelope.time, version)
+    state.ledger.open(envelope.id, envelope.time, entry, horizon_s)
 
 
 # --- learning -------------------------------------------------------------------------------------

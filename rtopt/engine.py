@@ -569,12 +569,7 @@ class Engine:
                 f"id = {draft.id!r}: an event with this id is already in the log", field="id", value=draft.id
             )
         if isinstance(event, ExperimentDefined) and self._deciders:
-            if any(event.experiment in names for names in defined):
-                self._rejected["invalid command"] += 1
-                raise InvalidEvent(
-                    f"experiment = {event.experiment!r}: already defined", field="experiment", value=event.experiment
-                )
-            self._check_policy(event)
+            self._check_definition(event, defined)
         elif isinstance(event, Decision) and self._runs_policy(event.policy):
             self._rejected["invalid command"] += 1
             raise InvalidEvent(
@@ -642,16 +637,26 @@ class Engine:
     def _decider_for(self, experiment: str) -> HandlerSlot | None:
         return next((s for s in self._deciders if s.handler.has_experiment(s.state, experiment)), None)
 
-    def _check_policy(self, definition: ExperimentDefined) -> None:
-        """Raise InvalidEvent (and count it) unless a registered handler runs the experiment's policy."""
-        if not self._runs_policy(definition.policy):
+    def _check_definition(self, definition: ExperimentDefined, defined: tuple[set[str], set[str]]) -> None:
+        """Raise InvalidEvent (and count it) for a name already taken (in the log or earlier in the group),
+        an arm named twice, or a policy no registered handler runs; the handler checks the options."""
+        name, arms = definition.experiment, definition.arms
+        repeated = sorted({arm for arm in arms if arms.count(arm) > 1})
+        problem = None
+        if any(name in names for names in defined) or self._decider_for(name) is not None:
+            problem = InvalidEvent(f"experiment = {name!r}: already defined", field="experiment", value=name)
+        elif repeated:
+            problem = InvalidEvent(f"arms = {arms!r}: {repeated} appear more than once", field="arms", value=arms)
+        elif not self._runs_policy(definition.policy):
             known = sorted(p for s in self._deciders for p in s.handler.policies)
-            self._rejected["invalid command"] += 1
-            raise InvalidEvent(
+            problem = InvalidEvent(
                 f"policy = {definition.policy!r}: no registered handler runs it (known: {known})",
                 field="policy",
                 value=definition.policy,
             )
+        if problem is not None:
+            self._rejected["invalid command"] += 1
+            raise problem
 
     def define_experiment(
         self, name: str, arms: Sequence[str], policy: str = "thompson", *, time: float | None = None, **options: Any

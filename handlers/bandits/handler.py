@@ -113,19 +113,9 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
     # --- commands' side ----------------------------------------------------------------------------
 
     def screen(self, state: BanditState, event: Event) -> None:
-        if isinstance(event, ExperimentDefined):
-            if event.experiment in state.experiments:
-                raise InvalidEvent(
-                    f"experiment = {event.experiment!r}: already defined", field="experiment", value=event.experiment
-                )
-            if event.policy not in self.policies:  # another handler's experiment
-                return
-            repeated = sorted({arm for arm in event.arms if event.arms.count(arm) > 1})
-            if repeated:
-                raise InvalidEvent(
-                    f"arms = {event.arms!r}: {repeated} appear more than once", field="arms", value=event.arms
-                )
-            parse_options(event)
+        if isinstance(event, ExperimentDefined):  # the engine checks its name and arms
+            if event.policy in self.policies:
+                parse_options(event)
         elif isinstance(event, ArmChanged):
             _check_arm_change(state, event)
         elif isinstance(event, PolicyStateImported):

@@ -118,14 +118,7 @@ class ExperimentHandler(MatchesFeedback, Handler[ExperimentsState]):
     # --- commands' side ----------------------------------------------------------------------------
 
     def screen(self, state: ExperimentsState, event: Event) -> None:
-        if isinstance(event, ExperimentDefined):
-            if event.experiment in state.experiments:
-                raise InvalidEvent(
-                    f"experiment = {event.experiment!r}: already defined (policy "
-                    f"{state.experiments[event.experiment].policy!r})",
-                    field="experiment",
-                    value=event.experiment,
-                )
+        if isinstance(event, ExperimentDefined):  # the engine checks its name and arms
             if event.policy in POLICIES:
                 check_definition(event)
         elif not isinstance(event, Decision | Feedback):

@@ -252,9 +252,6 @@ def check_definition(definition: ExperimentDefined) -> ExperimentOptions:
     """Every check of an experiment definition; returns its options."""
     options = parse_options(definition)
     arms = definition.arms
-    repeated = sorted({arm for arm in arms if arms.count(arm) > 1})
-    if repeated:
-        raise InvalidEvent(f"arms = {arms!r}: {repeated} appear more than once", field="arms", value=arms)
     if definition.policy == CANARY:
         if len(arms) != 2:
             raise InvalidEvent(

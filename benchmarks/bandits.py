@@ -67,6 +67,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,8 +93,10 @@ QUICK = {"rounds": 300, "seeds": 2}
 SPEED_TARGET = 3.0  # rtopt rounds/s over MABWiser's, at least
 REGRET_TOLERANCE = 0.10  # relative tolerance on "equal or lower" regret (or one standard error, if larger)
 
-LIBRARIES = ("rtopt", "mabwiser", "river")
-LABELS = {"rtopt": "rtopt", "mabwiser": "MABWiser", "river": "River"}
+BATCH = 1_000  # rounds per transaction in the batched rtopt run
+LIBRARIES = ("rtopt", "rtopt_batched", "mabwiser", "river")
+LABELS = {"rtopt": "rtopt", "rtopt_batched": f"rtopt, batches of {BATCH:,}", "mabwiser": "MABWiser", "river": "River"}
+RTOPT_MODES = ("rtopt", "rtopt_batched")
 
 
 # --- the policies and how each library spells them -------------------------------------------------
@@ -205,6 +208,7 @@ class Run:
     seconds: float
     regret: float
     reward: float
+    chosen: list[int] | None = None
 
 
 def score(chosen: Sequence[int], world: World, seconds: float) -> Run:
@@ -218,10 +222,11 @@ def score(chosen: Sequence[int], world: World, seconds: float) -> Run:
 # --- the three libraries ----------------------------------------------------------------------------
 
 
-def run_rtopt(spec: PolicySpec, world: World, seed: int, workdir: Path) -> Run:
-    """rtopt through the engine: decide + feedback per round, every event committed to a SQLite file."""
+def run_rtopt(spec: PolicySpec, world: World, seed: int, workdir: Path, batch: int = 1) -> Run:
+    """rtopt through the engine: decide + feedback per round, every event committed to a SQLite file, one
+    transaction per call (``batch`` 1) or per ``batch`` rounds (``Engine.batch``)."""
     rounds = len(world.success)
-    path = workdir / f"rtopt-{spec.key}-{seed}.sqlite"
+    path = workdir / f"rtopt-{spec.key}-{seed}-{batch}.sqlite"
     index = {name: i for i, name in enumerate(ARM_NAMES)}
     chosen = [0] * rounds
     success = world.success
@@ -230,19 +235,21 @@ def run_rtopt(spec: PolicySpec, world: World, seed: int, workdir: Path) -> Run:
         decide, feedback = engine.decide, engine.feedback
         gc.collect()
         t0 = time.perf_counter_ns()
-        for i in range(rounds):
-            when = START + 1.0 + i * STEP
-            decision = decide(EXPERIMENT, time=when)
-            arm = index[decision.arm]
-            ok = success[i][arm]
-            feedback(
-                decision.id,
-                success=ok,
-                quality_score=1.0 if ok else 0.0,
-                response_time_ms=1.0,
-                time=when + STEP / 2,
-            )
-            chosen[i] = arm
+        for first in range(0, rounds, batch):
+            with engine.batch() if batch > 1 else nullcontext():
+                for i in range(first, min(first + batch, rounds)):
+                    when = START + 1.0 + i * STEP
+                    decision = decide(EXPERIMENT, time=when)
+                    arm = index[decision.arm]
+                    ok = success[i][arm]
+                    feedback(
+                        decision.id,
+                        success=ok,
+                        quality_score=1.0 if ok else 0.0,
+                        response_time_ms=1.0,
+                        time=when + STEP / 2,
+                    )
+                    chosen[i] = arm
         elapsed = time.perf_counter_ns() - t0
         stats = engine.stats()
         learnt = engine.state("bandit", EXPERIMENT).rewards
@@ -251,7 +258,9 @@ def run_rtopt(spec: PolicySpec, world: World, seed: int, workdir: Path) -> Run:
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     if stats.rejected or stats.handler_failures or stats.published != 2 * rounds + 1 or learnt != rounds:
         raise RuntimeError(f"rtopt {spec.key} did not run cleanly: {stats}, {learnt} rewards learnt")
-    return score(chosen, world, elapsed / 1e9)
+    run = score(chosen, world, elapsed / 1e9)
+    run.chosen = chosen
+    return run
 
 
 def run_mabwiser(spec: PolicySpec, world: World, seed: int) -> Run:
@@ -351,7 +360,7 @@ def run(
     """Measure every library on every policy and seed; return the results as one JSON-ready dict."""
     started = time.perf_counter()
     versions = peer_versions()
-    available = [lib for lib in LIBRARIES if lib == "rtopt" or versions[lib] is not None]
+    available = [lib for lib in LIBRARIES if lib in RTOPT_MODES or versions[lib] is not None]
     series: dict[str, dict[str, Series]] = {key: {} for key in policies}
     for seed in range(seeds):
         world = World.draw(rounds, seed)
@@ -361,6 +370,10 @@ def run(
             for lib in available:
                 if lib == "rtopt":
                     result = run_rtopt(spec, world, seed, workdir)
+                elif lib == "rtopt_batched":
+                    result = run_rtopt(spec, world, seed, workdir, batch=BATCH)
+                    if result.chosen != series[key]["rtopt"].runs[-1].chosen:
+                        raise RuntimeError(f"rtopt {key}: batching changed the decisions")
                 elif lib == "mabwiser" and spec.mabwiser is not None:
                     result = run_mabwiser(spec, world, seed)
                 elif lib == "river" and spec.river is not None:
@@ -384,14 +397,16 @@ def run(
                 continue
             peer = results[key][lib]
             ratios[key][f"speed_vs_{lib}"] = ours["rounds_per_s"] / peer["rounds_per_s"]
+            batched = results[key]["rtopt_batched"]
+            ratios[key][f"batched_speed_vs_{lib}"] = batched["rounds_per_s"] / peer["rounds_per_s"]
             ratios[key][f"regret_vs_{lib}"] = ours["regret"] / peer["regret"] if peer["regret"] > 0 else None
             verdict, tolerance = regret_status(ours["regret_per_seed"], peer["regret_per_seed"])
             status[key][f"regret_vs_{lib}"] = verdict
             tolerances[key][f"regret_vs_{lib}"] = tolerance
             if lib == "mabwiser":
-                status[key]["speed_vs_mabwiser"] = (
-                    "PASS" if ratios[key]["speed_vs_mabwiser"] >= SPEED_TARGET else "MISS"
-                )
+                for prefix in ("", "batched_"):
+                    ratio = ratios[key][f"{prefix}speed_vs_mabwiser"]
+                    status[key][f"{prefix}speed_vs_mabwiser"] = "PASS" if ratio >= SPEED_TARGET else "MISS"
     return {
         "results": results,
         "ratios": ratios,
@@ -445,7 +460,7 @@ def render(results: dict[str, Any], console: Console) -> None:
     table.add_column("library")
     table.add_column("rounds/s", justify="right")
     table.add_column("regret (± SE)", justify="right")
-    table.add_column("rtopt/peer rounds/s", justify="right")
+    table.add_column("rtopt/peer rounds/s\nper call · batched", justify="right")
     table.add_column(f"speed ≥ {SPEED_TARGET:g}x", justify="center")
     table.add_column("rtopt/peer regret", justify="right")
     table.add_column("regret ≤ peer", justify="center")
@@ -457,16 +472,18 @@ def render(results: dict[str, Any], console: Console) -> None:
                 continue
             ratios, status = results["ratios"][key], results["status"][key]
             regret = f"{figures['regret']:,.1f} ± {figures['regret_se']:,.1f}"
-            if lib == "rtopt":
-                table.add_row(spec.label, LABELS[lib], f"{figures['rounds_per_s']:,.0f}", regret, "", "", "", "")
+            if lib in RTOPT_MODES:
+                label = spec.label if lib == "rtopt" else ""
+                table.add_row(label, LABELS[lib], f"{figures['rounds_per_s']:,.0f}", regret, "", "", "", "")
                 continue
+            speed_status = [status.get(f"{prefix}speed_vs_{lib}") for prefix in ("", "batched_")]
             table.add_row(
                 "",
                 LABELS[lib],
                 f"{figures['rounds_per_s']:,.0f}",
                 regret,
-                f"{ratios[f'speed_vs_{lib}']:.2f}x",
-                format_status(status.get(f"speed_vs_{lib}")),
+                f"{ratios[f'speed_vs_{lib}']:.2f}x · {ratios[f'batched_speed_vs_{lib}']:.2f}x",
+                " · ".join(format_status(verdict) for verdict in speed_status if verdict) or "—",
                 "—" if ratios[f"regret_vs_{lib}"] is None else f"{ratios[f'regret_vs_{lib}']:.3f}",
                 format_status(status.get(f"regret_vs_{lib}")),
             )
@@ -483,7 +500,8 @@ def render(results: dict[str, Any], console: Console) -> None:
     console.print(
         f"world: success rates {means}; the same pre-drawn rewards[round, arm] for every library; regret is the"
         f" cumulative pseudo-regret sum(mu* - mu[arm]); rtopt = Engine.decide + Engine.feedback, every event"
-        f" committed (SQLite WAL, durability={config['durability']!r}); regret 'equal' = within"
+        f" committed (SQLite WAL, durability={config['durability']!r}) before the call returns, or at the end of"
+        f" each Engine.batch() of {BATCH:,} rounds (the same decisions, checked); regret 'equal' = within"
         f" max({REGRET_TOLERANCE:.0%} of the peer's, 1 SE of the paired differences over seeds)",
         highlight=False,
         markup=False,

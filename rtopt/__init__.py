@@ -8,6 +8,7 @@ from rtopt.engine import ConfigurationChanged, Draft, Engine, EngineStats, Rebui
 from rtopt.errors import InvalidEvent, InvalidLog, ReadOnlyLog, RtoptError, UnknownEventType
 from rtopt.events import (
     ArmUpdated,
+    ClockTicked,
     Decision,
     Envelope,
     Event,
@@ -22,6 +23,7 @@ from rtopt.handler import Context, Decider, Handler, Request
 
 __all__ = [
     "ArmUpdated",
+    "ClockTicked",
     "ConfigurationChanged",
     "Context",
     "Decider",

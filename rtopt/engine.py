@@ -15,6 +15,7 @@ import time as wall_clock
 import warnings
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from rtopt.bus import Bus
 from rtopt.errors import InvalidEvent, ReadOnlyLog, RtoptError
 from rtopt.events import (
     HANDLER_ENTRY_POINTS,
+    ClockTicked,
     Decision,
     Envelope,
     Event,
@@ -118,6 +120,24 @@ class _Ticket:
         self.done = False
 
 
+class _Batch:
+    """What an ``Engine.batch`` block has committed so far, waiting to be written when the block ends."""
+
+    __slots__ = ("by_id", "derived", "envelopes", "error", "owner")
+
+    def __init__(self) -> None:
+        self.owner = threading.get_ident()
+        self.envelopes: list[Envelope[Any]] = []
+        self.by_id: dict[str, Envelope[Any]] = {}
+        self.derived = 0
+        self.error: BaseException | None = None
+
+    def add(self, written: list[Envelope[Any]], derived: int) -> None:
+        self.envelopes.extend(written)
+        self.by_id.update((envelope.id, envelope) for envelope in written)
+        self.derived += derived
+
+
 def default_handlers() -> list[Handler[Any]]:
     """One instance of every handler that installed packages declare under ``rtopt.handlers``."""
     found = sorted(entry_points(group=HANDLER_ENTRY_POINTS), key=lambda ep: ep.name)
@@ -202,6 +222,7 @@ class Engine:
         self._last_seq = 0
         self._inputs = 0
         self._closed = False
+        self._batch: _Batch | None = None
         for handler in handlers:
             self._add_slot(handler)
         self._rebuild()
@@ -251,6 +272,7 @@ class Engine:
         with self._write_lock:
             if self._closed:
                 return
+            self._refuse_in_batch("close the engine")
             if not self._log.read_only:
                 self._commit_queue()
             self._bus.complete()
@@ -293,6 +315,7 @@ class Engine:
     def register(self, handler: Handler[Any]) -> None:
         """Add a handler chain; it first folds the log's history, then follows live events."""
         with self._write_lock:
+            self._refuse_in_batch("register a handler")
             self._commit_queue()
             slot = self._add_slot(handler)
             self._fold_history([slot], self._last_seq)
@@ -334,6 +357,7 @@ class Engine:
     def snapshot(self) -> int:
         """Store every handler's state at the current position; returns that seq."""
         with self._write_lock:
+            self._refuse_in_batch("take a snapshot")
             self._commit_queue()
             for slot in self._slots:
                 blob = msgspec.msgpack.encode(slot.state)
@@ -448,7 +472,13 @@ class Engine:
             )
         return float(when)
 
+    def _refuse_in_batch(self, what: str) -> None:
+        if self._batch is not None:
+            raise RtoptError(f"cannot {what} inside engine.batch(): end the batch first")
+
     def _check_writable(self) -> None:
+        if self._batch is not None and self._batch.error is not None:
+            raise RtoptError(f"the batch was abandoned after an error: {self._batch.error}") from self._batch.error
         if self._closed:
             raise RtoptError(f"the engine on {self._log.location} is closed")
         if self._log.read_only:
@@ -456,6 +486,8 @@ class Engine:
 
     def _submit(self, drafts: list[Draft]) -> list[Envelope[Any]]:
         self._check_writable()
+        if self._batch is not None and self._batch.owner == threading.get_ident():
+            return self._commit_now(drafts)
         ticket = _Ticket(drafts)
         with self._queue_lock:
             self._queue.append(ticket)
@@ -476,6 +508,8 @@ class Engine:
         return ticket.envelopes
 
     def _commit_queue(self) -> None:
+        if self._batch is not None:  # other threads' events wait until the batch is written
+            return
         with self._queue_lock:
             tickets, self._queue = self._queue, []
         if tickets:
@@ -515,13 +549,17 @@ class Engine:
                 return
             try:
                 written = self._cascade(batch, recorded_at)
-                self._log.append([_row(envelope) for envelope in written])
-            except BaseException:
-                self._rebuild()  # the handlers folded events that are not in the log
+                if self._batch is None:
+                    self._log.append([_row(envelope) for envelope in written])
+                else:
+                    self._batch.add(written, len(written) - len(batch))
+            except BaseException as exc:
+                self._abandon(exc)  # the handlers folded events that are not in the log
                 raise
             self._last_seq, self._inputs = written[-1].seq, inputs
-            self._counts["published"] += len(batch)
-            self._counts["derived"] += len(written) - len(batch)
+            if self._batch is None:
+                self._counts["published"] += len(batch)
+                self._counts["derived"] += len(written) - len(batch)
             for ticket in accepted:
                 ticket.done = True
         except BaseException as exc:
@@ -530,7 +568,68 @@ class Engine:
                     ticket.envelopes.clear()
                     ticket.error, ticket.done = exc, True
             return
-        self._dispatch(written)
+        if self._batch is None:
+            self._dispatch(written)
+
+    def _abandon(self, error: BaseException) -> None:
+        """Drop what the current batch holds (if any) and reset state to the log's."""
+        if self._batch is not None:
+            self._batch.error = error
+            self._batch.envelopes.clear()
+            self._batch.by_id.clear()
+        self._rebuild()
+
+    @contextmanager
+    def batch(self) -> Iterator[Engine]:
+        """Commit everything published, decided and fed back inside the block as one transaction.
+
+        Inside the block each call sees the effect of the ones before it (feedback may follow its decision
+        at once), but nothing is durable or delivered to subscribers until the block ends. If the block
+        raises, or a write fails, none of it is written and the engine's state is the log's again. Other
+        threads' calls wait until the block ends; a batch inside a batch joins it.
+
+        >>> with Engine.open(":memory:", seed=7) as engine:
+        ...     _ = engine.define_experiment("greeting", arms=["v1", "v2"], policy="ucb1", time=0.0)
+        ...     with engine.batch():
+        ...         decisions = [engine.decide("greeting", time=1.0 + i) for i in range(4)]
+        ...         for d in decisions:
+        ...             _ = engine.feedback(d.id, success=True, quality_score=1.0, response_time_ms=9.0, time=5.0)
+        ...     engine.stats().published
+        9
+        """
+        with self._write_lock:
+            if self._batch is not None:
+                self._check_writable()
+                yield self
+                return
+            self._check_writable()
+            self._commit_queue()
+            batch = self._batch = _Batch()
+            try:
+                yield self
+                if batch.error is not None:
+                    raise RtoptError(f"the batch was abandoned after an error: {batch.error}") from batch.error
+                self._batch = None
+                if batch.envelopes:
+                    self._log.append([_row(envelope) for envelope in batch.envelopes])
+            except BaseException:
+                self._batch = None
+                if batch.envelopes:
+                    self._rebuild()
+                raise
+            self._counts["published"] += len(batch.envelopes) - batch.derived
+            self._counts["derived"] += batch.derived
+            if batch.envelopes:
+                self._dispatch(batch.envelopes)
+            self._commit_queue()
+
+    def _recorded(self, event_id: str) -> tuple[str, Any] | None:
+        """The type tag and payload of the committed event ``event_id`` (in the log or the open batch)."""
+        if self._batch is not None and event_id in self._batch.by_id:
+            envelope = self._batch.by_id[event_id]
+            return envelope.type, envelope.payload
+        row = self._log.get(event_id)
+        return None if row is None else (row[2], decode_payload(row[2], row[9]))
 
     def _screen(self, tickets: list[_Ticket]) -> list[_Ticket]:
         """Fail the tickets holding an input the engine must refuse; return the others.
@@ -541,6 +640,8 @@ class Engine:
         """
         given = [draft.id for ticket in tickets for draft in ticket.drafts if draft.id is not None]
         taken = self._log.existing_ids(given) if given else set()
+        if self._batch is not None:
+            taken |= {event_id for event_id in given if event_id in self._batch.by_id}
         defined: set[str] = set()
         accepted = []
         for ticket in tickets:
@@ -608,7 +709,7 @@ class Engine:
                         seq,
                         derived.event_id(),
                         event.tag(),
-                        cause.stream,
+                        event.default_stream() or cause.stream,
                         cause.time,
                         recorded_at,
                         cause.id,
@@ -719,13 +820,13 @@ class Engine:
         Other :class:`~rtopt.events.Feedback` fields (cost_usd, user_satisfaction, tokens_in ...) are
         keyword arguments. An unknown decision id is rejected, counted and raised as InvalidEvent.
         """
-        row = self._log.get(decision_id)
-        if row is None or row[2] != Decision.tag():
+        recorded = self._recorded(decision_id)
+        if recorded is None or recorded[0] != Decision.tag():
             self._rejected["unknown decision"] += 1
             raise InvalidEvent(
                 f"decision_id = {decision_id!r}: no such decision in the log", field="decision_id", value=decision_id
             )
-        decision = decode_payload(row[2], row[9])
+        decision = recorded[1]
         try:
             event = Feedback(
                 prompt_id=decision.experiment,
@@ -740,6 +841,11 @@ class Engine:
             self._rejected["invalid feedback"] += 1
             raise
         return self.publish(event, decision.experiment, time=time, correlation_id=decision_id)
+
+    def tick(self, time: float | None = None) -> Envelope[ClockTicked]:
+        """Tell the handlers that event time has reached ``time`` (default: now), so that deadlines pass
+        even when nothing else happens (call it on a timer in a service; replay sees the same ticks)."""
+        return self.publish(ClockTicked(), time=time)
 
     # --- observing and reading -------------------------------------------------------------------
 

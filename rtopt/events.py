@@ -68,6 +68,9 @@ class _EventMeta(type(msgspec.Struct)):  # type: ignore[misc]
         return event
 
 
+CLOCK_STREAM = "clock"
+
+
 class Event(msgspec.Struct, frozen=True, tag=True, omit_defaults=True, metaclass=_EventMeta):
     """Base class of every event payload.
 
@@ -346,6 +349,20 @@ class ArmUpdated(Event, frozen=True):
     parts: dict[str, float] = {}
 
     stream_field: ClassVar[str] = "experiment"
+
+
+class ClockTicked(Event, frozen=True):
+    """Event time has reached the tick's time: handlers with deadlines (an experiment's maximum duration)
+    act on it even when no other event arrives.
+
+    >>> ClockTicked().default_stream()
+    'clock'
+    """
+
+    stream_field: ClassVar[str] = ""
+
+    def default_stream(self) -> str | None:
+        return CLOCK_STREAM
 
 
 class FeedbackRejected(Event, frozen=True):

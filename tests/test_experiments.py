@@ -754,3 +754,25 @@ def test_bandit_experiments_are_left_to_the_bandit() -> None:
         engine.feedback(decision.id, success=True, quality_score=0.8, response_time_ms=90.0, time=T0 + 101)
         assert "checkout" not in engine.state("bandit").experiments
         assert not [r for r in payloads(engine, FeedbackRejected) if r.handler == "bandit"]
+
+
+def test_a_clock_tick_ends_an_idle_test_past_its_maximum_duration(tmp_path: Path) -> None:
+    path = tmp_path / "ticks.sqlite"
+    same = world({"control": 0.7, "v2": 0.7})
+    with Engine.open(path, seed=3, handlers=[ExperimentHandler()]) as engine:
+        for name, limit in (("short", 100.0), ("long", 1000.0)):
+            engine.define_experiment(
+                name, arms=["control", "v2"], policy="ab_test", max_duration_s=limit, start=True, time=T0
+            )
+            Lab(engine, name, seed=2).run(20, same)  # feedback up to T0 + 19.5, then nothing
+        engine.tick(time=T0 + 99.0)
+        assert payloads(engine, ExperimentCompleted) == []
+        tick = engine.tick(time=T0 + 100.0)
+        ended = list(engine.read(types=[ExperimentCompleted]))
+        assert [env.stream for env in ended] == ["short"] and ended[0].causation_id == tick.id
+        [concluded] = payloads(engine, ExperimentConcluded)
+        assert "max_duration_s (100 s) reached after 100 s" in concluded.reason
+        engine.tick(time=T0 + 500.0)
+        assert len(payloads(engine, ExperimentCompleted)) == 1
+        assert engine.state("experiments", "long").status == "running"
+    assert Engine.verify(path, handlers=[ExperimentHandler()]).ok

@@ -64,6 +64,7 @@ from handlers.experiments.state import (
 from handlers.experiments.stats import MixtureSPRT, Moments
 from handlers.ledger import MatchesFeedback
 from rtopt import (
+    ClockTicked,
     Context,
     Decision,
     Envelope,
@@ -107,10 +108,10 @@ class ExperimentHandler(MatchesFeedback, Handler[ExperimentsState]):
     """
 
     name = "experiments"
-    accepts = (ExperimentDefined, Decision, Feedback, *LIFECYCLE_EVENTS, *CANARY_EVENTS, *DERIVED_ONLY)
+    accepts = (ExperimentDefined, Decision, Feedback, ClockTicked, *LIFECYCLE_EVENTS, *CANARY_EVENTS, *DERIVED_ONLY)
     state_type = ExperimentsState
     policies: ClassVar[tuple[str, ...]] = POLICIES
-    version = 3
+    version = 4
 
     def initial_state(self) -> ExperimentsState:
         return ExperimentsState()
@@ -121,7 +122,7 @@ class ExperimentHandler(MatchesFeedback, Handler[ExperimentsState]):
         if isinstance(event, ExperimentDefined):  # the engine checks its name and arms
             if event.policy in POLICIES:
                 check_definition(event)
-        elif not isinstance(event, Decision | Feedback):
+        elif not isinstance(event, Decision | Feedback | ClockTicked):
             screen_event(state, event)
 
     def has_experiment(self, state: ExperimentsState, experiment: str) -> bool:
@@ -192,6 +193,8 @@ class ExperimentHandler(MatchesFeedback, Handler[ExperimentsState]):
         if isinstance(event, Decision):
             _record(state, envelope, event, self.feedback_horizon_s)
             return state, ()
+        if isinstance(event, ClockTicked):
+            return state, _end_overdue(state, envelope.time)
         if isinstance(event, ExperimentDefined):
             if event.policy in POLICIES and event.experiment not in state.experiments:
                 return state, self._define(state, event, envelope.time)
@@ -406,11 +409,27 @@ def _after_feedback(name: str, exp: Experiment, arm: str, now: float, ctx: Conte
                     return derived
     elif exp.adaptive:
         derived.extend(_reallocate(name, exp, ctx))
-    deadline = None
-    if exp.policy != CANARY and options.max_duration_s is not None and exp.elapsed(now) >= options.max_duration_s:
-        deadline = f"max_duration_s ({options.max_duration_s:g} s) reached after {exp.elapsed(now):.0f} s"
+    deadline = _deadline_passed(exp, now)
     if exp.analysed % options.analyse_every == 0 or deadline is not None:
         derived.extend(_analyse(name, exp, now, deadline))
+    return derived
+
+
+def _deadline_passed(exp: Experiment, now: float) -> str | None:
+    """Why a running A/B test must end at ``now`` because of its maximum duration, or None."""
+    limit = exp.options.max_duration_s
+    if exp.policy == CANARY or limit is None or exp.elapsed(now) < limit:
+        return None
+    return f"max_duration_s ({limit:g} s) reached after {exp.elapsed(now):.0f} s"
+
+
+def _end_overdue(state: ExperimentsState, now: float) -> list[Event]:
+    """At a clock tick: the final analysis of every running A/B test past its maximum duration."""
+    derived: list[Event] = []
+    for name, exp in state.experiments.items():
+        deadline = _deadline_passed(exp, now) if exp.status == RUNNING else None
+        if deadline is not None:
+            derived.extend(_analyse(name, exp, now, deadline))
     return derived
 
 

@@ -96,7 +96,7 @@ class ExperimentOptions(RewardOptions, frozen=True, forbid_unknown_fields=True):
     ``alpha`` and whose relative improvement on the metric is at least ``min_improvement`` wins; the test
     also concludes when every variant is decided, at ``max_samples`` feedback per arm, or after
     ``max_duration_s`` seconds of event time since the start (pauses included; checked as feedback
-    arrives, since the handler acts only on events). A fixed-horizon test (``sequential=False``)
+    arrives and at every ``Engine.tick``, so an idle test ends too). A fixed-horizon test (``sequential=False``)
     concludes at the first analysis with ``min_samples`` per arm. After a sample ratio mismatch no winner
     is declared.
 

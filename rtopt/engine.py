@@ -840,7 +840,8 @@ class Engine:
         except InvalidEvent:
             self._rejected["invalid feedback"] += 1
             raise
-        return self.publish(event, decision.experiment, time=time, correlation_id=decision_id)
+        # built and validated just above: only the event time is left to check
+        return self._submit([Draft(event, decision.experiment, self._event_time(time), None, decision_id)])[0]
 
     def tick(self, time: float | None = None) -> Envelope[ClockTicked]:
         """Tell the handlers that event time has reached ``time`` (default: now), so that deadlines pass

@@ -1,4 +1,5 @@
-"""The ``rtopt`` command line: inspect, replay and verify logs; installed packages add commands (simulate ...).
+"""The ``rtopt`` command line: inspect, replay, verify and copy logs, run workers on a shared PostgreSQL log;
+installed packages add commands (simulate ...).
 
 A package adds a command by declaring, in the ``rtopt.commands`` entry point group, a function that takes
 the argparse sub-parsers and adds its parser with ``set_defaults(run=function(args, console) -> int)``.
@@ -8,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -20,11 +23,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from rtopt.engine import Engine
-from rtopt.errors import RtoptError
+from rtopt.errors import InvalidEvent, RtoptError
 from rtopt.events import Envelope
+from rtopt.follower import WHOLE, Follower, Partition
+from rtopt.log import copy_log, is_postgres_url
 
 COMMAND_ENTRY_POINTS = "rtopt.commands"
 STATE_LINES = 40
+LOG_HELP = "path of the log, or the postgresql:// URL of its database"
 
 
 def event_time(seconds: float) -> str:
@@ -135,6 +141,40 @@ def cmd_replay(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_copy(args: argparse.Namespace, console: Console) -> int:
+    """Copy a log into a new one: SQLite into PostgreSQL or back."""
+    with progress_bar(console, "copying") as progress:
+        copied = copy_log(args.source, args.target, progress)
+    console.print(f"copied {copied} events from {args.source} to {args.target}", markup=False, soft_wrap=True)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, console: Console) -> int:
+    """Run the handler chains of one partition over a shared PostgreSQL log."""
+    if not is_postgres_url(args.log):
+        raise RtoptError(f"log = {args.log!r}: a worker follows a PostgreSQL log, given as a postgresql:// URL")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with Follower.open(args.log, name=args.name, partition=args.partition, batch=args.batch) as follower:
+        with suppress(KeyboardInterrupt):
+            follower.run(drain=args.drain, stop=stop, idle_timeout=args.idle_timeout)
+        console.print(
+            f"{follower.tracker}: processed {follower.processed} inputs and derived {follower.derived} events;"
+            f" inputs read up to seq {follower.position}",
+            markup=False,
+            soft_wrap=True,
+        )
+    return 0
+
+
+def partition(text: str) -> Partition:
+    """An argparse type for ``I/N``."""
+    try:
+        return Partition.parse(text)
+    except InvalidEvent as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, with the commands installed packages declare."""
     parser = argparse.ArgumentParser(prog="rtopt", description=__doc__.splitlines()[0])
@@ -145,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="counts by type, time range and last events of a log",
         description="Summarise a log; --follow tails a log another process is writing.",
     )
-    ins.add_argument("log", help="path of the log")
+    ins.add_argument("log", help=LOG_HELP)
     ins.add_argument("--last", type=positive(int), default=10, help="how many of the last events to show (default 10)")
     ins.add_argument("--follow", action="store_true", help="keep printing new events as they are committed")
     ins.add_argument(
@@ -163,11 +203,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--verify re-derives every derived event and re-makes every decision "
         "and reports the first difference.",
     )
-    rep.add_argument("log", help="path of the log")
+    rep.add_argument("log", help=LOG_HELP)
     rep.add_argument("--verify", action="store_true", help="re-derive everything and compare with the log")
     rep.add_argument("--until-seq", type=int, default=None, help="rebuild the state as of this seq")
     rep.add_argument("--state", action="store_true", help=f"print whole states (else the first {STATE_LINES} lines)")
     rep.set_defaults(run=cmd_replay)
+
+    cp = commands.add_parser(
+        "copy",
+        help="copy a log into a new one (SQLite and PostgreSQL either way)",
+        description="Copy every event of a log, with its seq, seed and meta data, into a new, empty log.",
+    )
+    cp.add_argument("source", help=LOG_HELP)
+    cp.add_argument("target", help="path or postgresql:// URL of the new log (an empty file or database)")
+    cp.set_defaults(run=cmd_copy)
+
+    wrk = commands.add_parser(
+        "worker",
+        help="run the handler chains over a shared PostgreSQL log",
+        description="Follow a PostgreSQL log that other processes publish inputs to and derive the events of the "
+        "handler chains for the streams of one partition, recording progress with them (exactly once).",
+    )
+    wrk.add_argument("log", help="postgresql:// URL of the log")
+    wrk.add_argument(
+        "--partition", type=partition, default=WHOLE, help="I/N: the streams whose name hashes to I of N (default 0/1)"
+    )
+    wrk.add_argument("--name", default="worker", help="name the worker's progress is recorded under (default worker)")
+    wrk.add_argument("--batch", type=positive(int), default=500, help="inputs per transaction (default 500)")
+    wrk.add_argument("--drain", action="store_true", help="stop once every input committed so far is processed")
+    wrk.add_argument(
+        "--idle-timeout", type=positive(float), default=None, help="stop after this many seconds without an input"
+    )
+    wrk.set_defaults(run=cmd_worker)
 
     for entry_point in sorted(entry_points(group=COMMAND_ENTRY_POINTS), key=lambda ep: ep.name):
         entry_point.load()(commands)

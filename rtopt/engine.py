@@ -10,6 +10,7 @@ order. Replay folds the same events through the same code, which is why it repro
 from __future__ import annotations
 
 import math
+import secrets
 import threading
 import time as wall_clock
 import warnings
@@ -23,7 +24,6 @@ from typing import Any
 import msgspec
 import reactivex
 from reactivex.abc import DisposableBase
-from reactivex.subject import Subject
 
 from rtopt.bus import Bus
 from rtopt.errors import InvalidEvent, ReadOnlyLog, RtoptError
@@ -39,12 +39,11 @@ from rtopt.events import (
     encode_payload,
     validate,
 )
-from rtopt.handler import Context, Decider, Derived, Handler, HandlerSlot, Request, fold_operator
+from rtopt.handler import Chains, Context, Decider, Handler, HandlerSlot, Request
 from rtopt.ids import ordered_id
-from rtopt.log import COLUMNS, EventLog, Row, SQLiteLog
+from rtopt.log import COLUMNS, EventLog, Row, copy_rows, open_log, refuse_non_empty
 
 DEFAULT_LOG = Path("event_log") / "rtopt.sqlite"
-MAX_CASCADE_DEPTH = 32
 REPLAYED_FROM = "replayed_from"  # meta key of a what-if log: the log whose inputs it replayed
 HANDLERS = "handlers"  # meta key: handler name -> fingerprint of the configuration that last wrote the log
 Progress = Callable[[int, int], None]
@@ -161,7 +160,8 @@ def envelope_from_row(row: Row) -> Envelope[Any]:
     )
 
 
-def _row(envelope: Envelope[Any]) -> Row:
+def envelope_row(envelope: Envelope[Any]) -> Row:
+    """The stored row of an envelope."""
     return (
         envelope.seq,
         envelope.id,
@@ -205,10 +205,11 @@ class Engine:
         self._log = log
         self._progress = progress
         self.seed = int(log.meta()["seed"])
-        self._input_namespace = f"rtopt/input/{self.seed}/".encode()
+        # on a log other processes append to, each engine names its inputs apart from theirs
+        writer = f"{secrets.token_hex(8)}/" if log.shared else ""
+        self._input_namespace = f"rtopt/input/{self.seed}/{writer}".encode()
         self._bus = Bus()
-        self._staging: Subject[Sequence[Envelope[Any]]] = Subject()
-        self._derived: list[Derived] = []
+        self._chains = Chains()
         self._slots: list[HandlerSlot] = []
         self._deciders: list[HandlerSlot] = []
         self._write_lock = threading.RLock()
@@ -242,7 +243,9 @@ class Engine:
         until_seq: int | None = None,
         progress: Progress | None = None,
     ) -> Engine:
-        """Open the log at ``location`` (default ``event_log/rtopt.sqlite``; ``":memory:"`` works).
+        """Open the log at ``location``: an SQLite file (default ``event_log/rtopt.sqlite``; ``":memory:"``
+        works) or a PostgreSQL database given as a ``postgresql://user@host:port/db`` URL, which several
+        processes may publish to at once.
 
         ``seed`` is recorded when the log is created (a random one if None) and must match afterwards.
         ``handlers`` defaults to every handler installed packages declare. ``durability`` is
@@ -252,7 +255,7 @@ class Engine:
         """
         if durability not in ("process", "power"):
             raise ValueError(f"durability must be 'process' or 'power', not {durability!r}")
-        log = SQLiteLog.open(
+        log = open_log(
             DEFAULT_LOG if location is None else location,
             read_only=read_only,
             seed=seed,
@@ -309,7 +312,7 @@ class Engine:
         self._slots.append(slot)
         if isinstance(handler, Decider):
             self._deciders.append(slot)
-        self._staging.pipe(fold_operator(slot)).subscribe(self._derived.extend)
+        self._chains.add(slot)
         return slot
 
     def register(self, handler: Handler[Any]) -> None:
@@ -550,12 +553,16 @@ class Engine:
             try:
                 written = self._cascade(batch, recorded_at)
                 if self._batch is None:
-                    self._log.append([_row(envelope) for envelope in written])
+                    guard = {envelope.stream for envelope in written} if self._slots else ()
+                    first = self._log.append([envelope_row(envelope) for envelope in written], guard)
                 else:
                     self._batch.add(written, len(written) - len(batch))
+                    first = written[0].seq
             except BaseException as exc:
                 self._abandon(exc)  # the handlers folded events that are not in the log
                 raise
+            if first != written[0].seq:
+                written = self._follow_others(written, first, accepted)
             self._last_seq, self._inputs = written[-1].seq, inputs
             if self._batch is None:
                 self._counts["published"] += len(batch)
@@ -586,7 +593,8 @@ class Engine:
         Inside the block each call sees the effect of the ones before it (feedback may follow its decision
         at once), but nothing is durable or delivered to subscribers until the block ends. If the block
         raises, or a write fails, none of it is written and the engine's state is the log's again. Other
-        threads' calls wait until the block ends; a batch inside a batch joins it.
+        threads' calls wait until the block ends; a batch inside a batch joins it. A log that several
+        processes append to (PostgreSQL) takes no batches.
 
         >>> with Engine.open(":memory:", seed=7) as engine:
         ...     _ = engine.define_experiment("greeting", arms=["v1", "v2"], policy="ucb1", time=0.0)
@@ -603,6 +611,10 @@ class Engine:
                 yield self
                 return
             self._check_writable()
+            if self._log.shared:
+                raise RtoptError(
+                    f"engine.batch() needs a log that this engine alone appends to; {self._log.location} is shared"
+                )
             self._commit_queue()
             batch = self._batch = _Batch()
             try:
@@ -611,7 +623,7 @@ class Engine:
                     raise RtoptError(f"the batch was abandoned after an error: {batch.error}") from batch.error
                 self._batch = None
                 if batch.envelopes:
-                    self._log.append([_row(envelope) for envelope in batch.envelopes])
+                    self._log.append([envelope_row(envelope) for envelope in batch.envelopes])
             except BaseException:
                 self._batch = None
                 if batch.envelopes:
@@ -630,6 +642,18 @@ class Engine:
             return envelope.type, envelope.payload
         row = self._log.get(event_id)
         return None if row is None else (row[2], decode_payload(row[2], row[9]))
+
+    def _follow_others(self, written: list[Envelope[Any]], first: int, tickets: list[_Ticket]) -> list[Envelope[Any]]:
+        """Other processes committed events on other streams before ``written``, which the log placed at
+        ``first``: renumber ours, then fold theirs (no stream's events change order by it)."""
+        shift = first - written[0].seq
+        moved = {envelope.id: msgspec.structs.replace(envelope, seq=envelope.seq + shift) for envelope in written}
+        for ticket in tickets:
+            ticket.envelopes = [moved[envelope.id] for envelope in ticket.envelopes]
+        for slot in self._slots:
+            slot.position = self._last_seq
+        self._fold_history(self._slots, first - 1)
+        return [moved[envelope.id] for envelope in written]
 
     def _screen(self, tickets: list[_Ticket]) -> list[_Ticket]:
         """Fail the tickets holding an input the engine must refuse; return the others.
@@ -691,35 +715,8 @@ class Engine:
         return ordered_id(input_number, self._input_namespace, str(input_number))
 
     def _cascade(self, batch: list[Envelope[Any]], recorded_at: float) -> list[Envelope[Any]]:
-        """Fold ``batch`` through the handlers, then what they derive, until nothing more is derived."""
-        written = list(batch)
-        seq = batch[-1].seq
-        for _ in range(MAX_CASCADE_DEPTH):
-            self._derived.clear()
-            self._staging.on_next(batch)
-            if not self._derived:
-                return written
-            self._derived.sort(key=lambda d: d.cause.seq)
-            batch = []
-            for derived in self._derived:
-                seq += 1
-                cause, event = derived.cause, derived.event
-                batch.append(
-                    Envelope(
-                        seq,
-                        derived.event_id(),
-                        event.tag(),
-                        event.default_stream() or cause.stream,
-                        cause.time,
-                        recorded_at,
-                        cause.id,
-                        cause.correlation_id or cause.id,
-                        event.schema_version,
-                        event,
-                    )
-                )
-            written.extend(batch)
-        raise RtoptError(f"handlers kept deriving events from each other past depth {MAX_CASCADE_DEPTH}")
+        """``batch`` followed by everything the handlers derive from it."""
+        return [*batch, *self._chains.cascade(batch, recorded_at)]
 
     def _dispatch(self, envelopes: list[Envelope[Any]]) -> None:
         """Deliver committed events; events committed by an observer wait for the current delivery."""
@@ -951,19 +948,19 @@ class Engine:
         """
         if handlers is None and into is None:
             return cls.open(source, read_only=True, until_seq=until_seq, progress=progress)
-        src = SQLiteLog.open(source, read_only=True)
+        src = open_log(source, read_only=True)
         try:
             recorded_seed = int(src.meta()["seed"])
             if handlers is None:
-                target_log = SQLiteLog.open(into, seed=recorded_seed)
-                _refuse_non_empty(target_log)
-                _copy_rows(src, target_log, until_seq, progress)
+                target_log = open_log(into, seed=recorded_seed)
+                refuse_non_empty(target_log)
+                copy_rows(src, target_log, until_seq, progress)
                 target_log.close()
                 return cls.open(into, progress=progress)
             target = cls.open(
                 ":memory:" if into is None else into, seed=recorded_seed if seed is None else seed, handlers=handlers
             )
-            _refuse_non_empty(target._log)
+            refuse_non_empty(target._log)
             target._log.set_meta(REPLAYED_FROM, str(source))
             target._refeed(src, until_seq, progress=progress)
             return target
@@ -1031,7 +1028,7 @@ class Engine:
         progress: Progress | None = None,
     ) -> VerifyReport:
         """Re-derive every derived event and re-make every decision of ``source``; report the first difference."""
-        src = SQLiteLog.open(source, read_only=True)
+        src = open_log(source, read_only=True)
         mismatches: list[Difference] = []
         decisions = 0
 
@@ -1065,26 +1062,6 @@ class Engine:
                 )
         finally:
             src.close()
-
-
-def _refuse_non_empty(log: EventLog) -> None:
-    if log.last_seq():
-        location = log.location
-        log.close()
-        raise RtoptError(f"{location} already holds events: replay into a new log")
-
-
-def _copy_rows(source: EventLog, target: EventLog, until_seq: int | None, progress: Progress | None) -> None:
-    until = source.last_seq() if until_seq is None else until_seq
-    chunk: list[Row] = []
-    for row in source.rows(1, until):
-        chunk.append(row)
-        if len(chunk) == 5000:
-            target.append(chunk)
-            chunk = []
-            if progress is not None:
-                progress(row[0], until)
-    target.append(chunk)
 
 
 def _first_difference(recorded: EventLog, rederived: EventLog) -> Difference | None:

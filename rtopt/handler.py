@@ -15,12 +15,14 @@ import msgspec
 import numpy as np
 import reactivex
 from reactivex import operators as ops
+from reactivex.subject import Subject
 
-from rtopt.errors import InvalidEvent
+from rtopt.errors import InvalidEvent, RtoptError
 from rtopt.events import Decision, Envelope, Event, HandlerFailed, unvalidated, validate
 from rtopt.ids import ordered_id, prefix_of
 
 S = TypeVar("S")
+MAX_CASCADE_DEPTH = 32
 DERIVED_NAMESPACE = b"rtopt/derived/"
 
 
@@ -157,6 +159,23 @@ class Derived(NamedTuple):
         cause_id = self.cause.id
         return ordered_id(prefix_of(cause_id), DERIVED_NAMESPACE, f"{cause_id}/{self.handler}/{self.index}")
 
+    def envelope(self, seq: int, recorded_at: float) -> Envelope[Any]:
+        """The envelope the event is recorded in: on its own stream (else its cause's), at its cause's event
+        time."""
+        cause, event = self.cause, self.event
+        return Envelope(
+            seq,
+            self.event_id(),
+            event.tag(),
+            event.default_stream() or cause.stream,
+            cause.time,
+            recorded_at,
+            cause.id,
+            cause.correlation_id or cause.id,
+            event.schema_version,
+            event,
+        )
+
 
 class HandlerSlot:
     """A registered handler with its current state, position and failure count."""
@@ -212,3 +231,43 @@ def fold_operator(
 ) -> Callable[[reactivex.Observable[Sequence[Envelope[Any]]]], reactivex.Observable[list[Derived]]]:
     """The Rx operator that folds batches of envelopes through ``slot`` and emits what it derives."""
     return ops.map(slot.fold_batch)
+
+
+class Chains:
+    """Handler slots wired as Rx operators on one subject: a batch of envelopes goes in, and out comes what
+    the handlers derive from it, then from that, until they derive nothing more.
+
+    >>> from rtopt.events import Feedback
+    >>> chains = Chains()
+    >>> feedback = Feedback(prompt_id="p", variant_id="v", response_time_ms=1.0, success=True, quality_score=0.5)
+    >>> chains.cascade([Envelope(1, "e1", "Feedback", "p", 0.0, 0.0, None, None, 1, feedback)], recorded_at=0.0)
+    []
+    """
+
+    def __init__(self) -> None:
+        self._subject: Subject[Sequence[Envelope[Any]]] = Subject()
+        self._derived: list[Derived] = []
+
+    def add(self, slot: HandlerSlot) -> None:
+        """Fold every batch through ``slot`` too (after the slots added before it)."""
+        self._subject.pipe(fold_operator(slot)).subscribe(self._derived.extend)
+
+    def fold(self, batch: Sequence[Envelope[Any]]) -> list[Derived]:
+        """What the handlers derive directly from ``batch``, in the order of their causes."""
+        self._subject.on_next(batch)
+        derived = sorted(self._derived, key=lambda d: d.cause.seq)
+        self._derived.clear()
+        return derived
+
+    def cascade(self, batch: Sequence[Envelope[Any]], recorded_at: float) -> list[Envelope[Any]]:
+        """Everything derived from ``batch`` and, in turn, from those events, numbered on after ``batch``."""
+        written: list[Envelope[Any]] = []
+        seq = batch[-1].seq
+        for _ in range(MAX_CASCADE_DEPTH):
+            derived = self.fold(batch)
+            if not derived:
+                return written
+            batch = [item.envelope(seq + i, recorded_at) for i, item in enumerate(derived, start=1)]
+            seq += len(batch)
+            written.extend(batch)
+        raise RtoptError(f"handlers kept deriving events from each other past depth {MAX_CASCADE_DEPTH}")

@@ -7,12 +7,13 @@ meta data, snapshots), so another backend can stand beside SQLite without touchi
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import sqlite_utils
@@ -47,9 +48,18 @@ class EventLog(ABC):
     location: str
     read_only: bool
 
+    shared = False
+    """True when several processes may append at once (each batch then goes after what committed first)."""
+
     @abstractmethod
-    def append(self, rows: Sequence[Row]) -> None:
-        """Append ``rows`` (seqs continuing :meth:`last_seq` without a gap) in one durable transaction."""
+    def append(self, rows: Sequence[Row], guard: Collection[str] | None = None) -> int:
+        """Append ``rows`` in one durable transaction; returns the seq the first row got.
+
+        The rows are numbered to continue :meth:`last_seq` as the writer last saw it. When another process
+        committed in between, a :attr:`shared` log moves the batch after those events if ``guard`` is
+        given and none of them is on a stream in ``guard`` (the streams whose state the batch was derived
+        from); otherwise it raises and writes nothing.
+        """
 
     @abstractmethod
     def last_seq(self) -> int:
@@ -65,6 +75,10 @@ class EventLog(ABC):
         chunk: int = 2000,
     ) -> Iterator[Row]:
         """Rows with ``start <= seq <= until`` in seq order, optionally only of ``types`` / ``stream``."""
+
+    @abstractmethod
+    def inputs(self, start: int = 1, until: int | None = None, chunk: int = 2000) -> Iterator[Row]:
+        """Input events (those with no causing event) with ``start <= seq <= until``, in seq order."""
 
     @abstractmethod
     def get(self, event_id: str) -> Row | None:
@@ -107,7 +121,153 @@ class EventLog(ABC):
         """Release the storage."""
 
 
-class SQLiteLog(EventLog):
+class SQLLog(EventLog):
+    """What the SQL logs share: the queries of reading, and how a batch is placed after other writers'.
+
+    Subclasses run SQL written with ``?`` placeholders through :meth:`_query` and :meth:`_execute`.
+    """
+
+    def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+        """The rows ``sql`` selects."""
+        raise NotImplementedError
+
+    def _execute(self, sql: str, params: Sequence[object] = ()) -> None:
+        """Run one writing statement in a transaction of its own."""
+        raise NotImplementedError
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise ReadOnlyLog(f"{self.location} is open read-only")
+
+    def _place(
+        self,
+        rows: Sequence[Row],
+        last: int,
+        guard: Collection[str] | None,
+        clash: Callable[[int, Collection[str]], tuple[int, str] | None],
+    ) -> Sequence[Row]:
+        """``rows`` numbered to follow ``last``, the committed end of the log read under the write lock.
+
+        ``clash(after, streams)`` finds an event committed after seq ``after`` on one of ``streams``.
+        """
+        seen = rows[0][0] - 1
+        if seen == last:
+            return rows
+        if not self.shared or guard is None or seen > last:
+            raise RtoptError(
+                f"{self.location}: expected to append at seq {last + 1}, got {rows[0][0]};"
+                " another process is writing to this log"
+            )
+        found = clash(seen, guard) if guard else None
+        if found is not None:
+            raise RtoptError(
+                f"{self.location}: stream {found[1]!r} got seq {found[0]} from another process after seq {seen},"
+                " which this batch was derived without; nothing was written"
+            )
+        shift = last - seen
+        return [(row[0] + shift, *row[1:]) for row in rows]
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._writable()
+        if key == "format_version":
+            raise ValueError("the format version of a log is set when it is created")
+        self._execute(
+            f"INSERT INTO {META_TABLE} (key, value) VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def save_snapshot(self, handler: str, fingerprint: str, seq: int, state: bytes) -> None:
+        self._writable()
+        self._execute(
+            "INSERT INTO snapshots (handler, fingerprint, seq, state, created_at) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (handler, fingerprint, seq) DO UPDATE SET state = excluded.state,"
+            " created_at = excluded.created_at",
+            (handler, fingerprint, seq, state, time.time()),
+        )
+
+    def last_seq(self) -> int:
+        return self._query("SELECT coalesce(max(seq), 0) FROM events")[0][0]
+
+    def _type_column(self, types: Sequence[str], start: int, until: int | None, stream: str | None) -> str:
+        """The expression the type filter compares (lets a backend steer its planner)."""
+        return "type"
+
+    def rows(
+        self, start: int = 1, until: int | None = None, types: Sequence[str] | None = None, stream: str | None = None,
+        chunk: int = 2000
+    ) -> Iterator[Row]:
+        where: list[str] = []
+        params: list[object] = []
+        if types is not None:
+            if not types:
+                return
+            where.append(f"{self._type_column(types, start, until, stream)} IN ({', '.join('?' * len(types))})")
+            params.extend(types)
+        if stream is not None:
+            where.append("stream = ?")
+            params.append(stream)
+        yield from self._pages(start, until, where, params, chunk)
+
+    def inputs(self, start: int = 1, until: int | None = None, chunk: int = 2000) -> Iterator[Row]:
+        yield from self._pages(start, until, ["causation_id IS NULL"], [], chunk)
+
+    def _pages(
+        self, start: int, until: int | None, where: list[str], params: list[object], chunk: int
+    ) -> Iterator[Row]:
+        """The rows matching ``where`` with seq in [start, until], read ``chunk`` at a time."""
+        where = ["seq > ?", "seq <= ?", *where]
+        sql = f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY seq LIMIT {int(chunk)}"
+        end = until if until is not None else 2**62
+        after = start - 1
+        while True:
+            batch = self._query(sql, [after, end, *params])
+            yield from batch
+            if len(batch) < chunk:
+                return
+            after = batch[-1][0]
+
+    def get(self, event_id: str) -> Row | None:
+        found = self._query(f"{_SELECT} WHERE id = ?", (event_id,))
+        return found[0] if found else None
+
+    def existing_ids(self, ids: Iterable[str]) -> set[str]:
+        wanted = list(ids)
+        found: set[str] = set()
+        for i in range(0, len(wanted), 500):
+            part = wanted[i : i + 500]
+            found.update(
+                r[0] for r in self._query(f"SELECT id FROM events WHERE id IN ({', '.join('?' * len(part))})", part)
+            )
+        return found
+
+    def count_by_type(self, until: int | None = None) -> dict[str, int]:
+        return dict(
+            self._query(
+                "SELECT type, count(*) FROM events WHERE seq <= ? GROUP BY type ORDER BY type",
+                (until if until is not None else 2**62,),
+            )
+        )
+
+    def count_inputs(self, until: int | None = None) -> int:
+        return self._query(
+            "SELECT count(*) FROM events WHERE causation_id IS NULL AND seq <= ?",
+            (until if until is not None else 2**62,),
+        )[0][0]
+
+    def meta(self) -> dict[str, str]:
+        return dict(self._query(f"SELECT key, value FROM {META_TABLE}"))
+
+    def load_snapshot(self, handler: str, fingerprint: str, until: int | None) -> tuple[int, bytes] | None:
+        found = self._query(
+            "SELECT seq, state FROM snapshots WHERE handler = ? AND fingerprint = ? AND seq <= ?"
+            " ORDER BY seq DESC LIMIT 1",
+            (handler, fingerprint, until if until is not None else 2**62),
+        )
+        return (found[0][0], bytes(found[0][1])) if found else None
+
+
+class SQLiteLog(SQLLog):
     """An rtopt log in one SQLite file (WAL mode); ``":memory:"`` keeps it in memory.
 
     UPDATE and DELETE on the events table are refused by triggers in the file itself.
@@ -174,44 +334,25 @@ class SQLiteLog(EventLog):
 
     # --- writing ---------------------------------------------------------------------------------
 
-    def append(self, rows: Sequence[Row]) -> None:
-        if self._writer is None:
-            raise ReadOnlyLog(f"{self.location} is open read-only")
+    def append(self, rows: Sequence[Row], guard: Collection[str] | None = None) -> int:
+        self._writable()
         if not rows:
-            return
+            return self.last_seq() + 1
         with self._write_lock:
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
             try:
                 (last,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
-                if rows[0][0] != last + 1:
-                    raise RtoptError(
-                        f"{self.location}: expected to append at seq {last + 1}, got {rows[0][0]};"
-                        " another process is writing to this log"
-                    )
-                conn.executemany(_INSERT, rows)
+                conn.executemany(_INSERT, self._place(rows, last, guard, lambda after, streams: None))
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+        return rows[0][0]
 
-    def set_meta(self, key: str, value: str) -> None:
-        if self._writer is None:
-            raise ReadOnlyLog(f"{self.location} is open read-only")
-        if key == "format_version":
-            raise ValueError("the format version of a log is set when it is created")
+    def _execute(self, sql: str, params: Sequence[object] = ()) -> None:
         with self._write_lock:
-            self._writer.execute(f"INSERT OR REPLACE INTO {META_TABLE} (key, value) VALUES (?, ?)", (key, value))
-
-    def save_snapshot(self, handler: str, fingerprint: str, seq: int, state: bytes) -> None:
-        if self._writer is None:
-            raise ReadOnlyLog(f"{self.location} is open read-only")
-        with self._write_lock:
-            self._writer.execute(
-                "INSERT OR REPLACE INTO snapshots (handler, fingerprint, seq, state, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (handler, fingerprint, seq, state, time.time()),
-            )
+            self._writer.execute(sql, params)
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -219,40 +360,9 @@ class SQLiteLog(EventLog):
         with self._read_lock:
             return self._reader.execute(sql, params).fetchall()
 
-    def last_seq(self) -> int:
-        return self._query("SELECT coalesce(max(seq), 0) FROM events")[0][0]
-
-    def rows(
-        self,
-        start: int = 1,
-        until: int | None = None,
-        types: Sequence[str] | None = None,
-        stream: str | None = None,
-        chunk: int = 2000,
-    ) -> Iterator[Row]:
-        where, params = ["seq > ?"], []
-        if until is not None:
-            where.append("seq <= ?")
-            params.append(until)
-        if types is not None:
-            if not types:
-                return
-            marks = ", ".join("?" * len(types))
-            # walking the table in seq order beats the type index (and its sort) when most rows match
-            common = stream is None and self._share(types, start, until) > 0.25
-            where.append(f"{'+type' if common else 'type'} IN ({marks})")
-            params.extend(types)
-        if stream is not None:
-            where.append("stream = ?")
-            params.append(stream)
-        sql = f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY seq LIMIT {int(chunk)}"
-        after = start - 1
-        while True:
-            batch = self._query(sql, [after, *params])
-            yield from batch
-            if len(batch) < chunk:
-                return
-            after = batch[-1][0]
+    def _type_column(self, types: Sequence[str], start: int, until: int | None, stream: str | None) -> str:
+        # walking the table in seq order beats the type index (and its sort) when most rows match
+        return "+type" if stream is None and self._share(types, start, until) > 0.25 else "type"
 
     def _share(self, types: Sequence[str], start: int, until: int | None) -> float:
         """The fraction of rows in [start, until] whose type is one of ``types`` (read from the type index)."""
@@ -264,45 +374,6 @@ class SQLiteLog(EventLog):
             f"SELECT count(*) FROM events WHERE type IN ({marks}) AND seq BETWEEN ? AND ?", [*types, start, end]
         )[0]
         return matching / (end - start + 1)
-
-    def get(self, event_id: str) -> Row | None:
-        found = self._query(f"{_SELECT} WHERE id = ?", (event_id,))
-        return found[0] if found else None
-
-    def existing_ids(self, ids: Iterable[str]) -> set[str]:
-        wanted = list(ids)
-        found: set[str] = set()
-        for i in range(0, len(wanted), 500):
-            part = wanted[i : i + 500]
-            found.update(
-                r[0] for r in self._query(f"SELECT id FROM events WHERE id IN ({', '.join('?' * len(part))})", part)
-            )
-        return found
-
-    def count_by_type(self, until: int | None = None) -> dict[str, int]:
-        return dict(
-            self._query(
-                "SELECT type, count(*) FROM events WHERE seq <= ? GROUP BY type ORDER BY type",
-                (until if until is not None else 2**62,),
-            )
-        )
-
-    def count_inputs(self, until: int | None = None) -> int:
-        return self._query(
-            "SELECT count(*) FROM events WHERE causation_id IS NULL AND seq <= ?",
-            (until if until is not None else 2**62,),
-        )[0][0]
-
-    def meta(self) -> dict[str, str]:
-        return dict(self._query(f"SELECT key, value FROM {META_TABLE}"))
-
-    def load_snapshot(self, handler: str, fingerprint: str, until: int | None) -> tuple[int, bytes] | None:
-        found = self._query(
-            "SELECT seq, state FROM snapshots WHERE handler = ? AND fingerprint = ? AND seq <= ?"
-            " ORDER BY seq DESC LIMIT 1",
-            (handler, fingerprint, until if until is not None else 2**62),
-        )
-        return (found[0][0], found[0][1]) if found else None
 
     def _pragma_data_version(self) -> int:
         return self._query("PRAGMA data_version")[0][0]
@@ -357,14 +428,28 @@ def _check_format(conn: sqlite3.Connection, location: str) -> None:
         found = conn.execute(f"SELECT value FROM {META_TABLE} WHERE key = 'format_version'").fetchone()
     except sqlite3.DatabaseError as exc:
         raise InvalidLog(f"{location}: not an rtopt log ({exc})") from None
+    check_format_version(None if found is None else found[0], location)
+
+
+def check_format_version(found: str | None, location: str) -> None:
+    """Raise InvalidLog unless ``found`` (the recorded format version) is one this rtopt reads."""
     if found is None:
         raise InvalidLog(f"{location}: not an rtopt log (no format_version in {META_TABLE})")
-    version = int(found[0])
+    version = int(found)
     if version > FORMAT_VERSION:
         raise InvalidLog(
             f"{location}: log format version {version} is newer than this rtopt supports"
             f" ({FORMAT_VERSION}); upgrade rtopt to open it"
         )
+
+
+def initial_meta(seed: int | None) -> dict[str, str]:
+    """The meta data of a new log: format version, ``seed`` (a random one when None) and creation time."""
+    return {
+        "format_version": str(FORMAT_VERSION),
+        "seed": str(seed if seed is not None else secrets.randbits(63)),
+        "created_at": repr(time.time()),
+    }
 
 
 def _has_meta(conn: sqlite3.Connection) -> bool:
@@ -410,13 +495,90 @@ def _create_schema(conn: sqlite3.Connection, seed: int | None) -> None:
             " WHEN NEW.seq <= (SELECT max(seq) FROM events) OR EXISTS (SELECT 1 FROM events WHERE id = NEW.id)"
             " BEGIN SELECT RAISE(ABORT, 'rtopt log is append-only: REPLACE refused'); END"
         )
-        meta = {
-            "format_version": str(FORMAT_VERSION),
-            "seed": str(seed if seed is not None else secrets.randbits(63)),
-            "created_at": repr(time.time()),
-        }
-        conn.executemany(f"INSERT INTO {META_TABLE} (key, value) VALUES (?, ?)", meta.items())
+        conn.executemany(f"INSERT INTO {META_TABLE} (key, value) VALUES (?, ?)", initial_meta(seed).items())
     except BaseException:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def is_postgres_url(location: object) -> bool:
+    """True if ``location`` names a PostgreSQL database rather than an SQLite file.
+
+    >>> is_postgres_url("postgresql://app@db:5432/rtopt"), is_postgres_url("event_log/rtopt.sqlite")
+    (True, False)
+    """
+    return isinstance(location, str) and location.startswith(("postgresql://", "postgres://"))
+
+
+def shown_url(url: str) -> str:
+    """``url`` with its password hidden, for messages.
+
+    >>> shown_url("postgresql://app:secret@db/rtopt")
+    'postgresql://app:***@db/rtopt'
+    """
+    return re.sub(r"^(\w+://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def open_log(
+    location: str | os.PathLike[str], *, read_only: bool = False, seed: int | None = None, synchronous: str = "NORMAL"
+) -> EventLog:
+    """The log at ``location``: a PostgreSQL database for a ``postgresql://`` URL, else an SQLite file.
+
+    ``synchronous`` applies to SQLite; a PostgreSQL commit is as durable as its server is configured to be.
+
+    >>> open_log(":memory:", seed=1).meta()["seed"]
+    '1'
+    """
+    if is_postgres_url(location):
+        from rtopt.postgres import PostgresLog  # psycopg is only needed for PostgreSQL logs
+
+        return PostgresLog.open(location, read_only=read_only, seed=seed)
+    return SQLiteLog.open(location, read_only=read_only, seed=seed, synchronous=synchronous)
+
+
+def refuse_non_empty(log: EventLog) -> None:
+    """Close ``log`` and raise if it holds events: a copy or replay goes into a new log."""
+    if log.last_seq():
+        location = log.location
+        log.close()
+        raise RtoptError(f"{location} already holds events: write into a new log")
+
+
+def copy_rows(
+    source: EventLog, target: EventLog, until_seq: int | None, progress: Callable[[int, int], None] | None
+) -> int:
+    """Append ``source``'s events up to ``until_seq`` (all if None) to ``target``; returns how many."""
+    until = source.last_seq() if until_seq is None else until_seq
+    chunk: list[Row] = []
+    for row in source.rows(1, until):
+        chunk.append(row)
+        if len(chunk) == 5000:
+            target.append(chunk)
+            chunk = []
+            if progress is not None:
+                progress(row[0], until)
+    target.append(chunk)
+    return until
+
+
+def copy_log(
+    source: str | os.PathLike[str], target: str | os.PathLike[str], progress: Callable[[int, int], None] | None = None
+) -> int:
+    """Copy the log at ``source`` into a new log at ``target`` (SQLite or PostgreSQL, either way round): the
+    same events with the same seqs, seed and meta data; snapshots are not copied. Returns the events copied.
+    """
+    src = open_log(source, read_only=True)
+    try:
+        meta = src.meta()
+        dst = open_log(target, seed=int(meta["seed"]))
+        refuse_non_empty(dst)
+        try:
+            for key, value in meta.items():
+                if key not in ("format_version", "seed", "created_at"):
+                    dst.set_meta(key, value)
+            return copy_rows(src, dst, None, progress)
+        finally:
+            dst.close()
+    finally:
+        src.close()

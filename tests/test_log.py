@@ -1,4 +1,6 @@
-"""The SQLite log: immutability, refusing foreign files, reads, seq and id rules, tailing, read-only and durability."""
+"""The logs: reads, seq and id rules, tailing and read-only engines on both backends (tests taking ``location``
+run on an SQLite file and on a PostgreSQL database); immutability, refusing foreign files and durability of
+the SQLite file."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from rtopt import (
@@ -24,7 +27,7 @@ from rtopt import (
     ReadOnlyLog,
     RtoptError,
 )
-from rtopt.log import COLUMNS, SQLiteLog
+from rtopt.log import COLUMNS, EventLog, SQLiteLog, is_postgres_url
 
 GUARD = 30.0
 """Seconds after which a blocked wait gives up so a broken engine fails the test instead of hanging it."""
@@ -56,36 +59,45 @@ def path(tmp_path: Path) -> Path:
 # --- immutability --------------------------------------------------------------------------------
 
 
-def _filled(path: Path, n: int = 5) -> list[tuple]:
-    with Engine.open(path, seed=1, handlers=[]) as engine:
+def _filled(location: str | Path, n: int = 5) -> list[tuple]:
+    with Engine.open(location, seed=1, handlers=[]) as engine:
         for i in range(n):
             engine.publish(fb(i))
-    return raw_rows(path)
+        return list(engine.log.rows())
+
+
+def run_sql(location: str | Path, sql: str) -> None:
+    """Run ``sql`` on the log's database directly, as another program could."""
+    if is_postgres_url(location):
+        with psycopg.connect(str(location), autocommit=True) as conn:
+            conn.execute(sql)
+        return
+    conn = sqlite3.connect(location)
+    try:
+        conn.execute(sql)
+        conn.commit()
+    finally:
+        conn.close()
 
 
 @pytest.mark.parametrize(
     "sql",
     [
         "UPDATE events SET stream = 'forged'",
-        "UPDATE events SET payload = x'00' WHERE seq = 2",
+        "UPDATE events SET payload = payload || payload WHERE seq = 2",
         "UPDATE events SET seq = seq + 100",
         "DELETE FROM events",
         "DELETE FROM events WHERE seq = 5",
         "INSERT INTO events SELECT * FROM events WHERE seq = 1 ON CONFLICT(seq) DO UPDATE SET stream = 'forged'",
     ],
 )
-def test_events_cannot_be_updated_or_deleted(path: Path, sql: str) -> None:
-    before = _filled(path)
-    conn = sqlite3.connect(path)
-    try:
-        with pytest.raises(sqlite3.DatabaseError, match="append-only") as info:
-            conn.execute(sql)
-        assert isinstance(info.value, sqlite3.IntegrityError)
-        conn.commit()
-    finally:
-        conn.close()
-    assert raw_rows(path) == before
-    with Engine.open(path, seed=1, handlers=[]) as engine:
+def test_events_cannot_be_updated_or_deleted(location: str, sql: str) -> None:
+    before = _filled(location)
+    refused = (psycopg.errors.RaiseException, sqlite3.IntegrityError)
+    with pytest.raises(refused, match="append-only"):
+        run_sql(location, sql)
+    with Engine.open(location, seed=1, handlers=[]) as engine:
+        assert list(engine.log.rows()) == before
         assert [env.seq for env in engine.read()] == [1, 2, 3, 4, 5]
 
 
@@ -205,11 +217,11 @@ def test_current_format_and_empty_file_open(tmp_path: Path) -> None:
         Engine.open(":memory:", read_only=True, handlers=[])
 
 
-def test_seed_must_match(path: Path) -> None:
-    _filled(path, 1)
+def test_seed_must_match(location: str) -> None:
+    _filled(location, 1)
     with pytest.raises(RtoptError, match="seed"):
-        Engine.open(path, seed=2, handlers=[])
-    with Engine.open(path, handlers=[]) as engine:
+        Engine.open(location, seed=2, handlers=[])
+    with Engine.open(location, handlers=[]) as engine:
         assert engine.seed == 1
 
 
@@ -270,8 +282,8 @@ READS = [
 
 
 @pytest.fixture
-def built(path: Path):
-    with Engine.open(path, seed=1, handlers=[]) as engine:
+def built(location: str):
+    with Engine.open(location, seed=1, handlers=[]) as engine:
         for i, (event, stream) in enumerate(SEQUENCE, start=1):
             env = engine.publish(event, stream, time=1000.0 + i)
             assert env.seq == i
@@ -309,12 +321,12 @@ def test_read_returns_the_recorded_envelopes(built: Engine) -> None:
 
 
 @pytest.mark.parametrize("n", [9, 10, 11, 1, 3])
-def test_chunked_rows_are_complete_ordered_and_unique(path: Path, n: int) -> None:
-    with Engine.open(path, seed=1, handlers=[]) as engine:
+def test_chunked_rows_are_complete_ordered_and_unique(location: str, n: int) -> None:
+    with Engine.open(location, seed=1, handlers=[]) as engine:
         for i in range(n):
             engine.publish(fb(i, "p1" if i % 2 else "p2"))
         log = engine.log
-        assert isinstance(log, SQLiteLog)
+        assert isinstance(log, EventLog)
         everything = list(log.rows(chunk=2000))
         assert [row[0] for row in everything] == list(range(1, n + 1))
         assert list(log.rows(chunk=3)) == everything
@@ -328,8 +340,8 @@ def test_chunked_rows_are_complete_ordered_and_unique(path: Path, n: int) -> Non
         ]
 
 
-def test_rows_is_lazy_and_picks_up_rows_appended_between_chunks(path: Path) -> None:
-    with Engine.open(path, seed=1, handlers=[]) as engine:
+def test_rows_is_lazy_and_picks_up_rows_appended_between_chunks(location: str) -> None:
+    with Engine.open(location, seed=1, handlers=[]) as engine:
         for i in range(6):
             engine.publish(fb(i))
         it = engine.log.rows(chunk=3)
@@ -341,8 +353,8 @@ def test_rows_is_lazy_and_picks_up_rows_appended_between_chunks(path: Path) -> N
 # --- seq and id rules ----------------------------------------------------------------------------
 
 
-def test_seq_gapless_and_ids_unique_across_publish_paths(path: Path) -> None:
-    with Engine.open(path, seed=1, handlers=[]) as engine:
+def test_seq_gapless_and_ids_unique_across_publish_paths(location: str) -> None:
+    with Engine.open(location, seed=1, handlers=[]) as engine:
         returned = [engine.publish(fb(0))]
         returned.append(engine.publish(fb(1), id="custom-1"))
         returned += engine.publish_many([fb(2), Draft(fb(3), id="custom-2"), fb(4), fb(5), Draft(fb(6), stream="s")])
@@ -351,7 +363,7 @@ def test_seq_gapless_and_ids_unique_across_publish_paths(path: Path) -> None:
         assert [env.seq for env in returned] == list(range(1, 9))
         assert returned[1].id == "custom-1" and returned[3].id == "custom-2"
         assert returned[6].stream == "s"
-    with Engine.open(path, seed=1, handlers=[]) as engine:
+    with Engine.open(location, seed=1, handlers=[]) as engine:
         envelopes = list(engine.read())
         assert envelopes == returned
         ids = [env.id for env in envelopes]
@@ -359,8 +371,8 @@ def test_seq_gapless_and_ids_unique_across_publish_paths(path: Path) -> None:
         assert engine.publish(fb(8)).seq == 9
 
 
-def test_duplicate_id_is_refused_and_nothing_of_that_call_is_written(path: Path) -> None:
-    with Engine.open(path, seed=1, handlers=[]) as engine:
+def test_duplicate_id_is_refused_and_nothing_of_that_call_is_written(location: str) -> None:
+    with Engine.open(location, seed=1, handlers=[]) as engine:
         engine.publish(fb(0), id="taken")
         engine.publish(fb(1))
         with pytest.raises(InvalidEvent) as info:
@@ -381,7 +393,7 @@ def test_duplicate_id_is_refused_and_nothing_of_that_call_is_written(path: Path)
         after = engine.publish_many([fb(8), Draft(fb(9), id="fresh")])
         assert [env.seq for env in after] == [3, 4]
         assert engine.log.get("fresh")[0] == 4
-    with Engine.open(path, seed=1, handlers=[]) as engine:
+    with Engine.open(location, seed=1, handlers=[]) as engine:
         envelopes = list(engine.read())
         assert [env.seq for env in envelopes] == [1, 2, 3, 4]
         assert len({env.id for env in envelopes}) == 4
@@ -400,9 +412,9 @@ class _NotifyingQueue(list):
             self.changed.notify_all()
 
 
-def test_duplicate_id_in_a_group_commit_fails_alone(path: Path) -> None:
+def test_duplicate_id_in_a_group_commit_fails_alone(location: str) -> None:
     """Publishes waiting together are committed as one group; one with a taken id fails, the others commit."""
-    with Engine.open(path, seed=1, handlers=[]) as engine:
+    with Engine.open(location, seed=1, handlers=[]) as engine:
         engine.publish(fb(0), id="taken")
         changed = threading.Condition()
         results: dict[str, object] = {}
@@ -440,8 +452,8 @@ def test_duplicate_id_in_a_group_commit_fails_alone(path: Path) -> None:
         assert engine.publish(fb(2)).seq == 4
 
 
-def test_many_threads_mixing_duplicates_and_fresh_ids(path: Path) -> None:
-    with Engine.open(path, seed=1, handlers=[]) as engine:
+def test_many_threads_mixing_duplicates_and_fresh_ids(location: str) -> None:
+    with Engine.open(location, seed=1, handlers=[]) as engine:
         engine.publish(fb(0), id="taken")
         errors: list[BaseException] = []
         published: list[list[int]] = [[] for _ in range(4)]
@@ -490,12 +502,12 @@ def test_second_writer_on_the_same_file_cannot_leave_a_gap(path: Path) -> None:
 # --- tail and read-only engines ------------------------------------------------------------------
 
 
-def test_read_only_engine_tails_a_writer_thread(path: Path) -> None:
+def test_read_only_engine_tails_a_writer_thread(location: str) -> None:
     bursts = [1, 5, 2, 30, 1, 7]
     total = sum(bursts)
-    with Engine.open(path, seed=1, handlers=[]) as writer:
+    with Engine.open(location, seed=1, handlers=[]) as writer:
         writer.publish(fb(100))  # seq 1 exists before the reader opens
-        reader = Engine.open(path, read_only=True, handlers=[])
+        reader = Engine.open(location, read_only=True, handlers=[])
         seen_by_reader: queue.Queue[int] = queue.Queue()
         published: list[int] = [1]
         errors: list[BaseException] = []
@@ -530,11 +542,11 @@ def test_read_only_engine_tails_a_writer_thread(path: Path) -> None:
         assert seen == published
 
 
-def test_tail_until_stop_with_filters(path: Path) -> None:
-    with Engine.open(path, seed=1, handlers=[]) as writer:
+def test_tail_until_stop_with_filters(location: str) -> None:
+    with Engine.open(location, seed=1, handlers=[]) as writer:
         for i in range(4):
             writer.publish(fb(i, "p1" if i % 2 else "p2"))  # seqs 1..4, p1 at 2 and 4
-        reader = Engine.open(path, read_only=True, handlers=[])
+        reader = Engine.open(location, read_only=True, handlers=[])
         stop = threading.Event()
         got: queue.Queue[int] = queue.Queue()
         seen: list[int] = []
@@ -571,8 +583,8 @@ def test_tail_until_stop_with_filters(path: Path) -> None:
         assert seen == expected
 
 
-def test_tail_without_start_follows_only_new_events(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with Engine.open(path, seed=1, handlers=[]) as engine:
+def test_tail_without_start_follows_only_new_events(location: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with Engine.open(location, seed=1, handlers=[]) as engine:
         for i in range(3):
             engine.publish(fb(i))
         log = engine.log
@@ -619,12 +631,12 @@ def test_read_only_engine_refuses_writes(path: Path) -> None:
         assert engine.publish(fb()).seq == 4
 
 
-def test_read_only_until_seq(path: Path) -> None:
-    _filled(path, 5)
-    with Engine.open(path, read_only=True, handlers=[], until_seq=3) as engine:
+def test_read_only_until_seq(location: str) -> None:
+    _filled(location, 5)
+    with Engine.open(location, read_only=True, handlers=[], until_seq=3) as engine:
         assert engine.position == 3
     with pytest.raises(RtoptError):
-        Engine.open(path, handlers=[], until_seq=3)
+        Engine.open(location, handlers=[], until_seq=3)
 
 
 # --- durability ----------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ import argparse
 import heapq
 import time as wall_clock
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +33,9 @@ from handlers.experiments.events import (
     ExperimentPaused,
 )
 from handlers.experiments.options import POLICIES as AB_POLICIES
-from rtopt import Decision, Engine, InvalidLog
+from rtopt import Decision, Engine, InvalidLog, RtoptError
 from rtopt.cli import positive, progress_bar
-from rtopt.log import SQLiteLog
+from rtopt.log import SQLiteLog, is_postgres_url, open_log, refuse_non_empty, shown_url
 
 SIMULATION_START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 DEMO_LOG = Path("event_log") / "demo.sqlite"
@@ -272,9 +274,16 @@ def register_command(commands: argparse._SubParsersAction) -> None:
     sim.add_argument("--seed", type=int, default=7, help="seed of the workload and the engine (default 7)")
     sim.add_argument(
         "--log",
-        type=Path,
-        default=DEMO_LOG,
-        help=f"log to write (default {DEMO_LOG}, which each run replaces; another existing log needs --force)",
+        default=str(DEMO_LOG),
+        help=f"log to write (default {DEMO_LOG}, which each run replaces; another existing log needs --force), or "
+        "the postgresql:// URL of a database holding no events",
+    )
+    sim.add_argument(
+        "--workers",
+        type=positive(int),
+        default=1,
+        help="with a PostgreSQL log: processes that each serve an experiment of their own (greeting-1, greeting-2 ...) "
+        "with --steps requests, all writing to the one log at once (default 1)",
     )
     sim.add_argument("--force", action="store_true", help="replace the log given with --log if it exists")
     sim.add_argument("--rate", type=positive(float), default=5.0, help="requests per second of event time (default 5)")
@@ -289,16 +298,18 @@ def register_command(commands: argparse._SubParsersAction) -> None:
 
 def run_command(args: argparse.Namespace, console: Console) -> int:
     """``rtopt simulate``: a fresh log, the workload, and a table of what the policy did."""
-    path = args.log
-    if path.exists():
-        if path != DEMO_LOG and not args.force:
-            raise InvalidLog(f"{path} exists: pass --force to replace it, or choose another --log")
-        SQLiteLog.open(path, read_only=True).close()  # refuses to delete what is not an rtopt log
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
-        console.print(f"replacing the rtopt log at {path}")
+    if is_postgres_url(args.log):
+        log = open_log(args.log, seed=args.seed)
+        refuse_non_empty(log)
+        log.close()
+    else:
+        if args.workers > 1:
+            raise RtoptError("--workers needs a PostgreSQL log (--log postgresql://...), which processes share")
+        _replace(Path(args.log), args.force, console)
+    if args.workers > 1:
+        return _run_workers(args, console)
     variants = default_variants(args.variants, args.seed)
-    with Engine.open(path, seed=args.seed) as engine, progress_bar(console, "simulating") as progress:
+    with Engine.open(args.log, seed=args.seed) as engine, progress_bar(console, "simulating") as progress:
         report = simulate(
             engine,
             args.steps,
@@ -310,7 +321,63 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
             progress=progress,
         )
         engine.snapshot()
-    table = Table(title=f"{args.steps} requests, {args.policy} over {len(variants)} variants (seed {args.seed})")
+    _print_report(
+        console, report, f"{args.steps} requests, {args.policy} over {len(variants)} variants (seed {args.seed})"
+    )
+    console.print(
+        f"{report.events} events in {report.seconds:.2f} s: {report.events_per_second:,.0f} events/s\nlog: {args.log}",
+        soft_wrap=True,
+    )
+    return 0
+
+
+def _replace(path: Path, force: bool, console: Console) -> None:
+    """Delete the SQLite log at ``path`` if it may be replaced; refuse otherwise."""
+    if path.exists():
+        if path != DEMO_LOG and not force:
+            raise InvalidLog(f"{path} exists: pass --force to replace it, or choose another --log")
+        SQLiteLog.open(path, read_only=True).close()  # refuses to delete what is not an rtopt log
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        console.print(f"replacing the rtopt log at {path}")
+
+
+def _serve_one(args: argparse.Namespace, k: int) -> SimulationReport:
+    """Worker ``k`` of a multi-process run: its own experiment, variants and workload seed, the shared log."""
+    with Engine.open(args.log, seed=args.seed) as engine:
+        return simulate(
+            engine,
+            args.steps,
+            default_variants(args.variants, args.seed + k),
+            args.seed + k,
+            experiment=f"greeting-{k + 1}",
+            policy=args.policy,
+            requests_per_second=args.rate,
+            feedback_delay_s=args.feedback_delay,
+        )
+
+
+def _run_workers(args: argparse.Namespace, console: Console) -> int:
+    """Run ``args.workers`` processes at once into the PostgreSQL log and print what each one did."""
+    started = wall_clock.perf_counter()
+    with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
+        reports = list(pool.map(_serve_one, [args] * args.workers, range(args.workers)))
+    seconds = wall_clock.perf_counter() - started
+    for k, report in enumerate(reports):
+        _print_report(console, report, f"greeting-{k + 1}: {args.steps} requests, {args.policy} (seed {args.seed + k})")
+    log = open_log(args.log, read_only=True)
+    events = log.last_seq()
+    log.close()
+    console.print(
+        f"{args.workers} processes wrote {events} events in {seconds:.2f} s: {events / seconds:,.0f} events/s\n"
+        f"log: {shown_url(args.log)}",
+        soft_wrap=True,
+    )
+    return 0
+
+
+def _print_report(console: Console, report: SimulationReport, title: str) -> None:
+    table = Table(title=title)
     columns = ("variant", "pulls", "share", "observed reward", "true reward", "95% interval", "P(best)")
     for column in columns:
         table.add_column(column, justify="left" if column == "variant" else "right")
@@ -320,7 +387,7 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
         table.add_row(
             name,
             str(v.pulls),
-            f"{v.pulls / args.steps:.1%}",
+            f"{v.pulls / report.steps:.1%}",
             f"{v.observed_reward:.3f}",
             f"{v.true_reward:.3f}",
             interval,
@@ -331,9 +398,6 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
         console.print(f"the test: {report.conclusion}", soft_wrap=True)
     console.print(
         f"regret against the best variant for each request: {report.regret:.1f} "
-        f"({report.regret / args.steps:.4f} per request)\n"
-        f"{report.events} events in {report.seconds:.2f} s: {report.events_per_second:,.0f} events/s\n"
-        f"log: {path}",
+        f"({report.regret / report.steps:.4f} per request)",
         soft_wrap=True,
     )
-    return 0

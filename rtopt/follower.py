@@ -1,0 +1,195 @@
+"""Followers: processes that tail a shared log and run the handler chains on the inputs others append.
+
+Writers publish input events only (an engine opened with ``handlers=[]``); followers derive. A follower
+reads the inputs in seq order, keeps those of its partition's streams, folds each through its chains as
+an engine does (one input, then everything derived from it) and appends what they derived together with
+its new position in one transaction. Killed at any point, it resumes from the position of its last
+transaction: nothing is derived twice, nothing is lost. On start it rebuilds its state by running its
+chains again over the inputs up to that position and throwing their output away.
+
+Decisions and learning are per stream, so N followers, each taking the streams whose name hashes to its
+partition, together derive the same events as one follower taking them all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time as wall_clock
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from rtopt.engine import default_handlers, envelope_from_row, envelope_row
+from rtopt.errors import InvalidEvent
+from rtopt.handler import Chains, Handler, HandlerSlot
+from rtopt.log import Row
+
+if TYPE_CHECKING:
+    from rtopt.postgres import PostgresLog
+
+DEFAULT_NAME = "worker"
+
+
+def partition_of(stream: str, count: int) -> int:
+    """The partition (0 .. count - 1) that ``stream`` belongs to; the same in every process.
+
+    >>> partition_of("greeting", 1), partition_of("greeting", 4) == partition_of("greeting", 4)
+    (0, True)
+    """
+    return int.from_bytes(hashlib.blake2b(stream.encode(), digest_size=8).digest(), "big") % count
+
+
+class Partition(NamedTuple):
+    """Partition ``index`` of ``count``: the streams whose name hashes to ``index``.
+
+    >>> Partition.parse("1/4")
+    Partition(index=1, count=4)
+    >>> Partition.parse("0/1").owns("any stream")
+    True
+    """
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Partition:
+        """Read ``I/N`` (0 <= I < N); raises InvalidEvent naming the text otherwise."""
+        head, _, tail = text.partition("/")
+        try:
+            index, count = int(head), int(tail)
+        except ValueError:
+            index, count = -1, 0
+        if not 0 <= index < count:
+            raise InvalidEvent(
+                f"partition = {text!r}: must be I/N with 0 <= I < N, as in 0/4", field="partition", value=text
+            )
+        return cls(index, count)
+
+    def owns(self, stream: str) -> bool:
+        """True if ``stream`` is in this partition."""
+        return self.count == 1 or partition_of(stream, self.count) == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+WHOLE = Partition(0, 1)
+"""The partition of every stream."""
+
+
+class Follower:
+    """Runs handler chains over the inputs of a shared log, recording its progress under ``name`` and its
+    partition, in the same transactions as the events it derives.
+
+    >>> with Follower.open("postgresql://postgres@127.0.0.1/rtopt", partition="0/2") as follower:  # doctest: +SKIP
+    ...     follower.run(drain=True)
+    ...     follower.position, follower.derived
+    (20000, 9817)
+    """
+
+    def __init__(
+        self,
+        log: PostgresLog,
+        handlers: Sequence[Handler[Any]],
+        *,
+        name: str = DEFAULT_NAME,
+        partition: Partition = WHOLE,
+        batch: int = 500,
+    ) -> None:
+        if batch < 1:
+            raise InvalidEvent(f"batch = {batch!r}: must be at least 1", field="batch", value=batch)
+        self.log = log
+        self.partition = partition
+        self.tracker = f"{name}:{partition}"
+        self.batch = batch
+        seed = int(log.meta()["seed"])
+        self._chains = Chains()
+        for handler in handlers:
+            self._chains.add(HandlerSlot(handler, seed))
+        self.position = log.tracked(self.tracker)
+        self.processed = 0
+        self.derived = 0
+        for row in log.inputs(1, self.position):
+            if partition.owns(row[3]):
+                self._chains.cascade([envelope_from_row(row)], 0.0)
+
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        handlers: Sequence[Handler[Any]] | None = None,
+        *,
+        name: str = DEFAULT_NAME,
+        partition: Partition | str = WHOLE,
+        batch: int = 500,
+    ) -> Follower:
+        """Follow the log at ``url`` with ``handlers`` (default: every installed handler)."""
+        if isinstance(partition, str):
+            partition = Partition.parse(partition)
+        from rtopt.postgres import PostgresLog  # psycopg is only needed for PostgreSQL logs
+
+        log = PostgresLog.open(url)
+        try:
+            return cls(
+                log, default_handlers() if handlers is None else handlers, name=name, partition=partition, batch=batch
+            )
+        except BaseException:
+            log.close()
+            raise
+
+    def step(self) -> int:
+        """Process up to ``batch`` inputs of this partition that follow the position; returns how many
+        inputs (of any partition) it read past."""
+        recorded_at = wall_clock.time()
+        derived: list[Row] = []
+        read = owned = 0
+        last = self.position
+        for row in self.log.inputs(self.position + 1, None, chunk=self.batch):
+            read += 1
+            last = row[0]
+            if self.partition.owns(row[3]):
+                owned += 1
+                for envelope in self._chains.cascade([envelope_from_row(row)], recorded_at):
+                    # numbered from 1: the log places them after whatever is committed
+                    derived.append((len(derived) + 1, *envelope_row(envelope)[1:]))
+                if owned == self.batch:
+                    break
+        if read:
+            self.log.append_tracked(derived, self.tracker, self.position, last)
+            self.position = last
+            self.processed += owned
+            self.derived += len(derived)
+        return read
+
+    def run(
+        self,
+        *,
+        drain: bool = False,
+        stop: threading.Event | None = None,
+        idle_timeout: float | None = None,
+        poll_interval: float = 1.0,
+        progress: Callable[[Follower], None] | None = None,
+    ) -> None:
+        """Follow the log: with ``drain`` until every input committed so far is processed, else until ``stop``
+        is set or no input arrives for ``idle_timeout`` seconds."""
+        idle_since = wall_clock.monotonic()
+        while stop is None or not stop.is_set():
+            if self.step():
+                idle_since = wall_clock.monotonic()
+                if progress is not None:
+                    progress(self)
+            elif drain or (idle_timeout is not None and wall_clock.monotonic() - idle_since >= idle_timeout):
+                return
+            else:
+                self.log.wait_for_change(poll_interval)
+
+    def close(self) -> None:
+        """Release the log."""
+        self.log.close()
+
+    def __enter__(self) -> Follower:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+

@@ -1,0 +1,190 @@
+"""The PostgreSQL log: immutability in the database, refusing foreign databases, several writer processes at
+once (gapless seq in commit order), engines on disjoint streams, and waking followers with NOTIFY."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+import psycopg
+import pytest
+
+from rtopt import Engine, Feedback, InvalidLog, RtoptError
+from rtopt.pgserver import TemporaryServer
+from rtopt.postgres import PostgresLog
+
+GUARD = 60.0
+"""Seconds after which a blocked wait gives up so a broken log fails the test instead of hanging it."""
+
+
+def fb(i: int, prompt: str = "p1") -> Feedback:
+    return Feedback(
+        prompt_id=prompt, variant_id=f"v{i % 3}", response_time_ms=float(i), success=True, quality_score=0.5
+    )
+
+
+def raw(url: str, sql: str) -> list[tuple]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.execute(sql)
+        return cur.fetchall() if cur.description else []
+
+
+def filled(url: str, n: int = 5) -> list[tuple]:
+    with Engine.open(url, seed=1, handlers=[]) as engine:
+        for i in range(n):
+            engine.publish(fb(i))
+    return raw(url, "SELECT * FROM events ORDER BY seq")
+
+
+def test_the_database_refuses_to_truncate_the_events(pg_url: str) -> None:
+    before = filled(pg_url)
+    with pytest.raises(psycopg.errors.RaiseException, match="append-only: TRUNCATE refused"):
+        raw(pg_url, "TRUNCATE events")
+    assert raw(pg_url, "SELECT * FROM events ORDER BY seq") == before
+
+
+def test_a_taken_seq_or_id_is_refused(pg_url: str) -> None:
+    before = filled(pg_url)
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        raw(
+            pg_url,
+            "INSERT INTO events SELECT seq + 100, id, type, stream, time, recorded_at, causation_id,"
+            " correlation_id, schema_version, payload FROM events WHERE seq = 1",
+        )
+    with Engine.open(pg_url, handlers=[]) as engine:
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            engine.log.append([(6, *before[0][1:])], guard=())
+        with pytest.raises(RtoptError, match="expected to append at seq 6, got 9"):
+            engine.log.append([(9, "fresh", *before[0][2:])])
+    assert raw(pg_url, "SELECT * FROM events ORDER BY seq") == before
+
+
+def test_a_foreign_database_is_refused_and_left_alone(pg_url: str) -> None:
+    raw(pg_url, "CREATE TABLE users (id serial PRIMARY KEY, name text)")
+    raw(pg_url, "INSERT INTO users (name) VALUES ('ada'), ('grace')")
+    for read_only in (False, True):
+        with pytest.raises(InvalidLog, match=r"not an rtopt log \(a database with tables \['users'\]\)"):
+            Engine.open(pg_url, handlers=[], read_only=read_only)
+    tables = raw(pg_url, "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")
+    assert tables == [("users",)]
+
+
+def test_an_empty_database_opened_read_only_is_refused_and_left_empty(pg_url: str) -> None:
+    with pytest.raises(InvalidLog, match="no such log"):
+        Engine.open(pg_url, handlers=[], read_only=True)
+    assert raw(pg_url, "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()") == []
+
+
+def test_a_newer_format_is_refused(pg_url: str) -> None:
+    filled(pg_url, 2)
+    raw(pg_url, "UPDATE rtopt_meta SET value = '2' WHERE key = 'format_version'")
+    with pytest.raises(InvalidLog, match="newer"):
+        Engine.open(pg_url, handlers=[], read_only=True)
+
+
+def test_a_read_only_log_refuses_writes_in_the_database_too(pg_url: str) -> None:
+    before = filled(pg_url, 3)
+    log = PostgresLog.open(pg_url, read_only=True)
+    try:
+        assert log.read_only and log.last_seq() == 3
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            log._reader.execute("DELETE FROM rtopt_meta")
+    finally:
+        log.close()
+    assert raw(pg_url, "SELECT * FROM events ORDER BY seq") == before
+
+
+def test_an_unreachable_server_is_named_without_its_password(pg_server: TemporaryServer) -> None:
+    url = f"postgresql://postgres:hunter2@127.0.0.1:{pg_server.port}/no_such_database"
+    with pytest.raises(RtoptError, match="no_such_database: cannot connect") as info:
+        Engine.open(url, handlers=[])
+    assert "hunter2" not in str(info.value)
+    assert "postgres:***@" in str(info.value)
+
+
+WRITER = """
+import sys
+from rtopt import Engine, Feedback
+
+url, k, total, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+
+
+def event(i):
+    return Feedback(prompt_id=f"w{k}", variant_id=f"{k}-{i}", response_time_ms=1.0, success=True, quality_score=1.0)
+
+
+with Engine.open(url, handlers=[]) as engine:
+    for start in range(0, total, batch):
+        engine.publish_many([event(i) for i in range(start, min(start + batch, total))])
+"""
+
+
+def test_four_writer_processes_leave_a_gapless_log_a_follower_reads_in_order(pg_url: str) -> None:
+    writers, per_writer = 4, 10_000
+    total = writers * per_writer
+    Engine.open(pg_url, seed=1, handlers=[]).close()
+    reader = Engine.open(pg_url, read_only=True, handlers=[])
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITER, pg_url, str(k), str(per_writer), str(k * 37 + 90)])
+        for k in range(writers)
+    ]
+    seen: list[int] = []
+    try:
+        # a reader paging by seq while the writers commit: it must see every seq, in order, once
+        for envelope in reader.tail(start=1, idle_timeout=GUARD, poll_interval=1.0):
+            seen.append(envelope.seq)
+            if envelope.seq == total:
+                break
+    finally:
+        codes = [proc.wait(GUARD) for proc in procs]
+        reader.close()
+    assert codes == [0] * writers
+    assert seen == list(range(1, total + 1))
+    rows = raw(pg_url, "SELECT seq, id, stream, payload FROM events ORDER BY seq")
+    assert [row[0] for row in rows] == list(range(1, total + 1))
+    assert len({row[1] for row in rows}) == total
+    with Engine.open(pg_url, read_only=True, handlers=[]) as engine:
+        variants = [env.payload.variant_id for env in engine.read()]
+    assert sorted(variants) == sorted(f"{k}-{i}" for k in range(writers) for i in range(per_writer))
+    for k in range(writers):  # each writer's events in the order it published them
+        mine = [v for v in variants if v.startswith(f"{k}-")]
+        assert mine == [f"{k}-{i}" for i in range(per_writer)]
+
+
+def test_engines_on_disjoint_streams_share_a_log_and_a_clash_writes_nothing(pg_url: str) -> None:
+    with Engine.open(pg_url, seed=5) as left, Engine.open(pg_url, seed=5) as right:
+        left.define_experiment("left", ["a", "b"], time=1.0)
+        right.define_experiment("right", ["c", "d"], time=1.0)  # placed after left's events
+        for t in range(2, 6):
+            for engine, name in ((left, "left"), (right, "right")):
+                decision = engine.decide(name, time=float(t))
+                engine.feedback(decision.id, success=True, quality_score=0.9, response_time_ms=1.0, time=t + 0.5)
+        # right committed last, so it has folded every event left placed before it
+        assert sum(arm.pulls for arm in right.state("bandit", "left").arms.values()) == 4
+        left.publish(fb(0, "left"), "left", time=8.0)
+        last = left.log.last_seq()
+        with pytest.raises(RtoptError, match=f"stream 'left' got seq {last} from another process"):
+            right.publish(fb(1, "left"), "left", time=9.0)
+        assert right.log.last_seq() == last
+        # the refused engine re-read the log and can write again
+        assert right.publish(fb(2, "left"), "left", time=9.5).seq == last + 1
+    with Engine.open(pg_url, read_only=True) as replayed:
+        for name in ("left", "right"):
+            arms = replayed.state("bandit", name).arms
+            assert sum(arm.pulls for arm in arms.values()) == 4
+        assert [env.seq for env in replayed.read()] == list(range(1, last + 2))
+
+
+def test_a_waiting_reader_is_woken_by_another_connections_commit(pg_url: str) -> None:
+    with Engine.open(pg_url, seed=1, handlers=[]) as writer, Engine.open(pg_url, read_only=True, handlers=[]) as r:
+        log = r.log
+        assert log.wait_for_change(0.0)  # the first call starts listening and asks for a read
+        assert not log.wait_for_change(0.0)
+        woken = threading.Event()
+        listening = threading.Thread(target=lambda: log.wait_for_change(GUARD) and woken.set())
+        listening.start()
+        writer.publish(fb(1))
+        listening.join(GUARD)
+        assert woken.is_set()
+        assert not log.wait_for_change(0.0)

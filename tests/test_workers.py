@@ -1,0 +1,224 @@
+"""Followers and partitioned workers on a shared PostgreSQL log: writers publish inputs only, workers derive.
+
+The reference is one engine that derived everything itself, in-process, into an SQLite log: workers given
+the same inputs must derive the same events, whatever the number of partitions, and a worker killed with
+SIGKILL and restarted must end exactly where one that never crashed ends.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from handlers.bandits.simulation import default_variants, simulate
+from rtopt import Draft, Engine, RtoptError
+from rtopt.cli import main
+from rtopt.engine import envelope_from_row
+from rtopt.follower import Follower, Partition, partition_of
+from rtopt.log import copy_log
+from rtopt.postgres import PostgresLog
+
+GUARD = 120.0
+"""Seconds after which a wait gives up, so a broken worker fails the test instead of hanging it."""
+EXPERIMENTS = (("greeting", "thompson"), ("summary", "ucb1"), ("tone", "epsilon_greedy"), ("title", "ab_test"))
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    """Return once ``condition()`` holds, polling every 5 ms; fail after GUARD seconds."""
+    deadline = time.monotonic() + GUARD
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One engine serving four experiments (four streams) and deriving everything itself, into SQLite."""
+    path = tmp_path_factory.mktemp("reference") / "reference.sqlite"
+    with Engine.open(path, seed=21) as engine:
+        for k, (name, policy) in enumerate(EXPERIMENTS):
+            simulate(engine, 400, default_variants(3, k), k, experiment=name, policy=policy)
+    return path
+
+
+def derived_events(location: str | Path) -> list[tuple]:
+    """The derived events of a log without their seq and recording time, sorted by id."""
+    with Engine.open(location, read_only=True, handlers=[]) as engine:
+        return sorted(row[1:5] + row[6:] for row in engine.log.rows() if row[6] is not None)
+
+
+def publish_inputs(source: Path, url: str) -> int:
+    """Publish the input events of ``source`` into the log at ``url`` as a writer without handlers does."""
+    with Engine.open(source, read_only=True, handlers=[]) as src, Engine.open(url, seed=src.seed, handlers=[]) as dst:
+        drafts = [
+            Draft(env.payload, env.stream, env.time, env.id, env.correlation_id)
+            for env in map(envelope_from_row, src.log.inputs())
+        ]
+        for start in range(0, len(drafts), 1000):
+            dst.publish_many(drafts[start : start + 1000])
+        return dst.log.last_seq()
+
+
+def worker(url: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "rtopt", "worker", url, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finished(proc: subprocess.Popen) -> str:
+    out, err = proc.communicate(timeout=GUARD)
+    assert proc.returncode == 0, err
+    return out
+
+
+def test_the_streams_spread_over_the_partitions() -> None:
+    # otherwise the partitioned runs below would leave workers idle and prove little
+    assert sorted(partition_of(name, 4) for name, _ in EXPERIMENTS) == [0, 1, 2, 3]
+    assert sorted(partition_of(name, 2) for name, _ in EXPERIMENTS) == [0, 0, 1, 1]
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_partitioned_workers_derive_what_one_engine_derives(reference: Path, pg_url: str, workers: int) -> None:
+    last_input = publish_inputs(reference, pg_url)
+    procs = [worker(pg_url, "--partition", f"{i}/{workers}", "--drain", "--batch", "97") for i in range(workers)]
+    outputs = [finished(proc) for proc in procs]
+    expected = derived_events(reference)
+    assert len(expected) > 1000
+    assert derived_events(pg_url) == expected
+    assert all(f"inputs read up to seq {last_input}" in out for out in outputs)
+    with Engine.open(pg_url, read_only=True, handlers=[]) as engine:
+        assert [row[0] for row in engine.log.rows()] == list(range(1, last_input + len(expected) + 1))
+
+
+def test_a_worker_killed_mid_stream_resumes_exactly_once(reference: Path, pg_server, pg_url: str) -> None:
+    last_input = publish_inputs(reference, pg_url)
+    calm = pg_server.create_schema("never_crashed")
+    publish_inputs(reference, calm)
+    finished(worker(calm, "--drain", "--batch", "7"))
+
+    log = PostgresLog.open(pg_url, read_only=True)
+    try:
+        crashing = worker(pg_url, "--batch", "7")
+        wait_until(lambda: log.tracked("worker:0/1") > last_input // 3, "the worker to get a third of the way")
+        crashing.send_signal(signal.SIGKILL)
+        crashing.wait(GUARD)
+        at_kill = log.tracked("worker:0/1")
+        assert crashing.returncode == -signal.SIGKILL
+        assert 0 < at_kill < last_input, "the worker was not killed mid-stream"
+        derived_at_kill = len(derived_events(pg_url))
+        out = finished(worker(pg_url, "--drain", "--batch", "7"))
+    finally:
+        log.close()
+    assert f"inputs read up to seq {last_input}" in out
+    with Engine.open(pg_url, read_only=True, handlers=[]) as crashed:
+        crashed_rows = [row[:5] + row[6:] for row in crashed.log.rows()]
+    with Engine.open(calm, read_only=True, handlers=[]) as never_crashed:
+        calm_rows = [row[:5] + row[6:] for row in never_crashed.log.rows()]
+    assert 0 < derived_at_kill < len(derived_events(reference))
+    assert crashed_rows == calm_rows  # same events, same ids, same seqs: nothing lost, nothing twice
+    assert derived_events(pg_url) == derived_events(reference)
+
+
+def test_two_followers_under_one_name_cannot_both_advance(reference: Path, pg_url: str) -> None:
+    publish_inputs(reference, pg_url)
+    with Follower.open(pg_url, batch=50) as first, Follower.open(pg_url, batch=50) as second:
+        assert first.step() == 50
+        before = first.log.last_seq()
+        with pytest.raises(RtoptError, match="tracker 'worker:0/1' is at seq 50, not 0"):
+            second.step()
+        assert second.log.last_seq() == before
+        assert first.step() == 50
+
+
+def test_a_worker_follows_inputs_as_they_are_published(reference: Path, pg_url: str) -> None:
+    with Engine.open(reference, read_only=True, handlers=[]) as src:
+        seed = src.seed
+        inputs = [envelope_from_row(row) for row in src.log.inputs()]
+    Engine.open(pg_url, seed=seed, handlers=[]).close()
+    log = PostgresLog.open(pg_url, read_only=True)
+    proc = worker(pg_url, "--idle-timeout", str(GUARD))
+    try:
+        with Engine.open(pg_url, handlers=[]) as writer:
+            for start in range(0, len(inputs), 500):
+                part = inputs[start : start + 500]
+                writer.publish_many([Draft(e.payload, e.stream, e.time, e.id, e.correlation_id) for e in part])
+                end = writer.log.last_seq()
+                # each burst is derived from before the next one is published
+                wait_until(lambda end=end: log.tracked("worker:0/1") >= end - 500, "the worker to catch up")
+        last = max(row[0] for row in log.inputs())
+        wait_until(lambda: log.tracked("worker:0/1") == last, "the worker to read the last input")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = finished(proc)
+        log.close()
+    assert f"inputs read up to seq {last}" in out
+    assert derived_events(pg_url) == derived_events(reference)
+
+
+def test_replay_from_postgresql_equals_replay_from_its_sqlite_copy(
+    reference: Path, pg_url: str, tmp_path: Path
+) -> None:
+    copy_log(reference, pg_url)
+    back = tmp_path / "back.sqlite"
+    copy_log(pg_url, back)
+    with Engine.open(reference, read_only=True, handlers=[]) as a, Engine.open(back, read_only=True, handlers=[]) as b:
+        assert list(a.log.rows()) == list(b.log.rows())
+        assert a.log.meta()["handlers"] == b.log.meta()["handlers"]
+    with Engine.replay(pg_url) as from_pg, Engine.replay(back) as from_sqlite:
+        assert from_pg.position == from_sqlite.position == from_pg.log.last_seq()
+        for name in from_pg.handlers():
+            assert from_pg.state(name) == from_sqlite.state(name)
+        assert from_pg.state("bandit", "greeting").arms["v1"].pulls > 0
+    assert Engine.verify(pg_url).ok
+
+
+def test_workers_need_a_postgresql_log_and_a_valid_partition(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "rtopt", "worker", str(tmp_path / "log.sqlite")], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "a worker follows a PostgreSQL log" in done.stderr
+    for bad in ("2/2", "-1/3", "a/b", "1"):
+        with pytest.raises(ValueError, match=f"partition = '{bad}'"):
+            Partition.parse(bad)
+    assert not (tmp_path / "log.sqlite").exists()
+
+
+def test_simulate_with_workers_writes_one_log_that_verifies(
+    pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["simulate", "--log", pg_url, "--workers", "2", "--steps", "300", "--seed", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "greeting-1: 300 requests" in out and "greeting-2: 300 requests" in out
+    with Engine.open(pg_url, read_only=True) as engine:
+        last = engine.log.last_seq()
+        assert f"2 processes wrote {last} events" in out
+        assert [row[0] for row in engine.log.rows()] == list(range(1, last + 1))
+        for name in ("greeting-1", "greeting-2"):
+            assert sum(arm.pulls for arm in engine.state("bandit", name).arms.values()) == 300
+    report = Engine.verify(pg_url)
+    assert report.ok and report.decisions == 600
+    assert main(["inspect", pg_url, "--last", "3"]) == 0
+    assert f"{last} events" in capsys.readouterr().out
+    assert main(["simulate", "--log", pg_url, "--steps", "10"]) == 2  # a PostgreSQL log is never replaced
+    assert "already holds events" in capsys.readouterr().err
+    assert main(["simulate", "--log", str(tmp_path / "x.sqlite"), "--workers", "2"]) == 2
+    assert "--workers needs a PostgreSQL log" in capsys.readouterr().err
+
+
+def test_copy_command_copies_into_postgresql_and_back(reference: Path, pg_url: str, tmp_path: Path) -> None:
+    back = tmp_path / "back.sqlite"
+    assert main(["copy", str(reference), pg_url]) == 0
+    assert main(["copy", pg_url, str(back)]) == 0
+    assert main(["copy", str(reference), pg_url]) == 2  # into a log that holds events: refused
+    with Engine.open(reference, read_only=True, handlers=[]) as a, Engine.open(back, read_only=True, handlers=[]) as b:
+        assert list(a.log.rows()) == list(b.log.rows())

@@ -19,7 +19,7 @@ import time as wall_clock
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from rtopt.engine import default_handlers, envelope_from_row, envelope_row
+from rtopt.engine import FOLLOWED, default_handlers, envelope_from_row, envelope_row
 from rtopt.errors import InvalidEvent
 from rtopt.handler import Chains, Handler, HandlerSlot
 from rtopt.log import Row
@@ -106,6 +106,8 @@ class Follower:
         self._chains = Chains()
         for handler in handlers:
             self._chains.add(HandlerSlot(handler, seed))
+        if FOLLOWED not in log.meta():
+            log.set_meta(FOLLOWED, "1")
         self.position = log.tracked(self.tracker)
         self.processed = 0
         self.derived = 0

@@ -9,13 +9,16 @@ deleted when stopped. PostgreSQL refuses to run as root, so under root the serve
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 from rtopt.errors import RtoptError
@@ -136,3 +139,17 @@ class TemporaryServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def main() -> None:
+    """``python -m rtopt.pgserver``: start a throwaway server, print its URL, stop it on Ctrl-C or SIGTERM."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with TemporaryServer(durable=True) as server:
+        print(server.url(), flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+
+
+if __name__ == "__main__":
+    main()

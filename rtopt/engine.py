@@ -230,7 +230,8 @@ class Engine:
         ``seed`` is recorded when the log is created (a random one if None) and must match afterwards.
         ``handlers`` defaults to every handler installed packages declare. ``durability`` is
         ``"process"`` (a committed event survives the process being killed) or ``"power"`` (it also
-        survives an OS crash or power loss: fsync on every commit). A read-only engine rebuilds state
+        survives an OS crash or power loss: fsync on every commit); a PostgreSQL commit is as durable as
+        its server is configured to be. A read-only engine rebuilds state
         up to ``until_seq`` and refuses writes.
         """
         if durability not in ("process", "power"):

@@ -1,7 +1,8 @@
-"""The append-only event log: a small storage interface and its SQLite implementation.
+"""The append-only event log: a small storage interface, what its SQL implementations share, and SQLite's.
 
 The engine talks to storage only through :class:`EventLog` (append a batch, read ranges, look up ids,
-meta data, snapshots), so another backend can stand beside SQLite without touching the engine.
+meta data, snapshots). :class:`SQLiteLog` keeps a log in one file; ``rtopt.postgres.PostgresLog`` keeps
+one in a PostgreSQL database that several processes share; :func:`open_log` picks by location.
 """
 
 from __future__ import annotations
@@ -127,13 +128,13 @@ class SQLLog(EventLog):
     Subclasses run SQL written with ``?`` placeholders through :meth:`_query` and :meth:`_execute`.
     """
 
+    @abstractmethod
     def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
         """The rows ``sql`` selects."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _execute(self, sql: str, params: Sequence[object] = ()) -> None:
         """Run one writing statement in a transaction of its own."""
-        raise NotImplementedError
 
     def _writable(self) -> None:
         if self.read_only:

@@ -147,12 +147,10 @@ def test_a_worker_follows_inputs_as_they_are_published(reference: Path, pg_url: 
         with Engine.open(pg_url, handlers=[]) as writer:
             for start in range(0, len(inputs), 500):
                 part = inputs[start : start + 500]
-                writer.publish_many([Draft(e.payload, e.stream, e.time, e.id, e.correlation_id) for e in part])
-                end = writer.log.last_seq()
-                # each burst is derived from before the next one is published
-                wait_until(lambda end=end: log.tracked("worker:0/1") >= end - 500, "the worker to catch up")
-        last = max(row[0] for row in log.inputs())
-        wait_until(lambda: log.tracked("worker:0/1") == last, "the worker to read the last input")
+                drafts = [Draft(e.payload, e.stream, e.time, e.id, e.correlation_id) for e in part]
+                last = writer.publish_many(drafts)[-1].seq
+                # each burst is read and derived before the next one is published
+                wait_until(lambda last=last: log.tracked("worker:0/1") == last, "the worker to catch up")
     finally:
         proc.send_signal(signal.SIGTERM)
         out = finished(proc)

@@ -144,7 +144,7 @@ def cmd_replay(args: argparse.Namespace, console: Console) -> int:
 def cmd_copy(args: argparse.Namespace, console: Console) -> int:
     """Copy a log into a new one: SQLite into PostgreSQL or back."""
     with progress_bar(console, "copying") as progress:
-        copied = copy_log(args.source, args.target, progress)
+        copied = copy_log(args.source, args.target, progress, inputs_only=args.inputs_only)
     console.print(f"copied {copied} events from {args.source} to {args.target}", markup=False, soft_wrap=True)
     return 0
 
@@ -216,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cp.add_argument("source", help=LOG_HELP)
     cp.add_argument("target", help="path or postgresql:// URL of the new log (an empty file or database)")
+    cp.add_argument(
+        "--inputs-only", action="store_true", help="copy only the input events, for workers to derive the rest anew"
+    )
     cp.set_defaults(run=cmd_copy)
 
     wrk = commands.add_parser(

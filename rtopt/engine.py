@@ -45,6 +45,7 @@ from rtopt.log import COLUMNS, EventLog, Row, copy_rows, open_log, refuse_non_em
 
 DEFAULT_LOG = Path("event_log") / "rtopt.sqlite"
 REPLAYED_FROM = "replayed_from"  # meta key of a what-if log: the log whose inputs it replayed
+FOLLOWED = "followed"  # meta key of a log whose derived events followers appended, one input at a time
 HANDLERS = "handlers"  # meta key: handler name -> fingerprint of the configuration that last wrote the log
 Progress = Callable[[int, int], None]
 """Called with (events done, events in all) while long work runs."""
@@ -250,7 +251,8 @@ class Engine:
         ``seed`` is recorded when the log is created (a random one if None) and must match afterwards.
         ``handlers`` defaults to every handler installed packages declare. ``durability`` is
         ``"process"`` (a committed event survives the process being killed) or ``"power"`` (it also
-        survives an OS crash or power loss: fsync on every commit). A read-only engine rebuilds state
+        survives an OS crash or power loss: fsync on every commit); a PostgreSQL commit is as durable as
+        its server is configured to be. A read-only engine rebuilds state
         up to ``until_seq`` and refuses writes.
         """
         if durability not in ("process", "power"):
@@ -975,7 +977,9 @@ class Engine:
         progress: Progress | None = None,
         check_decision: Callable[[Envelope[Decision], Decision], None] | None = None,
     ) -> None:
-        """Publish ``source``'s input events, grouped as they were committed, deriving anew."""
+        """Publish ``source``'s input events, grouped as they were committed (one by one when followers
+        derived the source), deriving anew."""
+        singly = FOLLOWED in source.meta()
         until = source.last_seq() if until_seq is None else until_seq
         group: list[Draft] = []
 
@@ -996,6 +1000,8 @@ class Engine:
                 if check_decision is not None and self._runs_policy(envelope.payload.policy):
                     check_decision(envelope, self._redecide(envelope))
             group.append(draft)
+            if singly:
+                flush()
             if progress is not None and row[0] % 2000 == 0:
                 progress(row[0], until)
         flush()
@@ -1055,13 +1061,29 @@ class Engine:
             )
             with target:
                 target._refeed(src, None, progress=progress, check_decision=None if notes else check_decision)
-                difference = mismatches[0] if mismatches else _first_difference(src, target._log)
+                compare = _derived_difference if FOLLOWED in meta else _first_difference
+                difference = mismatches[0] if mismatches else compare(src, target._log)
                 derived = src.last_seq() - src.count_inputs(None)
                 return VerifyReport(
                     events=src.last_seq(), derived=derived, decisions=decisions, difference=difference, notes=notes
                 )
         finally:
             src.close()
+
+
+def _derived_difference(recorded: EventLog, rederived: EventLog) -> Difference | None:
+    """Compare the derived events of two logs by id, wherever they stand, ignoring ``recorded_at``."""
+    left = {row[1]: row for row in recorded.rows() if row[6] is not None}
+    right = {row[1]: row for row in rederived.rows() if row[6] is not None}
+    for event_id in sorted(left.keys() | right.keys()):
+        a, b = left.get(event_id), right.get(event_id)
+        if a is None or b is None:
+            seq = (a or b)[0]
+            return Difference(seq, "id", a and event_id, b and event_id)
+        for index, name in enumerate(COLUMNS):
+            if name not in ("seq", "recorded_at") and a[index] != b[index]:
+                return Difference(a[0], name, a[index], b[index])
+    return None
 
 
 def _first_difference(recorded: EventLog, rederived: EventLog) -> Difference | None:

@@ -1,7 +1,8 @@
-"""The append-only event log: a small storage interface and its SQLite implementation.
+"""The append-only event log: a small storage interface, what its SQL implementations share, and SQLite's.
 
 The engine talks to storage only through :class:`EventLog` (append a batch, read ranges, look up ids,
-meta data, snapshots), so another backend can stand beside SQLite without touching the engine.
+meta data, snapshots). :class:`SQLiteLog` keeps a log in one file; ``rtopt.postgres.PostgresLog`` keeps
+one in a PostgreSQL database that several processes share; :func:`open_log` picks by location.
 """
 
 from __future__ import annotations
@@ -127,13 +128,13 @@ class SQLLog(EventLog):
     Subclasses run SQL written with ``?`` placeholders through :meth:`_query` and :meth:`_execute`.
     """
 
+    @abstractmethod
     def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
         """The rows ``sql`` selects."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _execute(self, sql: str, params: Sequence[object] = ()) -> None:
         """Run one writing statement in a transaction of its own."""
-        raise NotImplementedError
 
     def _writable(self) -> None:
         if self.read_only:
@@ -546,27 +547,50 @@ def refuse_non_empty(log: EventLog) -> None:
 
 
 def copy_rows(
-    source: EventLog, target: EventLog, until_seq: int | None, progress: Callable[[int, int], None] | None
+    source: EventLog,
+    target: EventLog,
+    until_seq: int | None,
+    progress: Callable[[int, int], None] | None,
+    inputs_only: bool = False,
 ) -> int:
-    """Append ``source``'s events up to ``until_seq`` (all if None) to ``target``; returns how many."""
+    """Append ``source``'s events (or only its inputs, numbered anew) up to ``until_seq`` (all if None) to
+    ``target``; returns how many."""
     until = source.last_seq() if until_seq is None else until_seq
     chunk: list[Row] = []
-    for row in source.rows(1, until):
-        chunk.append(row)
+    copied = 0
+    for row in source.inputs(1, until) if inputs_only else source.rows(1, until):
+        copied += 1
+        chunk.append((copied, *row[1:]) if inputs_only else row)
         if len(chunk) == 5000:
             target.append(chunk)
             chunk = []
             if progress is not None:
                 progress(row[0], until)
     target.append(chunk)
-    return until
+    return copied
 
 
 def copy_log(
-    source: str | os.PathLike[str], target: str | os.PathLike[str], progress: Callable[[int, int], None] | None = None
+    source: str | os.PathLike[str],
+    target: str | os.PathLike[str],
+    progress: Callable[[int, int], None] | None = None,
+    *,
+    inputs_only: bool = False,
 ) -> int:
     """Copy the log at ``source`` into a new log at ``target`` (SQLite or PostgreSQL, either way round): the
     same events with the same seqs, seed and meta data; snapshots are not copied. Returns the events copied.
+
+    ``inputs_only`` copies only the input events, numbered 1, 2 ... in their order, for workers to derive
+    the rest anew.
+
+    >>> import tempfile, pathlib
+    >>> from rtopt import Engine, Feedback
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> with Engine.open(folder / "a.sqlite", seed=1, handlers=[]) as engine:
+    ...     _ = engine.publish(Feedback(prompt_id="p", variant_id="v", response_time_ms=1.0, success=True,
+    ...                                 quality_score=0.5))
+    >>> copy_log(folder / "a.sqlite", folder / "b.sqlite")
+    1
     """
     src = open_log(source, read_only=True)
     try:
@@ -577,7 +601,7 @@ def copy_log(
             for key, value in meta.items():
                 if key not in ("format_version", "seed", "created_at"):
                     dst.set_meta(key, value)
-            return copy_rows(src, dst, None, progress)
+            return copy_rows(src, dst, None, progress, inputs_only)
         finally:
             dst.close()
     finally:

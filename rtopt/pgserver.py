@@ -9,13 +9,17 @@ deleted when stopped. PostgreSQL refuses to run as root, so under root the serve
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 from rtopt.errors import RtoptError
@@ -57,10 +61,10 @@ class TemporaryServer:
 
     ``durable`` False turns fsync off: fast, and safe against a client being killed, not the machine.
 
-    >>> with TemporaryServer() as server:  # doctest: +SKIP
-    ...     server.create_database("demo")
-    ...     server.url("demo")
+    >>> server = TemporaryServer().start()  # doctest: +SKIP
+    >>> server.create_database("demo")  # doctest: +SKIP
     'postgresql://postgres@127.0.0.1:54321/demo'
+    >>> server.stop()  # doctest: +SKIP
     """
 
     def __init__(self, *, durable: bool = False, binaries: Path | None = None) -> None:
@@ -102,6 +106,7 @@ class TemporaryServer:
         log = self.directory / "server.log"
         self._run("pg_ctl", "-D", str(self.data), "-l", str(log), "-w", "-t", "60", "-o", " ".join(options), "start")
         self._running = True
+        atexit.register(self.stop)  # the server outlives this process otherwise
         return self
 
     def url(self, database: str = "postgres") -> str:
@@ -110,7 +115,7 @@ class TemporaryServer:
 
     def create_database(self, name: str) -> str:
         """Create an empty database ``name``; returns its URL."""
-        import psycopg
+        import psycopg  # only needed once a server runs
 
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
@@ -118,7 +123,7 @@ class TemporaryServer:
 
     def create_schema(self, name: str, database: str = "postgres") -> str:
         """Create an empty schema ``name`` in ``database``; returns a URL whose tables live in it."""
-        import psycopg
+        import psycopg  # only needed once a server runs
 
         with psycopg.connect(self.url(database), autocommit=True) as conn:
             conn.execute(f'CREATE SCHEMA "{name}"')
@@ -126,6 +131,7 @@ class TemporaryServer:
 
     def stop(self) -> None:
         """Stop the server and delete its directory."""
+        atexit.unregister(self.stop)
         if self._running:
             self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
             self._running = False
@@ -136,3 +142,17 @@ class TemporaryServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def main() -> None:
+    """``python -m rtopt.pgserver``: start a throwaway server, print its URL, stop it on Ctrl-C or SIGTERM."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with TemporaryServer(durable=True) as server:
+        print(server.url(), flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,4 +1,5 @@
-"""Smoke test of benchmarks/throughput.py: a tiny run must report every figure (no timing assertions)."""
+"""Smoke tests of benchmarks/throughput.py and benchmarks/postgres.py: a tiny run must report every figure
+(no timing assertions)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+
+from rtopt.pgserver import TemporaryServer
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
 FIGURES = {
@@ -31,17 +34,22 @@ def _positive(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
-def test_throughput_quick_json(tmp_path: Path) -> None:
+def run_json(script: Path, *args: str, cwd: Path) -> dict:
+    """Run a benchmark script with ``--json`` and return what it printed; it must exit 0."""
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--json"],
+        [sys.executable, str(script), "--json", *args],
         capture_output=True,
         text=True,
-        timeout=120,
-        cwd=tmp_path,
+        timeout=300,
+        cwd=cwd,
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    data = json.loads(result.stdout)
+    return json.loads(result.stdout)
+
+
+def test_throughput_quick_json(tmp_path: Path) -> None:
+    data = run_json(SCRIPT, "--quick", cwd=tmp_path)
 
     assert set(data["figures"]) == FIGURES
     assert set(data["ratios"]) == RATIOS
@@ -67,3 +75,33 @@ def test_window_benchmark_runs_and_agrees_with_its_plain_loop() -> None:
     assert result.returncode == 0, result.stderr  # the script raises if the two computations disagree
     data = json.loads(result.stdout)
     assert data["windows"] > 0 and data["pipelines_events_per_s"] > 0 and data["cost_ratio"] > 0
+
+
+POSTGRES_SCRIPT = SCRIPT.parent / "postgres.py"
+POSTGRES_FIGURES = {
+    "sqlite_executemany_events_per_s",
+    "sqlite_append_events_per_s",
+    "raw_executemany_events_per_s",
+    "raw_copy_events_per_s",
+    "append_1_writers_events_per_s",
+    "append_2_writers_events_per_s",
+    "append_4_writers_events_per_s",
+    "follower_inputs_per_s",
+    "follower_derived_per_s",
+    "wake_p50_ms",
+    "wake_p99_ms",
+}
+
+
+def test_postgres_benchmark_tiny_json(tmp_path: Path, pg_server: TemporaryServer) -> None:
+    tiny = ["--events", "2000", "--batch", "500", "--steps", "100", "--rounds", "9"]
+    data = run_json(POSTGRES_SCRIPT, "--server", pg_server.url(), *tiny, cwd=tmp_path)
+    assert set(data["figures"]) == POSTGRES_FIGURES
+    for key, value in {**data["figures"], **data["ratios"]}.items():
+        # a reader can wake before the writer's call returns: a wake-up delay may be 0
+        assert _positive(value) or (key.startswith("wake_") and value == 0), f"{key} = {value!r}"
+    assert data["missed_or_repeated_events"] == 0
+    assert set(data["status"]) == set(data["targets"])
+    assert data["status"]["missed_or_repeated_events"] == "PASS"
+    assert set(data["status"].values()) <= {"PASS", "MISS"}
+    assert list(tmp_path.iterdir()) == []

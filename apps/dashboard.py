@@ -53,7 +53,7 @@ def lines(frame: pd.DataFrame, y: str, key: str, title: str, x: str = "time", lo
         frame = _dates(frame)
     curves = {name: hv.Curve(group, x, y, label=str(name)) for name, group in frame.groupby(key, sort=True)}
     return hv.NdOverlay(curves, kdims=[key]).opts(
-        hv.opts.Curve(tools=["hover"], logy=logy),
+        hv.opts.Curve(tools=["hover"], logy=logy, framewise=True),
         hv.opts.NdOverlay(
             title=title, height=PLOT_HEIGHT, responsive=True, framewise=True, legend_position="right", logy=logy
         ),
@@ -79,7 +79,11 @@ def intervals_plot(frame: pd.DataFrame) -> hv.Overlay:
     return (
         hv.ErrorBars(bars, "label", ["mean", "minus", "plus"])
         * hv.Scatter(frame, "label", ["mean", "p_best", "pulls"]).opts(size=9, tools=["hover"])
-    ).opts(hv.opts.Overlay(title="mean reward and 95 % interval per arm", height=PLOT_HEIGHT, responsive=True))
+    ).opts(
+        hv.opts.ErrorBars(framewise=True),
+        hv.opts.Scatter(framewise=True),
+        hv.opts.Overlay(title="mean reward and 95 % interval per arm", height=PLOT_HEIGHT, responsive=True),
+    )
 
 
 def p_value_plot(frame: pd.DataFrame) -> hv.Overlay:
@@ -209,10 +213,16 @@ class Dashboard:
         self.panel = pn.Column(*parts, sizing_mode="stretch_width")
         self.refresh()
 
-    def start(self) -> pn.Column:
-        """Refresh every ``period_ms`` in the current session (a served page or a notebook); returns the panel."""
+    def start(self) -> Dashboard:
+        """Refresh every ``period_ms`` in the current session (a served page or a notebook)."""
         pn.state.add_periodic_callback(self.refresh, period=self.period_ms)
+        return self
+
+    def __panel__(self) -> pn.Column:
         return self.panel
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> Any:
+        return self.panel._repr_mimebundle_(include, exclude)
 
     def refresh(self) -> None:
         """Fold what the log gained (reading for at most a short budget), then update what changed."""
@@ -272,8 +282,12 @@ class History:
         )
 
     def extend_to(self, last_seq: int) -> None:
-        """Let the slider reach ``last_seq`` and offer the experiments seen so far."""
+        """Let the slider reach ``last_seq`` (following the end while it is there) and offer the experiments
+        seen so far."""
+        at_end = self.slider.value == self.slider.end
         self.slider.end = max(last_seq, 1)
+        if at_end:
+            self.slider.value = self.slider.end
         experiments = sorted(self.tail.model.view(Allocation).counts)
         if experiments != self.experiment.options:
             self.experiment.options = experiments
@@ -312,9 +326,9 @@ class History:
         ]
 
 
-def dashboard(source: Engine | str | Path, *, period_ms: int = 1000) -> pn.Column:
-    """The dashboard of an engine of this process (live, by subscription) or of a log file (tailed), as a
-    Panel object that renders in Jupyter and refreshes every ``period_ms``."""
+def dashboard(source: Engine | str | Path, *, period_ms: int = 1000) -> Dashboard:
+    """The dashboard of an engine of this process (live, by subscription) or of a log file (tailed); it
+    renders in Jupyter (and in any Panel layout) and refreshes every ``period_ms``."""
     tail = EngineFeed(source) if isinstance(source, Engine) else LogTail(source)
     return Dashboard(tail, period_ms=period_ms).start()
 
@@ -327,7 +341,7 @@ def serve(
     tail = LogTail(location)
 
     def page() -> pn.Column:
-        return Dashboard(tail, period_ms=period_ms).start()
+        return Dashboard(tail, period_ms=period_ms).start().panel
 
     origins = [f"{address}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"]
     pn.serve({"/": page}, port=port, address=address, websocket_origin=origins, show=show, title="rtopt dashboard")

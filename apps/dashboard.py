@@ -203,6 +203,7 @@ class Dashboard:
         self.period_ms = period_ms
         self.sections: dict[int, list[Section]] = {}
         self.shown_seq = -1
+        self.model = tail.model
         self.status = pn.pane.HTML(sizing_mode="stretch_width")
         self.slots = [pn.Column(visible=False, sizing_mode="stretch_width") for _ in tail.model.views]
         parts: list[Any] = [pn.pane.HTML(f"<h2>rtopt: {html.escape(tail.location)}</h2>"), self.status, *self.slots]
@@ -230,11 +231,18 @@ class Dashboard:
         while self.tail.poll() == READ_CHUNK and wall_clock.perf_counter() - started < CATCH_UP_BUDGET_S:
             pass
         model = self.tail.model
+        if model is not self.model:  # the log was replaced: start the page over
+            self.model, self.shown_seq = model, -1
+            self.sections.clear()
+            for slot in self.slots:
+                slot.clear()
+                slot.visible = False
         if model.last_seq == self.shown_seq:
             return
         self.shown_seq = model.last_seq
+        shown = model.shown()
         for index, view in enumerate(model.views):
-            if view not in model.shown():
+            if view not in shown:
                 continue
             if index not in self.sections:
                 self.sections[index] = sections_for(view, self.tail)
@@ -264,11 +272,11 @@ class History:
     def __init__(self, tail: LogTail) -> None:
         self.tail = tail
         last = max(tail.model.last_seq, 1)
-        self.slider = pn.widgets.IntSlider(name="seq", start=1, end=last, value=last, sizing_mode="stretch_width")
+        self.slider = pn.widgets.IntSlider(label="seq", start=1, end=last, value=last, sizing_mode="stretch_width")
         self.slider.param.watch(self._show_past, "value_throttled")
         self.past = pn.Column(sizing_mode="stretch_width")
-        self.experiment = pn.widgets.Select(name="experiment", options=[])
-        estimate = pn.widgets.Button(name="estimate other policies", button_type="primary")
+        self.experiment = pn.widgets.Select(label="experiment", options=[])
+        estimate = pn.widgets.Button(label="estimate other policies", color="primary")
         estimate.on_click(self._estimate)
         self.estimates = pn.Column(sizing_mode="stretch_width")
         self.panel = pn.Column(
@@ -284,10 +292,9 @@ class History:
     def extend_to(self, last_seq: int) -> None:
         """Let the slider reach ``last_seq`` (following the end while it is there) and offer the experiments
         seen so far."""
-        at_end = self.slider.value == self.slider.end
-        self.slider.end = max(last_seq, 1)
-        if at_end:
-            self.slider.value = self.slider.end
+        end = max(last_seq, 1)
+        following = self.slider.value == self.slider.end or self.slider.value > end
+        self.slider.param.update(end=end, **({"value": end} if following else {}))
         experiments = sorted(self.tail.model.view(Allocation).counts)
         if experiments != self.experiment.options:
             self.experiment.options = experiments

@@ -11,6 +11,7 @@ ever read twice.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Sequence
@@ -72,6 +73,14 @@ class View:
     def add(self, envelope: Envelope[Any]) -> None:
         """Fold one envelope of the view's types."""
         raise NotImplementedError
+
+    def frame(self) -> pd.DataFrame:
+        """The view's aggregate as a table."""
+        raise NotImplementedError
+
+    def frames(self) -> dict[str, pd.DataFrame]:
+        """Every table the view gives, by name."""
+        return {type(self).__name__: self.frame()}
 
 
 class EventRate(View):
@@ -326,6 +335,9 @@ class ExperimentTests(View):
         """One row per experiment: its status and the last lifecycle or canary event with its reason."""
         return pd.DataFrame(list(self.status.values()), columns=["experiment", "status", "reason", "seq"])
 
+    def frames(self) -> dict[str, pd.DataFrame]:
+        return {"ExperimentTests": self.frame(), "ExperimentStatus": self.status_frame()}
+
 
 def describe(event: Event) -> str:
     """A one-line account of an event for the feed: its reason or message when it has one, else its fields.
@@ -426,7 +438,12 @@ class LogModel:
 
     def shown(self) -> list[View]:
         """The views that have events of their types to show."""
-        return [view for view in self.views if view.tags() is None or any(self.counts[t] for t in view.tags())]
+        return [view for view in self.views if self.holds_events_for(view)]
+
+    def holds_events_for(self, view: View) -> bool:
+        """Whether events of ``view``'s types (of any type, if it reads all) have been folded."""
+        tags = view.tags()
+        return self.events_seen > 0 if tags is None else any(self.counts[tag] for tag in tags)
 
     def view(self, cls: type[View]) -> View:
         """The model's view of class ``cls``."""
@@ -435,6 +452,17 @@ class LogModel:
     def counts_frame(self) -> pd.DataFrame:
         """Events per type, most frequent first."""
         return pd.DataFrame(self.counts.most_common(), columns=["type", "events"])
+
+    def frames(self) -> dict[str, pd.DataFrame]:
+        """Every table the dashboard draws, by name: the counts and each view's."""
+        tables = {"counts": self.counts_frame()}
+        for view in self.views:
+            tables.update(view.frames())
+        return tables
+
+    def emptied(self) -> LogModel:
+        """A model with views of the same kinds, and nothing folded yet."""
+        return LogModel([type(view)(view.bucket_s) for view in self.views])
 
 
 class LogTail:
@@ -453,8 +481,17 @@ class LogTail:
     def __init__(self, source: Engine | str | Path, model: LogModel | None = None) -> None:
         self.path = None if isinstance(source, Engine) else Path(source)
         self._engine = source if isinstance(source, Engine) else None
+        self._opened: tuple[int, int] | None = None
         self.model = LogModel() if model is None else model
         self.lock = threading.Lock()
+
+    def _file(self) -> tuple[int, int] | None:
+        """The identity of the file at ``path`` (None if there is none)."""
+        try:
+            found = os.stat(self.path) if self.path is not None else None
+        except FileNotFoundError:
+            return None
+        return None if found is None else (found.st_dev, found.st_ino)
 
     @property
     def location(self) -> str:
@@ -466,14 +503,23 @@ class LogTail:
         """The engine reading the log (None while a log given by path does not exist yet)."""
         if self._engine is None and self.path is not None and self.path.exists():
             try:
+                identity = self._file()
                 self._engine = Engine.open(self.path, read_only=True, handlers=[])
+                self._opened = identity
             except InvalidLog:  # still being created by its writer
                 return None
         return self._engine
 
     def poll(self, limit: int = READ_CHUNK) -> int:
-        """Fold up to ``limit`` events committed since the last call; returns how many."""
+        """Fold up to ``limit`` events committed since the last call; returns how many. A log file replaced
+        by another (``rtopt simulate`` writes a new one on each run) is read from its start into a new model.
+        """
         with self.lock:
+            if self._opened is not None and self._file() != self._opened:
+                if self._engine is not None:
+                    self._engine.close()
+                self._engine = self._opened = None
+                self.model = self.model.emptied()
             engine = self.engine
             if engine is None:
                 return 0

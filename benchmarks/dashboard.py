@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from apps.data import AlertFeed, Allocation, ArmPosteriors, EventRate, FeedbackMetrics, LogModel, LogTail
+from apps.data import LogTail
 from handlers.bandits import ArmSummary, ExperimentStats
 from rtopt import ArmUpdated, Decision, Draft, Engine, Feedback
 
@@ -76,24 +76,12 @@ def append(engine: Engine, events: int, first_request: int, seed: int = 1) -> in
     return count
 
 
-def frames(model: LogModel) -> list[Any]:
-    """Every frame the dashboard's plots and tables draw."""
-    return [
-        model.counts_frame(),
-        model.view(EventRate).frame(),
-        model.view(FeedbackMetrics).frame(),
-        model.view(Allocation).frame(),
-        model.view(ArmPosteriors).frame(),
-        model.view(AlertFeed).frame(),
-    ]
-
-
 def catch_up(path: Path) -> tuple[float, LogTail]:
     started = time.perf_counter()
     tail = LogTail(path)
     while tail.poll():
         pass
-    frames(tail.model)
+    tail.model.frames()
     return time.perf_counter() - started, tail
 
 
@@ -112,7 +100,7 @@ def measure(events: int, update: int, rounds: int = 5) -> dict[str, Any]:
                 made += append(writer, update, made + 1)
                 started = time.perf_counter()
                 tail.poll()
-                drawn = frames(tail.model)
+                drawn = tail.model.frames()
                 update_s.append(time.perf_counter() - started)
             full_s, fresh = catch_up(path)
             if tail.model.events_seen != fresh.model.events_seen or tail.model.counts != fresh.model.counts:
@@ -129,7 +117,7 @@ def measure(events: int, update: int, rounds: int = 5) -> dict[str, Any]:
             "update_ms": update_median * 1000,
             "full_recompute_ms": full_s * 1000,
             "update_to_full_recompute": update_median / full_s,
-            "most_rows_per_plot": max(len(frame) for frame in drawn),
+            "most_rows_per_plot": max(len(frame) for frame in drawn.values()),
         }
 
 

@@ -112,7 +112,7 @@ def test_alert_feed_newest_first_with_what_happened(crafted: Engine) -> None:
 
 def test_views_show_only_when_their_events_exist(crafted: Engine) -> None:
     model = LogTail(crafted).model
-    assert model.shown() == [model.view(EventRate)]
+    assert model.shown() == []
     model = read_all(crafted)
     assert {type(view) for view in model.shown()} == {EventRate, FeedbackMetrics, Allocation, AlertFeed}
     stats = ExperimentStats(
@@ -185,15 +185,11 @@ def simulated_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def frames(model: LogModel) -> list[pd.DataFrame]:
-    return [
-        model.counts_frame(),
-        model.view(EventRate).frame(),
-        model.view(FeedbackMetrics).frame(),
-        model.view(Allocation).frame(),
-        model.view(ArmPosteriors).frame(),
-        model.view(AlertFeed).frame(),
-    ]
+def assert_same_frames(model: LogModel, other: LogModel) -> None:
+    ours, theirs = model.frames(), other.frames()
+    assert list(ours) == list(theirs)
+    for name, frame in ours.items():
+        pd.testing.assert_frame_equal(frame, theirs[name], obj=name)
 
 
 def test_reading_in_small_steps_equals_one_full_read(simulated_small: Path) -> None:
@@ -204,8 +200,7 @@ def test_reading_in_small_steps_equals_one_full_read(simulated_small: Path) -> N
         steps += 1
     assert steps == -(-full.last_seq // 97)
     assert tail.model.events_seen == full.events_seen == full.last_seq
-    for incremental, whole in zip(frames(tail.model), frames(full), strict=True):
-        pd.testing.assert_frame_equal(incremental, whole)
+    assert_same_frames(tail.model, full)
 
 
 def test_a_tail_follows_a_log_as_it_grows(tmp_path: Path, simulated_small: Path) -> None:
@@ -219,8 +214,7 @@ def test_a_tail_follows_a_log_as_it_grows(tmp_path: Path, simulated_small: Path)
         writer.publish_many([_draft(e) for e in rows[500:900]])
         assert tail.poll() == 400
         assert tail.poll() == 0
-    for incremental, whole in zip(frames(tail.model), frames(read_all(path)), strict=True):
-        pd.testing.assert_frame_equal(incremental, whole)
+    assert_same_frames(tail.model, read_all(path))
     tail.close()
 
 
@@ -237,8 +231,7 @@ def test_engine_feed_reads_history_then_follows_the_engine(crafted: Engine) -> N
     crafted.publish(feedback("b", 70.0), time=95.0)
     assert feed.poll() == 1
     assert feed.model.events_seen == feed.model.last_seq == 13
-    for incremental, whole in zip(frames(feed.model), frames(read_all(crafted)), strict=True):
-        pd.testing.assert_frame_equal(incremental, whole)
+    assert_same_frames(feed.model, read_all(crafted))
     feed.close()
     crafted.publish(feedback("b", 80.0), time=99.0)
     assert feed.poll() == 0
@@ -252,3 +245,23 @@ def test_state_at_a_past_seq_is_rebuilt_by_replay(simulated_small: Path) -> None
     assert past.seq == seq and past.time is not None
     assert past.arms.set_index("arm")["pulls"].to_dict() == pulls.to_dict()
     assert past.experiments.empty
+
+
+def test_a_replaced_log_is_read_from_its_start(tmp_path: Path, simulated_small: Path) -> None:
+    path = tmp_path / "replaced.sqlite"
+    with Engine.open(simulated_small, read_only=True) as source:
+        rows = list(source.read(until=900))
+    with Engine.open(path, seed=3, handlers=[]) as writer:
+        writer.publish_many([_draft(e) for e in rows[:600]])
+    tail = LogTail(path)
+    assert tail.poll() == 600
+    first_model = tail.model
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    with Engine.open(path, seed=3, handlers=[]) as writer:
+        writer.publish_many([_draft(e) for e in rows[:250]])
+    assert tail.poll() == 250
+    assert tail.model is not first_model
+    assert tail.model.events_seen == tail.model.last_seq == 250
+    assert_same_frames(tail.model, read_all(path))
+    tail.close()

@@ -103,7 +103,7 @@ def test_the_dashboard_counts_a_live_simulation_in_a_browser(served: tuple[str, 
             expect(seen).to_have_text("0", timeout=30_000)
 
             writer = subprocess.Popen(
-                [sys.executable, "-m", "rtopt", "simulate", "--steps", "3000", "--log", str(log), "--seed", "5"],
+                [sys.executable, "-m", "rtopt", "simulate", "--steps", "5000", "--log", str(log), "--seed", "5"],
                 cwd=tmp_path,
                 stdout=subprocess.DEVNULL,
             )

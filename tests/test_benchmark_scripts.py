@@ -105,3 +105,20 @@ def test_postgres_benchmark_tiny_json(tmp_path: Path, pg_server: TemporaryServer
     assert data["status"]["missed_or_repeated_events"] == "PASS"
     assert set(data["status"].values()) <= {"PASS", "MISS"}
     assert list(tmp_path.iterdir()) == []
+
+
+def test_dashboard_benchmark_reads_incrementally_and_downsamples() -> None:
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "dashboard.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--events", "6000", "--update", "300", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr  # the script raises if incremental and full reads disagree
+    data = json.loads(result.stdout)
+    assert 5_900 <= data["events"] <= 6_100
+    for key in ("plain_read_events_per_s", "catch_up_events_per_s", "update_ms", "full_recompute_ms"):
+        assert _positive(data[key]), f"{key} = {data[key]!r}"
+    assert data["update_to_full_recompute"] < 1.0  # a refresh reads only what is new
+    assert data["most_rows_per_plot"] <= 4 * 401  # at most ~400 windows per variant

@@ -80,7 +80,9 @@ def test_errors_are_reported_without_a_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("command", [[], ["simulate"], ["inspect"], ["replay"], ["copy"], ["worker"]])
+@pytest.mark.parametrize(
+    "command", [[], ["simulate"], ["inspect"], ["replay"], ["copy"], ["worker"], ["dashboard"]]
+)
 def test_every_command_has_help(command: list[str], tmp_path: Path) -> None:
     done = rtopt(*command, "--help", cwd=tmp_path)
     assert done.returncode == 0

@@ -1,0 +1,354 @@
+"""The Panel dashboard: live HoloViews plots of a log, its state at a past seq, and what other policies
+would have earned on it.
+
+The same :class:`Dashboard` renders inline in Jupyter (attached to an engine of the notebook's process)
+and in a browser (``rtopt dashboard`` serves it on 127.0.0.1, with Bokeh and Panel resources from the
+server itself, so it needs no internet). A periodic callback folds what is new into the model and sends
+the plots their new data; a view's section appears once events of its types are in the log.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import time as wall_clock
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import holoviews as hv
+import holoviews.plotting.bokeh
+import pandas as pd
+import panel as pn
+
+from apps.data import (
+    READ_CHUNK,
+    AlertFeed,
+    Allocation,
+    ArmPosteriors,
+    EngineFeed,
+    EventRate,
+    ExperimentTests,
+    FeedbackMetrics,
+    LogTail,
+    View,
+)
+from apps.replay import policy_estimates, state_at
+from rtopt import Engine
+
+hv.extension("bokeh", logo=False)
+
+CATCH_UP_BUDGET_S = 0.5  # longest a refresh reads before it draws, so a large log never freezes the page
+PLOT_HEIGHT = 230
+TABLE_ROWS = 12
+
+
+def _dates(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.assign(time=pd.to_datetime(frame["time"], unit="s"))
+
+
+def lines(frame: pd.DataFrame, y: str, key: str, title: str, x: str = "time", logy: bool = False) -> hv.NdOverlay:
+    """One curve of ``y`` against ``x`` per value of the column ``key``."""
+    if x == "time":
+        frame = _dates(frame)
+    curves = {name: hv.Curve(group, x, y, label=str(name)) for name, group in frame.groupby(key, sort=True)}
+    return hv.NdOverlay(curves, kdims=[key]).opts(
+        hv.opts.Curve(tools=["hover"], logy=logy, framewise=True),
+        hv.opts.NdOverlay(
+            title=title, height=PLOT_HEIGHT, responsive=True, framewise=True, legend_position="right", logy=logy
+        ),
+    )
+
+
+def labelled(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
+    """``frame`` with a ``label`` column joining ``columns`` with '/'."""
+    return frame.assign(label=frame[list(columns)].astype(str).agg("/".join, axis=1))
+
+
+def rate_plot(frame: pd.DataFrame) -> hv.Area:
+    """Events per second of event time."""
+    return hv.Area(_dates(frame), "time", "rate").opts(
+        title="events per second (event time)", height=PLOT_HEIGHT, responsive=True, framewise=True, tools=["hover"]
+    )
+
+
+def intervals_plot(frame: pd.DataFrame) -> hv.Overlay:
+    """Each arm's mean with its 95 % interval."""
+    frame = labelled(frame.dropna(subset=["mean"]), "experiment", "arm")
+    bars = frame.assign(minus=frame["mean"] - frame["low"], plus=frame["high"] - frame["mean"])
+    return (
+        hv.ErrorBars(bars, "label", ["mean", "minus", "plus"])
+        * hv.Scatter(frame, "label", ["mean", "p_best", "pulls"]).opts(size=9, tools=["hover"])
+    ).opts(
+        hv.opts.ErrorBars(framewise=True),
+        hv.opts.Scatter(framewise=True),
+        hv.opts.Overlay(title="mean reward and 95 % interval per arm", height=PLOT_HEIGHT, responsive=True),
+    )
+
+
+def p_value_plot(frame: pd.DataFrame) -> hv.Overlay:
+    """The always-valid p-value of each variant against the control, analysis after analysis."""
+    frame = labelled(frame, "experiment", "variant")
+    return lines(frame, "msprt_p", "label", "mSPRT p-value per variant (line: 0.05)", x="analysis") * hv.HLine(
+        0.05
+    ).opts(color="gray", line_dash="dashed")
+
+
+def estimates_plot(frame: pd.DataFrame) -> hv.Overlay:
+    """Each policy's value with its interval."""
+    bars = frame.assign(minus=frame["value"] - frame["low"], plus=frame["high"] - frame["value"])
+    return (
+        hv.ErrorBars(bars, "policy", ["value", "minus", "plus"]) * hv.Scatter(frame, "policy", "value").opts(size=9)
+    ).opts(hv.opts.Overlay(title="reward per decision, 95 % interval", height=PLOT_HEIGHT, responsive=True))
+
+
+class Section:
+    """A titled part of the page over one frame of a view: live plots of it and, optionally, a table."""
+
+    def __init__(
+        self,
+        title: str,
+        frame: Callable[[], pd.DataFrame],
+        plots: Sequence[Callable[[pd.DataFrame], hv.Element]] = (),
+        table: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+    ) -> None:
+        self.frame = frame
+        self.table = table
+        data = frame()
+        self.pipes = [hv.streams.Pipe(data=data) for _ in plots]
+        panes: list[Any] = [
+            pn.pane.HoloViews(_live(make, pipe), sizing_mode="stretch_width")
+            for make, pipe in zip(plots, self.pipes, strict=True)
+        ]
+        self.rows = None if table is None else pn.pane.DataFrame(table(data), index=False, sizing_mode="stretch_width")
+        if self.rows is not None:
+            panes.append(self.rows)
+        grid = pn.GridBox(*panes, ncols=2, sizing_mode="stretch_width") if len(panes) > 2 else pn.Row(*panes)
+        self.panel = pn.Column(f"### {title}", grid, sizing_mode="stretch_width")
+
+    def refresh(self) -> None:
+        """Send the plots and the table the view's current frame."""
+        data = self.frame()
+        for pipe in self.pipes:
+            pipe.send(data)
+        if self.rows is not None and self.table is not None:
+            self.rows.object = self.table(data)
+
+
+def _live(make: Callable[[pd.DataFrame], hv.Element], pipe: hv.streams.Pipe) -> hv.DynamicMap:
+    """A plot redrawn from each frame ``pipe`` sends."""
+
+    def plot(data: pd.DataFrame) -> hv.Element:
+        return make(data)
+
+    return hv.DynamicMap(plot, streams=[pipe])
+
+
+def _head(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.head(TABLE_ROWS)
+
+
+def sections_for(view: View, tail: LogTail) -> list[Section]:
+    """The sections that show ``view``."""
+    match view:
+        case EventRate():
+            return [
+                Section(view.title, view.frame, [rate_plot]),
+                Section("Events by type", tail.model.counts_frame, table=_head),
+            ]
+        case FeedbackMetrics():
+            titles = {
+                "quality": "mean quality",
+                "latency_p50": "latency p50 (ms)",
+                "latency_p95": "latency p95 (ms)",
+                "error_rate": "error rate",
+                "cost": "mean cost (USD)",
+                "count": "feedback per window",
+            }
+            plots = [_metric_plot(metric, title) for metric, title in titles.items()]
+            return [Section(view.title, view.frame, plots)]
+        case Allocation():
+            plot = _allocation_plot
+            return [Section(view.title, view.frame, [plot])]
+        case ArmPosteriors():
+            return [Section(view.title, view.frame, [intervals_plot], table=lambda f: f.round(4))]
+        case ExperimentTests():
+            return [
+                Section(view.title, view.frame, [p_value_plot], table=lambda f: _head(f.iloc[::-1].round(4))),
+                Section("Experiment status", view.status_frame, table=_head),
+            ]
+        case AlertFeed():
+            return [Section(view.title, view.frame, table=_feed_rows)]
+    raise TypeError(f"no section shows a {type(view).__name__}")
+
+
+def _metric_plot(metric: str, title: str) -> Callable[[pd.DataFrame], hv.NdOverlay]:
+    return lambda frame: lines(frame, metric, "variant", title)
+
+
+def _allocation_plot(frame: pd.DataFrame) -> hv.NdOverlay:
+    return lines(labelled(frame, "experiment", "arm"), "share", "label", "share of decisions per arm")
+
+
+def _feed_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    return _head(frame).assign(time=lambda f: pd.to_datetime(f["time"], unit="s").dt.strftime("%Y-%m-%d %H:%M:%S"))
+
+
+class Dashboard:
+    """The dashboard of one log, for one page or notebook output: ``panel`` is what to show, and
+    ``refresh()`` (called every ``period_ms`` once shown) brings it up to date."""
+
+    def __init__(self, tail: LogTail, *, period_ms: int = 1000, history: bool = True) -> None:
+        self.tail = tail
+        self.period_ms = period_ms
+        self.sections: dict[int, list[Section]] = {}
+        self.shown_seq = -1
+        self.model = tail.model
+        self.status = pn.pane.HTML(sizing_mode="stretch_width")
+        self.slots = [pn.Column(visible=False, sizing_mode="stretch_width") for _ in tail.model.views]
+        parts: list[Any] = [pn.pane.HTML(f"<h2>rtopt: {html.escape(tail.location)}</h2>"), self.status, *self.slots]
+        self.history: History | None = None
+        if history and tail.location != ":memory:":
+            self.history = History(tail)
+            parts.append(self.history.panel)
+        self.panel = pn.Column(*parts, sizing_mode="stretch_width")
+        self.refresh()
+
+    def start(self) -> Dashboard:
+        """Refresh every ``period_ms`` in the current session (a served page or a notebook)."""
+        pn.state.add_periodic_callback(self.refresh, period=self.period_ms)
+        return self
+
+    def __panel__(self) -> pn.Column:
+        return self.panel
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> Any:
+        return self.panel._repr_mimebundle_(include, exclude)
+
+    def refresh(self) -> None:
+        """Fold what the log gained (reading for at most a short budget), then update what changed."""
+        started = wall_clock.perf_counter()
+        while self.tail.poll() == READ_CHUNK and wall_clock.perf_counter() - started < CATCH_UP_BUDGET_S:
+            pass
+        model = self.tail.model
+        if model is not self.model:  # the log was replaced: start the page over
+            self.model, self.shown_seq = model, -1
+            self.sections.clear()
+            for slot in self.slots:
+                slot.clear()
+                slot.visible = False
+        if model.last_seq == self.shown_seq:
+            return
+        self.shown_seq = model.last_seq
+        shown = model.shown()
+        for index, view in enumerate(model.views):
+            if view not in shown:
+                continue
+            if index not in self.sections:
+                self.sections[index] = sections_for(view, self.tail)
+                self.slots[index].extend(section.panel for section in self.sections[index])
+                self.slots[index].visible = True
+            else:
+                for section in self.sections[index]:
+                    section.refresh()
+        span = ""
+        if model.first_time is not None and model.last_time is not None:
+            span = f" &middot; event time {_when(model.first_time)} .. {_when(model.last_time)}"
+        self.status.object = (
+            f'<p style="font-size:1.3em">events seen: <b id="events-seen">{model.events_seen:,}</b>'
+            f" &middot; last seq {model.last_seq:,}{span}</p>"
+        )
+        if self.history is not None:
+            self.history.extend_to(model.last_seq)
+
+
+def _when(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+class History:
+    """The state at a past seq (a replay of the log up to it) and a what-if of other policies on the log."""
+
+    def __init__(self, tail: LogTail) -> None:
+        self.tail = tail
+        last = max(tail.model.last_seq, 1)
+        self.slider = pn.widgets.IntSlider(label="seq", start=1, end=last, value=last, sizing_mode="stretch_width")
+        self.slider.param.watch(self._show_past, "value_throttled")
+        self.past = pn.Column(sizing_mode="stretch_width")
+        self.experiment = pn.widgets.Select(label="experiment", options=[])
+        estimate = pn.widgets.Button(label="estimate other policies", color="primary")
+        estimate.on_click(self._estimate)
+        self.estimates = pn.Column(sizing_mode="stretch_width")
+        self.panel = pn.Column(
+            "### History: the state at a past seq (rebuilt by replay)",
+            self.slider,
+            self.past,
+            "### What if: other policies on the decisions of this log (off-policy estimates)",
+            pn.Row(self.experiment, estimate),
+            self.estimates,
+            sizing_mode="stretch_width",
+        )
+
+    def extend_to(self, last_seq: int) -> None:
+        """Let the slider reach ``last_seq`` (following the end while it is there) and offer the experiments
+        seen so far."""
+        end = max(last_seq, 1)
+        following = self.slider.value == self.slider.end or self.slider.value > end
+        self.slider.param.update(end=end, **({"value": end} if following else {}))
+        experiments = sorted(self.tail.model.view(Allocation).counts)
+        if experiments != self.experiment.options:
+            self.experiment.options = experiments
+            if self.experiment.value not in experiments:
+                self.experiment.value = experiments[0]
+
+    def _show_past(self, event: Any) -> None:
+        self.show_past(event.new)
+
+    def show_past(self, seq: int) -> None:
+        """Replay the log up to ``seq`` and show its handlers' state."""
+        past = state_at(self.tail.location, seq)
+        when = f" (event time {_when(past.time)})" if past.time is not None else ""
+        parts: list[Any] = [f"State at seq {seq:,}{when}:"]
+        if len(past.arms):
+            parts.append(pn.pane.DataFrame(past.arms.round(4), index=False, sizing_mode="stretch_width"))
+        if len(past.experiments):
+            parts.append(pn.pane.DataFrame(past.experiments, index=False, sizing_mode="stretch_width"))
+        self.past.objects = parts
+
+    def _estimate(self, _: Any) -> None:
+        if self.experiment.value and self.tail.engine is not None:
+            self.show_estimates(self.experiment.value)
+
+    def show_estimates(self, experiment: str) -> None:
+        """Show what the logged policy earned and what other policies would have, side by side."""
+        frame = policy_estimates(self.tail.engine, experiment)
+        if frame.empty:
+            self.estimates.objects = [f"{experiment}: no decision with a learnt reward yet"]
+            return
+        self.estimates.objects = [
+            pn.Row(
+                pn.pane.HoloViews(estimates_plot(frame), sizing_mode="stretch_width"),
+                pn.pane.DataFrame(frame.round(4), index=False),
+            )
+        ]
+
+
+def dashboard(source: Engine | str | Path, *, period_ms: int = 1000) -> Dashboard:
+    """The dashboard of an engine of this process (live, by subscription) or of a log file (tailed); it
+    renders in Jupyter (and in any Panel layout) and refreshes every ``period_ms``."""
+    tail = EngineFeed(source) if isinstance(source, Engine) else LogTail(source)
+    return Dashboard(tail, period_ms=period_ms).start()
+
+
+def serve(
+    location: str | Path, *, port: int = 5006, address: str = "127.0.0.1", period_ms: int = 1000, show: bool = False
+) -> None:
+    """Serve the dashboard of the log at ``location`` on ``address``:``port`` until interrupted; every page
+    shares one reader of the log."""
+    tail = LogTail(location)
+
+    def page() -> pn.Column:
+        return Dashboard(tail, period_ms=period_ms).start().panel
+
+    origins = [f"{address}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"]
+    pn.serve({"/": page}, port=port, address=address, websocket_origin=origins, show=show, title="rtopt dashboard")

@@ -1,0 +1,572 @@
+"""The dashboard's data layer: live aggregates of a log, fed incrementally, and the sources that feed them.
+
+A :class:`LogModel` holds views; each view declares the event types it reads and folds the envelopes of
+those types into a small aggregate that the plots read (bucketed by event time, so a log of any length
+keeps a bounded amount per bucket). A source feeds the model what is new since its last call: a
+:class:`LogTail` reads the log from the next seq (another process may be writing it), an
+:class:`EngineFeed` receives the committed events of an engine running in the same process. Nothing is
+ever read twice.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections import Counter, defaultdict, deque
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import msgspec
+import numpy as np
+import pandas as pd
+
+from handlers.bandits import ExperimentStats
+from handlers.experiments import (
+    CanaryAdvanced,
+    CanaryRolledBack,
+    ExperimentAnalysed,
+    ExperimentArchived,
+    ExperimentCompleted,
+    ExperimentConcluded,
+    ExperimentPaused,
+    ExperimentResumed,
+    ExperimentStarted,
+    SampleRatioMismatch,
+    WinnerPromoted,
+)
+from rtopt import Decision, Engine, Envelope, Event, Feedback, FeedbackRejected, HandlerFailed, InvalidLog
+
+DEFAULT_BUCKET_S = 60.0
+MAX_POINTS = 400
+READ_CHUNK = 50_000
+
+
+def merge_factor(buckets: int, max_points: int) -> int:
+    """How many adjacent buckets to merge into one point so that ``buckets`` give at most ``max_points``.
+
+    >>> merge_factor(100, 400), merge_factor(1000, 400), merge_factor(1200, 400)
+    (1, 3, 3)
+    """
+    return max(1, math.ceil(buckets / max_points))
+
+
+class View:
+    """A live aggregate of the events of ``types`` (every type when None); ``add`` folds one envelope."""
+
+    types: ClassVar[tuple[type[Event], ...] | None] = ()
+    title: ClassVar[str] = ""
+
+    def __init__(self, bucket_s: float = DEFAULT_BUCKET_S) -> None:
+        self.bucket_s = bucket_s
+
+    @classmethod
+    def tags(cls) -> frozenset[str] | None:
+        """The type tags this view reads (None: all)."""
+        return None if cls.types is None else frozenset(t.tag() for t in cls.types)
+
+    def bucket(self, time: float) -> int:
+        """The index of the event-time bucket ``time`` falls in."""
+        return math.floor(time / self.bucket_s)
+
+    def add(self, envelope: Envelope[Any]) -> None:
+        """Fold one envelope of the view's types."""
+        raise NotImplementedError
+
+    def frame(self) -> pd.DataFrame:
+        """The view's aggregate as a table."""
+        raise NotImplementedError
+
+    def frames(self) -> dict[str, pd.DataFrame]:
+        """Every table the view gives, by name."""
+        return {type(self).__name__: self.frame()}
+
+
+class EventRate(View):
+    """Events per second of event time, in buckets of ``bucket_s`` seconds.
+
+    >>> rate = EventRate(bucket_s=10.0)
+    >>> for t in (0.0, 1.0, 12.0):
+    ...     rate.add(Envelope(1, "id", "Feedback", "p", t, 0.0, None, None, 1, None))
+    >>> rate.frame()[["time", "events", "rate"]].values.tolist()
+    [[0.0, 2.0, 0.2], [10.0, 1.0, 0.1]]
+    """
+
+    types = None
+    title = "Event rate"
+
+    def __init__(self, bucket_s: float = DEFAULT_BUCKET_S) -> None:
+        super().__init__(bucket_s)
+        self.counts: Counter[int] = Counter()
+
+    def add(self, envelope: Envelope[Any]) -> None:
+        self.counts[self.bucket(envelope.time)] += 1
+
+    def frame(self, max_points: int = MAX_POINTS) -> pd.DataFrame:
+        """Columns ``time`` (bucket start), ``events`` and ``rate`` (per second), over at most ``max_points``
+        points; empty buckets between the first and the last count as zero."""
+        if not self.counts:
+            return pd.DataFrame({"time": [], "events": [], "rate": []})
+        first, last = min(self.counts), max(self.counts)
+        factor = merge_factor(last - first + 1, max_points)
+        merged: Counter[int] = Counter()
+        for index, count in self.counts.items():
+            merged[index // factor * factor] += count
+        starts = np.arange(first // factor * factor, last + 1, factor)
+        events = np.array([merged[s] for s in starts], dtype=float)
+        return pd.DataFrame(
+            {"time": starts * self.bucket_s, "events": events, "rate": events / (factor * self.bucket_s)}
+        )
+
+
+class _FeedbackBucket:
+    __slots__ = ("cost", "errors", "latencies", "n", "quality")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.errors = 0
+        self.quality = 0.0
+        self.cost = 0.0
+        self.latencies: list[float] = []
+
+    def merge(self, other: _FeedbackBucket) -> None:
+        self.n += other.n
+        self.errors += other.errors
+        self.quality += other.quality
+        self.cost += other.cost
+        self.latencies.extend(other.latencies)
+
+
+class FeedbackMetrics(View):
+    """Feedback per variant over event-time windows: count, mean quality, latency p50 and p95, error rate
+    (the share without success) and mean cost. A window's row is computed again only when it changed.
+
+    >>> metrics = FeedbackMetrics(bucket_s=60.0)
+    >>> for t, ok, ms in ((5.0, True, 100.0), (30.0, False, 300.0), (70.0, True, 200.0)):
+    ...     fb = Feedback(prompt_id="p", variant_id="v1", response_time_ms=ms, success=ok, quality_score=0.5)
+    ...     metrics.add(Envelope(1, "id", "Feedback", "p", t, 0.0, None, None, 1, fb))
+    >>> metrics.frame()[["time", "variant", "count", "error_rate", "latency_p50"]].values.tolist()
+    [[0.0, 'v1', 2, 0.5, 200.0], [60.0, 'v1', 1, 0.0, 200.0]]
+    """
+
+    types = (Feedback,)
+    title = "Feedback metrics per variant"
+    METRICS: ClassVar[tuple[str, ...]] = ("quality", "latency_p50", "latency_p95", "error_rate", "cost")
+
+    def __init__(self, bucket_s: float = DEFAULT_BUCKET_S) -> None:
+        super().__init__(bucket_s)
+        self.buckets: dict[str, dict[int, _FeedbackBucket]] = defaultdict(dict)
+        self.first: int | None = None
+        self.last: int | None = None
+        self._changed: set[tuple[str, int]] = set()
+        self._rows: dict[tuple[str, int], dict[str, Any]] = {}
+        self._factor = 0
+
+    def add(self, envelope: Envelope[Any]) -> None:
+        feedback: Feedback = envelope.payload
+        by_time = self.buckets[feedback.variant_id]
+        index = self.bucket(envelope.time)
+        bucket = by_time.get(index)
+        if bucket is None:
+            bucket = by_time[index] = _FeedbackBucket()
+            self.first = index if self.first is None else min(self.first, index)
+            self.last = index if self.last is None else max(self.last, index)
+        bucket.n += 1
+        bucket.errors += not feedback.success
+        bucket.quality += feedback.quality_score
+        bucket.cost += feedback.cost_usd
+        bucket.latencies.append(feedback.response_time_ms)
+        self._changed.add((feedback.variant_id, index))
+
+    def frame(self, max_points: int = MAX_POINTS) -> pd.DataFrame:
+        """One row per (window, variant) with ``count`` and the metrics, over at most ``max_points`` windows."""
+        columns = ["time", "variant", "count", *self.METRICS]
+        if self.first is None or self.last is None:
+            return pd.DataFrame([], columns=columns)
+        factor = merge_factor(self.last - self.first + 1, max_points)
+        if factor != self._factor:
+            self._factor, self._rows = factor, {}
+            self._changed = {(variant, index) for variant, by_time in self.buckets.items() for index in by_time}
+        for variant, start in {(variant, index // factor * factor) for variant, index in self._changed}:
+            merged = _FeedbackBucket()
+            for i in range(start, start + factor):
+                if i in self.buckets[variant]:
+                    merged.merge(self.buckets[variant][i])
+            p50, p95 = np.percentile(merged.latencies, [50, 95])
+            self._rows[variant, start] = {
+                "time": start * self.bucket_s,
+                "variant": variant,
+                "count": merged.n,
+                "quality": merged.quality / merged.n,
+                "latency_p50": float(p50),
+                "latency_p95": float(p95),
+                "error_rate": merged.errors / merged.n,
+                "cost": merged.cost / merged.n,
+            }
+        self._changed = set()
+        return pd.DataFrame([self._rows[key] for key in sorted(self._rows)], columns=columns)
+
+
+class Allocation(View):
+    """The share of each arm among an experiment's decisions, per event-time window.
+
+    >>> allocation = Allocation(bucket_s=60.0)
+    >>> for arm in ("v1", "v1", "v1", "v2"):
+    ...     d = Decision(experiment="greeting", arm=arm, policy="thompson", propensity=0.5)
+    ...     allocation.add(Envelope(1, "id", "Decision", "greeting", 10.0, 0.0, None, None, 1, d))
+    >>> allocation.frame()[["experiment", "arm", "decisions", "share"]].values.tolist()
+    [['greeting', 'v1', 3, 0.75], ['greeting', 'v2', 1, 0.25]]
+    """
+
+    types = (Decision,)
+    title = "Allocation of decisions"
+
+    def __init__(self, bucket_s: float = DEFAULT_BUCKET_S) -> None:
+        super().__init__(bucket_s)
+        self.counts: dict[str, dict[int, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
+
+    def add(self, envelope: Envelope[Any]) -> None:
+        decision: Decision = envelope.payload
+        self.counts[decision.experiment][self.bucket(envelope.time)][decision.arm] += 1
+
+    def frame(self, max_points: int = MAX_POINTS) -> pd.DataFrame:
+        """One row per (experiment, window, arm): ``decisions`` and ``share`` of the window's decisions."""
+        rows = []
+        for experiment in sorted(self.counts):
+            by_time = self.counts[experiment]
+            first = min(by_time)
+            factor = merge_factor(max(by_time) - first + 1, max_points)
+            merged: dict[int, Counter[str]] = defaultdict(Counter)
+            for index, arms in by_time.items():
+                merged[index // factor * factor].update(arms)
+            for start in sorted(merged):
+                arms = merged[start]
+                total = sum(arms.values())
+                rows.extend(
+                    {
+                        "experiment": experiment,
+                        "time": start * self.bucket_s,
+                        "arm": arm,
+                        "decisions": count,
+                        "share": count / total,
+                    }
+                    for arm, count in sorted(arms.items())
+                )
+        return pd.DataFrame(rows, columns=["experiment", "time", "arm", "decisions", "share"])
+
+
+class ArmPosteriors(View):
+    """The latest statistics of each bandit experiment: per arm, pulls, the mean reward with its 95 %
+    credible interval and the probability of being best (from ``ExperimentStats`` events)."""
+
+    types = (ExperimentStats,)
+    title = "Arms: posterior means and 95 % intervals"
+
+    def __init__(self, bucket_s: float = DEFAULT_BUCKET_S) -> None:
+        super().__init__(bucket_s)
+        self.latest: dict[str, tuple[float, ExperimentStats]] = {}
+
+    def add(self, envelope: Envelope[Any]) -> None:
+        stats: ExperimentStats = envelope.payload
+        self.latest[stats.experiment] = (envelope.time, stats)
+
+    def frame(self) -> pd.DataFrame:
+        """One row per (experiment, arm) with ``status``, ``pulls``, ``mean``, ``low``, ``high``, ``p_best``."""
+        rows = [
+            {"experiment": name, "arm": arm, **msgspec.structs.asdict(summary)}
+            for name, (_, stats) in sorted(self.latest.items())
+            for arm, summary in stats.arms.items()
+        ]
+        columns = ["experiment", "arm", "status", "pulls", "rewards", "mean", "low", "high", "p_best"]
+        return pd.DataFrame(rows, columns=columns)
+
+
+_STATUS_BY_EVENT = {
+    ExperimentStarted: "running",
+    ExperimentPaused: "paused",
+    ExperimentResumed: "running",
+    ExperimentCompleted: "completed",
+    ExperimentArchived: "archived",
+}
+
+
+class ExperimentTests(View):
+    """A/B tests and canaries: each analysis's p-values per variant against the control, and each
+    experiment's status with the reason of its last change (a guardrail pause names its guardrail)."""
+
+    types = (*_STATUS_BY_EVENT, ExperimentAnalysed, ExperimentConcluded, CanaryAdvanced, CanaryRolledBack)
+    title = "Experiments: p-values and guardrails"
+
+    def __init__(self, bucket_s: float = DEFAULT_BUCKET_S) -> None:
+        super().__init__(bucket_s)
+        self.analyses: list[dict[str, Any]] = []
+        self.status: dict[str, dict[str, Any]] = {}
+
+    def add(self, envelope: Envelope[Any]) -> None:
+        event = envelope.payload
+        if isinstance(event, ExperimentAnalysed):
+            for variant, comparison in event.comparisons.items():
+                self.analyses.append(
+                    {
+                        "experiment": event.experiment,
+                        "analysis": event.analysis,
+                        "feedback": event.feedback,
+                        "variant": variant,
+                        "p_welch": comparison.welch.p_value if comparison.welch else None,
+                        "p_conversion": comparison.conversion.p_value if comparison.conversion else None,
+                        "p_holm": comparison.p_holm,
+                        "msprt_p": comparison.msprt_p,
+                    }
+                )
+            return
+        row = self.status.setdefault(event.experiment, {"experiment": event.experiment, "status": "", "reason": ""})
+        if type(event) in _STATUS_BY_EVENT:
+            row["status"] = _STATUS_BY_EVENT[type(event)]
+        row["reason"] = f"{type(event).__name__}: {event.reason}"
+        row["seq"] = envelope.seq
+
+    def frame(self) -> pd.DataFrame:
+        """One row per (analysis, variant): the Welch, conversion, Holm-adjusted and mSPRT p-values."""
+        columns = ["experiment", "analysis", "feedback", "variant", "p_welch", "p_conversion", "p_holm", "msprt_p"]
+        return pd.DataFrame(self.analyses, columns=columns)
+
+    def status_frame(self) -> pd.DataFrame:
+        """One row per experiment: its status and the last lifecycle or canary event with its reason."""
+        return pd.DataFrame(list(self.status.values()), columns=["experiment", "status", "reason", "seq"])
+
+    def frames(self) -> dict[str, pd.DataFrame]:
+        return {"ExperimentTests": self.frame(), "ExperimentStatus": self.status_frame()}
+
+
+def describe(event: Event) -> str:
+    """A one-line account of an event for the feed: its reason or message when it has one, else its fields.
+
+    >>> describe(HandlerFailed(handler="bandit", event_type="Feedback", error_type="KeyError", message="'v9'"))
+    "bandit failed on Feedback: KeyError: 'v9'"
+    """
+    if isinstance(event, HandlerFailed):
+        return f"{event.handler} failed on {event.event_type}: {event.error_type}: {event.message}"
+    reason = getattr(event, "reason", None)
+    if reason:
+        return str(reason)
+    return msgspec.json.encode(event).decode()
+
+
+class AlertFeed(View):
+    """The newest ``limit`` events that call for attention (failures, rejections, pauses, sample-ratio
+    mismatches, rollbacks, conclusions), newest first."""
+
+    types = (
+        HandlerFailed,
+        FeedbackRejected,
+        ExperimentPaused,
+        SampleRatioMismatch,
+        CanaryRolledBack,
+        ExperimentConcluded,
+        WinnerPromoted,
+    )
+    title = "Alerts and actions"
+
+    def __init__(self, bucket_s: float = DEFAULT_BUCKET_S, limit: int = 200) -> None:
+        super().__init__(bucket_s)
+        self.entries: deque[dict[str, Any]] = deque(maxlen=limit)
+
+    def add(self, envelope: Envelope[Any]) -> None:
+        self.entries.append(
+            {
+                "seq": envelope.seq,
+                "time": envelope.time,
+                "type": envelope.type,
+                "stream": envelope.stream,
+                "what": describe(envelope.payload),
+            }
+        )
+
+    def frame(self) -> pd.DataFrame:
+        """The entries, newest first: ``seq``, ``time``, ``type``, ``stream`` and ``what``."""
+        return pd.DataFrame(list(reversed(self.entries)), columns=["seq", "time", "type", "stream", "what"])
+
+
+def default_views(bucket_s: float = DEFAULT_BUCKET_S) -> list[View]:
+    """One of each view the dashboard shows."""
+    return [
+        cls(bucket_s) for cls in (EventRate, FeedbackMetrics, Allocation, ArmPosteriors, ExperimentTests, AlertFeed)
+    ]
+
+
+class LogModel:
+    """Counts by type and the views of a log, folded one envelope at a time in seq order.
+
+    >>> model = LogModel()
+    >>> fb = Feedback(prompt_id="p", variant_id="v1", response_time_ms=90.0, success=True, quality_score=0.7)
+    >>> model.add([Envelope(1, "id", "Feedback", "p", 0.0, 0.0, None, None, 1, fb)])
+    >>> model.events_seen, [type(view).__name__ for view in model.shown()]
+    (1, ['EventRate', 'FeedbackMetrics'])
+    """
+
+    def __init__(self, views: Sequence[View] | None = None) -> None:
+        self.views = list(default_views() if views is None else views)
+        self.counts: Counter[str] = Counter()
+        self.last_seq = 0
+        self.first_time: float | None = None
+        self.last_time: float | None = None
+        self._every = [view for view in self.views if view.tags() is None]
+        self._by_tag: dict[str, list[View]] = defaultdict(list)
+        for view in self.views:
+            for tag in view.tags() or ():
+                self._by_tag[tag].append(view)
+
+    @property
+    def events_seen(self) -> int:
+        """How many events have been folded."""
+        return sum(self.counts.values())
+
+    def add(self, envelopes: Iterable[Envelope[Any]]) -> None:
+        """Fold ``envelopes`` (in seq order, each seq once) into the counts and the views reading their type."""
+        every, by_tag = self._every, self._by_tag
+        for envelope in envelopes:
+            self.counts[envelope.type] += 1
+            for view in every:
+                view.add(envelope)
+            for view in by_tag.get(envelope.type, ()):
+                view.add(envelope)
+            self.last_seq = envelope.seq
+            if self.first_time is None:
+                self.first_time = envelope.time
+            self.last_time = envelope.time
+
+    def shown(self) -> list[View]:
+        """The views that have events of their types to show."""
+        return [view for view in self.views if self.holds_events_for(view)]
+
+    def holds_events_for(self, view: View) -> bool:
+        """Whether events of ``view``'s types (of any type, if it reads all) have been folded."""
+        tags = view.tags()
+        return self.events_seen > 0 if tags is None else any(self.counts[tag] for tag in tags)
+
+    def view(self, cls: type[View]) -> View:
+        """The model's view of class ``cls``."""
+        return next(view for view in self.views if isinstance(view, cls))
+
+    def counts_frame(self) -> pd.DataFrame:
+        """Events per type, most frequent first."""
+        return pd.DataFrame(self.counts.most_common(), columns=["type", "events"])
+
+    def frames(self) -> dict[str, pd.DataFrame]:
+        """Every table the dashboard draws, by name: the counts and each view's."""
+        tables = {"counts": self.counts_frame()}
+        for view in self.views:
+            tables.update(view.frames())
+        return tables
+
+    def emptied(self) -> LogModel:
+        """A model with views of the same kinds, and nothing folded yet."""
+        return LogModel([type(view)(view.bucket_s) for view in self.views])
+
+
+class LogTail:
+    """Feeds a model the events of a log from the seq after the last one it read; the log may be
+    written by another process meanwhile, and may not exist yet (it is opened, read-only, once it does).
+    Open on a path or on an engine.
+
+    >>> engine = Engine.open(":memory:", seed=1, handlers=[])
+    >>> tail = LogTail(engine)
+    >>> _ = engine.publish(Feedback(prompt_id="p", variant_id="v1", response_time_ms=1.0, success=True,
+    ...                             quality_score=0.5), time=0.0)
+    >>> tail.poll(), tail.poll(), tail.model.events_seen
+    (1, 0, 1)
+    """
+
+    def __init__(self, source: Engine | str | Path, model: LogModel | None = None) -> None:
+        self.path = None if isinstance(source, Engine) else Path(source)
+        self._engine = source if isinstance(source, Engine) else None
+        self._opened: tuple[int, int] | None = None
+        self.model = LogModel() if model is None else model
+        self.lock = threading.Lock()
+
+    def _file(self) -> tuple[int, int] | None:
+        """The identity of the file at ``path`` (None if there is none)."""
+        try:
+            found = os.stat(self.path) if self.path is not None else None
+        except FileNotFoundError:
+            return None
+        return None if found is None else (found.st_dev, found.st_ino)
+
+    @property
+    def location(self) -> str:
+        """Where the log lives."""
+        return str(self.path) if self._engine is None else self._engine.location
+
+    @property
+    def engine(self) -> Engine | None:
+        """The engine reading the log (None while a log given by path does not exist yet)."""
+        if self._engine is None and self.path is not None and self.path.exists():
+            try:
+                identity = self._file()
+                self._engine = Engine.open(self.path, read_only=True, handlers=[])
+                self._opened = identity
+            except InvalidLog:  # still being created by its writer
+                return None
+        return self._engine
+
+    def poll(self, limit: int = READ_CHUNK) -> int:
+        """Fold up to ``limit`` events committed since the last call; returns how many. A log file replaced
+        by another (``rtopt simulate`` writes a new one on each run) is read from its start into a new model.
+        """
+        with self.lock:
+            if self._opened is not None and self._file() != self._opened:
+                if self._engine is not None:
+                    self._engine.close()
+                self._engine = self._opened = None
+                self.model = self.model.emptied()
+            engine = self.engine
+            if engine is None:
+                return 0
+            start = self.model.last_seq + 1
+            return self._fold(list(engine.read(start=start, until=start + limit - 1)))
+
+    def _fold(self, envelopes: list[Envelope[Any]]) -> int:
+        self.model.add(envelopes)
+        return len(envelopes)
+
+    def close(self) -> None:
+        """Release the log if this tail opened it."""
+        if self.path is not None and self._engine is not None:
+            self._engine.close()
+
+
+class EngineFeed(LogTail):
+    """Feeds a model what an engine in this process commits, as it commits it (a subscription), after
+    reading the events it held before.
+
+    >>> engine = Engine.open(":memory:", seed=1, handlers=[])
+    >>> feed = EngineFeed(engine)
+    >>> _ = engine.publish(Feedback(prompt_id="p", variant_id="v1", response_time_ms=1.0, success=True,
+    ...                             quality_score=0.5), time=0.0)
+    >>> feed.poll(), feed.model.events_seen
+    (1, 1)
+    >>> feed.close()
+    """
+
+    def __init__(self, engine: Engine, model: LogModel | None = None) -> None:
+        super().__init__(engine, model)
+        self.pending: deque[Envelope[Any]] = deque()
+        self.subscription = engine.subscribe(self.pending.append)
+        self.history_end = engine.position
+
+    def poll(self, limit: int = READ_CHUNK) -> int:
+        """Fold up to ``limit`` events: the engine's history first, then what it committed since."""
+        if self.model.last_seq < self.history_end:
+            return super().poll(min(limit, self.history_end - self.model.last_seq))
+        with self.lock:
+            batch = []
+            while self.pending and len(batch) < limit:
+                envelope = self.pending.popleft()
+                if envelope.seq > self.model.last_seq:
+                    batch.append(envelope)
+            return self._fold(batch)
+
+    def close(self) -> None:
+        """Stop receiving the engine's events."""
+        self.subscription.dispose()

@@ -1,0 +1,267 @@
+"""The dashboard's data layer: what it reads from a log and how it aggregates it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from apps.data import (
+    AlertFeed,
+    Allocation,
+    ArmPosteriors,
+    EngineFeed,
+    EventRate,
+    ExperimentTests,
+    FeedbackMetrics,
+    LogModel,
+    LogTail,
+)
+from apps.replay import state_at
+from handlers.bandits import ArmSummary, ExperimentStats
+from handlers.experiments import ExperimentAnalysed, ExperimentPaused, VariantComparison
+from rtopt import Decision, Draft, Engine, Envelope, Feedback, FeedbackRejected, HandlerFailed
+from tests.conftest import simulate_into
+
+
+def feedback(variant: str, latency: float, *, success: bool = True, quality: float = 0.5, cost: float = 0.0):
+    return Feedback(
+        prompt_id="greeting",
+        variant_id=variant,
+        response_time_ms=latency,
+        success=success,
+        quality_score=quality,
+        cost_usd=cost,
+    )
+
+
+def decision(arm: str) -> Decision:
+    return Decision(experiment="greeting", arm=arm, policy="recorded", propensity=0.5)
+
+
+@pytest.fixture
+def crafted() -> Engine:
+    """A small log whose windows are easy to compute by hand (60 s buckets)."""
+    engine = Engine.open(":memory:", seed=1, handlers=[])
+    events = [
+        (0.0, decision("a")),
+        (1.0, decision("a")),
+        (2.0, decision("b")),
+        (10.0, feedback("a", 100.0, quality=0.9, cost=0.01)),
+        (20.0, feedback("a", 200.0, quality=0.7, cost=0.03)),
+        (30.0, feedback("a", 300.0, success=False, quality=0.2, cost=0.02)),
+        (40.0, feedback("b", 50.0, quality=0.4)),
+        (65.0, decision("b")),
+        (70.0, feedback("a", 400.0, quality=1.0)),
+    ]
+    for time, event in events:
+        engine.publish(event, time=time)
+    engine.publish(
+        HandlerFailed(handler="bandit", event_type="Feedback", error_type="KeyError", message="v9"), "x", time=72.0
+    )
+    engine.publish(FeedbackRejected(reason="unknown decision", decision_id="d-1"), "greeting", time=75.0)
+    return engine
+
+
+def read_all(source: Engine | Path) -> LogModel:
+    tail = LogTail(source)
+    tail.poll(limit=10**9)
+    return tail.model
+
+
+def test_feedback_windows_per_variant(crafted: Engine) -> None:
+    frame = read_all(crafted).view(FeedbackMetrics).frame().set_index(["time", "variant"])
+    first_a = frame.loc[(0.0, "a")]
+    assert first_a["count"] == 3
+    assert first_a["quality"] == pytest.approx((0.9 + 0.7 + 0.2) / 3)
+    assert first_a["latency_p50"] == pytest.approx(200.0)
+    assert first_a["latency_p95"] == pytest.approx(290.0)  # numpy's linear interpolation of 100, 200, 300
+    assert first_a["error_rate"] == pytest.approx(1 / 3)
+    assert first_a["cost"] == pytest.approx(0.02)
+    assert frame.loc[(0.0, "b")]["count"] == 1
+    assert frame.loc[(60.0, "a")][["count", "quality", "latency_p95"]].tolist() == [1, 1.0, 400.0]
+    assert len(frame) == 3
+
+
+def test_event_rate_counts_every_type_per_bucket(crafted: Engine) -> None:
+    model = read_all(crafted)
+    rate = model.view(EventRate).frame()
+    assert rate["time"].tolist() == [0.0, 60.0]
+    assert rate["events"].tolist() == [7, 4]
+    assert rate["rate"].tolist() == pytest.approx([7 / 60, 4 / 60])
+    assert model.counts == {"Decision": 4, "Feedback": 5, "HandlerFailed": 1, "FeedbackRejected": 1}
+    assert model.events_seen == model.last_seq == 11
+
+
+def test_allocation_shares_per_window(crafted: Engine) -> None:
+    frame = read_all(crafted).view(Allocation).frame()
+    assert frame[["time", "arm", "decisions", "share"]].values.tolist() == [
+        [0.0, "a", 2, pytest.approx(2 / 3)],
+        [0.0, "b", 1, pytest.approx(1 / 3)],
+        [60.0, "b", 1, 1.0],
+    ]
+
+
+def test_alert_feed_newest_first_with_what_happened(crafted: Engine) -> None:
+    frame = read_all(crafted).view(AlertFeed).frame()
+    assert frame["type"].tolist() == ["FeedbackRejected", "HandlerFailed"]
+    assert frame["what"].tolist() == ["unknown decision", "bandit failed on Feedback: KeyError: v9"]
+
+
+def test_views_show_only_when_their_events_exist(crafted: Engine) -> None:
+    model = LogTail(crafted).model
+    assert model.shown() == []
+    model = read_all(crafted)
+    assert {type(view) for view in model.shown()} == {EventRate, FeedbackMetrics, Allocation, AlertFeed}
+    stats = ExperimentStats(
+        experiment="greeting",
+        decisions=4,
+        rewards=3,
+        exploration_rate=0.25,
+        arms={
+            "a": ArmSummary("active", 3, 3, 0.6, 0.2, 0.9, 0.7),
+            "b": ArmSummary("active", 1, 0, None, None, None, 0.3),
+        },
+    )
+    comparison = VariantComparison(None, None, None, None, msprt_p=0.2, msprt_p_holm=0.4)
+    analysed = ExperimentAnalysed(
+        experiment="greeting",
+        analysis=1,
+        feedback=5,
+        elapsed_s=70.0,
+        control="a",
+        metric="quality",
+        conversion="success",
+        variants={},
+        comparisons={"b": comparison},
+    )
+    paused = ExperimentPaused(experiment="greeting", reason="guardrail quality", guardrail="quality", arm="b")
+    for event in (stats, analysed, paused):
+        crafted.publish(event, time=80.0)
+    tail = LogTail(crafted, model)
+    assert tail.poll() == 3
+    assert {ArmPosteriors, ExperimentTests} <= {type(view) for view in model.shown()}
+    arms = model.view(ArmPosteriors).frame().set_index("arm")
+    assert arms.loc["a", ["mean", "low", "high", "p_best"]].tolist() == [0.6, 0.2, 0.9, 0.7]
+    tests = model.view(ExperimentTests)
+    assert tests.frame()[["analysis", "variant", "msprt_p", "p_welch"]].values.tolist() == [[1, "b", 0.2, None]]
+    assert tests.status_frame()[["status", "reason"]].values.tolist() == [
+        ["paused", "ExperimentPaused: guardrail quality"]
+    ]
+    assert model.view(AlertFeed).frame()["type"].iloc[0] == "ExperimentPaused"
+
+
+def test_downsampled_windows_equal_wider_windows(simulated_small: Path) -> None:
+    narrow = FeedbackMetrics(bucket_s=10.0)
+    wide = FeedbackMetrics(bucket_s=30.0)
+    model = read_all(simulated_small)
+    for envelope in LogTail(simulated_small).engine.read(types=[Feedback]):
+        narrow.add(envelope)
+        wide.add(envelope)
+    buckets = narrow.last - narrow.first + 1
+    downsampled = narrow.frame(max_points=buckets // 3 + (buckets % 3 > 0))
+    assert len(downsampled) < len(narrow.frame(max_points=10**6))
+    pd.testing.assert_frame_equal(downsampled, wide.frame())
+    assert model.view(FeedbackMetrics).frame(max_points=5)["time"].nunique() <= 6
+
+
+def test_a_changed_window_is_computed_again(crafted: Engine) -> None:
+    tail = LogTail(crafted)
+    tail.poll()
+    before = tail.model.view(FeedbackMetrics).frame()
+    crafted.publish(feedback("a", 1000.0, quality=0.0), time=5.0)  # late: into the first window
+    tail.poll()
+    after = tail.model.view(FeedbackMetrics).frame()
+    assert after.equals(read_all(crafted).view(FeedbackMetrics).frame())
+    assert after.loc[0, "count"] == before.loc[0, "count"] + 1
+
+
+@pytest.fixture(scope="module")
+def simulated_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("apps") / "small.sqlite"
+    simulate_into(path, steps=600, seed=3)
+    return path
+
+
+def assert_same_frames(model: LogModel, other: LogModel) -> None:
+    ours, theirs = model.frames(), other.frames()
+    assert list(ours) == list(theirs)
+    for name, frame in ours.items():
+        pd.testing.assert_frame_equal(frame, theirs[name], obj=name)
+
+
+def test_reading_in_small_steps_equals_one_full_read(simulated_small: Path) -> None:
+    full = read_all(simulated_small)
+    tail = LogTail(simulated_small)
+    steps = 0
+    while tail.poll(limit=97):
+        steps += 1
+    assert steps == -(-full.last_seq // 97)
+    assert tail.model.events_seen == full.events_seen == full.last_seq
+    assert_same_frames(tail.model, full)
+
+
+def test_a_tail_follows_a_log_as_it_grows(tmp_path: Path, simulated_small: Path) -> None:
+    path = tmp_path / "growing.sqlite"
+    tail = LogTail(path)
+    assert tail.poll() == 0 and tail.engine is None  # not written yet
+    with Engine.open(path, seed=3, handlers=[]) as writer, Engine.open(simulated_small, read_only=True) as source:
+        rows = list(source.read())
+        writer.publish_many([_draft(e) for e in rows[:500]])
+        assert tail.poll() == 500
+        writer.publish_many([_draft(e) for e in rows[500:900]])
+        assert tail.poll() == 400
+        assert tail.poll() == 0
+    assert_same_frames(tail.model, read_all(path))
+    tail.close()
+
+
+def _draft(envelope: Envelope[Any]) -> Draft:
+    return Draft(envelope.payload, envelope.stream, envelope.time)
+
+
+def test_engine_feed_reads_history_then_follows_the_engine(crafted: Engine) -> None:
+    feed = EngineFeed(crafted)
+    crafted.publish(feedback("b", 60.0), time=90.0)  # committed before the first poll: read once
+    assert feed.poll(limit=4) == 4
+    while feed.poll(limit=4):
+        pass
+    crafted.publish(feedback("b", 70.0), time=95.0)
+    assert feed.poll() == 1
+    assert feed.model.events_seen == feed.model.last_seq == 13
+    assert_same_frames(feed.model, read_all(crafted))
+    feed.close()
+    crafted.publish(feedback("b", 80.0), time=99.0)
+    assert feed.poll() == 0
+
+
+def test_state_at_a_past_seq_is_rebuilt_by_replay(simulated_small: Path) -> None:
+    with Engine.open(simulated_small, read_only=True, handlers=[]) as engine:
+        seq = engine.position // 2
+        pulls = pd.Series([e.payload.arm for e in engine.read(types=[Decision], until=seq)]).value_counts()
+    past = state_at(simulated_small, seq)
+    assert past.seq == seq and past.time is not None
+    assert past.arms.set_index("arm")["pulls"].to_dict() == pulls.to_dict()
+    assert past.experiments.empty
+
+
+def test_a_replaced_log_is_read_from_its_start(tmp_path: Path, simulated_small: Path) -> None:
+    path = tmp_path / "replaced.sqlite"
+    with Engine.open(simulated_small, read_only=True) as source:
+        rows = list(source.read(until=900))
+    with Engine.open(path, seed=3, handlers=[]) as writer:
+        writer.publish_many([_draft(e) for e in rows[:600]])
+    tail = LogTail(path)
+    assert tail.poll() == 600
+    first_model = tail.model
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    with Engine.open(path, seed=3, handlers=[]) as writer:
+        writer.publish_many([_draft(e) for e in rows[:250]])
+    assert tail.poll() == 250
+    assert tail.model is not first_model
+    assert tail.model.events_seen == tail.model.last_seq == 250
+    assert_same_frames(tail.model, read_all(path))
+    tail.close()

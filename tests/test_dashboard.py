@@ -1,0 +1,55 @@
+"""The dashboard object without a browser: sections appear with their events, history and what-if fill in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from apps.dashboard import Dashboard
+from apps.data import ArmPosteriors, FeedbackMetrics, LogTail
+from handlers.bandits.simulation import default_variants, simulate
+from rtopt import Engine
+from tests.conftest import simulate_into
+
+
+def test_sections_appear_once_their_events_exist_and_follow_the_log(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite"
+    page = Dashboard(LogTail(path))
+    assert not any(slot.visible for slot in page.slots)
+    assert 'id="events-seen">0<' in page.status.object
+    with Engine.open(path, seed=2) as engine:
+        simulate(engine, 120, default_variants(3, seed=2), seed=2)
+        page.refresh()
+        views = page.tail.model.views
+        visible = {type(view) for view, slot in zip(views, page.slots, strict=True) if slot.visible}
+        assert FeedbackMetrics in visible and ArmPosteriors in visible
+        first = engine.position
+        assert f'id="events-seen">{first:,}<' in page.status.object
+        assert page.history is not None and page.history.slider.end == first
+        simulate(engine, 60, default_variants(3, seed=2), seed=2, experiment="other")
+        page.refresh()
+        assert f'id="events-seen">{engine.position:,}<' in page.status.object
+        assert page.history.slider.value == page.history.slider.end == engine.position
+        assert page.history.experiment.options == ["greeting", "other"]
+    page.tail.close()
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("dash") / "recorded.sqlite"
+    simulate_into(path, steps=300, seed=4, variants=3)
+    return path
+
+
+def test_history_shows_the_state_at_a_past_seq_and_what_if_the_estimates(recorded: Path) -> None:
+    page = Dashboard(LogTail(recorded))
+    assert page.history is not None
+    page.history.show_past(100)
+    assert page.history.past.objects[0].object.startswith("State at seq 100")
+    arms = page.history.past.objects[1].object
+    assert arms["pulls"].sum() == sum(1 for _ in page.tail.engine.read(types=["Decision"], until=100))
+    page.history.show_estimates("greeting")
+    estimates = page.history.estimates.objects[0][1].object
+    assert estimates["policy"].tolist() == ["logged", "uniform", "always:v1", "always:v2", "always:v3"]
+    page.tail.close()

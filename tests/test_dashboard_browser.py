@@ -1,0 +1,150 @@
+"""The served dashboard in headless Chromium: it loads offline without console errors, draws its plots and
+counts the events of a log while ``rtopt simulate`` writes it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from rtopt import Engine
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def chromium() -> str:
+    """The system's Chromium; outside CI a machine without it skips the test."""
+    found = shutil.which("chromium")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (.ci/run installs it)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_served(url: str, server: subprocess.Popen[bytes], timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert server.poll() is None, "the dashboard exited"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                if answer.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer within {timeout} s")
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A dashboard on a free port over a log that does not exist yet."""
+    log = tmp_path / "live.sqlite"
+    port = free_port()
+    command = [sys.executable, "-m", "rtopt", "dashboard", str(log), "--port", str(port), "--refresh", "0.25"]
+    server = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        wait_until_served(url, server)
+        yield url, log
+    finally:
+        server.terminate()
+        _, errors = server.communicate(timeout=30)
+    assert b"Traceback" not in errors, errors.decode()
+
+
+def test_the_dashboard_counts_a_live_simulation_in_a_browser(served: tuple[str, Path], tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    url, log = served
+    messages: list[tuple[str, str]] = []
+    requested: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch_persistent_context(
+            tmp_path / "profile",
+            executable_path=chromium(),
+            args=CHROMIUM_FLAGS,
+            headless=True,
+            viewport={"width": 1400, "height": 1000},
+        )
+        try:
+            page = browser.new_page()
+            page.on("console", lambda message: messages.append((message.type, message.text)))
+            page.on("pageerror", lambda error: messages.append(("pageerror", str(error))))
+            page.on("request", lambda request: requested.append(request.url))
+            page.goto(url)
+            seen = page.locator("#events-seen")
+            expect(seen).to_have_text("0", timeout=30_000)
+
+            writer = subprocess.Popen(
+                [sys.executable, "-m", "rtopt", "simulate", "--steps", "5000", "--log", str(log), "--seed", "5"],
+                cwd=tmp_path,
+                stdout=subprocess.DEVNULL,
+            )
+            counts_while_writing = []
+            try:
+                shown = "0"
+                while writer.poll() is None:
+                    try:
+                        expect(seen).not_to_have_text(shown, timeout=2_000)
+                    except AssertionError:
+                        continue  # nothing new yet; the loop ends when the writer does
+                    shown = seen.inner_text()
+                    if writer.poll() is None:
+                        counts_while_writing.append(int(shown.replace(",", "")))
+            finally:
+                assert writer.wait(timeout=120) == 0
+            with Engine.open(log, read_only=True, handlers=[]) as engine:
+                last = engine.position
+            expect(seen).to_have_text(f"{last:,}", timeout=30_000)
+
+            assert len(counts_while_writing) >= 2, counts_while_writing
+            assert counts_while_writing == sorted(set(counts_while_writing))
+            assert 0 < counts_while_writing[0] < counts_while_writing[-1] < last
+
+            expect(page.get_by_text("Feedback metrics per variant")).to_be_visible()
+            expect(page.get_by_text("Arms: posterior means and 95 % intervals")).to_be_visible()
+            plots = page.locator(".bk-Canvas")
+            expect(plots.first).to_be_visible()
+            assert plots.count() >= 9  # rate, six feedback metrics, allocation, arm intervals
+            assert page.locator("canvas").count() >= plots.count()
+
+            page.get_by_role("button", name="estimate other policies").click()
+            expect(page.get_by_text("always:v1").first).to_be_visible(timeout=30_000)
+
+            shot = page.screenshot(path=tmp_path / "dashboard.png", full_page=True)
+            ARTIFACTS.mkdir(exist_ok=True)
+            (ARTIFACTS / "dashboard.png").write_bytes(shot)
+        finally:
+            browser.close()
+
+    errors = [text for kind, text in messages if kind in ("error", "pageerror")]
+    assert errors == []
+    hosts = {urlsplit(address).netloc for address in requested if urlsplit(address).scheme in ("http", "https", "ws")}
+    assert hosts == {urlsplit(url).netloc}

@@ -1,0 +1,41 @@
+"""Structs whose constructor checks the constraints of their fields, as decoding does."""
+
+from __future__ import annotations
+
+import re
+import threading
+
+import msgspec
+
+from rtopt import InvalidEvent
+
+_FIELD = re.compile(r"at `\$\.([A-Za-z_][A-Za-z0-9_]*)")
+_checking = threading.local()
+
+
+class Checked(msgspec.Struct):
+    """A struct built in Python is checked against its ``Meta`` constraints (msgspec checks them only when
+    decoding); a bad value raises InvalidEvent naming the field and the value.
+
+    >>> class Window(Checked):
+    ...     size: int = 10
+    >>> Window(size="ten")
+    Traceback (most recent call last):
+    rtopt.errors.InvalidEvent: Window.size = 'ten': Expected `int`, got `str`
+    """
+
+    def __post_init__(self) -> None:
+        if getattr(_checking, "active", False):
+            return
+        _checking.active = True
+        try:
+            msgspec.convert(msgspec.to_builtins(self), type(self))
+        except msgspec.ValidationError as exc:
+            match = _FIELD.search(str(exc))
+            field = match.group(1) if match else None
+            value = getattr(self, field, None) if field else None
+            where = f"{type(self).__name__}.{field}" if field else type(self).__name__
+            reason = str(exc).split(" - at ")[0]
+            raise InvalidEvent(f"{where} = {value!r}: {reason}", field=field, value=value) from None
+        finally:
+            _checking.active = False

@@ -67,3 +67,21 @@ def test_window_benchmark_runs_and_agrees_with_its_plain_loop() -> None:
     assert result.returncode == 0, result.stderr  # the script raises if the two computations disagree
     data = json.loads(result.stdout)
     assert data["windows"] > 0 and data["pipelines_events_per_s"] > 0 and data["cost_ratio"] > 0
+
+
+def test_detection_benchmark_runs_and_both_sides_agree_where_they_share_a_statistic() -> None:
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "detection.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--quick", "--json"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    detectors = json.loads(result.stdout)["detectors"]
+    assert set(detectors) == {"adwin", "page_hinkley", "page_hinkley_river_params", "cusum", "zscore", "iqr", "mad"}
+    for name in ("adwin", "page_hinkley_river_params"):  # the same statistic on the same values
+        ours, river = detectors[name]["rtopt"], detectors[name]["river"]
+        assert {k: v for k, v in ours.items() if k != "updates_per_s"} == {
+            k: v for k, v in river.items() if k != "updates_per_s"
+        }
+    for row in detectors.values():
+        assert all(_positive(side["updates_per_s"]) for side in (row["rtopt"], row.get("river", row["rtopt"])))
+        assert "river" not in row or _positive(row["speed_ratio"])

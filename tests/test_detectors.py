@@ -8,6 +8,7 @@ import math
 import msgspec
 import numpy as np
 import pytest
+from river.drift import ADWIN as RiverADWIN
 from river.drift import PageHinkley as RiverPageHinkley
 from scipy import spatial, stats
 
@@ -72,6 +73,18 @@ def test_page_hinkley_detects_where_rivers_does_with_the_same_parameters() -> No
             expected.append(i)
     assert len(expected) > 3
     assert detections(PageHinkley(threshold=30.0), values) == expected
+
+
+def test_adwin_detects_where_rivers_does() -> None:
+    values = [x * 0.5 + (i // 3000) % 2 for i, x in enumerate(stationary(7, 15_000))]
+    river = RiverADWIN(delta=0.01, clock=8)
+    expected = []
+    for i, x in enumerate(values):
+        river.update(x)
+        if river.drift_detected:
+            expected.append(i)
+    assert len(expected) >= 4
+    assert detections(ADWIN(delta=0.01, clock=8), values) == expected
 
 
 def siegmund_arl(drift: float, threshold: float, shift: float) -> float:

@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 import msgspec
 from msgspec import Meta
-from river.drift import ADWIN as RiverADWIN
+from river._river_rust.drift import AdaptiveWindowing  # the Rust core behind river.drift.ADWIN
 
 from handlers.detection.checked import Checked
 
@@ -60,47 +60,55 @@ class ADWIN(Checked, dict=True):
     replayable: bool = False
     seen: list[float] = msgspec.field(default_factory=list)
     n: int = 0
+    total: float = 0.0
+    reset_at: int = 0
     detections: int = 0
     change_point: int | None = None
     evidence: dict[str, float] = msgspec.field(default_factory=dict)
 
-    def _river(self) -> RiverADWIN:
-        try:
-            return self.__dict__["_window"]
-        except KeyError:
-            window = self.__dict__["_window"] = self._fresh()
-            for x in self.seen:
-                window.update(x)
-            return window
+    def _window(self) -> AdaptiveWindowing:
+        """River's window of the values since the last detection, rebuilt from ``seen`` after decoding."""
+        window = self.__dict__["_adwin"] = self._fresh()
+        for x in self.seen:
+            window.update(x)
+        return window
 
-    def _fresh(self) -> RiverADWIN:
-        return RiverADWIN(self.delta, self.clock, self.max_buckets, self.min_window_length, self.grace_period)
+    def _fresh(self) -> AdaptiveWindowing:
+        return AdaptiveWindowing(
+            delta=self.delta,
+            clock=self.clock,
+            max_buckets=self.max_buckets,
+            min_window_length=self.min_window_length,
+            grace_period=self.grace_period,
+        )
 
     def update(self, x: float) -> bool:
         """Add ``x``; True when it completes the evidence of a change."""
-        window = self._river()
-        mean_all = window.estimation
-        width_all = window.width
-        window.update(x)
+        try:
+            window = self._adwin
+        except AttributeError:
+            window = self._window()
         self.n += 1
+        self.total += x
         if self.replayable:
             self.seen.append(x)
-        if not window.drift_detected:
+        if not window.update(x):
             return False
-        after = int(window.width)
-        self.detections += 1
-        self.change_point = self.n - after
-        mean_after = window.estimation
-        dropped = width_all + 1 - after
+        # ADWIN only drops values when it detects, so its window held every value since the last detection
+        after = int(window.get_width())
+        mean_after = window.get_total() / after
+        dropped = self.n - self.reset_at - after
         self.evidence = {
-            "mean_before": (mean_all * width_all + x - mean_after * after) / dropped,
+            "mean_before": (self.total - mean_after * after) / dropped,
             "mean_after": mean_after,
             "width_before": float(dropped),
             "width_after": float(after),
             "delta": self.delta,
         }
-        self.__dict__["_window"] = self._fresh()
-        self.seen = []
+        self.detections += 1
+        self.change_point = self.n - after
+        self.__dict__["_adwin"] = self._fresh()
+        self.seen, self.reset_at, self.total = [], self.n, 0.0
         return True
 
 

@@ -233,3 +233,13 @@ def test_mahalanobis_refuses_a_vector_of_the_wrong_size() -> None:
     with pytest.raises(InvalidEvent) as raised:
         Mahalanobis(dimensions=3).update([1.0, 2.0])
     assert raised.value.field == "x"
+
+
+def test_the_mad_of_windows_of_every_size_is_scipys() -> None:
+    rng = np.random.default_rng(12)
+    detector = MAD(window=25, min_samples=2)
+    for x in rng.standard_t(3, 60):  # heavy tails: the window fills, slides and keeps its odd and even sizes
+        detector.update(float(x))
+        if len(detector.values) >= 2:
+            assert detector.baseline()["mad"] == pytest.approx(stats.median_abs_deviation(detector.values))
+            assert detector.baseline()["median"] == pytest.approx(np.median(detector.values))

@@ -23,25 +23,26 @@ from typing import Annotated
 import msgspec
 import numpy as np
 from msgspec import Meta
+from river._river_rust.stats import RsRollingQuantile as RollingQuantile  # River's rolling quantile (Rust)
 from scipy import stats
 
-from handlers.detection.checked import Checked
+from handlers.checked import Checked
 from rtopt import InvalidEvent
 
 Positive = Annotated[float, Meta(gt=0.0)]
 WindowSize = Annotated[int, Meta(ge=3)]
+RELATIVE_NOISE = 1e-9
 MAD_TO_SIGMA = 0.6744897501960817  # the standard normal's third quartile: MAD = 0.6745 sigma
 
 
 class Rolling(Checked):
-    """The last ``window`` normal values (oldest first in ``values`` from ``start``, also kept sorted), the
-    run of consecutive anomalies, and counters shared by the univariate detectors."""
+    """The last ``window`` normal values (oldest first), the run of consecutive anomalies, and counters shared
+    by the univariate detectors."""
 
     window: WindowSize = 100
     threshold: Positive = 3.0
     min_samples: Annotated[int, Meta(ge=2)] = 20
     values: list[float] = msgspec.field(default_factory=list)
-    ordered: list[float] = msgspec.field(default_factory=list)
     run: list[float] = msgspec.field(default_factory=list)
     n: int = 0
     anomalies: int = 0
@@ -52,7 +53,12 @@ class Rolling(Checked):
         raise NotImplementedError
 
     def baseline(self) -> dict[str, float]:
-        """The statistics ``x`` is compared with."""
+        """The statistics ``x`` is compared with, and the number of values behind them."""
+        if not self.values:
+            return {"count": 0.0}
+        return {**self._baseline(), "count": float(len(self.values))}
+
+    def _baseline(self) -> dict[str, float]:
         raise NotImplementedError
 
     def update(self, x: float) -> bool:
@@ -72,11 +78,8 @@ class Rolling(Checked):
     def _add(self, x: float) -> None:
         values = self.values
         values.append(x)
-        bisect.insort(self.ordered, x)
         if len(values) > self.window:
-            old = values.pop(0)
-            del self.ordered[bisect.bisect_left(self.ordered, old)]
-            self._forget(old)
+            self._forget(values.pop(0))
         self._learn(x)
 
     def _learn(self, x: float) -> None:
@@ -87,7 +90,7 @@ class Rolling(Checked):
 
     def _rebaseline(self) -> None:
         run = self.run
-        self.values, self.ordered, self.run = [], [], []
+        self.values, self.run = [], []
         self._reset()
         for x in run:
             self._add(x)
@@ -95,23 +98,17 @@ class Rolling(Checked):
     def _reset(self) -> None:
         """Hook: the window was emptied."""
 
-    def _quantile(self, q: float) -> float:
-        """The ``q`` quantile of the window, linearly interpolated (numpy's default)."""
-        ordered = self.ordered
-        position = (len(ordered) - 1) * q
-        low = math.floor(position)
-        high = min(low + 1, len(ordered) - 1)
-        return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
-
-def _ratio(distance: float, spread: float) -> float:
-    """``distance / spread``, infinite for a positive distance over no spread."""
+def _ratio(distance: float, spread: float, level: float) -> float:
+    """``distance / spread``, with the spread no less than a billionth of the ``level`` it is measured at (so
+    rounding around a constant baseline is not an anomaly); infinite for a positive distance over no spread."""
+    spread = max(spread, RELATIVE_NOISE * abs(level))
     if spread > 0.0:
         return distance / spread
     return math.inf if distance > 0.0 else 0.0
 
 
-class ZScore(Rolling):
+class ZScore(Rolling, tag="zscore"):
     """Rolling z-score: ``|x - mean| / std`` over the last ``window`` normal values.
 
     >>> detector = ZScore(window=50, threshold=3.0, min_samples=5)
@@ -128,13 +125,13 @@ class ZScore(Rolling):
         n = len(self.values)
         mean = self.total / n
         var = max(self.squares / n - mean * mean, 0.0) * n / (n - 1)
-        return _ratio(abs(x - mean), math.sqrt(var))
+        return _ratio(abs(x - mean), math.sqrt(var), mean)
 
-    def baseline(self) -> dict[str, float]:
+    def _baseline(self) -> dict[str, float]:
         n = len(self.values)
-        mean = self.total / n if n else 0.0
+        mean = self.total / n
         std = math.sqrt(max(self.squares / n - mean * mean, 0.0) * n / (n - 1)) if n > 1 else 0.0
-        return {"mean": mean, "std": std, "count": float(n)}
+        return {"mean": mean, "std": std}
 
     def _learn(self, x: float) -> None:
         self.total += x
@@ -148,9 +145,10 @@ class ZScore(Rolling):
         self.total = self.squares = 0.0
 
 
-class IQRFences(Rolling):
+class IQRFences(Rolling, tag="iqr", dict=True):
     """Tukey's fences: an anomaly lies more than ``threshold`` interquartile ranges below the first quartile or
-    above the third; the score is that distance in IQRs (0 inside the quartiles).
+    above the third; the score is that distance in IQRs (0 inside the quartiles). The quartiles are River's
+    rolling quantiles (Rust; numpy's linear interpolation), rebuilt from ``values`` after decoding.
 
     >>> detector = IQRFences(window=50, threshold=1.5, min_samples=5)
     >>> [detector.update(x) for x in [1.0, 2.0, 3.0, 4.0, 5.0, 11.0, 3.0]]
@@ -162,15 +160,38 @@ class IQRFences(Rolling):
     threshold: Positive = 1.5
 
     def score(self, x: float) -> float:
-        q1, q3 = self._quantile(0.25), self._quantile(0.75)
-        return _ratio(max(q1 - x, x - q3, 0.0), q3 - q1)
+        low, high = self._quartiles()
+        q1, q3 = low.get(), high.get()
+        return _ratio(max(q1 - x, x - q3, 0.0), q3 - q1, q3)
 
-    def baseline(self) -> dict[str, float]:
-        q1, q3 = self._quantile(0.25), self._quantile(0.75)
-        return {"q1": q1, "q3": q3, "iqr": q3 - q1, "count": float(len(self.values))}
+    def _baseline(self) -> dict[str, float]:
+        low, high = self._quartiles()
+        q1, q3 = low.get(), high.get()
+        return {"q1": q1, "q3": q3, "iqr": q3 - q1}
+
+    def _quartiles(self) -> tuple[RollingQuantile, RollingQuantile]:
+        try:
+            return self._rolling
+        except AttributeError:
+            quartiles = self._rolling = (RollingQuantile(0.25, self.window), RollingQuantile(0.75, self.window))
+            for x in self.values:
+                quartiles[0].update(x)
+                quartiles[1].update(x)
+            return quartiles
+
+    def _learn(self, x: float) -> None:
+        if "_rolling" not in self.__dict__:
+            self._quartiles()  # built from the values, this one included
+            return
+        low, high = self._rolling
+        low.update(x)
+        high.update(x)
+
+    def _reset(self) -> None:
+        self.__dict__.pop("_rolling", None)
 
 
-class MAD(Rolling):
+class MAD(Rolling, tag="mad"):
     """Robust z-score: ``0.6745 * |x - median| / MAD`` over the last ``window`` normal values (the MAD is the
     median absolute deviation from the median; 0.6745 makes it a standard deviation for normal data).
 
@@ -182,20 +203,52 @@ class MAD(Rolling):
     """
 
     threshold: Positive = 3.5
+    ordered: list[float] = msgspec.field(default_factory=list)
 
     def score(self, x: float) -> float:
         median, mad = self._median_mad()
-        return _ratio(MAD_TO_SIGMA * abs(x - median), mad)
+        return _ratio(MAD_TO_SIGMA * abs(x - median), mad, median)
 
-    def baseline(self) -> dict[str, float]:
+    def _baseline(self) -> dict[str, float]:
         median, mad = self._median_mad()
-        return {"median": median, "mad": mad, "count": float(len(self.values))}
+        return {"median": median, "mad": mad}
+
+    def _learn(self, x: float) -> None:
+        bisect.insort(self.ordered, x)
+
+    def _forget(self, x: float) -> None:
+        del self.ordered[bisect.bisect_left(self.ordered, x)]
+
+    def _reset(self) -> None:
+        self.ordered = []
 
     def _median_mad(self) -> tuple[float, float]:
-        median = self._quantile(0.5)
-        deviations = sorted(abs(v - median) for v in self.ordered)
-        middle = len(deviations) // 2
-        mad = deviations[middle] if len(deviations) % 2 else (deviations[middle - 1] + deviations[middle]) / 2
+        """The median and the MAD, without sorting the deviations: below the middle of the sorted window they
+        rise going down, from it they rise going up, so their k-th smallest is that of two sorted runs."""
+        ordered = self.ordered
+        n = len(ordered)
+        middle = n // 2
+        median = ordered[middle] if n % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+        def below(i: int) -> float:
+            return median - ordered[middle - 1 - i]
+
+        def above(j: int) -> float:
+            return ordered[middle + j] - median
+
+        def smallest(k: int) -> float:
+            """The k-th smallest deviation (from 0): i from below and k + 1 - i from above."""
+            lo, hi = max(0, k + 1 - (n - middle)), min(k + 1, middle)
+            while lo < hi:
+                i = (lo + hi) // 2
+                if above(k - i) > below(i):
+                    lo = i + 1
+                else:
+                    hi = i
+            j = k + 1 - lo
+            return max(below(lo - 1) if lo else -math.inf, above(j - 1) if j else -math.inf)
+
+        mad = smallest(middle) if n % 2 else (smallest(middle - 1) + smallest(middle)) / 2
         return median, mad
 
 

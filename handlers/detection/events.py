@@ -139,3 +139,25 @@ class ConfigurationCaptured(Event, frozen=True):
     end: float
     values: dict[str, float]
     stream_field: ClassVar[str] = "key"
+
+
+class Forecast(Event, frozen=True):
+    """Forecasts of ``metric`` (``count``: the number of events, the request volume) of ``key`` for the next
+    windows, each ``step`` seconds long from ``start``: ``points`` with their prediction interval ``lows`` to
+    ``highs`` at ``level``, from an ensemble weighted by recent error (``weights`` by method). ``mae`` and
+    ``mape`` are the errors of the one-step forecasts so far (``scored`` of them)."""
+
+    pipeline: Name
+    key: str
+    metric: Name
+    start: float
+    step: float
+    points: list[float]
+    lows: list[float]
+    highs: list[float]
+    level: UnitInterval
+    weights: dict[str, float]
+    mae: float
+    mape: float
+    scored: Count
+    stream_field: ClassVar[str] = "key"

@@ -204,12 +204,22 @@ def test_short_series_hold_no_pattern() -> None:
     assert kinds((0.9 - 0.05 * np.arange(7)).tolist()) == set()
 
 
+@pytest.fixture(scope="module")
+def null_rates() -> dict[str, float]:
+    """The share of 400 seeded null series (20 windows each) in which each kind of pattern is found. The null
+    of a trend, an oscillation or an anomaly is white noise; that of a plateau (found only after a change) is
+    a series still moving by a little more than the plateau tolerance (5 % of its level) over its windows."""
+    noise = np.random.default_rng(11).normal(0.7, 0.02, (400, 20))
+    found = [kinds(values) for values in noise]
+    rates = {kind: sum(kind in f for f in found) / len(noise) for kind in found_in.KINDS}
+    moving = noise + 0.04 * t / 19  # 0.04 over the series: more than 5 % of a level near 0.72
+    rates["plateau"] = sum("plateau" in kinds(values, after_change=True) for values in moving) / len(noise)
+    return rates
+
+
 @pytest.mark.parametrize("kind", found_in.KINDS)
-def test_white_noise_shows_a_pattern_less_often_than_the_configured_level(kind: str) -> None:
-    level = 1.0 - OPTIONS.confidence
-    series = np.random.default_rng(11).normal(0.7, 0.02, (400, 20))
-    hits = sum(kind in kinds(values, after_change=kind != "plateau") for values in series)
-    assert hits / len(series) <= level
+def test_white_noise_shows_a_pattern_less_often_than_the_configured_level(kind: str, null_rates) -> None:
+    assert null_rates[kind] <= 1.0 - OPTIONS.confidence
 
 
 def test_correlations_are_those_of_scipy() -> None:
@@ -247,3 +257,40 @@ def test_request_volume_is_forecast_for_the_next_windows_with_its_error_so_far()
     assert last.points == pytest.approx([400.0, 410.0], abs=6.0)  # the line 100 + 10 i at i = 30, 31
     assert all(low < point < high for low, point, high in zip(last.lows, last.points, last.highs, strict=True))
     assert 0 < last.mae < 15 and last.mape < 0.1
+
+
+def test_an_improvement_captures_the_configuration_behind_it_and_each_response_can_be_switched_off() -> None:
+    rising = [0.5 + 0.02 * i + (0.004 if i % 2 else -0.004) for i in range(20)]
+    falling = rising[::-1]
+    on = DetectionHandler(DetectionOptions(profile="none", forecast=[]))
+    state = on.initial_state()
+    out = [e for w in windows(rising, "quality_score.mean", key="g/v2") for e in fold(on, state, w)]
+    captured = [e for e in out if type(e).__name__ == "ConfigurationCaptured"]
+    assert [(c.key, c.metric) for c in captured] == [("g/v2", "quality_score.mean")]
+    assert captured[0].values == {"quality_score.mean": pytest.approx(rising[int(captured[0].end // 60) - 1])}
+    off = DetectionHandler(
+        DetectionOptions(profile="none", forecast=[], capture_improvements=False, discount_on_drift=False)
+    )
+    state = off.initial_state()
+    both = [e for w in windows(rising + falling, "quality_score.mean", key="g/v2") for e in fold(off, state, w)]
+    kinds = {e.kind for e in both if type(e).__name__ == "PatternDetected"}
+    assert {"improvement", "degradation"} <= kinds  # still found and reported
+    assert not [e for e in both if type(e).__name__ in ("ConfigurationCaptured", "EvidenceDiscounted")]
+
+
+def test_metrics_that_part_ways_are_a_joint_anomaly_though_each_looks_ordinary() -> None:
+    handler = DetectionHandler(DetectionOptions(drift=[], profile="none", forecast=[]))
+    state = handler.initial_state()
+    rng = np.random.default_rng(6)
+    out = []
+    for i in range(60):
+        load = rng.normal(0.0, 1.0)
+        values = {"quality_score.mean": 0.7 + 0.05 * load, "success.mean": 0.9 + 0.03 * (load + 0.1 * rng.normal())}
+        if i == 50:  # quality one standard deviation up while success goes one down: against their correlation
+            values = {"quality_score.mean": 0.75, "success.mean": 0.87}
+        window = WindowClosed(pipeline="p", key="g/v", start=60.0 * i, end=60.0 * (i + 1), count=10, values=values)
+        out += [e for e in fold(handler, state, window) if type(e).__name__ == "AnomalyDetected"]
+    assert [(e.metric, e.detector, e.start) for e in out] == [
+        ("quality_score.mean+success.mean", "mahalanobis", 3000.0)
+    ]
+    assert out[0].score > out[0].threshold and out[0].baseline["count"] == 50.0

@@ -52,7 +52,8 @@ class DriftDetected(Detection, frozen=True):
 class AnomalyDetected(Detection, frozen=True):
     """A window whose value of ``metric`` is unusual against the detector's baseline: ``value``, its ``score``
     in the detector's units (``threshold`` is where anomalies start) and the ``baseline`` it was compared
-    with."""
+    with. For ``mahalanobis`` the metric names several metrics joined by ``+`` and the value is the squared
+    distance of their vector from its running mean."""
 
     detector: Name = "zscore"
     value: float = 0.0

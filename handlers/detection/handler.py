@@ -15,7 +15,7 @@ import msgspec
 
 from handlers.bandits.events import EvidenceDiscounted
 from handlers.detection import patterns
-from handlers.detection.anomaly import MAD, IQRFences, ZScore
+from handlers.detection.anomaly import MAD, IQRFences, Mahalanobis, ZScore
 from handlers.detection.drift import ADWIN, CUSUM, PageHinkley
 from handlers.detection.events import (
     AnomalyDetected,
@@ -97,6 +97,16 @@ class MetricState(msgspec.Struct):
         return (self.spread_m2 / (self.spread_n - 1)) ** 0.5
 
 
+class JointState(msgspec.Struct):
+    """The metrics of one key taken together: their names (fixed by the first window with two or more), the
+    Mahalanobis detector over them and its alerts."""
+
+    metrics: list[str]
+    detector: Mahalanobis
+    alert: Alert = msgspec.field(default_factory=Alert)
+    windows: int = 0
+
+
 class DetectionState(msgspec.Struct):
     """Everything the detection handler knows: per pipeline, per key, per metric; when each action on each
     target last fired; and counters of what it left out."""
@@ -105,6 +115,7 @@ class DetectionState(msgspec.Struct):
     windows: dict[str, int] = msgspec.field(default_factory=dict)
     breaches: dict[str, Alert] = msgspec.field(default_factory=dict)
     forecasts: dict[str, Ensemble] = msgspec.field(default_factory=dict)
+    joint: dict[str, JointState] = msgspec.field(default_factory=dict)
     last_action: dict[str, float] = msgspec.field(default_factory=dict)
     suppressed_actions: int = 0
     revisions: int = 0
@@ -162,6 +173,8 @@ class DetectionHandler(Handler[DetectionState]):
             if watched is None:
                 watched = metrics[metric] = self._new_metric()
             self._observe(state, watched, window, metric, value, ctx, out)
+        if options.joint_anomalies:
+            self._joint_anomaly(state, window, out)
         for metric in metrics:
             self._find_patterns(state, metrics, metric, window, ctx, out)
         self._check_thresholds(state, window, ctx, out)
@@ -235,6 +248,38 @@ class DetectionHandler(Handler[DetectionState]):
                     baseline=watched.anomaly.baseline(),
                 )
             )
+
+    def _joint_anomaly(self, state: DetectionState, window: WindowClosed, out: list[Event]) -> None:
+        options = self.options
+        where = f"{window.pipeline}/{window.key}"
+        joint = state.joint.get(where)
+        if joint is None:
+            names = sorted(m for m in window.values if not options.metrics or m in options.metrics)
+            if len(names) < 2:
+                return
+            detector = Mahalanobis(dimensions=len(names), min_samples=max(options.warmup, len(names) + 2))
+            joint = state.joint[where] = JointState(metrics=names, detector=detector)
+        if any(m not in window.values for m in joint.metrics):
+            return
+        joint.windows += 1
+        vector = [window.values[m] for m in joint.metrics]
+        detector = joint.detector
+        baseline = {f"mean {name}": mean for name, mean in zip(joint.metrics, detector.mean, strict=False)}
+        baseline["count"] = float(detector.count)
+        if not detector.update(vector):
+            return
+        if joint.alert.report(joint.windows, options.alert_windows, detector.last_score) == QUIET:
+            return
+        out.append(
+            AnomalyDetected(
+                **_where(window, "+".join(joint.metrics), joint.alert),
+                detector="mahalanobis",
+                value=detector.last_score,
+                score=detector.last_score,
+                threshold=detector.threshold,
+                baseline=baseline,
+            )
+        )
 
     def _drift(
         self,

@@ -21,7 +21,9 @@ class DetectionOptions(Checked, frozen=True):
     Watching: the window results of ``pipelines`` (every pipeline when empty), their values named in
     ``metrics`` (every value when empty). Drift: the ``drift`` detectors, ADWIN with ``adwin_delta`` (checked
     at every window), Page-Hinkley and CUSUM with their thresholds, after ``warmup`` windows. Anomalies: the
-    ``anomaly`` detector (``zscore``, ``iqr``, ``mad`` or ``none``) over the last ``anomaly_window`` windows.
+    ``anomaly`` detector (``zscore``, ``iqr``, ``mad`` or ``none``) over the last ``anomaly_window`` windows,
+    and with ``joint_anomalies`` the Mahalanobis distance of a key's watched metrics taken together (a window
+    can be unusual in how its metrics go together while each looks ordinary).
     Metrics whose name starts with one of ``lower_is_better`` improve downwards.
 
     Alerts: a detection within ``alert_windows`` windows of the last one on the same metric updates that
@@ -51,6 +53,7 @@ class DetectionOptions(Checked, frozen=True):
     warmup: Annotated[int, Meta(ge=2)] = 10
     anomaly: Annotated[str, Meta(pattern="^(zscore|iqr|mad|none)$")] = "zscore"
     anomaly_window: Annotated[int, Meta(ge=3)] = 50
+    joint_anomalies: bool = True
     lower_is_better: list[str] = msgspec.field(default_factory=lambda: list(LOWER_IS_BETTER))
     alert_windows: Annotated[int, Meta(ge=1)] = 10
     pattern_windows: Annotated[int, Meta(ge=4, le=1000)] = 20

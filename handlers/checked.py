@@ -39,3 +39,27 @@ class Checked(msgspec.Struct):
             raise InvalidEvent(f"{where} = {value!r}: {reason}", field=field, value=value) from None
         finally:
             _checking.active = False
+        self.check_fields()
+
+    def check_fields(self) -> None:
+        """Raise InvalidEvent if fields that are valid one by one do not go together."""
+
+
+def at_most(owner: Checked, field: str, value: int, limit_field: str, limit: int) -> None:
+    """Refuse ``owner.field`` above ``owner.limit_field`` with InvalidEvent naming the field and the value.
+
+    >>> class Window(Checked):
+    ...     size: int = 10
+    ...     filled_at: int = 5
+    ...     def check_fields(self):
+    ...         at_most(self, "filled_at", self.filled_at, "size", self.size)
+    >>> Window(filled_at=20)
+    Traceback (most recent call last):
+    rtopt.errors.InvalidEvent: Window.filled_at = 20: must not exceed size (10)
+    """
+    if value > limit:
+        raise InvalidEvent(
+            f"{type(owner).__name__}.{field} = {value!r}: must not exceed {limit_field} ({limit})",
+            field=field,
+            value=value,
+        )

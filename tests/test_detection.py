@@ -159,7 +159,14 @@ def test_pipelines_and_metrics_not_watched_are_left_alone() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("profile", "strict"), ("anomaly", "median"), ("drift", ["kswin"]), ("discount_factor", 1.5), ("warmup", 1)],
+    [
+        ("profile", "strict"),
+        ("anomaly", "median"),
+        ("drift", ["kswin"]),
+        ("discount_factor", 1.5),
+        ("warmup", 1),
+        ("warmup", 60),
+    ],
 )
 def test_bad_options_name_the_field_and_the_value(field: str, value: object) -> None:
     with pytest.raises(InvalidEvent) as raised:

@@ -243,3 +243,9 @@ def test_the_mad_of_windows_of_every_size_is_scipys() -> None:
         if len(detector.values) >= 2:
             assert detector.baseline()["mad"] == pytest.approx(stats.median_abs_deviation(detector.values))
             assert detector.baseline()["median"] == pytest.approx(np.median(detector.values))
+
+
+def test_a_baseline_needing_more_values_than_its_window_holds_is_refused() -> None:
+    with pytest.raises(InvalidEvent) as raised:
+        IQRFences(window=10, min_samples=20)
+    assert (raised.value.field, raised.value.value) == ("min_samples", 20)

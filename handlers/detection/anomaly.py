@@ -26,7 +26,7 @@ from msgspec import Meta
 from river._river_rust.stats import RsRollingQuantile as RollingQuantile  # River's rolling quantile (Rust)
 from scipy import stats
 
-from handlers.checked import Checked
+from handlers.checked import Checked, at_most
 from rtopt import InvalidEvent
 
 Positive = Annotated[float, Meta(gt=0.0)]
@@ -48,6 +48,9 @@ class Rolling(Checked):
     anomalies: int = 0
     last_score: float = 0.0
 
+    def check_fields(self) -> None:
+        at_most(self, "min_samples", self.min_samples, "window", self.window)
+
     def score(self, x: float) -> float:
         """How far ``x`` lies from the baseline, in the detector's units (0 before ``min_samples``)."""
         raise NotImplementedError
@@ -64,23 +67,21 @@ class Rolling(Checked):
     def update(self, x: float) -> bool:
         """Score ``x`` against the baseline; True (and ``x`` left out of the baseline) when it is an anomaly."""
         self.n += 1
-        score = self.last_score = self.score(x) if len(self.values) >= self.min_samples else 0.0
+        values = self.values
+        score = self.last_score = self.score(x) if len(values) >= self.min_samples else 0.0
         if score > self.threshold:
             self.anomalies += 1
             self.run.append(x)
             if len(self.run) >= self.min_samples:
                 self._rebaseline()
             return True
-        self.run.clear()
-        self._add(x)
-        return False
-
-    def _add(self, x: float) -> None:
-        values = self.values
+        if self.run:
+            self.run = []
         values.append(x)
         if len(values) > self.window:
             self._forget(values.pop(0))
         self._learn(x)
+        return False
 
     def _learn(self, x: float) -> None:
         """Hook: ``x`` joined the window."""
@@ -92,8 +93,9 @@ class Rolling(Checked):
         run = self.run
         self.values, self.run = [], []
         self._reset()
-        for x in run:
-            self._add(x)
+        for x in run[-self.window :]:
+            self.values.append(x)
+            self._learn(x)
 
     def _reset(self) -> None:
         """Hook: the window was emptied."""
@@ -160,9 +162,14 @@ class IQRFences(Rolling, tag="iqr", dict=True):
     threshold: Positive = 1.5
 
     def score(self, x: float) -> float:
-        low, high = self._quartiles()
+        try:
+            low, high = self._rolling
+        except AttributeError:
+            low, high = self._quartiles()
         q1, q3 = low.get(), high.get()
-        return _ratio(max(q1 - x, x - q3, 0.0), q3 - q1, q3)
+        if q1 <= x <= q3:
+            return 0.0
+        return _ratio(q1 - x if x < q1 else x - q3, q3 - q1, q3)
 
     def _baseline(self) -> dict[str, float]:
         low, high = self._quartiles()
@@ -180,10 +187,11 @@ class IQRFences(Rolling, tag="iqr", dict=True):
             return quartiles
 
     def _learn(self, x: float) -> None:
-        if "_rolling" not in self.__dict__:
+        try:
+            low, high = self._rolling
+        except AttributeError:
             self._quartiles()  # built from the values, this one included
             return
-        low, high = self._rolling
         low.update(x)
         high.update(x)
 

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from handlers.checked import Checked
+from handlers.checked import Checked, at_most
 from handlers.detection.drift import CUSUM_THRESHOLD, PAGE_HINKLEY_THRESHOLD
 from handlers.detection.patterns import PatternOptions
 
@@ -66,6 +66,9 @@ class DetectionOptions(Checked, frozen=True):
     capture_improvements: bool = True
     act_on_breaches: bool = True
     cooldown_s: Annotated[float, Meta(ge=0.0)] = 600.0
+
+    def check_fields(self) -> None:
+        at_most(self, "warmup", self.warmup, "anomaly_window", self.anomaly_window)
 
     def watches(self, pipeline: str) -> bool:
         """True if the results of ``pipeline`` are watched."""

@@ -249,3 +249,15 @@ def test_a_baseline_needing_more_values_than_its_window_holds_is_refused() -> No
     with pytest.raises(InvalidEvent) as raised:
         IQRFences(window=10, min_samples=20)
     assert (raised.value.field, raised.value.value) == ("min_samples", 20)
+
+
+@pytest.mark.parametrize("kind", [ZScore, IQRFences, MAD])
+def test_an_anomaly_detector_decoded_from_a_snapshot_goes_on_as_if_never_stopped(kind) -> None:
+    values = series_with_outliers(9)
+    uninterrupted = kind()
+    whole = detections(uninterrupted, values)
+    first = kind()
+    head = detections(first, values[:777])
+    copy = msgspec.msgpack.decode(msgspec.msgpack.encode(first), type=kind)
+    assert head + [i + 777 for i in detections(copy, values[777:])] == whole
+    assert copy.baseline() == pytest.approx(uninterrupted.baseline())

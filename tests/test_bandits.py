@@ -473,3 +473,13 @@ def test_a_discounted_linear_model_keeps_its_ridge_prior() -> None:
     expected_design = 2.0 * np.eye(2) + 0.5 * xs.T @ xs
     assert np.linalg.inv(np.reshape(state.a_inv, (2, 2))) == pytest.approx(expected_design)
     assert state.b == pytest.approx(0.5 * xs.sum(axis=0))
+
+
+def test_evidence_discounted_by_hand_must_name_a_bandit_experiment() -> None:
+    with Engine.open(":memory:", seed=1, handlers=[BanditHandler()]) as engine:
+        engine.define_experiment("g", arms=["a", "b"], policy="ucb1", time=0.0)
+        engine.publish(EvidenceDiscounted(experiment="g", factor=0.5, reason="a new model"), time=1.0)
+        with pytest.raises(InvalidEvent) as raised:
+            engine.publish(EvidenceDiscounted(experiment="nope", factor=0.5), time=2.0)
+        assert (raised.value.field, raised.value.value) == ("experiment", "nope")
+        assert engine.stats().rejected == {"invalid command": 1}

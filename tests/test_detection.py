@@ -14,7 +14,8 @@ import pytest
 from handlers.bandits import BanditHandler
 from handlers.detection import DetectionHandler, DetectionOptions, PatternOptions
 from handlers.detection import patterns as found_in
-from rtopt import Context, Engine, Envelope, InvalidEvent
+from handlers.experiments import ExperimentHandler
+from rtopt import Context, Engine, Envelope, Feedback, InvalidEvent
 from streams import Aggregates, Tumbling, WindowClosed, WindowHandler, WindowPipeline, WindowUpdated
 
 DROP_AT = 3600.0  # event time when arm b's quality drops from 0.85 to 0.5
@@ -301,3 +302,24 @@ def test_metrics_that_part_ways_are_a_joint_anomaly_though_each_looks_ordinary()
         ("quality_score.mean+success.mean", "mahalanobis", 3000.0)
     ]
     assert out[0].score > out[0].threshold and out[0].baseline["count"] == 50.0
+
+
+def test_a_breach_can_start_an_ab_test_over_the_variants_seen() -> None:
+    pipeline = WindowPipeline(
+        "quality", Tumbling(60.0), Aggregates({"quality_score": ("mean",)}), key=("prompt_id", "variant_id")
+    )
+    detection = DetectionHandler(DetectionOptions(ab_test_on_breach=True, drift=[], forecast=[]))
+    with Engine.open(":memory:", seed=2, handlers=[ExperimentHandler(), WindowHandler(pipeline), detection]) as engine:
+        for minute in range(12):
+            for variant in ("v1", "v2"):
+                quality = 0.3 if variant == "v2" and minute >= 10 else 0.8
+                engine.publish(
+                    Feedback(
+                        prompt_id="g", variant_id=variant, response_time_ms=90.0, success=True, quality_score=quality
+                    ),
+                    time=minute * 60.0 + 5.0,
+                )
+        [defined] = [e for e in engine.read(types=["ExperimentDefined"])]
+        assert (defined.payload.experiment, defined.payload.arms, defined.time) == ("g-ab-1", ["v1", "v2"], 665.0)
+        assert engine.state("experiments", "g-ab-1").status == "running"
+        assert engine.decide("g-ab-1", unit="user-1", time=700.0).payload.arm in ("v1", "v2")

@@ -144,12 +144,14 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
                 parse_options(event)
         elif isinstance(event, ArmChanged):
             _check_arm_change(state, event)
-        elif isinstance(event, PolicyStateImported):
+        elif isinstance(event, PolicyStateImported | EvidenceDiscounted):
             exp = state.experiments.get(event.experiment)
             if exp is None:
                 raise InvalidEvent(
                     f"experiment = {event.experiment!r}: no such experiment", field="experiment", value=event.experiment
                 )
+            if isinstance(event, EvidenceDiscounted):
+                return
             unknown = sorted(set(decode_arms(event)) - set(exp.arms))
             if unknown:
                 raise InvalidEvent(f"arms: {unknown} are not arms of {event.experiment!r}", field="arms", value=unknown)

@@ -29,7 +29,7 @@ from handlers.detection.events import (
 from handlers.detection.forecasting import Ensemble
 from handlers.detection.options import DetectionOptions
 from handlers.detection.thresholds import breaches, relative_gap
-from rtopt import Context, Envelope, Event, Handler
+from rtopt import Context, Envelope, Event, ExperimentDefined, Handler
 from streams.events import WindowClosed, WindowUpdated
 
 ANOMALY_DETECTORS = {"zscore": ZScore, "iqr": IQRFences, "mad": MAD}
@@ -116,6 +116,8 @@ class DetectionState(msgspec.Struct):
     breaches: dict[str, Alert] = msgspec.field(default_factory=dict)
     forecasts: dict[str, Ensemble] = msgspec.field(default_factory=dict)
     joint: dict[str, JointState] = msgspec.field(default_factory=dict)
+    variants: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    ab_tests: dict[str, int] = msgspec.field(default_factory=dict)
     last_action: dict[str, float] = msgspec.field(default_factory=dict)
     suppressed_actions: int = 0
     revisions: int = 0
@@ -161,6 +163,11 @@ class DetectionHandler(Handler[DetectionState]):
         if not options.watches(window.pipeline):
             return state, ()
         metrics = state.pipelines.setdefault(window.pipeline, {}).setdefault(window.key, {})
+        if "/" in window.key:
+            experiment, variant = window.key.split("/", 1)
+            variants = state.variants.setdefault(experiment, [])
+            if variant not in variants:
+                variants.append(variant)
         if isinstance(window, WindowUpdated):
             state.revisions += 1
             _revise(metrics, window)
@@ -457,7 +464,7 @@ class DetectionHandler(Handler[DetectionState]):
             )
             if seen_as == NEW and options.act_on_breaches:
                 reason = f"ThresholdBreached: {limit.metric} = {value:.4g} against {limit.bound} {limit.limit:.4g}"
-                self._act(
+                acted = self._act(
                     state,
                     OptimizationAction(
                         action=limit.action,
@@ -471,6 +478,22 @@ class DetectionHandler(Handler[DetectionState]):
                     ctx.time,
                     out,
                 )
+                if acted and limit.action == "ab_test_start" and options.ab_test_on_breach:
+                    self._start_ab_test(state, window.key, out)
+
+    def _start_ab_test(self, state: DetectionState, key: str, out: list[Event]) -> None:
+        """Define and start an A/B test over every variant of the key's experiment seen so far (run by the
+        experiments handler; the application sends it traffic through ``decide``)."""
+        experiment = key.split("/", 1)[0]
+        arms = state.variants.get(experiment, [])
+        if len(arms) < 2:
+            return
+        state.ab_tests[experiment] = number = state.ab_tests.get(experiment, 0) + 1
+        out.append(
+            ExperimentDefined(
+                experiment=f"{experiment}-ab-{number}", arms=list(arms), policy="ab_test", options={"start": True}
+            )
+        )
 
     def _discount(
         self,

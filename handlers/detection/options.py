@@ -33,7 +33,9 @@ class DetectionOptions(Checked, frozen=True):
 
     Responses, each switchable: ``discount_on_drift`` (a degradation or a drift in the bad direction on an
     experiment scales its bandit's evidence by ``discount_factor``), ``capture_improvements`` (an improvement
-    records the configuration behind it), ``act_on_breaches`` (a threshold breach calls for an action). The
+    records the configuration behind it), ``act_on_breaches`` (a threshold breach calls for an action) and
+    ``ab_test_on_breach`` (a breach whose action is an A/B test defines and starts one, ``<experiment>-ab-<n>``,
+    over the variants of the experiment seen in window keys, for the experiments handler to run). The
     same action on the same target waits ``cooldown_s`` seconds of event time. A window key's experiment is
     its part before the first ``/`` (pipelines keyed by ``("prompt_id", "variant_id")`` give ``exp/arm``).
 
@@ -65,6 +67,7 @@ class DetectionOptions(Checked, frozen=True):
     discount_factor: Annotated[float, Meta(ge=0.0, lt=1.0)] = 0.0
     capture_improvements: bool = True
     act_on_breaches: bool = True
+    ab_test_on_breach: bool = False
     cooldown_s: Annotated[float, Meta(ge=0.0)] = 600.0
 
     def check_fields(self) -> None:

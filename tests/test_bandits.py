@@ -18,6 +18,7 @@ from handlers.bandits import (
     ArmState,
     BanditHandler,
     BanditOptions,
+    EvidenceDiscounted,
     ExperimentStats,
     choose,
     export_policy_state,
@@ -431,3 +432,54 @@ def test_on_the_simulated_workload_linucb_uses_the_context_to_lower_regret() -> 
         with Engine.open(":memory:", seed=21, handlers=[BanditHandler()]) as engine:
             regret[policy] = simulate(engine, 3_000, variants, 21, policy=policy).regret
     assert regret["linucb"] < 0.6 * regret["thompson"], regret
+
+
+def test_discounted_evidence_is_scaled_and_a_factor_of_zero_forgets_it_all() -> None:
+    bandit = Bandit(["a", "b"], "thompson", seed=2)
+    for quality in (1.0, 1.0, 0.0, 1.0):
+        arm, decision_id, _ = bandit.decide()
+        bandit.feedback(arm, decision_id, quality)
+    before = {name: (arm.n, arm.total) for name, arm in bandit.state.experiments["x"].arms.items()}
+    bandit.fold(EvidenceDiscounted(experiment="x", factor=0.25, reason="drift"))
+    after = {name: (arm.n, arm.total) for name, arm in bandit.state.experiments["x"].arms.items()}
+    assert after == {name: (n * 0.25, total * 0.25) for name, (n, total) in before.items()}
+    bandit.fold(EvidenceDiscounted(experiment="x", factor=0.0))
+    assert all(arm.n == arm.total == 0.0 for arm in bandit.state.experiments["x"].arms.values())
+    assert sum(arm.pulls for arm in bandit.state.experiments["x"].arms.values()) == 4  # the counts stay
+
+
+def test_a_windowed_experiment_forgets_its_window_when_discounted() -> None:
+    bandit = Bandit(["a", "b"], "ucb1", seed=2, window=3)
+    for _ in range(5):
+        arm, decision_id, _ = bandit.decide()
+        bandit.feedback(arm, decision_id, 1.0)
+    bandit.fold(EvidenceDiscounted(experiment="x", factor=0.5))
+    exp = bandit.state.experiments["x"]
+    assert exp.window == [] and all(arm.n == 0.0 for arm in exp.arms.values())
+    arm, decision_id, _ = bandit.decide()
+    bandit.feedback(arm, decision_id, 1.0)
+    assert exp.arms[arm].n == 1.0  # the window starts again without taking out what it had forgotten
+
+
+def test_a_discounted_linear_model_keeps_its_ridge_prior() -> None:
+    bandit = Bandit(["a"], "linucb", seed=2, features=["x1", "x2"], ridge=2.0)
+    contexts = [{"x1": 1.0, "x2": 0.0}, {"x1": 0.5, "x2": 1.0}, {"x1": 0.0, "x2": 2.0}]
+    for context in contexts:
+        arm, decision_id, _ = bandit.decide(context)
+        bandit.feedback(arm, decision_id, 1.0)
+    bandit.fold(EvidenceDiscounted(experiment="x", factor=0.5))
+    state = bandit.state.experiments["x"].arms["a"]
+    xs = np.array([[c["x1"], c["x2"]] for c in contexts])
+    expected_design = 2.0 * np.eye(2) + 0.5 * xs.T @ xs
+    assert np.linalg.inv(np.reshape(state.a_inv, (2, 2))) == pytest.approx(expected_design)
+    assert state.b == pytest.approx(0.5 * xs.sum(axis=0))
+
+
+def test_evidence_discounted_by_hand_must_name_a_bandit_experiment() -> None:
+    with Engine.open(":memory:", seed=1, handlers=[BanditHandler()]) as engine:
+        engine.define_experiment("g", arms=["a", "b"], policy="ucb1", time=0.0)
+        engine.publish(EvidenceDiscounted(experiment="g", factor=0.5, reason="a new model"), time=1.0)
+        with pytest.raises(InvalidEvent) as raised:
+            engine.publish(EvidenceDiscounted(experiment="nope", factor=0.5), time=2.0)
+        assert (raised.value.field, raised.value.value) == ("experiment", "nope")
+        assert engine.stats().rejected == {"invalid command": 1}

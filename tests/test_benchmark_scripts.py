@@ -122,3 +122,21 @@ def test_dashboard_benchmark_reads_incrementally_and_downsamples() -> None:
         assert _positive(data[key]), f"{key} = {data[key]!r}"
     assert data["update_to_full_recompute"] < 1.0  # a refresh reads only what is new
     assert data["most_rows_per_plot"] <= 4 * 401  # at most ~400 windows per variant
+
+
+def test_detection_benchmark_runs_and_both_sides_agree_where_they_share_a_statistic() -> None:
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "detection.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--quick", "--json"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    detectors = json.loads(result.stdout)["detectors"]
+    assert set(detectors) == {"adwin", "page_hinkley", "page_hinkley_river_params", "cusum", "zscore", "iqr", "mad"}
+    for name in ("adwin", "page_hinkley_river_params"):  # the same statistic on the same values
+        ours, river = detectors[name]["rtopt"], detectors[name]["river"]
+        assert {k: v for k, v in ours.items() if k != "updates_per_s"} == {
+            k: v for k, v in river.items() if k != "updates_per_s"
+        }
+    for row in detectors.values():
+        assert all(_positive(side["updates_per_s"]) for side in (row["rtopt"], row.get("river", row["rtopt"])))
+        assert "river" not in row or _positive(row["speed_ratio"])

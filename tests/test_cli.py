@@ -148,7 +148,8 @@ def test_replay_reports_how_it_rebuilt_and_refuses_a_seq_past_the_end(tmp_path: 
     assert main(["simulate", "--steps", "300", "--seed", "1", "--log", str(log)]) == 0
     done = rtopt("replay", str(log), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "at seq 904 from snapshots {'bandit': 904, 'experiments': 904}: folded 0 events" in done.stdout
+    snapshots = "{'bandit': 904, 'detection': 904, 'experiments': 904}"
+    assert f"at seq 904 from snapshots {snapshots}: folded 0 events" in done.stdout
     assert "more lines (--state prints all)" in done.stdout
     partial = rtopt("replay", str(log), "--until-seq", "500", cwd=tmp_path)
     assert "at seq 500 from the start of the log: folded" in partial.stdout

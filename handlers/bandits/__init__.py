@@ -6,6 +6,7 @@ from handlers.bandits.events import (
     ArmResumed,
     ArmRetired,
     ArmSummary,
+    EvidenceDiscounted,
     ExperimentStats,
     PolicyStateImported,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "BanditOptions",
     "BanditState",
     "Choice",
+    "EvidenceDiscounted",
     "ExperimentState",
     "ExperimentStats",
     "PolicyStateImported",

@@ -68,3 +68,14 @@ class PolicyStateImported(Event, frozen=True):
     experiment: Name
     arms: str
     stream_field: ClassVar[str] = "experiment"
+
+
+class EvidenceDiscounted(Event, frozen=True):
+    """What an experiment's arms have learnt is scaled by ``factor`` (0 forgets it all), so the policy explores
+    again: the response to a drift or a degradation (``reason``). An experiment with a sliding window forgets
+    all its rewards whatever the factor (its window could not take out rewards already shrunk)."""
+
+    experiment: Name
+    factor: Annotated[float, Meta(ge=0.0, lt=1.0)]
+    reason: str = ""
+    stream_field: ClassVar[str] = "experiment"

@@ -16,6 +16,7 @@ from handlers.bandits.events import (
     ArmResumed,
     ArmRetired,
     ArmSummary,
+    EvidenceDiscounted,
     ExperimentStats,
     PolicyStateImported,
 )
@@ -24,6 +25,7 @@ from handlers.bandits.policies import ACTIVE, PAUSED, RETIRED, ArmState
 from handlers.bandits.rewards import reward
 from handlers.bandits.transfer import decode_arms
 from handlers.ledger import DUPLICATE, DecisionLedger, MatchesFeedback
+from handlers.protection import FeedbackGuard
 from rtopt import (
     ArmUpdated,
     Context,
@@ -39,6 +41,7 @@ from rtopt import (
 )
 
 STATS_DRAWS = 2_000
+FLAGGED = "flagged by the feedback guard"
 
 
 class ExperimentState(msgspec.Struct):
@@ -75,6 +78,7 @@ class BanditState(msgspec.Struct):
 
     experiments: dict[str, ExperimentState] = {}
     ledger: DecisionLedger[PendingDecision] = msgspec.field(default_factory=DecisionLedger)
+    guard: FeedbackGuard | None = None
 
 
 class BanditHandler(MatchesFeedback, Handler[BanditState]):
@@ -89,7 +93,8 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
     time. Feedback for an unknown or expired decision, a second feedback for one decision, or feedback
     whose prompt and variant do not match its decision is rejected with a ``FeedbackRejected`` event and
     never changes what the policy learnt. Feedback that names no decision is not a bandit observation and
-    is left to other handlers.
+    is left to other handlers. With a ``guard`` (:class:`~handlers.protection.FeedbackGuard`)
+    every Feedback is judged by it, and feedback it flags is rejected too.
 
     >>> from rtopt import Engine
     >>> with Engine.open(":memory:", seed=1, handlers=[BanditHandler()]) as engine:
@@ -102,13 +107,34 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
     """
 
     name = "bandit"
-    accepts = (ExperimentDefined, Decision, Feedback, ArmAdded, ArmPaused, ArmResumed, ArmRetired, PolicyStateImported)
+    accepts = (
+        ExperimentDefined,
+        Decision,
+        Feedback,
+        ArmAdded,
+        ArmPaused,
+        ArmResumed,
+        ArmRetired,
+        PolicyStateImported,
+        EvidenceDiscounted,
+    )
     state_type = BanditState
     policies: ClassVar[tuple[str, ...]] = tuple(POLICY_OPTIONS)
-    version = 4
+    version = 5
+
+    def __init__(self, feedback_horizon_s: float = 86_400.0, guard: FeedbackGuard | None = None) -> None:
+        super().__init__(feedback_horizon_s)
+        self.guard = guard
+
+    def config(self) -> dict[str, Any]:
+        config = super().config()
+        if self.guard is not None:
+            config["guard"] = msgspec.to_builtins(self.guard)
+        return config
 
     def initial_state(self) -> BanditState:
-        return BanditState()
+        guard = None if self.guard is None else msgspec.convert(msgspec.to_builtins(self.guard), FeedbackGuard)
+        return BanditState(guard=guard)
 
     # --- commands' side ----------------------------------------------------------------------------
 
@@ -118,12 +144,14 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
                 parse_options(event)
         elif isinstance(event, ArmChanged):
             _check_arm_change(state, event)
-        elif isinstance(event, PolicyStateImported):
+        elif isinstance(event, PolicyStateImported | EvidenceDiscounted):
             exp = state.experiments.get(event.experiment)
             if exp is None:
                 raise InvalidEvent(
                     f"experiment = {event.experiment!r}: no such experiment", field="experiment", value=event.experiment
                 )
+            if isinstance(event, EvidenceDiscounted):
+                return
             unknown = sorted(set(decode_arms(event)) - set(exp.arms))
             if unknown:
                 raise InvalidEvent(f"arms: {unknown} are not arms of {event.experiment!r}", field="arms", value=unknown)
@@ -217,7 +245,9 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
                 )
             return state, ()
         exp = state.experiments.get(event.experiment)
-        if exp is not None and isinstance(event, PolicyStateImported):
+        if exp is not None and isinstance(event, EvidenceDiscounted):
+            _discount(exp, event.factor)
+        elif exp is not None and isinstance(event, PolicyStateImported):
             for name, imported in decode_arms(event).items():
                 if name in exp.arms:
                     exp.arms[name] = imported
@@ -226,10 +256,14 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
         return state, ()
 
     def _learn(self, state: BanditState, envelope: Envelope[Any], feedback: Feedback, ctx: Context) -> Sequence[Event]:
+        flagged = state.guard is not None and bool(state.guard.check(feedback, envelope.time))
         decision_id = feedback.decision_id
         ledger = state.ledger
         if decision_id is None or (feedback.prompt_id not in state.experiments and decision_id not in ledger.pending):
             return ()  # not about a bandit experiment: another handler's feedback
+        if flagged:
+            ledger.reject(FLAGGED)
+            return (FeedbackRejected(reason=FLAGGED, decision_id=decision_id, handler=self.name),)
         pending = ledger.claim(
             decision_id,
             envelope.time,
@@ -353,6 +387,22 @@ def _slide(exp: ExperimentState, arm: str, value: float) -> None:
     if exp.window_start > 1024 and 2 * exp.window_start > len(exp.window):
         del exp.window[: exp.window_start]
         exp.window_start = 0
+
+
+def _discount(exp: ExperimentState, factor: float) -> None:
+    """Scale what every arm has learnt by ``factor``; an experiment with a window forgets it all."""
+    if exp.options.window is not None:
+        factor = 0.0
+        exp.window, exp.window_start = [], 0
+    ridge = exp.options.ridge
+    for arm in exp.arms.values():
+        arm.scale(factor)
+        if arm.a_inv is not None and arm.b is not None:  # the design matrix keeps its ridge prior
+            size = len(arm.b)
+            design = np.linalg.inv(np.asarray(arm.a_inv).reshape(size, size))
+            prior = ridge * np.eye(size)
+            arm.a_inv = np.linalg.inv(prior + factor * (design - prior)).ravel().tolist()
+            arm.b = (factor * np.asarray(arm.b)).tolist()
 
 
 _TRANSITIONS = {

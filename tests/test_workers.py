@@ -22,6 +22,7 @@ from rtopt.cli import main
 from rtopt.engine import envelope_from_row
 from rtopt.follower import Follower, Partition, partition_of
 from rtopt.log import copy_log
+from rtopt.pgserver import TemporaryServer
 from rtopt.postgres import PostgresLog
 
 GUARD = 120.0
@@ -96,15 +97,18 @@ def test_partitioned_workers_derive_what_one_engine_derives(reference: Path, pg_
         assert [row[0] for row in engine.log.rows()] == list(range(1, last_input + len(expected) + 1))
 
 
-def test_a_worker_killed_mid_stream_resumes_exactly_once(reference: Path, pg_server, pg_url: str) -> None:
+def test_a_worker_killed_mid_stream_resumes_exactly_once(
+    reference: Path, pg_server: TemporaryServer, pg_url: str
+) -> None:
     last_input = publish_inputs(reference, pg_url)
     calm = pg_server.create_schema("never_crashed")
     publish_inputs(reference, calm)
+    # three batch sizes (20, 10, then 33): where transactions end changes nothing that is derived
     finished(worker(calm, "--drain", "--batch", "20"))
 
     log = PostgresLog.open(pg_url, read_only=True)
     try:
-        crashing = worker(pg_url, "--batch", "20")
+        crashing = worker(pg_url, "--batch", "10")
         wait_until(lambda: log.tracked("worker:0/1") > last_input // 3, "the worker to get a third of the way")
         crashing.send_signal(signal.SIGKILL)
         crashing.wait(GUARD)
@@ -112,7 +116,7 @@ def test_a_worker_killed_mid_stream_resumes_exactly_once(reference: Path, pg_ser
         assert crashing.returncode == -signal.SIGKILL
         assert 0 < at_kill < last_input, "the worker was not killed mid-stream"
         derived_at_kill = len(derived_events(pg_url))
-        out = finished(worker(pg_url, "--drain", "--batch", "20"))
+        out = finished(worker(pg_url, "--drain", "--batch", "33"))
     finally:
         log.close()
     assert f"inputs read up to seq {last_input}" in out

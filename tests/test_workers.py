@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from handlers.bandits import BanditHandler
 from handlers.bandits.simulation import default_variants, simulate
 from rtopt import Draft, Engine, RtoptError
 from rtopt.cli import main
@@ -108,7 +109,7 @@ def test_a_worker_killed_mid_stream_resumes_exactly_once(
 
     log = PostgresLog.open(pg_url, read_only=True)
     try:
-        crashing = worker(pg_url, "--batch", "10")
+        crashing = worker(pg_url, "--batch", "10", "--snapshot-every", "200")
         wait_until(lambda: log.tracked("worker:0/1") > last_input // 3, "the worker to get a third of the way")
         crashing.send_signal(signal.SIGKILL)
         crashing.wait(GUARD)
@@ -116,9 +117,13 @@ def test_a_worker_killed_mid_stream_resumes_exactly_once(
         assert crashing.returncode == -signal.SIGKILL
         assert 0 < at_kill < last_input, "the worker was not killed mid-stream"
         derived_at_kill = len(derived_events(pg_url))
+        snapshot = log.load_snapshot("bandit@worker:0/1", BanditHandler().fingerprint(), at_kill)
         out = finished(worker(pg_url, "--drain", "--batch", "33"))
     finally:
         log.close()
+    assert snapshot is not None and snapshot[0] > 0
+    # the restart took up the chains' states where the last snapshot before the crash left them
+    assert f"resumed from seq {snapshot[0]}," in out
     assert f"inputs read up to seq {last_input}" in out
     with Engine.open(pg_url, read_only=True, handlers=[]) as crashed:
         crashed_rows = [row[:5] + row[6:] for row in crashed.log.rows()]

@@ -18,7 +18,7 @@ import pytest
 
 from handlers.bandits import BanditHandler
 from handlers.bandits.simulation import default_variants, simulate
-from rtopt import Draft, Engine, RtoptError
+from rtopt import Draft, Engine, InvalidEvent, RtoptError
 from rtopt.cli import main
 from rtopt.engine import envelope_from_row
 from rtopt.follower import Follower, Partition, partition_of
@@ -193,6 +193,7 @@ def test_workers_need_a_postgresql_log_and_a_valid_partition(tmp_path: Path) -> 
     for bad in ("2/2", "-1/3", "a/b", "1"):
         with pytest.raises(ValueError, match=f"partition = '{bad}'"):
             Partition.parse(bad)
+    assert Partition.parse("3/4") == Partition(3, 4)
     assert not (tmp_path / "log.sqlite").exists()
 
 
@@ -228,3 +229,13 @@ def test_copy_command_copies_into_postgresql_and_back(reference: Path, pg_url: s
     assert main(["copy", str(reference), pg_url]) == 2  # into a log that holds events: refused
     with Engine.open(reference, read_only=True, handlers=[]) as a, Engine.open(back, read_only=True, handlers=[]) as b:
         assert list(a.log.rows()) == list(b.log.rows())
+
+
+@pytest.mark.parametrize(("option", "value"), [("batch", 0), ("snapshot_every", -5), ("batch", 2.5), ("batch", True)])
+def test_a_follower_refuses_bad_sizes_naming_them(pg_url: str, option: str, value: object) -> None:
+    Engine.open(pg_url, seed=1, handlers=[]).close()
+    with pytest.raises(InvalidEvent, match=f"{option} = {value!r}: must be a whole number") as info:
+        Follower.open(pg_url, [], **{option: value})
+    assert info.value.field == option and info.value.value == value
+    with Engine.open(pg_url, read_only=True, handlers=[]) as engine:
+        assert "followed" not in engine.log.meta()

@@ -76,10 +76,12 @@ def make_rows(count: int, prefix: str) -> list[Row]:
 
 
 def batches(rows: Sequence[Row], size: int) -> list[Sequence[Row]]:
+    """``rows`` cut into runs of ``size``."""
     return [rows[i : i + size] for i in range(0, len(rows), size)]
 
 
 def rate(count: int, seconds: float) -> float:
+    """Events per second."""
     return count / seconds if seconds > 0 else float("inf")
 
 
@@ -284,6 +286,7 @@ def meets(value: float, op: str, bound: float) -> bool:
 
 
 def render(results: dict[str, Any], console: Console) -> None:
+    """Print the figures, the ratios and whether each target was met."""
     sizes = results["sizes"]
     table = Table(title=f"PostgreSQL log: {sizes['events']} events in {sizes['batch']}-row transactions")
     table.add_column("figure")
@@ -299,6 +302,7 @@ def render(results: dict[str, Any], console: Console) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark with the command line's sizes; returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000, help="rows each measurement writes (default 100000)")
     parser.add_argument("--batch", type=int, default=1000, help="rows per transaction (default 1000)")

@@ -155,12 +155,14 @@ def cmd_worker(args: argparse.Namespace, console: Console) -> int:
         raise RtoptError(f"log = {args.log!r}: a worker follows a PostgreSQL log, given as a postgresql:// URL")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with Follower.open(args.log, name=args.name, partition=args.partition, batch=args.batch) as follower:
+    with Follower.open(
+        args.log, name=args.name, partition=args.partition, batch=args.batch, snapshot_every=args.snapshot_every
+    ) as follower:
         with suppress(KeyboardInterrupt):
             follower.run(drain=args.drain, stop=stop, idle_timeout=args.idle_timeout)
         console.print(
-            f"{follower.tracker}: processed {follower.processed} inputs and derived {follower.derived} events;"
-            f" inputs read up to seq {follower.position}",
+            f"{follower.tracker}: resumed from seq {follower.resumed_from}, processed {follower.processed} inputs"
+            f" and derived {follower.derived} events; inputs read up to seq {follower.position}",
             markup=False,
             soft_wrap=True,
         )
@@ -233,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     wrk.add_argument("--name", default="worker", help="name the worker's progress is recorded under (default worker)")
     wrk.add_argument("--batch", type=positive(int), default=500, help="inputs per transaction (default 500)")
+    wrk.add_argument(
+        "--snapshot-every",
+        type=positive(int),
+        default=20_000,
+        help="store the chains' states every this many seqs, for a quick restart (default 20000)",
+    )
     wrk.add_argument("--drain", action="store_true", help="stop once every input committed so far is processed")
     wrk.add_argument(
         "--idle-timeout", type=positive(float), default=None, help="stop after this many seconds without an input"

@@ -4,8 +4,9 @@ Writers publish input events only (an engine opened with ``handlers=[]``); follo
 reads the inputs in seq order, keeps those of its partition's streams, folds each through its chains as
 an engine does (one input, then everything derived from it) and appends what they derived together with
 its new position in one transaction. Killed at any point, it resumes from the position of its last
-transaction: nothing is derived twice, nothing is lost. On start it rebuilds its state by running its
-chains again over the inputs up to that position and throwing their output away.
+transaction: nothing is derived twice, nothing is lost. On start it rebuilds its state from its newest
+snapshot (taken every so many seqs), running its chains again over the inputs from there up to that
+position and throwing their output away.
 
 Decisions and learning are per stream, so N followers, each taking the streams whose name hashes to its
 partition, together derive the same events as one follower taking them all.
@@ -18,6 +19,8 @@ import threading
 import time as wall_clock
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
+
+import msgspec
 
 from rtopt.engine import FOLLOWED, default_handlers, envelope_from_row, envelope_row
 from rtopt.errors import InvalidEvent
@@ -95,25 +98,55 @@ class Follower:
         name: str = DEFAULT_NAME,
         partition: Partition = WHOLE,
         batch: int = 500,
+        snapshot_every: int = 20_000,
     ) -> None:
-        if batch < 1:
-            raise InvalidEvent(f"batch = {batch!r}: must be at least 1", field="batch", value=batch)
+        for field, value in (("batch", batch), ("snapshot_every", snapshot_every)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                message = f"{field} = {value!r}: must be a whole number of at least 1"
+                raise InvalidEvent(message, field=field, value=value)
         self.log = log
         self.partition = partition
         self.tracker = f"{name}:{partition}"
         self.batch = batch
+        self.snapshot_every = snapshot_every
         seed = int(log.meta()["seed"])
         self._chains = Chains()
-        for handler in handlers:
-            self._chains.add(HandlerSlot(handler, seed))
+        self._slots = [HandlerSlot(handler, seed) for handler in handlers]
+        for slot in self._slots:
+            self._chains.add(slot)
         if FOLLOWED not in log.meta():
             log.set_meta(FOLLOWED, "1")
         self.position = log.tracked(self.tracker)
+        self.resumed_from = self._load_snapshots()
+        self._snapshot_at = self.resumed_from
         self.processed = 0
         self.derived = 0
-        for row in log.inputs(1, self.position):
+        for row in log.inputs(self.resumed_from + 1, self.position):
             if partition.owns(row[3]):
                 self._chains.cascade([envelope_from_row(row)], 0.0)
+
+    def _snapshot_name(self, slot: HandlerSlot) -> str:
+        return f"{slot.name}@{self.tracker}"
+
+    def _load_snapshots(self) -> int:
+        """Restore every chain's state from the newest snapshots at or before the position; returns their
+        seq (0, with the states left initial, unless every chain has one at the same seq)."""
+        found = [
+            self.log.load_snapshot(self._snapshot_name(slot), slot.handler.fingerprint(), self.position)
+            for slot in self._slots
+        ]
+        seqs = {snapshot[0] if snapshot else 0 for snapshot in found}
+        if not self._slots or len(seqs) != 1 or seqs == {0}:
+            return 0
+        for slot, (_, blob) in zip(self._slots, found, strict=True):
+            slot.state = msgspec.msgpack.decode(blob, type=slot.handler.state_type)
+        return seqs.pop()
+
+    def _save_snapshots(self) -> None:
+        for slot in self._slots:
+            state = msgspec.msgpack.encode(slot.state)
+            self.log.save_snapshot(self._snapshot_name(slot), slot.handler.fingerprint(), self.position, state)
+        self._snapshot_at = self.position
 
     @classmethod
     def open(
@@ -124,17 +157,18 @@ class Follower:
         name: str = DEFAULT_NAME,
         partition: Partition | str = WHOLE,
         batch: int = 500,
+        snapshot_every: int = 20_000,
     ) -> Follower:
-        """Follow the log at ``url`` with ``handlers`` (default: every installed handler)."""
+        """Follow the log at ``url`` with ``handlers`` (default: every installed handler), storing the
+        chains' states every ``snapshot_every`` seqs so that a restart folds only what came after."""
         if isinstance(partition, str):
             partition = Partition.parse(partition)
         from rtopt.postgres import PostgresLog  # psycopg is only needed for PostgreSQL logs
 
         log = PostgresLog.open(url)
         try:
-            return cls(
-                log, default_handlers() if handlers is None else handlers, name=name, partition=partition, batch=batch
-            )
+            chains = default_handlers() if handlers is None else handlers
+            return cls(log, chains, name=name, partition=partition, batch=batch, snapshot_every=snapshot_every)
         except BaseException:
             log.close()
             raise
@@ -161,6 +195,8 @@ class Follower:
             self.position = last
             self.processed += owned
             self.derived += len(derived)
+            if self.position - self._snapshot_at >= self.snapshot_every:
+                self._save_snapshots()
         return read
 
     def run(

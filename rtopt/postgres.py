@@ -179,7 +179,11 @@ class PostgresLog(SQLLog):
             self._listener = _connect(self._url)
             self._listener.execute(f"LISTEN {CHANNEL}")
             return True
-        return any(True for _ in self._listener.notifies(timeout=timeout, stop_after=1))
+        if not any(True for _ in self._listener.notifies(timeout=timeout, stop_after=1)):
+            return False
+        for _ in self._listener.notifies(timeout=0.0):  # one read answers every commit already announced
+            pass
+        return True
 
     def close(self) -> None:
         with self._write_lock, self._read_lock:

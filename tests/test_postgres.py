@@ -154,12 +154,19 @@ def test_four_writer_processes_leave_a_gapless_log_a_follower_reads_in_order(pg_
 
 def test_engines_on_disjoint_streams_share_a_log_and_a_clash_writes_nothing(pg_url: str) -> None:
     with Engine.open(pg_url, seed=5) as left, Engine.open(pg_url, seed=5) as right:
-        left.define_experiment("left", ["a", "b"], time=1.0)
-        right.define_experiment("right", ["c", "d"], time=1.0)  # placed after left's events
+        returned = [left.define_experiment("left", ["a", "b"], time=1.0)]
+        returned.append(right.define_experiment("right", ["c", "d"], time=1.0))  # placed after left's events
         for t in range(2, 6):
             for engine, name in ((left, "left"), (right, "right")):
                 decision = engine.decide(name, time=float(t))
-                engine.feedback(decision.id, success=True, quality_score=0.9, response_time_ms=1.0, time=t + 0.5)
+                returned.append(decision)
+                returned.append(
+                    engine.feedback(decision.id, success=True, quality_score=0.9, response_time_ms=1.0, time=t + 0.5)
+                )
+        # each engine got back the seqs its events stand at, in the order they were committed
+        assert [left.log.get(env.id)[0] for env in returned] == [env.seq for env in returned]
+        assert [env.seq for env in returned] == sorted(env.seq for env in returned)
+        assert right.position == right.log.last_seq() > left.position
         # right committed last, so it has folded every event left placed before it
         assert sum(arm.pulls for arm in right.state("bandit", "left").arms.values()) == 4
         left.publish(fb(0, "left"), "left", time=8.0)

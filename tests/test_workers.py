@@ -16,12 +16,14 @@ from pathlib import Path
 
 import pytest
 
+from handlers.bandits import BanditHandler
 from handlers.bandits.simulation import default_variants, simulate
-from rtopt import Draft, Engine, RtoptError
+from rtopt import Draft, Engine, InvalidEvent, RtoptError
 from rtopt.cli import main
 from rtopt.engine import envelope_from_row
 from rtopt.follower import Follower, Partition, partition_of
 from rtopt.log import copy_log
+from rtopt.pgserver import TemporaryServer
 from rtopt.postgres import PostgresLog
 
 GUARD = 120.0
@@ -96,15 +98,18 @@ def test_partitioned_workers_derive_what_one_engine_derives(reference: Path, pg_
         assert [row[0] for row in engine.log.rows()] == list(range(1, last_input + len(expected) + 1))
 
 
-def test_a_worker_killed_mid_stream_resumes_exactly_once(reference: Path, pg_server, pg_url: str) -> None:
+def test_a_worker_killed_mid_stream_resumes_exactly_once(
+    reference: Path, pg_server: TemporaryServer, pg_url: str
+) -> None:
     last_input = publish_inputs(reference, pg_url)
     calm = pg_server.create_schema("never_crashed")
     publish_inputs(reference, calm)
+    # three batch sizes (20, 10, then 33): where transactions end changes nothing that is derived
     finished(worker(calm, "--drain", "--batch", "20"))
 
     log = PostgresLog.open(pg_url, read_only=True)
     try:
-        crashing = worker(pg_url, "--batch", "20")
+        crashing = worker(pg_url, "--batch", "10", "--snapshot-every", "200")
         wait_until(lambda: log.tracked("worker:0/1") > last_input // 3, "the worker to get a third of the way")
         crashing.send_signal(signal.SIGKILL)
         crashing.wait(GUARD)
@@ -112,9 +117,13 @@ def test_a_worker_killed_mid_stream_resumes_exactly_once(reference: Path, pg_ser
         assert crashing.returncode == -signal.SIGKILL
         assert 0 < at_kill < last_input, "the worker was not killed mid-stream"
         derived_at_kill = len(derived_events(pg_url))
-        out = finished(worker(pg_url, "--drain", "--batch", "20"))
+        snapshot = log.load_snapshot("bandit@worker:0/1", BanditHandler().fingerprint(), at_kill)
+        out = finished(worker(pg_url, "--drain", "--batch", "33"))
     finally:
         log.close()
+    assert snapshot is not None and snapshot[0] > 0
+    # the restart took up the chains' states where the last snapshot before the crash left them
+    assert f"resumed from seq {snapshot[0]}," in out
     assert f"inputs read up to seq {last_input}" in out
     with Engine.open(pg_url, read_only=True, handlers=[]) as crashed:
         crashed_rows = [row[:5] + row[6:] for row in crashed.log.rows()]
@@ -184,6 +193,7 @@ def test_workers_need_a_postgresql_log_and_a_valid_partition(tmp_path: Path) -> 
     for bad in ("2/2", "-1/3", "a/b", "1"):
         with pytest.raises(ValueError, match=f"partition = '{bad}'"):
             Partition.parse(bad)
+    assert Partition.parse("3/4") == Partition(3, 4)
     assert not (tmp_path / "log.sqlite").exists()
 
 
@@ -199,10 +209,13 @@ def test_simulate_with_workers_writes_one_log_that_verifies(
         assert [row[0] for row in engine.log.rows()] == list(range(1, last + 1))
         for name in ("greeting-1", "greeting-2"):
             assert sum(arm.pulls for arm in engine.state("bandit", name).arms.values()) == 150
-    report = Engine.verify(pg_url)
-    assert report.ok and report.decisions == 300
     assert main(["inspect", pg_url, "--last", "3"]) == 0
     assert f"{last} events" in capsys.readouterr().out
+    assert main(["replay", pg_url]) == 0
+    assert f"rebuilt bandit, experiments at seq {last}" in capsys.readouterr().out
+    assert main(["replay", pg_url, "--verify"]) == 0
+    verified = capsys.readouterr().out
+    assert f"all {last} events match" in verified and "300 decisions re-made identically" in verified
     assert main(["simulate", "--log", pg_url, "--steps", "10"]) == 2  # a PostgreSQL log is never replaced
     assert "already holds events" in capsys.readouterr().err
     assert main(["simulate", "--log", str(tmp_path / "x.sqlite"), "--workers", "2"]) == 2
@@ -216,3 +229,13 @@ def test_copy_command_copies_into_postgresql_and_back(reference: Path, pg_url: s
     assert main(["copy", str(reference), pg_url]) == 2  # into a log that holds events: refused
     with Engine.open(reference, read_only=True, handlers=[]) as a, Engine.open(back, read_only=True, handlers=[]) as b:
         assert list(a.log.rows()) == list(b.log.rows())
+
+
+@pytest.mark.parametrize(("option", "value"), [("batch", 0), ("snapshot_every", -5), ("batch", 2.5), ("batch", True)])
+def test_a_follower_refuses_bad_sizes_naming_them(pg_url: str, option: str, value: object) -> None:
+    Engine.open(pg_url, seed=1, handlers=[]).close()
+    with pytest.raises(InvalidEvent, match=f"{option} = {value!r}: must be a whole number") as info:
+        Follower.open(pg_url, [], **{option: value})
+    assert info.value.field == option and info.value.value == value
+    with Engine.open(pg_url, read_only=True, handlers=[]) as engine:
+        assert "followed" not in engine.log.meta()

@@ -37,7 +37,7 @@ def register_command(commands: argparse._SubParsersAction) -> None:
 
 def run_command(args: argparse.Namespace, console: Console) -> int:
     """Serve until interrupted."""
-    from apps.dashboard import serve  # Panel loads slowly: only when the command runs
+    from apps.ui import serve  # Panel loads slowly: only when the command runs
 
     console.print(f"serving {args.log} on http://{args.address}:{args.port}/ (Ctrl-C to stop)", soft_wrap=True)
     serve(args.log, port=args.port, address=args.address, period_ms=round(args.refresh * 1000), show=args.show)

@@ -53,7 +53,11 @@ def merge_factor(buckets: int, max_points: int) -> int:
 
 
 class View:
-    """A live aggregate of the events of ``types`` (every type when None); ``add`` folds one envelope."""
+    """A live aggregate of the events of ``types`` (every type when None); ``add`` folds one envelope.
+
+    >>> sorted(FeedbackMetrics.tags()), EventRate.tags()
+    (['Feedback'], None)
+    """
 
     types: ClassVar[tuple[type[Event], ...] | None] = ()
     title: ClassVar[str] = ""
@@ -258,7 +262,16 @@ class Allocation(View):
 
 class ArmPosteriors(View):
     """The latest statistics of each bandit experiment: per arm, pulls, the mean reward with its 95 %
-    credible interval and the probability of being best (from ``ExperimentStats`` events)."""
+    credible interval and the probability of being best (from ``ExperimentStats`` events).
+
+    >>> from handlers.bandits import ArmSummary
+    >>> posteriors = ArmPosteriors()
+    >>> arm = ArmSummary("active", pulls=9, rewards=9, mean=0.6, low=0.3, high=0.85, p_best=0.7)
+    >>> stats = ExperimentStats("greeting", decisions=9, rewards=9, exploration_rate=0.1, arms={"v1": arm})
+    >>> posteriors.add(Envelope(1, "id", "ExperimentStats", "greeting", 0.0, 0.0, None, None, 1, stats))
+    >>> posteriors.frame()[["arm", "mean", "low", "high"]].values.tolist()
+    [['v1', 0.6, 0.3, 0.85]]
+    """
 
     types = (ExperimentStats,)
     title = "Arms: posterior means and 95 % intervals"
@@ -293,7 +306,14 @@ _STATUS_BY_EVENT = {
 
 class ExperimentTests(View):
     """A/B tests and canaries: each analysis's p-values per variant against the control, and each
-    experiment's status with the reason of its last change (a guardrail pause names its guardrail)."""
+    experiment's status with the reason of its last change (a guardrail pause names its guardrail).
+
+    >>> tests = ExperimentTests()
+    >>> paused = ExperimentPaused(experiment="greeting", reason="guardrail cost", guardrail="cost")
+    >>> tests.add(Envelope(7, "id", "ExperimentPaused", "greeting", 0.0, 0.0, None, None, 1, paused))
+    >>> tests.status_frame().values.tolist()
+    [['greeting', 'paused', 'ExperimentPaused: guardrail cost', 7]]
+    """
 
     types = (*_STATUS_BY_EVENT, ExperimentAnalysed, ExperimentConcluded, CanaryAdvanced, CanaryRolledBack)
     title = "Experiments: p-values and guardrails"
@@ -355,7 +375,15 @@ def describe(event: Event) -> str:
 
 class AlertFeed(View):
     """The newest ``limit`` events that call for attention (failures, rejections, pauses, sample-ratio
-    mismatches, rollbacks, conclusions), newest first."""
+    mismatches, rollbacks, conclusions), newest first.
+
+    >>> feed = AlertFeed(limit=1)
+    >>> for seq, reason in ((1, "unknown decision"), (2, "expired")):
+    ...     rejected = FeedbackRejected(reason=reason)
+    ...     feed.add(Envelope(seq, "id", "FeedbackRejected", "greeting", 0.0, 0.0, None, None, 1, rejected))
+    >>> feed.frame()[["seq", "what"]].values.tolist()
+    [[2, 'expired']]
+    """
 
     types = (
         HandlerFailed,
@@ -378,14 +406,14 @@ class AlertFeed(View):
                 "seq": envelope.seq,
                 "time": envelope.time,
                 "type": envelope.type,
-                "stream": envelope.stream,
+                "key": envelope.stream,
                 "what": describe(envelope.payload),
             }
         )
 
     def frame(self) -> pd.DataFrame:
-        """The entries, newest first: ``seq``, ``time``, ``type``, ``stream`` and ``what``."""
-        return pd.DataFrame(list(reversed(self.entries)), columns=["seq", "time", "type", "stream", "what"])
+        """The entries, newest first: ``seq``, ``time``, ``type``, ``key`` (the stream) and ``what``."""
+        return pd.DataFrame(list(reversed(self.entries)), columns=["seq", "time", "type", "key", "what"])
 
 
 def default_views(bucket_s: float = DEFAULT_BUCKET_S) -> list[View]:
@@ -401,6 +429,7 @@ class LogModel:
     >>> model = LogModel()
     >>> fb = Feedback(prompt_id="p", variant_id="v1", response_time_ms=90.0, success=True, quality_score=0.7)
     >>> model.add([Envelope(1, "id", "Feedback", "p", 0.0, 0.0, None, None, 1, fb)])
+    1
     >>> model.events_seen, [type(view).__name__ for view in model.shown()]
     (1, ['EventRate', 'FeedbackMetrics'])
     """
@@ -422,10 +451,13 @@ class LogModel:
         """How many events have been folded."""
         return sum(self.counts.values())
 
-    def add(self, envelopes: Iterable[Envelope[Any]]) -> None:
-        """Fold ``envelopes`` (in seq order, each seq once) into the counts and the views reading their type."""
+    def add(self, envelopes: Iterable[Envelope[Any]]) -> int:
+        """Fold ``envelopes`` (in seq order, each seq once) into the counts and the views reading their type;
+        returns how many there were."""
         every, by_tag = self._every, self._by_tag
+        folded = 0
         for envelope in envelopes:
+            folded += 1
             self.counts[envelope.type] += 1
             for view in every:
                 view.add(envelope)
@@ -435,6 +467,7 @@ class LogModel:
             if self.first_time is None:
                 self.first_time = envelope.time
             self.last_time = envelope.time
+        return folded
 
     def shown(self) -> list[View]:
         """The views that have events of their types to show."""
@@ -524,11 +557,7 @@ class LogTail:
             if engine is None:
                 return 0
             start = self.model.last_seq + 1
-            return self._fold(list(engine.read(start=start, until=start + limit - 1)))
-
-    def _fold(self, envelopes: list[Envelope[Any]]) -> int:
-        self.model.add(envelopes)
-        return len(envelopes)
+            return self.model.add(engine.read(start=start, until=start + limit - 1))
 
     def close(self) -> None:
         """Release the log if this tail opened it."""
@@ -565,7 +594,7 @@ class EngineFeed(LogTail):
                 envelope = self.pending.popleft()
                 if envelope.seq > self.model.last_seq:
                     batch.append(envelope)
-            return self._fold(batch)
+            return self.model.add(batch)
 
     def close(self) -> None:
         """Stop receiving the engine's events."""

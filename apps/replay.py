@@ -22,7 +22,17 @@ ESTIMATE_COLUMNS = ["policy", "value", "low", "high", "effective_sample_size"]
 class PastState:
     """The handlers' state at ``seq`` of a log: bandit arms with their statistics and A/B experiments.
 
-    ``time`` is the event time of that seq (None for seq 0)."""
+    ``time`` is the event time of that seq (None for seq 0).
+
+    >>> import pathlib, tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "log.sqlite"
+    >>> with Engine.open(path, seed=1) as engine:
+    ...     _ = engine.define_experiment("g", arms=["a", "b"], time=0.0)
+    ...     _ = [engine.decide("g", time=float(t)) for t in range(1, 4)]
+    >>> past = state_at(path, 3)
+    >>> past.seq, past.time, int(past.arms["pulls"].sum())
+    (3, 2.0, 2)
+    """
 
     def __init__(self, seq: int, time: float | None, arms: pd.DataFrame, experiments: pd.DataFrame) -> None:
         self.seq = seq

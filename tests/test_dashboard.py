@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from apps.dashboard import Dashboard
-from apps.data import ArmPosteriors, FeedbackMetrics, LogTail
+from apps.data import AlertFeed, ArmPosteriors, ExperimentTests, FeedbackMetrics, LogTail
+from apps.ui import Dashboard
 from handlers.bandits.simulation import default_variants, simulate
 from rtopt import Engine
 from tests.conftest import simulate_into
@@ -52,4 +52,18 @@ def test_history_shows_the_state_at_a_past_seq_and_what_if_the_estimates(recorde
     page.history.show_estimates("greeting")
     estimates = page.history.estimates.objects[0][1].object
     assert estimates["policy"].tolist() == ["logged", "uniform", "always:v1", "always:v2", "always:v3"]
+    page.tail.close()
+
+
+def test_every_section_of_an_ab_test_renders(tmp_path: Path) -> None:
+    path = tmp_path / "ab.sqlite"
+    with Engine.open(path, seed=7) as engine:
+        simulate(engine, 1000, default_variants(4, seed=7), seed=7, policy="ab_test")
+    page = Dashboard(LogTail(path))
+    views = page.tail.model.views
+    visible = {type(view) for view, slot in zip(views, page.slots, strict=True) if slot.visible}
+    assert {ExperimentTests, AlertFeed} <= visible
+    page.panel.get_root()  # builds every Bokeh model the browser would receive
+    feed = page.tail.model.view(AlertFeed).frame()
+    assert feed["type"].iloc[0] == "ExperimentPaused" and "guardrail" in feed["what"].iloc[0]
     page.tail.close()

@@ -103,7 +103,16 @@ def estimates_plot(frame: pd.DataFrame) -> hv.Overlay:
 
 
 class Section:
-    """A titled part of the page over one frame of a view: live plots of it and, optionally, a table."""
+    """A titled part of the page over one frame of a view: live plots of it and, optionally, a table.
+
+    >>> from rtopt import Envelope
+    >>> view = EventRate()
+    >>> section = Section("Event rate", view.frame, [rate_plot])
+    >>> view.add(Envelope(1, "id", "Feedback", "p", 30.0, 0.0, None, None, 1, None))
+    >>> section.refresh()
+    >>> section.pipes[0].data["events"].tolist()
+    [1.0]
+    """
 
     def __init__(
         self,
@@ -196,7 +205,17 @@ def _feed_rows(frame: pd.DataFrame) -> pd.DataFrame:
 
 class Dashboard:
     """The dashboard of one log, for one page or notebook output: ``panel`` is what to show, and
-    ``refresh()`` (called every ``period_ms`` once shown) brings it up to date."""
+    ``refresh()`` (called every ``period_ms`` once shown) brings it up to date.
+
+    >>> from rtopt import Feedback
+    >>> engine = Engine.open(":memory:", seed=1, handlers=[])
+    >>> page = Dashboard(LogTail(engine))
+    >>> _ = engine.publish(Feedback(prompt_id="p", variant_id="v1", response_time_ms=80.0, success=True,
+    ...                             quality_score=0.9), time=0.0)
+    >>> page.refresh()
+    >>> 'id="events-seen">1<' in page.status.object, [s.visible for s in page.slots][:2]
+    (True, [True, True])
+    """
 
     def __init__(self, tail: LogTail, *, period_ms: int = 1000, history: bool = True) -> None:
         self.tail = tail
@@ -267,7 +286,17 @@ def _when(seconds: float) -> str:
 
 
 class History:
-    """The state at a past seq (a replay of the log up to it) and a what-if of other policies on the log."""
+    """The state at a past seq (a replay of the log up to it) and a what-if of other policies on the log.
+
+    >>> import pathlib, tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "log.sqlite"
+    >>> with Engine.open(path, seed=1) as engine:
+    ...     _ = engine.define_experiment("g", arms=["a", "b"], time=0.0)
+    >>> history = History(LogTail(path))
+    >>> history.show_past(1)
+    >>> history.past.objects[0].object
+    'State at seq 1 (event time 1970-01-01 00:00:00):'
+    """
 
     def __init__(self, tail: LogTail) -> None:
         self.tail = tail

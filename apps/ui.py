@@ -41,22 +41,35 @@ hv.extension("bokeh", logo=False)
 CATCH_UP_BUDGET_S = 0.5  # longest a refresh reads before it draws, so a large log never freezes the page
 PLOT_HEIGHT = 230
 TABLE_ROWS = 12
+PALETTE = hv.Cycle("Category10").values
+_COLORS: dict[str, str] = {}
 
 
 def _dates(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(time=pd.to_datetime(frame["time"], unit="s"))
 
 
-def lines(frame: pd.DataFrame, y: str, key: str, title: str, x: str = "time", logy: bool = False) -> hv.NdOverlay:
+def color_of(label: str) -> str:
+    """The colour of an arm or variant (the part of ``label`` after its last '/'), the same in every plot.
+
+    >>> color_of("greeting/v1") == color_of("v1") != color_of("v2")
+    True
+    """
+    arm = label.rsplit("/", 1)[-1]
+    return _COLORS.setdefault(arm, PALETTE[len(_COLORS) % len(PALETTE)])
+
+
+def lines(frame: pd.DataFrame, y: str, key: str, title: str, x: str = "time") -> hv.NdOverlay:
     """One curve of ``y`` against ``x`` per value of the column ``key``."""
     if x == "time":
         frame = _dates(frame)
-    curves = {name: hv.Curve(group, x, y, label=str(name)) for name, group in frame.groupby(key, sort=True)}
+    curves = {
+        name: hv.Curve(group, x, y, label=str(name)).opts(color=color_of(str(name)))
+        for name, group in frame.groupby(key, sort=True)
+    }
     return hv.NdOverlay(curves, kdims=[key]).opts(
-        hv.opts.Curve(tools=["hover"], logy=logy, framewise=True),
-        hv.opts.NdOverlay(
-            title=title, height=PLOT_HEIGHT, responsive=True, framewise=True, legend_position="right", logy=logy
-        ),
+        hv.opts.Curve(tools=["hover"], framewise=True),
+        hv.opts.NdOverlay(title=title, height=PLOT_HEIGHT, responsive=True, framewise=True, legend_position="right"),
     )
 
 

@@ -23,3 +23,6 @@ def test_notebook_runs_and_its_assertions_hold(path: Path, tmp_path: Path) -> No
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
     assert not [output for output in outputs if output.output_type == "error"]
     assert (tmp_path / "event_log").is_dir()
+    if path.stem == "01_explore":  # the live dashboard rendered inline as a Panel object
+        (shown,) = [cell for cell in notebook.cells if "live = dashboard(live_engine" in cell.source]
+        assert any("application/vnd.holoviews_exec.v0+json" in output.get("data", {}) for output in shown.outputs)

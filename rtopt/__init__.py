@@ -9,16 +9,20 @@ from rtopt.errors import InvalidEvent, InvalidLog, ReadOnlyLog, RtoptError, Unkn
 from rtopt.events import (
     ArmUpdated,
     Decision,
+    Dimension,
     Envelope,
     Event,
     ExperimentDefined,
     Feedback,
     FeedbackRejected,
     HandlerFailed,
+    Observed,
+    StudyDefined,
+    Suggested,
     event_type,
     registered_types,
 )
-from rtopt.handler import Context, Decider, Handler, Request
+from rtopt.handler import Context, Decider, Handler, Request, Suggester
 
 __all__ = [
     "ArmUpdated",
@@ -26,6 +30,7 @@ __all__ = [
     "Context",
     "Decider",
     "Decision",
+    "Dimension",
     "Draft",
     "Engine",
     "EngineStats",
@@ -38,10 +43,14 @@ __all__ = [
     "HandlerFailed",
     "InvalidEvent",
     "InvalidLog",
+    "Observed",
     "ReadOnlyLog",
     "Rebuilt",
     "Request",
     "RtoptError",
+    "StudyDefined",
+    "Suggested",
+    "Suggester",
     "UnknownEventType",
     "VerifyReport",
     "default_handlers",

@@ -104,7 +104,7 @@ def cmd_replay(args: argparse.Namespace, console: Console) -> int:
         if report.ok:
             console.print(
                 f"all {report.events} events match: {report.derived} derived events re-derived and "
-                f"{report.decisions} decisions re-made identically"
+                f"{report.decisions} decisions and {report.suggestions} suggestions re-made identically"
             )
             return 0
         diff = report.difference

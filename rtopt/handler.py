@@ -17,7 +17,7 @@ import reactivex
 from reactivex import operators as ops
 
 from rtopt.errors import InvalidEvent
-from rtopt.events import Decision, Envelope, Event, HandlerFailed, unvalidated, validate
+from rtopt.events import Decision, Envelope, Event, HandlerFailed, Suggested, unvalidated, validate
 from rtopt.ids import ordered_id, prefix_of
 
 S = TypeVar("S")
@@ -142,6 +142,23 @@ class Decider(Protocol):
 
     def decide(self, state: Any, experiment: str, ctx: Context, request: Request) -> Decision:
         """Choose an arm for one request, reading but not changing ``state``."""
+
+
+@runtime_checkable
+class Suggester(Protocol):
+    """A handler that also answers ``Engine.suggest`` for the studies of its methods."""
+
+    methods: ClassVar[tuple[str, ...]]
+
+    def has_study(self, state: Any, study: str) -> bool:
+        """True if ``study`` was defined for one of this handler's methods."""
+
+    def suggest(self, state: Any, study: str, ctx: Context, n: int) -> list[Suggested]:
+        """Suggest ``n`` parameter sets to evaluate together, reading but not changing ``state``; the
+        i-th is recorded with the i-th id after ``ctx.event_id``."""
+
+    def observed(self, state: Any, suggestion_id: str) -> bool:
+        """True if the suggestion ``suggestion_id`` already has its observation."""
 
 
 class Derived(NamedTuple):

@@ -8,20 +8,22 @@ from typing import TypeVar
 
 import msgspec
 
-from rtopt import ExperimentDefined, InvalidEvent, StudyDefined
+from rtopt import Event, InvalidEvent
 
 Options = TypeVar("Options", bound=msgspec.Struct)
 
 
-def typed_options(
-    definition: ExperimentDefined | StudyDefined, kind: type[Options], allowed: Collection[str]
-) -> Options:
-    """``definition.options`` as a ``kind``; InvalidEvent names an option the policy (or the study's
-    method) does not take or an invalid value (``options.<name>``)."""
-    if isinstance(definition, ExperimentDefined):
-        owner, subject = f"policy {definition.policy!r}", definition.experiment
-    else:
-        owner, subject = f"method {definition.method!r}", definition.study
+OWNERS = ("policy", "method", "learner")  # the field of a definition that says what takes its options
+SUBJECTS = ("experiment", "study", "model")  # the field that names what it defines
+
+
+def typed_options(definition: Event, kind: type[Options], allowed: Collection[str]) -> Options:
+    """``definition.options`` (of an ExperimentDefined, StudyDefined, LearnerDefined ...) as a ``kind``;
+    InvalidEvent names an option its policy, method or learner does not take or an invalid value
+    (``options.<name>``)."""
+    owner_field = next(name for name in OWNERS if hasattr(definition, name))
+    owner = f"{owner_field} {getattr(definition, owner_field)!r}"
+    subject = next(getattr(definition, name) for name in SUBJECTS if hasattr(definition, name))
     for name, value in definition.options.items():
         if name not in allowed:
             raise InvalidEvent(

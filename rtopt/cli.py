@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -20,8 +21,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from rtopt.engine import Engine
-from rtopt.errors import RtoptError
+from rtopt.errors import InvalidLog, RtoptError
 from rtopt.events import Envelope
+from rtopt.log import SQLiteLog
 
 COMMAND_ENTRY_POINTS = "rtopt.commands"
 STATE_LINES = 40
@@ -43,6 +45,19 @@ def progress_bar(console: Console, label: str) -> Iterator[Callable[[int, int], 
             bar.update(task, completed=done, total=total)
 
         yield update
+
+
+def replace_log(path: Path, default: Path, force: bool, console: Console) -> None:
+    """Delete the rtopt log at ``path`` so a command can write it afresh: always the command's ``default``
+    log, another one only with ``force``; never a file that is not an rtopt log."""
+    if not path.exists():
+        return
+    if path != default and not force:
+        raise InvalidLog(f"{path} exists: pass --force to replace it, or choose another --log")
+    SQLiteLog.open(path, read_only=True).close()  # refuses to delete what is not an rtopt log
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    console.print(f"replacing the rtopt log at {path}")
 
 
 def positive(kind: type[int] | type[float]) -> Callable[[str], Any]:

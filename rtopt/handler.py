@@ -84,6 +84,7 @@ class Handler(Generic[S]):
     name: ClassVar[str]
     accepts: ClassVar[tuple[type[Event], ...]]
     state_type: ClassVar[Any]
+    parts: ClassVar[str | None] = None  # the field of the state that maps a key to its part, for view(state, key)
 
     def initial_state(self) -> S:
         """The state before any event."""
@@ -99,8 +100,14 @@ class Handler(Generic[S]):
         The engine asks every handler that accepts the event's type before committing it."""
 
     def view(self, state: S, key: str | None = None) -> Any:
-        """A detached copy of the state (or the part of it for ``key``) for queries."""
-        return msgspec.convert(msgspec.to_builtins(state), self.state_type)
+        """A detached copy of the state (or the part of it for ``key``, in the mapping named by ``parts``)
+        for queries."""
+        if key is None:
+            return msgspec.convert(msgspec.to_builtins(state), self.state_type)
+        if self.parts is None:
+            raise KeyError(f"the {self.name} handler's state has no parts by key")
+        part = getattr(state, self.parts)[key]
+        return msgspec.convert(msgspec.to_builtins(part), type(part))
 
     def config(self) -> dict[str, Any]:
         """The settings that change what this handler derives (they key its snapshots)."""

@@ -23,7 +23,9 @@ from handlers.bayesopt.handler import training_set
 from handlers.bayesopt.kernels import RBF, Matern32, Matern52, Polynomial
 from handlers.bayesopt.objectives import OBJECTIVES
 from handlers.bayesopt.options import StudyOptions
+from handlers.bayesopt.simulation import TASKS, tune
 from rtopt import Dimension, Engine, InvalidEvent, Observed, Suggested
+from rtopt.cli import main
 
 KERNELS = [RBF(3), Matern32(3), Matern52(3), Polynomial(3, degree=3)]
 LLM_SPACE = {
@@ -375,7 +377,14 @@ def simple_regret(name: str, method: str, seed: int, evaluations: int = 50) -> f
     objective = OBJECTIVES[name]
     with engine(seed) as eng:
         eng.define_study(
-            "s", space=objective.space(), direction="minimize", method=method, restarts=1, raw_samples=300, time=0.0
+            "s",
+            space=objective.space(),
+            direction="minimize",
+            method=method,
+            restarts=1,
+            raw_samples=300,
+            refit_growth=0.2,
+            time=0.0,
         )
         made = run_study(eng, "s", objective.at, evaluations)
     return min(objective.at(s.params) for s in made) - objective.minimum
@@ -386,3 +395,38 @@ def test_gp_search_beats_random_search_on_standard_functions(name: str) -> None:
     gp = np.median([simple_regret(name, "gp", seed) for seed in range(10)])
     random = np.median([simple_regret(name, "random", seed) for seed in range(10)])
     assert gp < 0.1 * random
+
+
+# --- tuning LLM parameters ---------------------------------------------------------------------------
+
+
+def test_tuning_finds_better_llm_settings_than_random_search_with_the_same_budget() -> None:
+    regret = {"gp": [], "random": []}
+    for task in TASKS.values():
+        for method in regret:
+            with engine(1) as eng:
+                regret[method].append(tune(eng, task, 40, seed=1, method=method).regret)
+    assert all(r >= 0 for rs in regret.values() for r in rs)
+    assert np.mean(regret["gp"]) < 0.7 * np.mean(regret["random"])
+
+
+def test_rtopt_tune_prints_what_each_study_found_and_its_log_verifies(tmp_path: Path, capsys) -> None:
+    log = tmp_path / "tune.sqlite"
+    assert main(["tune", "--task", "code", "--budget", "12", "--batch", "3", "--log", str(log)]) == 0
+    out = capsys.readouterr().out
+    assert "regret" in out and "code" in out and "random" in out
+    report = Engine.verify(log)
+    assert report.ok, report.difference
+    assert report.suggestions == 24
+    with pytest.raises(SystemExit):
+        main(["tune", "--budget", "0"])
+
+
+def test_the_readme_bayesian_optimisation_example_runs() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = readme.split("## Bayesian optimisation", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    scope: dict = {}
+    exec(compile(example, "README.md", "exec"), scope)
+    best = scope["best"]
+    assert best["model"] == "large" and abs(best["temperature"] - 0.4) < 0.25 and abs(best["top_p"] - 0.9) < 0.1
+    assert scope["engine"].state("bayesopt", "summarise").issued == 24

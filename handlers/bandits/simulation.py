@@ -31,9 +31,8 @@ from handlers.experiments.events import (
     ExperimentPaused,
 )
 from handlers.experiments.options import POLICIES as AB_POLICIES
-from rtopt import Decision, Engine, InvalidLog
-from rtopt.cli import positive, progress_bar
-from rtopt.log import SQLiteLog
+from rtopt import Decision, Engine
+from rtopt.cli import positive, progress_bar, replace_log
 
 SIMULATION_START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 DEMO_LOG = Path("event_log") / "demo.sqlite"
@@ -290,13 +289,7 @@ def register_command(commands: argparse._SubParsersAction) -> None:
 def run_command(args: argparse.Namespace, console: Console) -> int:
     """``rtopt simulate``: a fresh log, the workload, and a table of what the policy did."""
     path = args.log
-    if path.exists():
-        if path != DEMO_LOG and not args.force:
-            raise InvalidLog(f"{path} exists: pass --force to replace it, or choose another --log")
-        SQLiteLog.open(path, read_only=True).close()  # refuses to delete what is not an rtopt log
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
-        console.print(f"replacing the rtopt log at {path}")
+    replace_log(path, DEMO_LOG, args.force, console)
     variants = default_variants(args.variants, args.seed)
     with Engine.open(path, seed=args.seed) as engine, progress_bar(console, "simulating") as progress:
         report = simulate(

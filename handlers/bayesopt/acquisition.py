@@ -121,10 +121,12 @@ def maximize(
     raw_samples: int = 1000,
     starts: int = 4,
     snap: Callable[[np.ndarray], np.ndarray] | None = None,
+    neighbours: Callable[[np.ndarray], list[np.ndarray]] | None = None,
 ) -> np.ndarray:
     """The unit-cube point where ``acquisition`` is largest: L-BFGS-B from the best of ``raw_samples``
     uniform points and from points near each of ``incumbents`` (rows); ``snap`` maps a point to the one
-    actually evaluated (integers, choices) before the final comparison."""
+    actually evaluated (integers, choices) and ``neighbours`` adds, for each point found, others to
+    compare with it (other categorical choices) before the final comparison."""
     dims = gp.x.shape[1]
     candidates = rng.random((raw_samples, dims))
     near = np.clip(incumbents + rng.normal(0.0, 0.02, size=incumbents.shape), 0.0, 1.0)
@@ -142,6 +144,10 @@ def maximize(
             negative, start, jac=True, method="L-BFGS-B", bounds=[(0.0, 1.0)] * dims, options={"maxiter": 100}
         )
         finals.append(np.clip(result.x, 0.0, 1.0))
-    finals_array = np.array([snap(p) for p in finals]) if snap is not None else np.array(finals)
+    if snap is not None:
+        finals = [snap(p) for p in finals]
+    if neighbours is not None:
+        finals += [other for p in finals for other in neighbours(p)]
+    finals_array = np.array(finals)
     mean, variance = gp.predict(finals_array)
     return finals_array[int(np.argmax(acquisition.values(mean, np.sqrt(variance))))]

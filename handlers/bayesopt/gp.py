@@ -18,7 +18,6 @@ from threadpoolctl import ThreadpoolController
 from handlers.bayesopt.kernels import Kernel
 
 LOG_NOISE_BOUNDS = (math.log(1e-6), math.log(1.0))
-NOISE_PRIOR_MEAN = 0.1  # exponential prior on the noise variance of the standardised targets
 JITTERS = (0.0, 1e-10, 1e-8, 1e-6, 1e-4, 1e-2)
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -140,17 +139,19 @@ def fit_hyperparameters(
     start: np.ndarray | None = None,
     restarts: int = 3,
     noise: float | None = None,
+    noise_prior: float = 0.1,
 ) -> tuple[np.ndarray, float]:
     """Hyperparameters maximising the log marginal likelihood plus log priors (the kernel's, and an
-    exponential one on the noise variance: without them a few observations are often best explained as
-    pure noise), by L-BFGS-B from ``start`` (or the kernel's initial values) and from ``restarts`` points
-    drawn uniformly within bounds; returns them and the log marginal likelihood they reach."""
+    exponential one of mean ``noise_prior`` on the noise variance: without them a few observations are
+    often explained by a model that is nothing but noise, or by one without any), by L-BFGS-B from
+    ``start`` (or the kernel's initial values) and from ``restarts`` points drawn uniformly within bounds;
+    returns them and the log marginal likelihood they reach."""
 
     def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
         value, gradient = negative_log_likelihood(theta, kernel, x, y)
         prior, prior_gradient = kernel.negative_log_prior(theta[:-1])
-        noise_prior = math.exp(theta[-1]) / NOISE_PRIOR_MEAN
-        return value + prior + noise_prior, np.append(gradient[:-1] + prior_gradient, gradient[-1] + noise_prior)
+        noise_penalty = math.exp(theta[-1]) / noise_prior
+        return value + prior + noise_penalty, np.append(gradient[:-1] + prior_gradient, gradient[-1] + noise_penalty)
 
     bounds = hyperparameter_bounds(kernel, noise)
     low, high = np.array(bounds).T

@@ -147,6 +147,7 @@ class BayesOptHandler(Handler[BayesOptState]):
     name = "bayesopt"
     accepts = (StudyDefined, Suggested, Observed)
     state_type = BayesOptState
+    parts = "studies"
     methods: ClassVar[tuple[str, ...]] = METHODS
 
     def initial_state(self) -> BayesOptState:
@@ -217,7 +218,15 @@ class BayesOptHandler(Handler[BayesOptState]):
         best = float(np.max(gp.predict(gp.x)[0]))  # believed points count as observed
         acquisition = Acquisition(current.definition.acquisition, best, xi=options.xi, beta=options.beta)
         top = np.argsort(-gp.y[: model.observed], kind="stable")[:2]
-        point = maximize(gp, acquisition, rng, incumbents=gp.x[top], raw_samples=options.raw_samples, snap=space.snap)
+        point = maximize(
+            gp,
+            acquisition,
+            rng,
+            incumbents=gp.x[top],
+            raw_samples=options.raw_samples,
+            snap=space.snap,
+            neighbours=space.neighbours,
+        )
         mean, variance = gp.predict(point[None, :])
         std = float(np.sqrt(variance[0]))
         value = acquisition.report(float(mean[0]), std, model.scale)
@@ -232,11 +241,6 @@ class BayesOptHandler(Handler[BayesOptState]):
             mean=current.sign * (float(mean[0]) * model.scale + model.offset),
             std=std * model.scale,
         )
-
-    def view(self, state: BayesOptState, key: str | None = None) -> Any:
-        if key is None:
-            return super().view(state)
-        return msgspec.convert(msgspec.to_builtins(state.studies[key]), StudyState)
 
     # --- the fold ----------------------------------------------------------------------------------
 
@@ -299,7 +303,14 @@ class BayesOptHandler(Handler[BayesOptState]):
             start = np.array(study.hyperparameters) if study.hyperparameters else None
             with one_blas_thread():
                 theta, likelihood = fit_hyperparameters(
-                    kernel, x, y, _rng(study, ctx), start=start, restarts=options.restarts, noise=options.noise
+                    kernel,
+                    x,
+                    y,
+                    _rng(study, ctx),
+                    start=start,
+                    restarts=options.restarts,
+                    noise=options.noise,
+                    noise_prior=options.noise_prior,
                 )
             study.hyperparameters, study.fitted_at = theta.tolist(), observations
             if ctx.derives:

@@ -26,7 +26,8 @@ class StudyOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     the best by more than ``min_improvement``; or when the expected improvement of a suggestion falls
     below ``ei_threshold`` (objective units; acquisition ``"ei"`` only).
 
-    Model: ``noise`` fixes the noise variance (of the standardised objective) instead of fitting it;
+    Model: ``noise`` fixes the noise variance (of the standardised objective) instead of fitting it, else
+    it is fitted under an exponential prior of mean ``noise_prior`` (raise it for a noisy objective);
     hyperparameters are refitted, warm-started plus ``restarts`` random starts, each time the data grew
     by ``refit_growth`` (a fraction, at least one observation) since the last fit; past ``max_points``
     observations the model keeps the best fifth of them and the most recent ones. ``degree`` is the
@@ -44,6 +45,7 @@ class StudyOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     min_improvement: NonNegative = 0.0
     ei_threshold: NonNegative | None = None
     noise: Positive | None = None
+    noise_prior: Positive = 0.1
     restarts: Annotated[int, Meta(ge=0, le=50)] = 3
     refit_growth: NonNegative = 0.05
     max_points: Annotated[int, Meta(ge=10)] = 250

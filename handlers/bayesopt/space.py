@@ -106,6 +106,29 @@ class Space:
         """The unit-cube point of the parameters ``point`` decodes to: what is evaluated there."""
         return self.encode(self.decode(point))
 
+    def neighbours(self, point: np.ndarray) -> list[np.ndarray]:
+        """``point`` with one categorical parameter switched to each of its other choices: a relaxed
+        optimiser seldom crosses from one choice to another by itself.
+
+        >>> from rtopt import Dimension
+        >>> space = Space({"x": Dimension.of((0.0, 1.0)), "m": Dimension(type="categorical", choices=["a", "b", "c"])})
+        >>> [space.decode(p)["m"] for p in space.neighbours(space.encode({"x": 0.5, "m": "a"}))]
+        ['b', 'c']
+        """
+        found = []
+        for name, dim in self.dimensions.items():
+            if dim.type != "categorical":
+                continue
+            where = self._slices[name]
+            current = int(np.argmax(point[where]))
+            for choice in range(len(dim.choices)):
+                if choice != current:
+                    switched = point.copy()
+                    switched[where] = 0.0
+                    switched[where.start + choice] = 1.0
+                    found.append(switched)
+        return found
+
     def sample(self, rng: np.random.Generator, count: int) -> np.ndarray:
         """``count`` uniform unit-cube points, one per row."""
         return rng.random((count, self.width))

@@ -128,6 +128,9 @@ def test_log_ei_stays_finite_and_ordered_where_ei_underflows() -> None:
     assert np.all(np.isfinite(log_ei)) and log_ei[0] > log_ei[1] > log_ei[2]
     # far in the tail EI ~ phi(z) / z^2: log EI ~ -z^2/2 - log(sqrt(2 pi)) - 2 log |z|
     assert log_ei[2] == pytest.approx(-3200 - 0.5 * math.log(2 * math.pi) - 2 * math.log(80), abs=1e-3)
+    # at a point the model is sure of (std ~ 0) far below the incumbent: z = -1e7, still finite
+    far = log_expected_improvement(np.array([-1.0]), np.array([1e-7]), 0.0)[0]
+    assert far == pytest.approx(math.log(1e-7) - 0.5e14 - 0.5 * math.log(2 * math.pi) - 2 * math.log(1e7), rel=1e-12)
 
 
 @pytest.mark.parametrize("name", ["ei", "pi", "ucb"])
@@ -335,7 +338,7 @@ def test_with_noise_the_recommendation_is_the_best_predicted_not_the_luckiest_dr
     for seed in range(6):
         noise = np.random.default_rng(seed)
         with engine(seed) as eng:
-            eng.define_study("s", space={"x": (0.0, 1.0), "y": (0.0, 1.0)}, n_initial=6, time=0.0)
+            eng.define_study("s", space={"x": (0.0, 1.0), "y": (0.0, 1.0)}, n_initial=6, noise_prior=0.5, time=0.0)
             run_study(eng, "s", lambda p, draws=noise: truth(p) + float(draws.normal(0.0, 0.1)), 25)
             study = eng.state("bayesopt", "s")
         recommended, _ = recommend(study)

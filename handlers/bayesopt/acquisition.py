@@ -19,6 +19,7 @@ ACQUISITIONS = ("ei", "ucb", "pi")
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 SQRT_HALF_PI = math.sqrt(math.pi / 2.0)
 MIN_STD = 1e-9
+TAIL = 1e3  # below -TAIL, log h(z) comes from its asymptotic series
 
 
 def expected_improvement(mean: np.ndarray, std: np.ndarray, best: float, xi: float = 0.0) -> np.ndarray:
@@ -37,9 +38,13 @@ def log_h(z: np.ndarray) -> np.ndarray:
     near = z > -1.0
     zn = z[near]
     out[near] = np.log(zn * special.ndtr(zn) + np.exp(-0.5 * zn**2 - LOG_SQRT_2PI))
-    zf = z[~near]
+    tail = z < -TAIL
+    middle = ~near & ~tail
+    zm = z[middle]
     # h(z) = phi(z) * (1 - |z| * Mills ratio(|z|)), the ratio through the scaled complementary error function
-    out[~near] = -0.5 * zf**2 - LOG_SQRT_2PI + np.log1p(zf * SQRT_HALF_PI * special.erfcx(-zf / math.sqrt(2.0)))
+    out[middle] = -0.5 * zm**2 - LOG_SQRT_2PI + np.log1p(zm * SQRT_HALF_PI * special.erfcx(-zm / math.sqrt(2.0)))
+    zt = z[tail]  # there 1 - |z| * ratio cancels to nothing: h(z) = phi(z) / z^2 * (1 - 3 / z^2 + ...)
+    out[tail] = -0.5 * zt**2 - LOG_SQRT_2PI - 2.0 * np.log(-zt) + np.log1p(-3.0 / zt**2)
     return out
 
 

@@ -308,7 +308,7 @@ class BayesOptHandler(Handler[BayesOptState]):
                     y,
                     _rng(study, ctx),
                     start=start,
-                    restarts=options.restarts,
+                    restarts=options.refit_restarts if start is not None else options.restarts,
                     noise=options.noise,
                     noise_prior=options.noise_prior,
                 )

@@ -28,8 +28,9 @@ class StudyOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     Model: ``noise`` fixes the noise variance (of the standardised objective) instead of fitting it, else
     it is fitted under an exponential prior of mean ``noise_prior`` (raise it for a noisy objective);
-    hyperparameters are refitted, warm-started plus ``restarts`` random starts, each time the data grew
-    by ``refit_growth`` (a fraction, at least one observation) since the last fit; past ``max_points``
+    hyperparameters are first fitted from the kernel's defaults and ``restarts`` random starts, then
+    refitted, warm-started plus ``refit_restarts`` random starts, each time the data grew by
+    ``refit_growth`` (a fraction, at least one observation) since the last fit; past ``max_points``
     observations the model keeps the best fifth of them and the most recent ones. ``degree`` is the
     polynomial kernel's.
 
@@ -47,6 +48,7 @@ class StudyOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     noise: Positive | None = None
     noise_prior: Positive = 0.1
     restarts: Annotated[int, Meta(ge=0, le=50)] = 3
+    refit_restarts: Annotated[int, Meta(ge=0, le=50)] = 1
     refit_growth: NonNegative = 0.05
     max_points: Annotated[int, Meta(ge=10)] = 250
     degree: Annotated[int, Meta(ge=1, le=6)] = 2

@@ -11,6 +11,7 @@ so the regret of the configuration a study recommends is too.
 from __future__ import annotations
 
 import argparse
+import functools
 import time as wall_clock
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import msgspec
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+from scipy import optimize
 
 from handlers.bandits.rewards import RewardOptions, reward
 from handlers.bayesopt.handler import recommend
@@ -75,11 +77,8 @@ class TaskProfile(msgspec.Struct, frozen=True):
         return success_rate(t) * blend
 
     def optimum(self) -> tuple[dict[str, Any], float]:
-        """The best settings on a fine grid and their expected reward."""
-        t, p, n = np.meshgrid(np.linspace(0, 1.5, 151), np.linspace(0.5, 1.0, 101), np.arange(64, 1025, 4))
-        values = self.expected_reward(t, p, n)
-        at = np.unravel_index(int(np.argmax(values)), values.shape)
-        return {"temperature": float(t[at]), "top_p": float(p[at]), "max_tokens": int(n[at])}, float(values[at])
+        """The best settings and their expected reward (computed once per task)."""
+        return _optimum(self)
 
     def feedback(self, params: dict[str, Any], rng: np.random.Generator, noise: float) -> Feedback:
         """The feedback on one simulated response with these settings."""
@@ -95,6 +94,28 @@ class TaskProfile(msgspec.Struct, frozen=True):
             cost_usd=tokens / 1000.0 * USD_PER_1K_TOKENS,
             tokens_out=tokens,
         )
+
+
+@functools.cache
+def _optimum(task: TaskProfile) -> tuple[dict[str, Any], float]:
+    """The best settings and their expected reward: the best point of a fine grid, refined by L-BFGS-B
+    over temperature and top_p for every max_tokens near it."""
+    t, p, n = np.meshgrid(np.linspace(0, 1.5, 151), np.linspace(0.5, 1.0, 101), np.arange(64, 1025, 4))
+    at = np.unravel_index(int(np.argmax(task.expected_reward(t, p, n))), t.shape)
+    best: tuple[dict[str, Any], float] = ({}, -np.inf)
+    for tokens in range(max(64, int(n[at]) - 4), min(1024, int(n[at]) + 4) + 1):
+        found = optimize.minimize(
+            lambda x, tokens=tokens: -float(task.expected_reward(x[0], x[1], tokens)),
+            [t[at], p[at]],
+            method="L-BFGS-B",
+            bounds=[LLM_SPACE["temperature"], LLM_SPACE["top_p"]],
+        )
+        if -found.fun > best[1]:
+            best = (
+                {"temperature": float(found.x[0]), "top_p": float(found.x[1]), "max_tokens": tokens},
+                -found.fun,
+            )
+    return best
 
 
 def success_rate(temperature: Any) -> Any:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from conftest import simulate_into
 
 from apps.data import (
     AlertFeed,
@@ -23,7 +24,6 @@ from apps.replay import state_at
 from handlers.bandits import ArmSummary, ExperimentStats
 from handlers.experiments import ExperimentAnalysed, ExperimentPaused, VariantComparison
 from rtopt import Decision, Draft, Engine, Envelope, Feedback, FeedbackRejected, HandlerFailed
-from tests.conftest import simulate_into
 
 
 def feedback(variant: str, latency: float, *, success: bool = True, quality: float = 0.5, cost: float = 0.0):

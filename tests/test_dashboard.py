@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import simulate_into
 
 from apps.data import AlertFeed, ArmPosteriors, ExperimentTests, FeedbackMetrics, LogTail
 from apps.ui import Dashboard
 from handlers.bandits.simulation import default_variants, simulate
 from rtopt import Engine
-from tests.conftest import simulate_into
 
 
 def test_sections_appear_once_their_events_exist_and_follow_the_log(tmp_path: Path) -> None:

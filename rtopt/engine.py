@@ -213,7 +213,9 @@ class Engine:
         self.seed = int(log.meta()["seed"])
         # on a log other processes append to, each engine names its inputs apart from theirs
         writer = f"{secrets.token_hex(8)}/" if log.shared else ""
-        self._input_namespace = f"rtopt/input/{self.seed}/{writer}".encode()
+        self._input_prefix = f"rtopt/input/{self.seed}/{writer}"
+        self._input_namespace = self._input_prefix.encode()
+        self._abandoned_batches = 0
         self._bus = Bus()
         self._chains = Chains()
         self._slots: list[HandlerSlot] = []
@@ -490,8 +492,9 @@ class Engine:
             raise RtoptError(f"cannot {what} inside engine.batch(): end the batch first")
 
     def _check_writable(self) -> None:
-        if self._batch is not None and self._batch.error is not None:
-            raise RtoptError(f"the batch was abandoned after an error: {self._batch.error}") from self._batch.error
+        batch = self._own_batch()
+        if batch is not None and batch.error is not None:
+            raise RtoptError(f"the batch was abandoned after an error: {batch.error}") from batch.error
         if self._closed:
             raise RtoptError(f"the engine on {self._log.location} is closed")
         if self._log.read_only:
@@ -499,7 +502,7 @@ class Engine:
 
     def _submit(self, drafts: list[Draft]) -> list[Envelope[Any]]:
         self._check_writable()
-        if self._batch is not None and self._batch.owner == threading.get_ident():
+        if self._own_batch() is not None:
             return self._commit_now(drafts)
         ticket = _Ticket(drafts)
         with self._queue_lock:
@@ -563,7 +566,7 @@ class Engine:
             try:
                 written = self._cascade(batch, recorded_at)
                 if self._batch is None:
-                    guard = {envelope.stream for envelope in written} if self._slots else ()
+                    guard = {envelope.stream for envelope in written} if self._slots and self._log.shared else ()
                     first = self._log.append([envelope_row(envelope) for envelope in written], guard)
                 else:
                     self._batch.add(written, len(written) - len(batch))
@@ -571,7 +574,7 @@ class Engine:
             except BaseException as exc:
                 self._abandon(exc)  # the handlers folded events that are not in the log
                 raise
-            if first != written[0].seq:
+            if first != written[0].seq:  # durable already: from here on no caller may be told it failed
                 written = self._follow_others(written, first, accepted)
             self._last_seq, self._inputs = written[-1].seq, inputs
             if self._batch is None:
@@ -592,9 +595,21 @@ class Engine:
         """Drop what the current batch holds (if any) and reset state to the log's."""
         if self._batch is not None:
             self._batch.error = error
-            self._batch.envelopes.clear()
-            self._batch.by_id.clear()
+            self._forget(self._batch)
         self._rebuild()
+
+    def _forget(self, batch: _Batch) -> None:
+        """Drop an abandoned batch's events; its ids were handed out, so later inputs take new ones."""
+        if batch.envelopes:
+            self._abandoned_batches += 1
+            self._input_namespace = f"{self._input_prefix}after-abandoned-{self._abandoned_batches}/".encode()
+        batch.envelopes.clear()
+        batch.by_id.clear()
+
+    def _own_batch(self) -> _Batch | None:
+        """The open batch if this thread opened it (other threads neither see nor join it)."""
+        batch = self._batch
+        return batch if batch is not None and batch.owner == threading.get_ident() else None
 
     @contextmanager
     def batch(self) -> Iterator[Engine]:
@@ -637,6 +652,7 @@ class Engine:
             except BaseException:
                 self._batch = None
                 if batch.envelopes:
+                    self._forget(batch)
                     self._rebuild()
                 raise
             self._counts["published"] += len(batch.envelopes) - batch.derived
@@ -647,8 +663,9 @@ class Engine:
 
     def _recorded(self, event_id: str) -> tuple[str, Any] | None:
         """The type tag and payload of the committed event ``event_id`` (in the log or the open batch)."""
-        if self._batch is not None and event_id in self._batch.by_id:
-            envelope = self._batch.by_id[event_id]
+        batch = self._own_batch()
+        if batch is not None and event_id in batch.by_id:
+            envelope = batch.by_id[event_id]
             return envelope.type, envelope.payload
         row = self._log.get(event_id)
         return None if row is None else (row[2], decode_payload(row[2], row[9]))
@@ -662,7 +679,10 @@ class Engine:
             ticket.envelopes = [moved[envelope.id] for envelope in ticket.envelopes]
         for slot in self._slots:
             slot.position = self._last_seq
-        self._fold_history(self._slots, first - 1)
+        try:
+            self._fold_history(self._slots, first - 1)
+        except Exception:
+            self._rebuild()  # a failed read: start again from the log, which holds ours and theirs
         return [moved[envelope.id] for envelope in written]
 
     def _screen(self, tickets: list[_Ticket]) -> list[_Ticket]:
@@ -714,7 +734,7 @@ class Engine:
                 field="policy",
                 value=event.policy,
             )
-        elif isinstance(event, StudyDefined | Suggested):
+        elif isinstance(event, StudyDefined | Suggested) and self._suggesters:
             self._screen_study_event(event, defined)
         tag = event.tag()
         for slot in self._slots:

@@ -117,12 +117,19 @@ class Follower:
         if FOLLOWED not in log.meta():
             log.set_meta(FOLLOWED, "1")
         self.position = log.tracked(self.tracker)
-        self.resumed_from = self._load_snapshots()
+        self._restore()
         self._snapshot_at = self.resumed_from
         self.processed = 0
         self.derived = 0
-        for row in log.inputs(self.resumed_from + 1, self.position):
-            if partition.owns(row[3]):
+
+    def _restore(self) -> None:
+        """Put the chains' states at the position: the newest snapshot, then the inputs after it folded again
+        (what they derive is in the log already)."""
+        for slot in self._slots:
+            slot.state = slot.handler.initial_state()
+        self.resumed_from = self._load_snapshots()
+        for row in self.log.inputs(self.resumed_from + 1, self.position):
+            if self.partition.owns(row[3]):
                 self._chains.cascade([envelope_from_row(row)], 0.0)
 
     def _snapshot_name(self, slot: HandlerSlot) -> str:
@@ -180,18 +187,23 @@ class Follower:
         derived: list[Row] = []
         read = owned = 0
         last = self.position
-        for row in self.log.inputs(self.position + 1, None, chunk=self.batch):
-            read += 1
-            last = row[0]
-            if self.partition.owns(row[3]):
-                owned += 1
-                for envelope in self._chains.cascade([envelope_from_row(row)], recorded_at):
-                    # numbered from 1: the log places them after whatever is committed
-                    derived.append((len(derived) + 1, *envelope_row(envelope)[1:]))
-                if owned == self.batch:
-                    break
+        try:
+            for row in self.log.inputs(self.position + 1, None, chunk=self.batch):
+                read += 1
+                last = row[0]
+                if self.partition.owns(row[3]):
+                    owned += 1
+                    for envelope in self._chains.cascade([envelope_from_row(row)], recorded_at):
+                        # numbered from 1: the log places them after whatever is committed
+                        derived.append((len(derived) + 1, *envelope_row(envelope)[1:]))
+                    if owned == self.batch:
+                        break
+            if read:
+                self.log.append_tracked(derived, self.tracker, self.position, last)
+        except BaseException:
+            self._restore()  # the chains folded inputs whose results were not written
+            raise
         if read:
-            self.log.append_tracked(derived, self.tracker, self.position, last)
             self.position = last
             self.processed += owned
             self.derived += len(derived)

@@ -421,3 +421,35 @@ def test_inside_a_batch_bad_input_is_refused_alone_and_a_write_failure_drops_the
             _bandit_rounds(engine, range(3, 10))
         monkeypatch.undo()
         assert engine.log.last_seq() == last and engine.state("bandit", "g").rewards == 1
+
+
+def test_a_batch_is_invisible_to_other_threads_and_an_abandoned_batch_ids_are_not_reused() -> None:
+    import threading
+
+    with Engine.open(":memory:", seed=3, handlers=[BanditHandler()]) as engine:
+        engine.define_experiment("g", arms=["a", "b"], policy="thompson", time=0.0)
+        refused: list[BaseException] = []
+        with pytest.raises(KeyError), engine.batch():
+            decision = engine.decide("g", time=1.0)
+
+            def answer_from_another_thread() -> None:
+                try:
+                    engine.feedback(decision.id, success=True, quality_score=1.0, response_time_ms=1.0, time=2.0)
+                except InvalidEvent as exc:
+                    refused.append(exc)
+
+            other = threading.Thread(target=answer_from_another_thread)
+            other.start()
+            other.join()
+            raise KeyError("the block fails: the decision is never written")
+        assert [exc.field for exc in refused] == ["decision_id"]
+        again = engine.decide("g", time=3.0)
+        assert again.id != decision.id and engine.log.get(decision.id) is None
+
+
+def test_an_engine_without_handlers_records_a_study_definition() -> None:
+    from rtopt import StudyDefined
+
+    with Engine.open(":memory:", seed=3, handlers=[]) as engine:
+        envelope = engine.publish(StudyDefined(study="s", space={"x": {"low": 0.0, "high": 1.0}}))
+        assert envelope.seq == 1 and engine.stats().rejected == {}

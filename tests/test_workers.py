@@ -145,6 +145,25 @@ def test_two_followers_under_one_name_cannot_both_advance(reference: Path, pg_ur
         assert first.step() == 50
 
 
+def test_a_follower_whose_write_fails_derives_each_input_once_when_it_goes_on(
+    reference: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    publish_inputs(reference, pg_url)
+    with Follower.open(pg_url, batch=50) as follower:
+        assert follower.step() == 50
+        write = follower.log.append_tracked
+
+        def fails_once(*args: object) -> None:
+            monkeypatch.setattr(follower.log, "append_tracked", write)
+            raise OSError("connection lost")
+
+        monkeypatch.setattr(follower.log, "append_tracked", fails_once)
+        with pytest.raises(OSError, match="connection lost"):
+            follower.step()
+        follower.run(drain=True)
+    assert derived_events(pg_url) == derived_events(reference)
+
+
 def test_a_worker_follows_inputs_as_they_are_published(reference: Path, pg_url: str) -> None:
     with Engine.open(reference, read_only=True, handlers=[]) as src:
         seed = src.seed

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pandas as pd
 import pytest
 
@@ -12,17 +14,33 @@ from apps.data import (
     AlertFeed,
     Allocation,
     ArmPosteriors,
+    Detections,
     EngineFeed,
     EventRate,
     ExperimentTests,
     FeedbackMetrics,
+    Forecasts,
     LogModel,
     LogTail,
+    Responses,
 )
 from apps.replay import state_at
-from handlers.bandits import ArmSummary, ExperimentStats
+from handlers.bandits import ArmSummary, EvidenceDiscounted, ExperimentStats
+from handlers.detection import (
+    AnomalyDetected,
+    ConfigurationCaptured,
+    DriftDetected,
+    FeedbackFlagged,
+    Forecast,
+    OptimizationAction,
+    PatternDetected,
+    RateLimitExceeded,
+    Recommendation,
+    ThresholdBreached,
+)
 from handlers.experiments import ExperimentAnalysed, ExperimentPaused, VariantComparison
 from rtopt import Decision, Draft, Engine, Envelope, Feedback, FeedbackRejected, HandlerFailed
+from streams import WindowClosed, WindowUpdated
 from tests.conftest import simulate_into
 
 
@@ -265,3 +283,197 @@ def test_a_replaced_log_is_read_from_its_start(tmp_path: Path, simulated_small: 
     assert tail.model.events_seen == tail.model.last_seq == 250
     assert_same_frames(tail.model, read_all(path))
     tail.close()
+
+
+def drift(revision: int, change_point: float, statistic: float) -> DriftDetected:
+    return DriftDetected(
+        pipeline="quality",
+        key="greeting/b",
+        metric="quality_score.mean",
+        start=0.0,
+        end=120.0 + 60 * revision,
+        alert=1,
+        revision=revision,
+        detector="cusum",
+        change_point=change_point,
+        direction="down",
+        statistics={"statistic": statistic, "threshold": 8.0},
+        detectors=["cusum", "adwin"][: revision + 1],
+    )
+
+
+@pytest.fixture
+def detected() -> Engine:
+    """A log of detections and responses as the detection handler writes them, one of each kind."""
+    engine = Engine.open(":memory:", seed=1, handlers=[])
+    where = {"pipeline": "quality", "key": "greeting/b", "start": 0.0, "end": 120.0}
+    advice = [
+        Recommendation("strategy_change", "critical", "move traffic away from b", 0.3),
+        Recommendation("investigate", "high", "look at b's prompt", 0.1, steps=["diff the prompts"]),
+    ]
+    events = [
+        (120.0, drift(0, 60.0, 9.5)),
+        (120.0, AnomalyDetected(**where, metric="success.mean", detector="mad", value=0.2, score=4.5, threshold=3.5)),
+        (120.0, EvidenceDiscounted(experiment="greeting", factor=0.0, reason="drift of greeting/b")),
+        (180.0, drift(1, 60.0, 14.0)),  # the same alert, grown: replaces its first report
+        (
+            180.0,
+            PatternDetected(
+                **where,
+                metric="quality_score.mean",
+                alert=2,
+                kind="degradation",
+                confidence=0.99,
+                significance=0.01,
+                magnitude=-0.3,
+                windows=3,
+                recommendations=advice,
+            ),
+        ),
+        (
+            180.0,
+            OptimizationAction(
+                action="strategy_change",
+                target="greeting",
+                reason="PatternDetected: degradation of greeting/b",
+                metric="quality_score.mean",
+                expected_impact=0.3,
+                confidence=0.99,
+                parameters={"decay": 0.5},
+            ),
+        ),
+        (
+            240.0,
+            ThresholdBreached(
+                **where, metric="quality_score.mean", profile="basic", value=0.45, limit=0.6, bound="min"
+            ),
+        ),
+        (240.0, ConfigurationCaptured(**where, metric="success.mean", values={"success.mean": 0.95})),
+    ]
+    for time, event in events:
+        engine.publish(event, time=time)
+    return engine
+
+
+def test_detections_show_one_row_per_alert_newest_first_with_its_latest_revision(detected: Engine) -> None:
+    model = read_all(detected)
+    assert {Detections, Responses} <= {type(view) for view in model.shown()}
+    frame = model.view(Detections).frame()
+    assert frame["type"].tolist() == ["ThresholdBreached", "PatternDetected", "DriftDetected", "AnomalyDetected"]
+    assert frame["seq"].tolist() == [7, 5, 4, 2]
+    breach, pattern, change, anomaly = (row for _, row in frame.iterrows())
+    assert (breach["detector"], breach["score"], breach["what"]) == (
+        "basic profile",
+        0.45,
+        "0.45 below the minimum 0.6",
+    )
+    assert (pattern["pattern"], pattern["confidence"], pattern["what"]) == (
+        "degradation",
+        0.99,
+        "degradation: magnitude -0.3 over 3 windows",
+    )
+    assert (change["detector"], change["change_point"], change["revision"]) == ("cusum+adwin", 60.0, 1)
+    assert change["what"] == "level went down: statistic 14, threshold 8"
+    assert (anomaly["detector"], anomaly["metric"], anomaly["score"]) == ("mad", "success.mean", 4.5)
+    assert math.isnan(anomaly["change_point"]) and math.isnan(anomaly["confidence"])
+
+
+def test_the_recommendations_of_each_pattern_are_listed_with_their_priority(detected: Engine) -> None:
+    frame = read_all(detected).view(Detections).recommendations_frame()
+    columns = ["seq", "pattern", "priority", "action", "description", "expected_improvement"]
+    assert frame[columns].values.tolist() == [
+        [5, "degradation", "critical", "strategy_change", "move traffic away from b", 0.3],
+        [5, "degradation", "high", "investigate", "look at b's prompt", 0.1],
+    ]
+
+
+def test_the_feed_keeps_the_newest_alerts_up_to_its_limit() -> None:
+    detections = Detections(limit=2)
+    for seq, alert in enumerate((1, 2, 1, 3), start=1):
+        event = drift(0, 60.0, 9.0)
+        event = DriftDetected(**{**msgspec.structs.asdict(event), "alert": alert})
+        detections.add(Envelope(seq, "id", "DriftDetected", "greeting/b", 60.0 * seq, 0.0, None, None, 1, event))
+    assert detections.frame()["seq"].tolist() == [4, 3]  # alert 3, then alert 1 reported again; alert 2 dropped
+
+
+def test_responses_name_the_action_its_target_and_expected_impact(detected: Engine) -> None:
+    frame = read_all(detected).view(Responses).frame()
+    assert frame[["seq", "type", "action", "target", "metric"]].values.tolist() == [
+        [8, "ConfigurationCaptured", "capture configuration", "greeting/b", "success.mean"],
+        [6, "OptimizationAction", "strategy_change", "greeting", "quality_score.mean"],
+        [3, "EvidenceDiscounted", "scale evidence by 0", "greeting", ""],
+    ]
+    assert frame["what"].tolist() == [
+        "success.mean 0.95",
+        "PatternDetected: degradation of greeting/b (decay=0.5)",
+        "drift of greeting/b",
+    ]
+    assert frame.loc[1, ["expected_impact", "confidence"]].tolist() == [0.3, 0.99]
+
+
+def window(start: float, count: int, revision: int = 0) -> WindowClosed:
+    fields = {"pipeline": "volume", "key": "greeting", "start": start, "end": start + 60.0, "count": count}
+    if revision:
+        return WindowUpdated(**fields, values={"quality_score.mean": count / 20}, revision=revision, late=1)
+    return WindowClosed(**fields, values={"quality_score.mean": count / 20})
+
+
+def forecast(start: float, points: list[float], mae: float) -> Forecast:
+    return Forecast(
+        pipeline="volume",
+        key="greeting",
+        metric="count",
+        start=start,
+        step=60.0,
+        points=points,
+        lows=[p - 5.0 for p in points],
+        highs=[p + 5.0 for p in points],
+        level=0.95,
+        weights={"holt": 0.75, "linear_trend": 0.25},
+        mae=mae,
+        mape=0.1,
+        scored=2,
+    )
+
+
+def test_forecasts_are_set_against_the_windows_they_forecast() -> None:
+    model = LogModel()
+    engine = Engine.open(":memory:", seed=1, handlers=[])
+    tail = LogTail(engine, model)
+    for time, event in ((60.0, window(0.0, 10)), (120.0, window(60.0, 12))):
+        engine.publish(event, "greeting", time=time)
+    tail.poll()
+    assert Forecasts not in {type(view) for view in model.shown()}  # windows alone: nothing forecast yet
+    events = [
+        (120.0, forecast(120.0, [14.0, 16.0], mae=1.0)),
+        (180.0, window(120.0, 13)),
+        (185.0, window(120.0, 15, revision=1)),  # a late event revises the window
+        (240.0, forecast(180.0, [17.0, 19.0], mae=1.5)),
+        (240.0, window(180.0, 16)),
+    ]
+    for time, event in events:
+        engine.publish(event, "greeting", time=time)
+    tail.poll()
+    assert Forecasts in {type(view) for view in model.shown()}
+    view = model.view(Forecasts)
+    frame = view.frame()
+    assert frame["time"].tolist() == [0.0, 60.0, 120.0, 180.0, 240.0]
+    nan = math.nan
+    assert frame["forecast"].tolist() == pytest.approx([nan, nan, 14.0, 17.0, 19.0], nan_ok=True)
+    assert frame["high"].tolist() == pytest.approx([nan, nan, 19.0, 22.0, 24.0], nan_ok=True)
+    assert frame["actual"].tolist() == pytest.approx([10.0, 12.0, 15.0, 16.0, nan], nan_ok=True)
+    assert view.frame(max_points=2)["time"].tolist() == [180.0, 240.0]
+    errors = view.errors_frame()
+    assert errors[["metric", "mae", "weights"]].values.tolist() == [["count", 1.5, "holt 0.75, linear_trend 0.25"]]
+
+
+def test_flagged_feedback_and_rate_limits_are_in_the_alert_feed() -> None:
+    feed = AlertFeed()
+    flagged = FeedbackFlagged(feedback_id="f-1", user="u1", source="web", reasons=["burst"], reliability=0.25)
+    limited = RateLimitExceeded(scope="user", who="u1", limit=30, window_s=60.0, count=31)
+    for seq, event in enumerate((flagged, limited), start=1):
+        feed.add(Envelope(seq, "id", type(event).__name__, "u1", 0.0, 0.0, None, None, 1, event))
+    assert feed.frame()["what"].tolist() == [
+        "user u1: 31 feedback within 60 s (limit 30)",
+        "feedback f-1 of u1 flagged: burst (user reliability 0.25)",
+    ]

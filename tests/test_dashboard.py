@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
+from bokeh.models import GlyphRenderer, Plot
 
-from apps.data import AlertFeed, ArmPosteriors, ExperimentTests, FeedbackMetrics, LogTail
+from apps.data import (
+    AlertFeed,
+    ArmPosteriors,
+    Detections,
+    ExperimentTests,
+    FeedbackMetrics,
+    Forecasts,
+    LogTail,
+    Responses,
+)
 from apps.ui import Dashboard
+from handlers.bandits import BanditHandler
 from handlers.bandits.simulation import default_variants, simulate
-from rtopt import Engine
+from handlers.detection import DetectionHandler, FeedbackGuard, ProtectionHandler
+from rtopt import Engine, Feedback
+from streams import Aggregates, Tumbling, WindowHandler, WindowPipeline
 from tests.conftest import simulate_into
 
 
@@ -66,4 +80,47 @@ def test_every_section_of_an_ab_test_renders(tmp_path: Path) -> None:
     page.panel.get_root()  # builds every Bokeh model the browser would receive
     feed = page.tail.model.view(AlertFeed).frame()
     assert feed["type"].iloc[0] == "ExperimentPaused" and "guardrail" in feed["what"].iloc[0]
+    page.tail.close()
+
+
+def test_every_section_of_a_detection_log_renders(tmp_path: Path) -> None:
+    path = tmp_path / "detected.sqlite"
+    quality = Aggregates({"quality_score": ("mean",), "success": ("mean",)})
+    pipeline = WindowPipeline("quality", Tumbling(60.0), quality, key=("prompt_id", "variant_id"))
+    handlers = [BanditHandler(), WindowHandler(pipeline), DetectionHandler(), ProtectionHandler(FeedbackGuard())]
+    noise = random.Random(7)
+    with Engine.open(path, seed=1, handlers=handlers) as engine:
+        engine.define_experiment("greeting", arms=["v1", "v2"], policy="thompson", time=0.0)
+        for second in range(0, 3600, 4):  # v2 is better until its quality drops at minute 40
+            decision = engine.decide("greeting", time=float(second))
+            level = {"v1": 0.75, "v2": 0.9 if second < 2400 else 0.4}[decision.arm]
+            quality_score = min(max(noise.gauss(level, 0.05), 0.0), 1.0)
+            engine.feedback(decision.id, success=True, quality_score=quality_score, response_time_ms=120.0, time=second)
+        for i in range(6):  # a burst from one user
+            rating = Feedback(
+                prompt_id="greeting",
+                variant_id="v1",
+                response_time_ms=90.0,
+                success=True,
+                quality_score=0.8,
+                user_id="u1",
+            )
+            engine.publish(rating, time=3600.0 + i / 10)
+    page = Dashboard(LogTail(path))
+    views = page.tail.model.views
+    visible = {type(view) for view, slot in zip(views, page.slots, strict=True) if slot.visible}
+    assert {Detections, Responses, Forecasts, AlertFeed} <= visible
+    detections = page.tail.model.view(Detections)
+    assert "DriftDetected" in set(detections.frame()["type"])
+    assert "strategy_change" in set(detections.recommendations_frame()["action"])
+    assert "FeedbackFlagged" in set(page.tail.model.view(AlertFeed).frame()["type"])
+    root = page.panel.get_root()  # builds every Bokeh model the browser would receive
+    [forecast] = [plot for plot in root.select({"type": Plot}) if plot.title.text.startswith("forecast")]
+    glyphs = [type(renderer.glyph).__name__ for renderer in forecast.select({"type": GlyphRenderer})]
+    series = len(page.tail.model.view(Forecasts).errors_frame())
+    assert series >= 1 and sorted(glyphs) == ["Line"] * 2 * series + ["Patch"] * series  # interval, forecast, actual
+    for index, view in enumerate(views):
+        if isinstance(view, (Detections, Responses)):
+            for section in page.sections[index]:
+                assert section.rows is not None and len(section.rows.object) > 0
     page.tail.close()

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -23,10 +24,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from rtopt.engine import Engine
-from rtopt.errors import InvalidEvent, RtoptError
+from rtopt.errors import InvalidEvent, InvalidLog, RtoptError
 from rtopt.events import Envelope
 from rtopt.follower import WHOLE, Follower, Partition
-from rtopt.log import copy_log, is_postgres_url
+from rtopt.log import SQLiteLog, copy_log, is_postgres_url
 
 COMMAND_ENTRY_POINTS = "rtopt.commands"
 STATE_LINES = 40
@@ -49,6 +50,19 @@ def progress_bar(console: Console, label: str) -> Iterator[Callable[[int, int], 
             bar.update(task, completed=done, total=total)
 
         yield update
+
+
+def replace_log(path: Path, default: Path, force: bool, console: Console) -> None:
+    """Delete the rtopt log at ``path`` so a command can write it afresh: always the command's ``default``
+    log, another one only with ``force``; never a file that is not an rtopt log."""
+    if not path.exists():
+        return
+    if path != default and not force:
+        raise InvalidLog(f"{path} exists: pass --force to replace it, or choose another --log")
+    SQLiteLog.open(path, read_only=True).close()  # refuses to delete what is not an rtopt log
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    console.print(f"replacing the rtopt log at {path}")
 
 
 def positive(kind: type[int] | type[float]) -> Callable[[str], Any]:
@@ -108,9 +122,12 @@ def cmd_replay(args: argparse.Namespace, console: Console) -> int:
         for note in report.notes:
             console.print(note, markup=False)
         if report.ok:
+            remade = f"{report.decisions} decisions"
+            if report.suggestions:
+                remade += f" and {report.suggestions} suggestions"
             console.print(
                 f"all {report.events} events match: {report.derived} derived events re-derived and "
-                f"{report.decisions} decisions re-made identically"
+                f"{remade} re-made identically"
             )
             return 0
         diff = report.difference

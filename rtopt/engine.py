@@ -31,15 +31,19 @@ from rtopt.events import (
     HANDLER_ENTRY_POINTS,
     ClockTicked,
     Decision,
+    Dimension,
     Envelope,
     Event,
     ExperimentDefined,
     Feedback,
+    Observed,
+    StudyDefined,
+    Suggested,
     decode_payload,
     encode_payload,
     validate,
 )
-from rtopt.handler import Chains, Context, Decider, Handler, HandlerSlot, Request
+from rtopt.handler import Chains, Context, Decider, Handler, HandlerSlot, Request, Suggester
 from rtopt.ids import ordered_id
 from rtopt.log import COLUMNS, EventLog, Row, copy_rows, open_log, refuse_non_empty
 
@@ -93,6 +97,7 @@ class VerifyReport(msgspec.Struct, frozen=True):
     decisions: int
     difference: Difference | None
     notes: list[str] = []
+    suggestions: int = 0
 
     @property
     def ok(self) -> bool:
@@ -213,6 +218,7 @@ class Engine:
         self._chains = Chains()
         self._slots: list[HandlerSlot] = []
         self._deciders: list[HandlerSlot] = []
+        self._suggesters: list[HandlerSlot] = []
         self._write_lock = threading.RLock()
         self._queue_lock = threading.Lock()
         self._queue: list[_Ticket] = []
@@ -314,6 +320,8 @@ class Engine:
         self._slots.append(slot)
         if isinstance(handler, Decider):
             self._deciders.append(slot)
+        if isinstance(handler, Suggester):
+            self._suggesters.append(slot)
         self._chains.add(slot)
         return slot
 
@@ -680,6 +688,8 @@ class Engine:
                         ids.add(draft.id)
                     if isinstance(draft.event, ExperimentDefined):
                         experiments.add(draft.event.experiment)
+                    elif isinstance(draft.event, StudyDefined):
+                        experiments.add(_study_key(draft.event.study))
             except InvalidEvent as exc:
                 ticket.error, ticket.done = exc, True
                 continue
@@ -704,6 +714,8 @@ class Engine:
                 field="policy",
                 value=event.policy,
             )
+        elif isinstance(event, StudyDefined | Suggested):
+            self._screen_study_event(event, defined)
         tag = event.tag()
         for slot in self._slots:
             if tag in slot.accepted:
@@ -749,11 +761,11 @@ class Engine:
             problem = InvalidEvent(f"arms = {arms!r}: {repeated} appear more than once", field="arms", value=arms)
         elif not self._runs_policy(definition.policy):
             known = sorted(p for s in self._deciders for p in s.handler.policies)
-            problem = InvalidEvent(
-                f"policy = {definition.policy!r}: no registered handler runs it (known: {known})",
-                field="policy",
-                value=definition.policy,
-            )
+            problem = _not_run("policy", definition.policy, known)
+        self._refuse(problem)
+
+    def _refuse(self, problem: InvalidEvent | None) -> None:
+        """Count and raise ``problem``, a command refused, if there is one."""
         if problem is not None:
             self._rejected["invalid command"] += 1
             raise problem
@@ -846,6 +858,128 @@ class Engine:
         """Tell the handlers that event time has reached ``time`` (default: now), so that deadlines pass
         even when nothing else happens (call it on a timer in a service; replay sees the same ticks)."""
         return self.publish(ClockTicked(), time=time)
+
+    # --- studies: suggest parameters, observe the objective ---------------------------------------
+
+    def define_study(
+        self,
+        name: str,
+        space: dict[str, Any],
+        direction: str = "maximize",
+        kernel: str = "matern52",
+        acquisition: str = "ei",
+        n_initial: int = 10,
+        seed: int | None = None,
+        *,
+        method: str = "gp",
+        time: float | None = None,
+        **options: Any,
+    ) -> Envelope[StudyDefined]:
+        """Set up a study of the parameters in ``space`` (an event): name -> ``(low, high)`` for a float
+        range, or a :class:`~rtopt.events.Dimension` or its mapping for log-scale, integer and categorical
+        parameters. ``options`` tune the ``method``."""
+        try:
+            dimensions = {str(key): Dimension.of(value) for key, value in dict(space).items()}
+            definition = StudyDefined(
+                study=name,
+                space=dimensions,
+                direction=direction,
+                method=method,
+                kernel=kernel,
+                acquisition=acquisition,
+                n_initial=n_initial,
+                seed=seed,
+                options=options,
+            )
+        except InvalidEvent:
+            self._rejected["invalid command"] += 1
+            raise
+        with self._write_lock:
+            self._commit_queue()
+            return self._commit_now([self._draft(Draft(definition, name, time))])[0]
+
+    def suggest(self, study: str, n: int = 1, *, time: float | None = None) -> list[Envelope[Suggested]]:
+        """Suggest ``n`` parameter sets of ``study`` to evaluate (together); they are logged before they
+        are returned, and replay re-makes them identically."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            self._rejected["invalid command"] += 1
+            raise InvalidEvent(f"n = {n!r}: must be a whole number of at least 1", field="n", value=n)
+        when = self._event_time(time)
+        with self._write_lock:
+            self._commit_queue()
+            slot = self._suggester_for(study)
+            if slot is None:
+                self._rejected["unknown study"] += 1
+                raise InvalidEvent(f"study = {study!r}: no such study", field="study", value=study)
+            ids = [self._input_id(self._inputs + i) for i in range(1, n + 1)]
+            try:
+                made = slot.handler.suggest(slot.state, study, Context(when, ids[0], self.seed), n)
+            except InvalidEvent:
+                self._rejected["invalid command"] += 1
+                raise
+            drafts = [Draft(event, study, when, None, event_id) for event, event_id in zip(made, ids, strict=True)]
+            return self._commit_now(drafts, checked=True)
+
+    def tell(self, suggestion_id: str, value: float, *, time: float | None = None) -> Envelope[Observed]:
+        """Record the objective ``value`` measured for a suggestion (an Observed event on its study).
+
+        An unknown suggestion id, a second value for one suggestion and a value that is not a finite number
+        are rejected, counted and raised as InvalidEvent."""
+        recorded = self._recorded(suggestion_id)
+        if recorded is None or recorded[0] != Suggested.tag():
+            self._rejected["unknown suggestion"] += 1
+            raise InvalidEvent(
+                f"suggestion_id = {suggestion_id!r}: no such suggestion in the log",
+                field="suggestion_id",
+                value=suggestion_id,
+            )
+        study = recorded[1].study
+        try:
+            event = Observed(study=study, suggestion_id=suggestion_id, value=value)
+        except InvalidEvent:
+            self._rejected["invalid observation"] += 1
+            raise
+        when = self._event_time(time)
+        with self._write_lock:
+            self._commit_queue()
+            slot = self._suggester_for(study)
+            if slot is not None and slot.handler.observed(slot.state, suggestion_id):
+                self._rejected["repeated observation"] += 1
+                raise InvalidEvent(
+                    f"suggestion_id = {suggestion_id!r}: already observed", field="suggestion_id", value=suggestion_id
+                )
+            return self._commit_now([Draft(event, study, when, None, suggestion_id)], checked=True)[0]
+
+    def _suggester_for(self, study: str) -> HandlerSlot | None:
+        return next((s for s in self._suggesters if s.handler.has_study(s.state, study)), None)
+
+    def _runs_method(self, method: str) -> bool:
+        return any(method in slot.handler.methods for slot in self._suggesters)
+
+    def _screen_study_event(self, event: StudyDefined | Suggested, defined: tuple[set[str], set[str]]) -> None:
+        """Refuse (and count) a study name already taken, a method no registered handler runs, and a
+        suggestion published instead of made by ``suggest``; the handler checks the rest."""
+        problem = None
+        if isinstance(event, Suggested):
+            if self._runs_method(event.method):
+                problem = InvalidEvent(
+                    f"method = {event.method!r}: its suggestions are made by engine.suggest, not published",
+                    field="method",
+                    value=event.method,
+                )
+        elif any(_study_key(event.study) in names for names in defined) or self._suggester_for(event.study):
+            problem = InvalidEvent(f"study = {event.study!r}: already defined", field="study", value=event.study)
+        elif not self._runs_method(event.method):
+            problem = _not_run("method", event.method, sorted(m for s in self._suggesters for m in s.handler.methods))
+        self._refuse(problem)
+
+    def _resuggest(self, first: Envelope[Suggested]) -> list[Suggested]:
+        """Make again the batch of suggestions that ``first`` opened, on the state it was made on."""
+        slot = self._suggester_for(first.payload.study)
+        if slot is None:
+            raise RtoptError(f"seq {first.seq}: no handler knows study {first.payload.study!r}")
+        ctx = Context(first.time, first.id, self.seed)
+        return slot.handler.suggest(slot.state, first.payload.study, ctx, first.payload.batch)
 
     # --- observing and reading -------------------------------------------------------------------
 
@@ -976,12 +1110,14 @@ class Engine:
         *,
         progress: Progress | None = None,
         check_decision: Callable[[Envelope[Decision], Decision], None] | None = None,
+        check_suggestion: Callable[[Envelope[Suggested], Suggested | None], None] | None = None,
     ) -> None:
         """Publish ``source``'s input events, grouped as they were committed (one by one when followers
         derived the source), deriving anew."""
         singly = FOLLOWED in source.meta()
         until = source.last_seq() if until_seq is None else until_seq
         group: list[Draft] = []
+        remade: list[Suggested] = []
 
         def flush() -> None:
             if group:
@@ -999,6 +1135,13 @@ class Engine:
                 flush()
                 if check_decision is not None and self._runs_policy(envelope.payload.policy):
                     check_decision(envelope, self._redecide(envelope))
+            elif isinstance(envelope.payload, Suggested) and self._runs_method(envelope.payload.method):
+                index = envelope.payload.index
+                if index == 0:  # the suggestions of one batch were committed together
+                    flush()
+                    remade = self._resuggest(envelope) if check_suggestion is not None else []
+                if check_suggestion is not None:
+                    check_suggestion(envelope, remade[index] if index < len(remade) else None)
             group.append(draft)
             if singly:
                 flush()
@@ -1033,10 +1176,11 @@ class Engine:
         *,
         progress: Progress | None = None,
     ) -> VerifyReport:
-        """Re-derive every derived event and re-make every decision of ``source``; report the first difference."""
+        """Re-derive every derived event and re-make every decision and suggestion of ``source``; report the
+        first difference."""
         src = open_log(source, read_only=True)
         mismatches: list[Difference] = []
-        decisions = 0
+        decisions = suggestions = 0
 
         def check_decision(recorded: Envelope[Decision], remade: Decision) -> None:
             nonlocal decisions
@@ -1045,6 +1189,19 @@ class Engine:
                 mismatches.append(
                     Difference(
                         recorded.seq, "decision", msgspec.to_builtins(recorded.payload), msgspec.to_builtins(remade)
+                    )
+                )
+
+        def check_suggestion(recorded: Envelope[Suggested], remade: Suggested | None) -> None:
+            nonlocal suggestions
+            suggestions += 1
+            if not mismatches and (remade is None or encode_payload(remade) != encode_payload(recorded.payload)):
+                mismatches.append(
+                    Difference(
+                        recorded.seq,
+                        "suggestion",
+                        msgspec.to_builtins(recorded.payload),
+                        None if remade is None else msgspec.to_builtins(remade),
                     )
                 )
 
@@ -1060,12 +1217,23 @@ class Engine:
                 ":memory:", seed=int(meta["seed"]), handlers=default_handlers() if handlers is None else handlers
             )
             with target:
-                target._refeed(src, None, progress=progress, check_decision=None if notes else check_decision)
+                target._refeed(
+                    src,
+                    None,
+                    progress=progress,
+                    check_decision=None if notes else check_decision,
+                    check_suggestion=None if notes else check_suggestion,
+                )
                 compare = _derived_difference if FOLLOWED in meta else _first_difference
                 difference = mismatches[0] if mismatches else compare(src, target._log)
                 derived = src.last_seq() - src.count_inputs(None)
                 return VerifyReport(
-                    events=src.last_seq(), derived=derived, decisions=decisions, difference=difference, notes=notes
+                    events=src.last_seq(),
+                    derived=derived,
+                    decisions=decisions,
+                    difference=difference,
+                    notes=notes,
+                    suggestions=suggestions,
                 )
         finally:
             src.close()
@@ -1084,6 +1252,17 @@ def _derived_difference(recorded: EventLog, rederived: EventLog) -> Difference |
             if name not in ("seq", "recorded_at") and a[index] != b[index]:
                 return Difference(a[0], name, a[index], b[index])
     return None
+
+
+def _not_run(field: str, value: str, known: list[str]) -> InvalidEvent:
+    return InvalidEvent(
+        f"{field} = {value!r}: no registered handler runs it (known: {known})", field=field, value=value
+    )
+
+
+def _study_key(study: str) -> str:
+    """How a study's name is kept apart from experiment names among the names defined in one group."""
+    return f"study/{study}"
 
 
 def _first_difference(recorded: EventLog, rederived: EventLog) -> Difference | None:

@@ -15,7 +15,7 @@ import re
 import threading
 from collections.abc import Iterator
 from importlib.metadata import entry_points
-from typing import Annotated, Any, ClassVar, Generic, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta
@@ -380,3 +380,86 @@ class HandlerFailed(Event, frozen=True):
     event_type: Name
     error_type: Name
     message: str
+
+
+# --- studies: ask/tell optimisation of parameters ---------------------------------------------------
+
+ParamValue = int | float | str
+
+
+class Dimension(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+    """One parameter of a study's search space: a ``float`` range, a ``log`` (log-scale float) range, an
+    ``int`` range (bounds included) or a ``categorical`` choice among ``choices``.
+
+    >>> Dimension.of((0.0, 2.0))
+    Dimension(type='float', low=0.0, high=2.0, choices=[])
+    >>> Dimension.of({"type": "int", "low": 64, "high": 1024}).high
+    1024.0
+    """
+
+    type: Literal["float", "log", "int", "categorical"] = "float"
+    low: float | None = None
+    high: float | None = None
+    choices: list[ParamValue] = []
+
+    @classmethod
+    def of(cls, definition: Any) -> Dimension:
+        """A dimension from a ``(low, high)`` float range, a mapping of its fields, or a Dimension."""
+        if isinstance(definition, Dimension):
+            return definition
+        if isinstance(definition, tuple | list) and len(definition) == 2:
+            definition = {"type": "float", "low": definition[0], "high": definition[1]}
+        try:
+            return msgspec.convert(definition, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise InvalidEvent(
+                f"space: {definition!r} is neither a (low, high) range nor a dimension: {exc}",
+                field="space",
+                value=definition,
+            ) from None
+
+
+class StudyDefined(Event, frozen=True):
+    """A study was set up: ``method`` looks for the parameters in ``space`` that maximise or minimise an
+    objective (``direction``); ``kernel``, ``acquisition`` and ``n_initial`` (suggestions made before a
+    model guides them) tune it, as do its ``options``. ``seed``, when set, replaces the engine seed for
+    the study's draws."""
+
+    study: Name
+    space: Annotated[dict[str, Dimension], Meta(min_length=1)]
+    direction: Literal["maximize", "minimize"] = "maximize"
+    method: Name = "gp"
+    kernel: Name = "matern52"
+    acquisition: Name = "ei"
+    n_initial: Annotated[int, Meta(ge=1)] = 10
+    seed: int | None = None
+    options: dict[str, OptionValue] = {}
+
+    stream_field: ClassVar[str] = "study"
+
+
+class Suggested(Event, frozen=True):
+    """Parameters to evaluate next, suggested for ``study``: the ``index``-th of a batch of ``batch``
+    suggestions made together. ``acquisition``, ``mean`` and ``std`` are the acquisition value and the
+    model's predicted objective at ``params`` (None while no model guides the study)."""
+
+    study: Name
+    params: dict[str, ParamValue]
+    method: Name
+    batch: Annotated[int, Meta(ge=1)] = 1
+    index: Count = 0
+    acquisition: float | None = None
+    mean: float | None = None
+    std: NonNegative | None = None
+
+    stream_field: ClassVar[str] = "study"
+
+
+class Observed(Event, frozen=True):
+    """The objective ``value`` measured at the parameters of the suggestion ``suggestion_id``."""
+
+    study: Name
+    suggestion_id: Name
+    value: float
+
+    stream_field: ClassVar[str] = "study"

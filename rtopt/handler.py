@@ -18,7 +18,7 @@ from reactivex import operators as ops
 from reactivex.subject import Subject
 
 from rtopt.errors import InvalidEvent, RtoptError
-from rtopt.events import Decision, Envelope, Event, HandlerFailed, unvalidated, validate
+from rtopt.events import Decision, Envelope, Event, HandlerFailed, Suggested, unvalidated, validate
 from rtopt.ids import ordered_id, prefix_of
 
 S = TypeVar("S")
@@ -86,6 +86,7 @@ class Handler(Generic[S]):
     name: ClassVar[str]
     accepts: ClassVar[tuple[type[Event], ...]]
     state_type: ClassVar[Any]
+    parts: ClassVar[str | None] = None  # the field of the state that maps a key to its part, for view(state, key)
 
     def initial_state(self) -> S:
         """The state before any event."""
@@ -101,8 +102,14 @@ class Handler(Generic[S]):
         The engine asks every handler that accepts the event's type before committing it."""
 
     def view(self, state: S, key: str | None = None) -> Any:
-        """A detached copy of the state (or the part of it for ``key``) for queries."""
-        return msgspec.convert(msgspec.to_builtins(state), self.state_type)
+        """A detached copy of the state (or the part of it for ``key``, in the mapping named by ``parts``)
+        for queries."""
+        if key is None:
+            return msgspec.convert(msgspec.to_builtins(state), self.state_type)
+        if self.parts is None:
+            raise KeyError(f"the {self.name} handler's state has no parts by key")
+        part = getattr(state, self.parts)[key]
+        return msgspec.convert(msgspec.to_builtins(part), type(part))
 
     def config(self) -> dict[str, Any]:
         """The settings that change what this handler derives (they key its snapshots)."""
@@ -144,6 +151,23 @@ class Decider(Protocol):
 
     def decide(self, state: Any, experiment: str, ctx: Context, request: Request) -> Decision:
         """Choose an arm for one request, reading but not changing ``state``."""
+
+
+@runtime_checkable
+class Suggester(Protocol):
+    """A handler that also answers ``Engine.suggest`` for the studies of its methods."""
+
+    methods: ClassVar[tuple[str, ...]]
+
+    def has_study(self, state: Any, study: str) -> bool:
+        """True if ``study`` was defined for one of this handler's methods."""
+
+    def suggest(self, state: Any, study: str, ctx: Context, n: int) -> list[Suggested]:
+        """Suggest ``n`` parameter sets to evaluate together, reading but not changing ``state``; the
+        i-th is recorded with the i-th id after ``ctx.event_id``."""
+
+    def observed(self, state: Any, suggestion_id: str) -> bool:
+        """True if the suggestion ``suggestion_id`` already has its observation."""
 
 
 class Derived(NamedTuple):

@@ -18,7 +18,7 @@ import pytest
 
 from handlers.bandits import BanditHandler
 from handlers.bandits.simulation import default_variants, simulate
-from rtopt import Draft, Engine, InvalidEvent, RtoptError
+from rtopt import Draft, Engine, InvalidEvent, RtoptError, default_handlers
 from rtopt.cli import main
 from rtopt.engine import envelope_from_row
 from rtopt.follower import Follower, Partition, partition_of
@@ -212,7 +212,8 @@ def test_simulate_with_workers_writes_one_log_that_verifies(
     assert main(["inspect", pg_url, "--last", "3"]) == 0
     assert f"{last} events" in capsys.readouterr().out
     assert main(["replay", pg_url]) == 0
-    assert f"rebuilt bandit, experiments at seq {last}" in capsys.readouterr().out
+    handlers = ", ".join(sorted(handler.name for handler in default_handlers()))
+    assert f"rebuilt {handlers} at seq {last}" in capsys.readouterr().out
     assert main(["replay", pg_url, "--verify"]) == 0
     verified = capsys.readouterr().out
     assert f"all {last} events match" in verified and "300 decisions re-made identically" in verified

@@ -33,9 +33,9 @@ from handlers.experiments.events import (
     ExperimentPaused,
 )
 from handlers.experiments.options import POLICIES as AB_POLICIES
-from rtopt import Decision, Engine, InvalidLog, RtoptError
-from rtopt.cli import positive, progress_bar
-from rtopt.log import SQLiteLog, is_postgres_url, open_log, refuse_non_empty, shown_url
+from rtopt import Decision, Engine, RtoptError
+from rtopt.cli import positive, progress_bar, replace_log
+from rtopt.log import is_postgres_url, open_log, refuse_non_empty, shown_url
 
 SIMULATION_START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 DEMO_LOG = Path("event_log") / "demo.sqlite"
@@ -305,7 +305,7 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
     else:
         if args.workers > 1:
             raise RtoptError("--workers needs a PostgreSQL log (--log postgresql://...), which processes share")
-        _replace(Path(args.log), args.force, console)
+        replace_log(Path(args.log), DEMO_LOG, args.force, console)
     if args.workers > 1:
         return _run_workers(args, console)
     variants = default_variants(args.variants, args.seed)
@@ -329,17 +329,6 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
         soft_wrap=True,
     )
     return 0
-
-
-def _replace(path: Path, force: bool, console: Console) -> None:
-    """Delete the SQLite log at ``path`` if it may be replaced; refuse otherwise."""
-    if path.exists():
-        if path != DEMO_LOG and not force:
-            raise InvalidLog(f"{path} exists: pass --force to replace it, or choose another --log")
-        SQLiteLog.open(path, read_only=True).close()  # refuses to delete what is not an rtopt log
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
-        console.print(f"replacing the rtopt log at {path}")
 
 
 def _serve_one(args: argparse.Namespace, k: int) -> SimulationReport:

@@ -1,0 +1,17 @@
+"""Bayesian optimisation of parameters (an LLM's temperature, top_p, max_tokens ...) as studies of events."""
+
+from handlers.bayesopt.events import StudyCompleted, SurrogateFitted
+from handlers.bayesopt.handler import BayesOptHandler, BayesOptState, StudyState, recommend
+from handlers.bayesopt.options import StudyOptions
+from handlers.bayesopt.space import Space
+
+__all__ = [
+    "BayesOptHandler",
+    "BayesOptState",
+    "Space",
+    "StudyCompleted",
+    "StudyOptions",
+    "StudyState",
+    "SurrogateFitted",
+    "recommend",
+]

@@ -1,0 +1,370 @@
+"""The Bayesian-optimisation handler: studies, their suggestions and what the observations teach the model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import msgspec
+import numpy as np
+from scipy.stats import qmc
+
+from handlers.bayesopt.acquisition import Acquisition, maximize
+from handlers.bayesopt.events import StudyCompleted, SurrogateFitted
+from handlers.bayesopt.gp import GaussianProcess, fit_hyperparameters, one_blas_thread
+from handlers.bayesopt.kernels import make_kernel
+from handlers.bayesopt.options import METHODS, StudyOptions, parse_study
+from handlers.bayesopt.space import Space
+from rtopt import (
+    Context,
+    Envelope,
+    Event,
+    Handler,
+    InvalidEvent,
+    Observed,
+    StudyDefined,
+    Suggested,
+)
+from rtopt.events import ParamValue
+from rtopt.handler import seed_for
+
+DEFAULT_LOG_NOISE = float(np.log(1e-3))
+
+
+class StudyState(msgspec.Struct):
+    """One study: its definition, what was observed (unit-cube points and objective values), the
+    suggestions still waiting for a value, and the model's hyperparameters.
+
+    ``definition_id`` (the id of the StudyDefined event) seeds the study's initial design; ``best`` indexes
+    the best observation.
+    """
+
+    definition: StudyDefined
+    definition_id: str
+    points: list[list[float]] = []
+    values: list[float] = []
+    pending: dict[str, list[float]] = {}
+    issued: int = 0
+    hyperparameters: list[float] = []
+    fitted_at: int = 0
+    best: int | None = None
+    since_improvement: int = 0
+    completed: str | None = None
+
+    @property
+    def sign(self) -> float:
+        """+1 for a study that maximises, -1 for one that minimises."""
+        return 1.0 if self.definition.direction == "maximize" else -1.0
+
+
+class BayesOptState(msgspec.Struct):
+    """Every study the handler runs; rebuilt by replay and stored in snapshots."""
+
+    studies: dict[str, StudyState] = {}
+
+
+@dataclass
+class Model:
+    """A GP on a study's (bounded) observations, standardised: ``y = (sign * value - offset) / scale``."""
+
+    gp: GaussianProcess
+    offset: float
+    scale: float
+    observed: int
+
+
+def training_set(study: StudyState, options: StudyOptions) -> tuple[np.ndarray, np.ndarray]:
+    """The points and signed values the model learns from: all of them up to ``max_points``, then the
+    best fifth of that many and the most recent ones."""
+    x, y = np.array(study.points), study.sign * np.array(study.values)
+    if len(y) <= options.max_points:
+        return x, y
+    best = options.max_points // 5
+    keep = set(np.argsort(-y, kind="stable")[:best].tolist())
+    recent = len(y) - 1
+    while len(keep) < options.max_points:
+        keep.add(recent)
+        recent -= 1
+    rows = sorted(keep)
+    return x[rows], y[rows]
+
+
+def build_model(study: StudyState, options: StudyOptions, space: Space) -> Model:
+    """The GP of ``study`` with its current hyperparameters (the kernel's initial ones before a fit)."""
+    x, y = training_set(study, options)
+    offset, scale = float(y.mean()), float(y.std()) or 1.0
+    kernel = make_kernel(study.definition.kernel, space.width, options.degree)
+    theta = (
+        np.array(study.hyperparameters)
+        if study.hyperparameters
+        else np.concatenate([kernel.initial(), [DEFAULT_LOG_NOISE]])
+    )
+    return Model(GaussianProcess(kernel, theta, x, (y - offset) / scale), offset, scale, len(y))
+
+
+def recommend(study: StudyState) -> tuple[dict[str, ParamValue], float]:
+    """The observed parameters with the best predicted objective, and that prediction (the best raw
+    observation before a model is fitted).
+
+    >>> from rtopt import Dimension, StudyDefined
+    >>> definition = StudyDefined(study="s", space={"t": Dimension.of((0.0, 1.0))})
+    >>> state = StudyState(definition, "d1", points=[[0.2], [0.7]], values=[0.3, 0.9], best=1)
+    >>> recommend(state)
+    ({'t': 0.7}, 0.9)
+    """
+    space = Space(study.definition.space)
+    if not study.hyperparameters:
+        return space.decode(np.array(study.points[study.best])), study.values[study.best]
+    options = parse_study(study.definition)[1]
+    model = build_model(study, options, space)
+    x = np.array(study.points)
+    mean = model.gp.predict(x)[0] * model.scale + model.offset
+    chosen = int(np.argmax(mean))
+    return space.decode(x[chosen]), float(study.sign * mean[chosen])
+
+
+class BayesOptHandler(Handler[BayesOptState]):
+    """Runs studies: answers ``suggest`` and learns from the values told for its suggestions.
+
+    Method ``gp``: a Gaussian process (kernel ``rbf``, ``matern32``, ``matern52`` or ``polynomial``) over
+    the unit cube with standardised targets, hyperparameters by maximum marginal likelihood, and the
+    next points where the acquisition (``ei``, ``ucb`` or ``pi``) is largest; the first ``n_initial``
+    suggestions follow a Latin hypercube. Method ``random``: uniform draws, a baseline. Options are
+    :class:`~handlers.bayesopt.options.StudyOptions`. Points suggested together, or still waiting for
+    their value, are spread by believing the model's prediction at them (Kriging believer).
+
+    >>> from rtopt import Engine
+    >>> with Engine.open(":memory:", seed=1, handlers=[BayesOptHandler()]) as engine:
+    ...     _ = engine.define_study("s", space={"x": (0.0, 1.0)}, n_initial=2, time=0.0)
+    ...     for step in range(4):
+    ...         (suggestion,) = engine.suggest("s", time=step)
+    ...         _ = engine.tell(suggestion.id, -(suggestion.params["x"] - 0.3) ** 2, time=step)
+    ...     len(engine.state("bayesopt", "s").values)
+    4
+    """
+
+    name = "bayesopt"
+    accepts = (StudyDefined, Suggested, Observed)
+    state_type = BayesOptState
+    parts = "studies"
+    methods: ClassVar[tuple[str, ...]] = METHODS
+
+    def initial_state(self) -> BayesOptState:
+        return BayesOptState()
+
+    # --- commands' side ----------------------------------------------------------------------------
+
+    def screen(self, state: BayesOptState, event: Event) -> None:
+        if isinstance(event, StudyDefined):
+            if event.method in self.methods:
+                parse_study(event)
+        elif isinstance(event, Observed):
+            study = state.studies.get(event.study)
+            if study is not None and event.suggestion_id not in study.pending:
+                raise InvalidEvent(
+                    f"suggestion_id = {event.suggestion_id!r}: not a suggestion of {event.study!r} waiting for a value",
+                    field="suggestion_id",
+                    value=event.suggestion_id,
+                )
+
+    def has_study(self, state: BayesOptState, study: str) -> bool:
+        return study in state.studies
+
+    def observed(self, state: BayesOptState, suggestion_id: str) -> bool:
+        return not any(suggestion_id in study.pending for study in state.studies.values())
+
+    def suggest(self, state: BayesOptState, study: str, ctx: Context, n: int) -> list[Suggested]:
+        with one_blas_thread():
+            return self._suggest(state.studies[study], study, ctx, n)
+
+    def _suggest(self, current: StudyState, study: str, ctx: Context, n: int) -> list[Suggested]:
+        if current.completed is not None:
+            raise InvalidEvent(f"study = {study!r}: completed ({current.completed})", field="study", value=study)
+        definition = current.definition
+        space, options = parse_study(definition)
+        rng = _rng(current, ctx)
+        design = _initial_design(current, space, ctx.seed)
+        guided = definition.method == "gp" and len(current.points) >= 2
+        model = _with_pending(build_model(current, options, space), current) if guided else None
+        made = []
+        for index in range(n):
+            position = current.issued + index
+            if definition.method == "gp" and position < len(design):
+                point = space.snap(design[position])
+            elif model is None:
+                point = space.snap(space.sample(rng, 1)[0])
+            else:
+                made.append(self._guided(study, current, space, options, model, rng, n, index))
+                continue
+            made.append(
+                Suggested(study=study, params=space.decode(point), method=definition.method, batch=n, index=index)
+            )
+        return made
+
+    @staticmethod
+    def _guided(
+        study: str,
+        current: StudyState,
+        space: Space,
+        options: StudyOptions,
+        model: Model,
+        rng: np.random.Generator,
+        n: int,
+        index: int,
+    ) -> Suggested:
+        """One suggestion where the acquisition is largest; ``model`` then believes its prediction there."""
+        gp = model.gp
+        best = float(np.max(gp.predict(gp.x)[0]))  # believed points count as observed
+        acquisition = Acquisition(current.definition.acquisition, best, xi=options.xi, beta=options.beta)
+        top = np.argsort(-gp.y[: model.observed], kind="stable")[:2]
+        point = maximize(
+            gp,
+            acquisition,
+            rng,
+            incumbents=gp.x[top],
+            raw_samples=options.raw_samples,
+            snap=space.snap,
+            neighbours=space.neighbours,
+        )
+        mean, variance = gp.predict(point[None, :])
+        std = float(np.sqrt(variance[0]))
+        value = acquisition.report(float(mean[0]), std, model.scale)
+        model.gp = gp.believe(point[None, :])
+        return Suggested(
+            study=study,
+            params=space.decode(point),
+            method="gp",
+            batch=n,
+            index=index,
+            acquisition=value,
+            mean=current.sign * (float(mean[0]) * model.scale + model.offset),
+            std=std * model.scale,
+        )
+
+    # --- the fold ----------------------------------------------------------------------------------
+
+    def apply(
+        self, state: BayesOptState, envelope: Envelope[Any], ctx: Context
+    ) -> tuple[BayesOptState, Sequence[Event]]:
+        event = envelope.payload
+        if isinstance(event, StudyDefined):
+            if event.method in self.methods and event.study not in state.studies:
+                parse_study(event)
+                state.studies[event.study] = StudyState(definition=event, definition_id=envelope.id)
+            return state, ()
+        study = state.studies.get(event.study)
+        if study is None:
+            return state, ()
+        if isinstance(event, Suggested):
+            return state, self._suggested(study, envelope, event, ctx)
+        point = study.pending.pop(event.suggestion_id, None)
+        if point is None:
+            return state, ()
+        return state, self._observed(study, point, event, ctx)
+
+    @staticmethod
+    def _suggested(study: StudyState, envelope: Envelope[Any], event: Suggested, ctx: Context) -> Sequence[Event]:
+        space, options = parse_study(study.definition)
+        study.pending[envelope.id] = space.encode(event.params).tolist()
+        study.issued += 1
+        threshold = options.ei_threshold
+        if (
+            threshold is not None
+            and study.completed is None
+            and study.definition.acquisition == "ei"
+            and event.acquisition is not None
+            and event.acquisition < threshold
+        ):
+            return _complete(study, f"expected improvement {event.acquisition:.3g} below {threshold:g}", ctx)
+        return ()
+
+    @staticmethod
+    def _observed(study: StudyState, point: list[float], event: Observed, ctx: Context) -> Sequence[Event]:
+        space, options = parse_study(study.definition)
+        study.points.append(point)
+        study.values.append(event.value)
+        signed = study.sign * event.value
+        if study.best is None or signed > study.sign * study.values[study.best] + options.min_improvement:
+            study.best = len(study.values) - 1
+            study.since_improvement = 0
+        else:
+            study.since_improvement += 1
+        derived: list[Event] = []
+        observations = len(study.points)
+        needed = observations >= 2 and max(observations, study.issued) >= study.definition.n_initial
+        due = not study.hyperparameters or observations - study.fitted_at >= max(
+            1, round(options.refit_growth * observations)
+        )
+        if study.definition.method == "gp" and needed and due:
+            x, y = training_set(study, options)
+            y = (y - y.mean()) / (y.std() or 1.0)
+            kernel = make_kernel(study.definition.kernel, space.width, options.degree)
+            start = np.array(study.hyperparameters) if study.hyperparameters else None
+            with one_blas_thread():
+                theta, likelihood = fit_hyperparameters(
+                    kernel,
+                    x,
+                    y,
+                    _rng(study, ctx),
+                    start=start,
+                    restarts=options.refit_restarts if start is not None else options.restarts,
+                    noise=options.noise,
+                    noise_prior=options.noise_prior,
+                )
+            study.hyperparameters, study.fitted_at = theta.tolist(), observations
+            if ctx.derives:
+                derived.append(
+                    SurrogateFitted(
+                        study=event.study,
+                        observations=observations,
+                        hyperparameters=study.hyperparameters,
+                        log_marginal_likelihood=likelihood,
+                    )
+                )
+        if study.completed is None:
+            if options.max_evaluations is not None and observations >= options.max_evaluations:
+                derived.extend(_complete(study, f"{observations} evaluations", ctx))
+            elif options.patience is not None and study.since_improvement >= options.patience:
+                derived.extend(_complete(study, f"no improvement in {options.patience} evaluations", ctx))
+        return derived
+
+
+def _rng(study: StudyState, ctx: Context) -> np.random.Generator:
+    """The generator of one event's draws: from the study's own seed when it has one, else the engine's."""
+    seed = study.definition.seed
+    return ctx.rng if seed is None else np.random.default_rng(seed_for(seed, ctx.event_id))
+
+
+def _initial_design(study: StudyState, space: Space, engine_seed: int) -> np.ndarray:
+    """The study's Latin hypercube of ``n_initial`` unit-cube points."""
+    seed = study.definition.seed if study.definition.seed is not None else engine_seed
+    sampler = qmc.LatinHypercube(d=space.width, rng=np.random.default_rng(seed_for(seed, study.definition_id)))
+    return sampler.random(study.definition.n_initial)
+
+
+def _with_pending(model: Model, study: StudyState) -> Model:
+    """``model`` believing its own prediction at the suggestions still waiting for a value."""
+    if not study.pending:
+        return model
+    model.gp = model.gp.believe(np.array(list(study.pending.values())))
+    return model
+
+
+def _complete(study: StudyState, reason: str, ctx: Context) -> list[Event]:
+    study.completed = reason
+    if not ctx.derives or study.best is None:
+        return []
+    recommended, predicted = recommend(study)
+    space = Space(study.definition.space)
+    return [
+        StudyCompleted(
+            study=study.definition.study,
+            reason=reason,
+            evaluations=len(study.values),
+            best_params=space.decode(np.array(study.points[study.best])),
+            best_value=study.values[study.best],
+            recommended=recommended,
+            predicted=predicted,
+        )
+    ]

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from handlers.bandits import EvidenceDiscounted, ExperimentStats
+from handlers.bayesopt import StudyCompleted
 from handlers.detection import (
     AnomalyDetected,
     ConfigurationCaptured,
@@ -47,7 +48,19 @@ from handlers.experiments import (
     SampleRatioMismatch,
     WinnerPromoted,
 )
-from rtopt import Decision, Engine, Envelope, Event, Feedback, FeedbackRejected, HandlerFailed, InvalidLog
+from rtopt import (
+    Decision,
+    Engine,
+    Envelope,
+    Event,
+    Feedback,
+    FeedbackRejected,
+    HandlerFailed,
+    InvalidLog,
+    Observed,
+    StudyDefined,
+    Suggested,
+)
 from streams import WindowClosed, WindowUpdated
 
 DEFAULT_BUCKET_S = 60.0
@@ -702,6 +715,140 @@ class Forecasts(View):
         return {"Forecasts": self.frame(), "ForecastErrors": self.errors_frame()}
 
 
+def _parameters(params: dict[str, Any]) -> str:
+    """Parameters as ``name=value`` pairs in name order.
+
+    >>> _parameters({"top_p": 0.9, "model": "small", "temperature": 0.41234})
+    'model=small, temperature=0.4123, top_p=0.9'
+    """
+    return ", ".join(
+        f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}"
+        for name, value in sorted(params.items())
+    )
+
+
+class Studies(View):
+    """Bayesian optimisation studies: per study, each observed value and the best so far (the largest, or the
+    smallest for a study that minimises), the suggestions with what the model predicted for them and what
+    was then observed, and each study's status.
+
+    >>> from rtopt import Dimension
+    >>> studies = Studies()
+    >>> defined = StudyDefined(study="s", space={"x": Dimension.of((0.0, 1.0))}, direction="minimize")
+    >>> suggested = Suggested(study="s", params={"x": 0.5}, method="gp", acquisition=0.2, mean=1.0, std=0.5)
+    >>> observed = Observed(study="s", suggestion_id="s-1", value=0.8)
+    >>> for seq, event in enumerate((defined, suggested, observed), start=1):
+    ...     studies.add(Envelope(seq, f"s-{seq - 1}", type(event).__name__, "s", 0.0, 0.0, None, None, 1, event))
+    >>> studies.frame()[["study", "iteration", "value", "best"]].values.tolist()
+    [['s', 1, 0.8, 0.8]]
+    >>> studies.suggestions_frame()[["params", "mean", "value"]].values.tolist()
+    [['x=0.5', 1.0, 0.8]]
+    """
+
+    types = (StudyDefined, Suggested, Observed, StudyCompleted)
+    title = "Bayesian studies: best value over iterations"
+    SUGGESTION_COLUMNS: ClassVar[list[str]] = [
+        "seq",
+        "time",
+        "study",
+        "params",
+        "acquisition",
+        "mean",
+        "std",
+        "value",
+    ]
+    STATUS_COLUMNS: ClassVar[list[str]] = [
+        "study",
+        "direction",
+        "method",
+        "evaluations",
+        "best",
+        "best_params",
+        "status",
+    ]
+
+    def __init__(self, bucket_s: float = DEFAULT_BUCKET_S, limit: int = 1000) -> None:
+        super().__init__(bucket_s)
+        self.definitions: dict[str, StudyDefined] = {}
+        self.suggestions: dict[str, list[Any]] = {}
+        self.recent: deque[str] = deque(maxlen=limit)
+        self.values: dict[str, list[float]] = defaultdict(list)
+        self.best: dict[str, list[float]] = defaultdict(list)
+        self.best_params: dict[str, str] = {}
+        self.completed: dict[str, StudyCompleted] = {}
+
+    def _better(self, study: str, value: float, best: float) -> bool:
+        definition = self.definitions.get(study)
+        return value < best if definition is not None and definition.direction == "minimize" else value > best
+
+    def add(self, envelope: Envelope[Any]) -> None:
+        event = envelope.payload
+        match event:
+            case StudyDefined():
+                self.definitions[event.study] = event
+            case Suggested():
+                row = [envelope.seq, envelope.time, event.study, _parameters(event.params)]
+                self.suggestions[envelope.id] = [*row, event.acquisition, event.mean, event.std, None]
+                if len(self.recent) == self.recent.maxlen:
+                    self.suggestions.pop(self.recent[0], None)
+                self.recent.append(envelope.id)
+            case Observed():
+                suggestion = self.suggestions.get(event.suggestion_id)
+                if suggestion is not None:
+                    suggestion[-1] = event.value
+                best = self.best[event.study]
+                if not best or self._better(event.study, event.value, best[-1]):
+                    best.append(event.value)
+                    self.best_params[event.study] = "" if suggestion is None else suggestion[3]
+                else:
+                    best.append(best[-1])
+                self.values[event.study].append(event.value)
+            case StudyCompleted():
+                self.completed[event.study] = event
+
+    def frame(self, max_points: int = MAX_POINTS) -> pd.DataFrame:
+        """One row per observation of each study (at most ``max_points``, evenly spaced and the last
+        included): its ``iteration`` (from 1), the observed ``value`` and the ``best`` so far."""
+        rows = []
+        for study in sorted(self.values):
+            values, best = self.values[study], self.best[study]
+            step = merge_factor(len(values), max_points)
+            kept = sorted({*range(len(values) - 1, -1, -step)})
+            rows.extend([study, i + 1, values[i], best[i]] for i in kept)
+        return pd.DataFrame(rows, columns=["study", "iteration", "value", "best"])
+
+    def suggestions_frame(self) -> pd.DataFrame:
+        """The latest suggestions, newest first: the ``params``, the ``acquisition`` value, the model's
+        predicted ``mean`` and ``std`` (NaN while no model guides the study) and the observed ``value`` (NaN
+        until it is told)."""
+        rows = [self.suggestions[key] for key in reversed(self.recent) if key in self.suggestions]
+        return pd.DataFrame(rows, columns=self.SUGGESTION_COLUMNS)
+
+    def status_frame(self) -> pd.DataFrame:
+        """One row per study: its direction and method, how many values were observed, the best of them
+        with its parameters, and ``running`` or why it ended."""
+        rows = []
+        for study in sorted(self.definitions.keys() | self.values.keys()):
+            definition = self.definitions.get(study)
+            best = self.best.get(study)
+            completed = self.completed.get(study)
+            rows.append(
+                [
+                    study,
+                    "" if definition is None else definition.direction,
+                    "" if definition is None else f"{definition.method} {definition.kernel} {definition.acquisition}",
+                    len(self.values.get(study, ())),
+                    best[-1] if best else None,
+                    self.best_params.get(study, ""),
+                    "running" if completed is None else f"completed: {completed.reason}",
+                ]
+            )
+        return pd.DataFrame(rows, columns=self.STATUS_COLUMNS)
+
+    def frames(self) -> dict[str, pd.DataFrame]:
+        return {"Studies": self.frame(), "Suggestions": self.suggestions_frame(), "StudyStatus": self.status_frame()}
+
+
 def default_views(bucket_s: float = DEFAULT_BUCKET_S) -> list[View]:
     """One of each view the dashboard shows."""
     return [
@@ -712,6 +859,7 @@ def default_views(bucket_s: float = DEFAULT_BUCKET_S) -> list[View]:
             Allocation,
             ArmPosteriors,
             ExperimentTests,
+            Studies,
             Detections,
             Responses,
             Forecasts,

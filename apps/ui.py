@@ -34,6 +34,7 @@ from apps.data import (
     Forecasts,
     LogTail,
     Responses,
+    Studies,
     View,
 )
 from apps.replay import policy_estimates, state_at
@@ -108,6 +109,17 @@ def p_value_plot(frame: pd.DataFrame) -> hv.Overlay:
     return lines(frame, "msprt_p", "label", "mSPRT p-value per variant (line: 0.05)", x="analysis") * hv.HLine(
         0.05
     ).opts(color="gray", line_dash="dashed")
+
+
+def study_plot(frame: pd.DataFrame) -> hv.Overlay:
+    """Per study, the best value so far (line) and each observed value (points), observation after observation."""
+    points = {
+        name: hv.Scatter(group, "iteration", "value", label=str(name)).opts(color=color_of(str(name)), alpha=0.5)
+        for name, group in frame.groupby("study", sort=True)
+    }
+    return lines(frame, "best", "study", "best value so far (line) and observed values", x="iteration") * hv.NdOverlay(
+        points, kdims=["study"]
+    ).opts(hv.opts.Scatter(size=5, tools=["hover"], framewise=True))
 
 
 def forecast_plot(frame: pd.DataFrame) -> hv.Overlay:
@@ -222,6 +234,12 @@ def sections_for(view: View, tail: LogTail) -> list[Section]:
             return [
                 Section(view.title, view.frame, [p_value_plot], table=lambda f: _head(f.iloc[::-1].round(4))),
                 Section("Experiment status", view.status_frame, table=_head),
+            ]
+        case Studies():
+            return [
+                Section(view.title, view.frame, [study_plot]),
+                Section("Study status", view.status_frame, table=lambda f: _head(f.round(4))),
+                Section("Suggestions", view.suggestions_frame, table=_feed_rows),
             ]
         case Detections():
             return [

@@ -23,9 +23,11 @@ from apps.data import (
     LogModel,
     LogTail,
     Responses,
+    Studies,
 )
 from apps.replay import state_at
 from handlers.bandits import ArmSummary, EvidenceDiscounted, ExperimentStats
+from handlers.bayesopt import StudyCompleted
 from handlers.detection import (
     AnomalyDetected,
     ConfigurationCaptured,
@@ -39,7 +41,19 @@ from handlers.detection import (
     ThresholdBreached,
 )
 from handlers.experiments import ExperimentAnalysed, ExperimentPaused, VariantComparison
-from rtopt import Decision, Draft, Engine, Envelope, Feedback, FeedbackRejected, HandlerFailed
+from rtopt import (
+    Decision,
+    Dimension,
+    Draft,
+    Engine,
+    Envelope,
+    Feedback,
+    FeedbackRejected,
+    HandlerFailed,
+    Observed,
+    StudyDefined,
+    Suggested,
+)
 from streams import WindowClosed, WindowUpdated
 from tests.conftest import simulate_into
 
@@ -477,3 +491,70 @@ def test_flagged_feedback_and_rate_limits_are_in_the_alert_feed() -> None:
         "user u1: 31 feedback within 60 s (limit 30)",
         "feedback f-1 of u1 flagged: burst (user reliability 0.25)",
     ]
+
+
+def study_log() -> list[Envelope[Any]]:
+    """Two studies of one parameter: ``up`` maximises, ``down`` minimises; both observe 0.5, 0.3, 0.9."""
+    events: list[tuple[str, Any]] = [
+        ("up", StudyDefined(study="up", space={"x": Dimension.of((0.0, 1.0))})),
+        ("down", StudyDefined(study="down", space={"x": Dimension.of((0.0, 1.0))}, direction="minimize")),
+    ]
+    for study in ("up", "down"):
+        for i, (x, value) in enumerate(((0.2, 0.5), (0.7, 0.3), (0.9, 0.9))):
+            guided = {"acquisition": 0.1 * i, "mean": 0.6, "std": 0.2} if i else {}
+            events.append((f"{study}-{i}", Suggested(study=study, params={"x": x}, method="gp", **guided)))
+            events.append(("", Observed(study=study, suggestion_id=f"{study}-{i}", value=value)))
+    events.append(("up-3", Suggested(study="up", params={"x": 1.0}, method="gp", acquisition=0.01, mean=0.95, std=0.1)))
+    completed = StudyCompleted(
+        study="down",
+        reason="3 evaluations",
+        evaluations=3,
+        best_params={"x": 0.7},
+        best_value=0.3,
+        recommended={"x": 0.7},
+        predicted=0.35,
+    )
+    events.append(("", completed))
+    return [
+        Envelope(seq, key or f"e{seq}", type(event).__name__, event.study, float(seq), 0.0, None, None, 1, event)
+        for seq, (key, event) in enumerate(events, start=1)
+    ]
+
+
+def test_studies_show_the_best_value_so_far_in_their_direction() -> None:
+    model = LogModel()
+    model.add(study_log())
+    assert Studies in {type(view) for view in model.shown()}
+    studies = model.view(Studies)
+    frame = studies.frame()
+    assert frame[frame["study"] == "up"][["iteration", "value", "best"]].values.tolist() == [
+        [1, 0.5, 0.5],
+        [2, 0.3, 0.5],
+        [3, 0.9, 0.9],
+    ]
+    assert frame[frame["study"] == "down"]["best"].tolist() == [0.5, 0.3, 0.3]
+    assert studies.frame(max_points=2).query("study == 'up'")["iteration"].tolist() == [1, 3]
+    status = studies.status_frame().set_index("study")
+    assert status.loc["up", ["evaluations", "best", "best_params", "status"]].tolist() == [3, 0.9, "x=0.9", "running"]
+    assert status.loc["down", ["direction", "best", "best_params", "status"]].tolist() == [
+        "minimize",
+        0.3,
+        "x=0.7",
+        "completed: 3 evaluations",
+    ]
+
+
+def test_the_suggestions_carry_their_prediction_and_the_value_observed() -> None:
+    model = LogModel()
+    model.add(study_log())
+    frame = model.view(Studies).suggestions_frame()
+    assert len(frame) == 7
+    newest, *_ = (row for _, row in frame.iterrows())
+    assert (newest["study"], newest["params"], newest["acquisition"], newest["mean"]) == ("up", "x=1", 0.01, 0.95)
+    assert math.isnan(newest["value"])  # not observed yet
+    up = frame[frame["study"] == "up"].iloc[1:]  # oldest last
+    assert up["params"].tolist() == ["x=0.9", "x=0.7", "x=0.2"]
+    assert up["value"].tolist() == [0.9, 0.3, 0.5]
+    predicted = up[["acquisition", "mean", "std"]].to_numpy().ravel().tolist()
+    nan = math.nan  # the first suggestion was made before a model guided the study
+    assert predicted == pytest.approx([0.2, 0.6, 0.2, 0.1, 0.6, 0.2, nan, nan, nan], nan_ok=True)

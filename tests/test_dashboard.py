@@ -17,6 +17,7 @@ from apps.data import (
     Forecasts,
     LogTail,
     Responses,
+    Studies,
 )
 from apps.ui import Dashboard
 from handlers.bandits import BanditHandler
@@ -123,4 +124,28 @@ def test_every_section_of_a_detection_log_renders(tmp_path: Path) -> None:
         if isinstance(view, (Detections, Responses)):
             for section in page.sections[index]:
                 assert section.rows is not None and len(section.rows.object) > 0
+    page.tail.close()
+
+
+def test_the_sections_of_a_study_render(tmp_path: Path) -> None:
+    path = tmp_path / "study.sqlite"
+    with Engine.open(path, seed=3) as engine:
+        engine.define_study("temperature", space={"t": (0.0, 1.5)}, n_initial=3, max_evaluations=8, time=0.0)
+        for i in range(4):
+            for suggestion in engine.suggest("temperature", n=2, time=float(i)):
+                engine.tell(suggestion.id, 1.0 - (suggestion.payload.params["t"] - 0.4) ** 2, time=i + 0.5)
+    page = Dashboard(LogTail(path))
+    views = page.tail.model.views
+    assert Studies in {type(view) for view, slot in zip(views, page.slots, strict=True) if slot.visible}
+    studies = page.tail.model.view(Studies)
+    assert studies.frame()["iteration"].tolist() == list(range(1, 9))
+    assert studies.status_frame()["status"].tolist() == ["completed: 8 evaluations"]
+    suggestions = studies.suggestions_frame()
+    assert len(suggestions) == 8 and suggestions["mean"].notna().iloc[0]  # the last ones were guided by the model
+    root = page.panel.get_root()
+    [plot] = [plot for plot in root.select({"type": Plot}) if plot.title.text.startswith("best value so far")]
+    assert sorted(type(renderer.glyph).__name__ for renderer in plot.select({"type": GlyphRenderer})) == [
+        "Line",
+        "Scatter",
+    ]
     page.tail.close()

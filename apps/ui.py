@@ -117,9 +117,9 @@ def study_plot(frame: pd.DataFrame) -> hv.Overlay:
         name: hv.Scatter(group, "iteration", "value", label=str(name)).opts(color=color_of(str(name)), alpha=0.5)
         for name, group in frame.groupby("study", sort=True)
     }
-    return lines(frame, "best", "study", "best value so far (line) and observed values", x="iteration") * hv.NdOverlay(
-        points, kdims=["study"]
-    ).opts(hv.opts.Scatter(size=5, tools=["hover"], framewise=True))
+    best = lines(frame, "best", "study", "best value so far (line) and observed values", x="iteration")
+    observed = hv.NdOverlay(points, kdims=["study"]).opts(hv.opts.Scatter(size=5, tools=["hover"], framewise=True))
+    return (best * observed).opts(ylabel="objective")
 
 
 def forecast_plot(frame: pd.DataFrame) -> hv.Overlay:
@@ -138,7 +138,11 @@ def forecast_plot(frame: pd.DataFrame) -> hv.Overlay:
         hv.opts.Curve(tools=["hover"], framewise=True),
         hv.opts.Area(framewise=True),
         hv.opts.Overlay(
-            title="forecast (dashed, with interval) and actual", height=PLOT_HEIGHT, responsive=True, framewise=True
+            title="forecast (dashed, with interval) and actual",
+            ylabel="window value",
+            height=PLOT_HEIGHT,
+            responsive=True,
+            framewise=True,
         ),
     )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
@@ -20,12 +19,9 @@ from apps.data import (
     Studies,
 )
 from apps.ui import Dashboard
-from handlers.bandits import BanditHandler
 from handlers.bandits.simulation import default_variants, simulate
-from handlers.detection import DetectionHandler, FeedbackGuard, ProtectionHandler
-from rtopt import Engine, Feedback
-from streams import Aggregates, Tumbling, WindowHandler, WindowPipeline
-from tests.conftest import simulate_into
+from rtopt import Engine
+from tests.conftest import simulate_into, write_monitored_log
 
 
 def test_sections_appear_once_their_events_exist_and_follow_the_log(tmp_path: Path) -> None:
@@ -84,30 +80,15 @@ def test_every_section_of_an_ab_test_renders(tmp_path: Path) -> None:
     page.tail.close()
 
 
-def test_every_section_of_a_detection_log_renders(tmp_path: Path) -> None:
-    path = tmp_path / "detected.sqlite"
-    quality = Aggregates({"quality_score": ("mean",), "success": ("mean",)})
-    pipeline = WindowPipeline("quality", Tumbling(60.0), quality, key=("prompt_id", "variant_id"))
-    handlers = [BanditHandler(), WindowHandler(pipeline), DetectionHandler(), ProtectionHandler(FeedbackGuard())]
-    noise = random.Random(7)
-    with Engine.open(path, seed=1, handlers=handlers) as engine:
-        engine.define_experiment("greeting", arms=["v1", "v2"], policy="thompson", time=0.0)
-        for second in range(0, 3600, 4):  # v2 is better until its quality drops at minute 40
-            decision = engine.decide("greeting", time=float(second))
-            level = {"v1": 0.75, "v2": 0.9 if second < 2400 else 0.4}[decision.arm]
-            quality_score = min(max(noise.gauss(level, 0.05), 0.0), 1.0)
-            engine.feedback(decision.id, success=True, quality_score=quality_score, response_time_ms=120.0, time=second)
-        for i in range(6):  # a burst from one user
-            rating = Feedback(
-                prompt_id="greeting",
-                variant_id="v1",
-                response_time_ms=90.0,
-                success=True,
-                quality_score=0.8,
-                user_id="u1",
-            )
-            engine.publish(rating, time=3600.0 + i / 10)
-    page = Dashboard(LogTail(path))
+@pytest.fixture(scope="module")
+def monitored(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("dash") / "monitored.sqlite"
+    write_monitored_log(path)
+    return path
+
+
+def test_every_section_of_a_detection_log_renders(monitored: Path) -> None:
+    page = Dashboard(LogTail(monitored))
     views = page.tail.model.views
     visible = {type(view) for view, slot in zip(views, page.slots, strict=True) if slot.visible}
     assert {Detections, Responses, Forecasts, AlertFeed} <= visible
@@ -127,14 +108,8 @@ def test_every_section_of_a_detection_log_renders(tmp_path: Path) -> None:
     page.tail.close()
 
 
-def test_the_sections_of_a_study_render(tmp_path: Path) -> None:
-    path = tmp_path / "study.sqlite"
-    with Engine.open(path, seed=3) as engine:
-        engine.define_study("temperature", space={"t": (0.0, 1.5)}, n_initial=3, max_evaluations=8, time=0.0)
-        for i in range(4):
-            for suggestion in engine.suggest("temperature", n=2, time=float(i)):
-                engine.tell(suggestion.id, 1.0 - (suggestion.payload.params["t"] - 0.4) ** 2, time=i + 0.5)
-    page = Dashboard(LogTail(path))
+def test_the_sections_of_a_study_render(monitored: Path) -> None:
+    page = Dashboard(LogTail(monitored))
     views = page.tail.model.views
     assert Studies in {type(view) for view, slot in zip(views, page.slots, strict=True) if slot.visible}
     studies = page.tail.model.view(Studies)

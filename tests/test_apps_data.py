@@ -558,3 +558,20 @@ def test_the_suggestions_carry_their_prediction_and_the_value_observed() -> None
     predicted = up[["acquisition", "mean", "std"]].to_numpy().ravel().tolist()
     nan = math.nan  # the first suggestion was made before a model guided the study
     assert predicted == pytest.approx([0.2, 0.6, 0.2, 0.1, 0.6, 0.2, nan, nan, nan], nan_ok=True)
+
+
+def test_only_the_latest_suggestions_are_kept_and_the_best_value_survives_them() -> None:
+    studies = Studies(limit=2)
+    studies.add(Envelope(1, "def", "StudyDefined", "up", 0.0, 0.0, None, None, 1, study_log()[0].payload))
+    for seq, x in enumerate((0.1, 0.2, 0.3), start=2):
+        suggested = Suggested(study="up", params={"x": x}, method="random")
+        studies.add(Envelope(seq, f"s{seq}", "Suggested", "up", 0.0, 0.0, None, None, 1, suggested))
+    for seq, (suggestion, value) in enumerate((("s2", 0.9), ("s4", 0.4)), start=5):
+        observed = Observed(study="up", suggestion_id=suggestion, value=value)
+        studies.add(Envelope(seq, f"o{seq}", "Observed", "up", 0.0, 0.0, None, None, 1, observed))
+    assert studies.suggestions_frame()[["params", "value"]].values.tolist() == [
+        ["x=0.3", 0.4],
+        ["x=0.2", pytest.approx(math.nan, nan_ok=True)],
+    ]
+    assert studies.frame()["best"].tolist() == [0.9, 0.9]  # the first suggestion's value, though it was dropped
+    assert studies.status_frame()[["evaluations", "best", "best_params"]].values.tolist() == [[2, 0.9, ""]]

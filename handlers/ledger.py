@@ -7,6 +7,7 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
+from handlers.protection import FeedbackGuard
 from streams.horizon import Horizon
 
 P = TypeVar("P")
@@ -14,6 +15,7 @@ P = TypeVar("P")
 DUPLICATE = "duplicate feedback"
 UNKNOWN = "unknown or expired decision"
 MISMATCH = "feedback does not match its decision"
+FLAGGED = "flagged by the feedback guard"
 
 
 class DecisionLedger(msgspec.Struct, Generic[P]):
@@ -71,13 +73,22 @@ class DecisionLedger(msgspec.Struct, Generic[P]):
 
 
 class MatchesFeedback:
-    """For handlers whose decisions wait for feedback: the horizon within which feedback is matched."""
+    """For handlers whose decisions wait for feedback: the horizon within which feedback is matched, and an
+    optional :class:`~handlers.protection.FeedbackGuard` whose flagged feedback is rejected (``FLAGGED``)."""
 
-    def __init__(self, feedback_horizon_s: float = 86_400.0) -> None:
+    def __init__(self, feedback_horizon_s: float = 86_400.0, guard: FeedbackGuard | None = None) -> None:
         if not feedback_horizon_s > 0:
             raise ValueError(f"feedback_horizon_s must be positive, not {feedback_horizon_s!r}")
         self.feedback_horizon_s = feedback_horizon_s
+        self.guard = guard
 
     def config(self) -> dict[str, Any]:
-        """The horizon changes what is learnt, so it keys the handler's snapshots."""
-        return {"feedback_horizon_s": self.feedback_horizon_s}
+        """The horizon and the guard change what is learnt, so they key the handler's snapshots."""
+        config: dict[str, Any] = {"feedback_horizon_s": self.feedback_horizon_s}
+        if self.guard is not None:
+            config["guard"] = msgspec.to_builtins(self.guard)
+        return config
+
+    def fresh_guard(self) -> FeedbackGuard | None:
+        """A copy of the guard that has seen nothing yet, for a new state (None without a guard)."""
+        return None if self.guard is None else msgspec.convert(msgspec.to_builtins(self.guard), FeedbackGuard)

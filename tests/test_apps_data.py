@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 import pandas as pd
 import pytest
+from conftest import simulate_into
 
 from apps.data import (
     AlertFeed,
@@ -55,7 +56,6 @@ from rtopt import (
     Suggested,
 )
 from streams import WindowClosed, WindowUpdated
-from tests.conftest import simulate_into
 
 
 def feedback(variant: str, latency: float, *, success: bool = True, quality: float = 0.5, cost: float = 0.0):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from bokeh.models import GlyphRenderer, Plot
+from conftest import simulate_into, write_monitored_log
 
 from apps.data import (
     AlertFeed,
@@ -21,7 +22,6 @@ from apps.data import (
 from apps.ui import Dashboard
 from handlers.bandits.simulation import default_variants, simulate
 from rtopt import Engine
-from tests.conftest import simulate_into, write_monitored_log
 
 
 def test_sections_appear_once_their_events_exist_and_follow_the_log(tmp_path: Path) -> None:

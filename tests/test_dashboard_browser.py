@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import pytest
+from conftest import write_monitored_log
 
 from rtopt import Engine
-from tests.conftest import write_monitored_log
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page

@@ -323,3 +323,36 @@ def test_a_breach_can_start_an_ab_test_over_the_variants_seen() -> None:
         assert (defined.payload.experiment, defined.payload.arms, defined.time) == ("g-ab-1", ["v1", "v2"], 665.0)
         assert engine.state("experiments", "g-ab-1").status == "running"
         assert engine.decide("g-ab-1", unit="user-1", time=700.0).payload.arm in ("v1", "v2")
+
+
+def test_a_failing_success_rate_can_start_a_bayesian_study_that_replays(tmp_path: Path) -> None:
+    from handlers.bayesopt import BayesOptHandler
+
+    pipeline = WindowPipeline(
+        "success", Tumbling(60.0), Aggregates({"success": ("mean",)}), key=("prompt_id", "variant_id")
+    )
+    space = {"temperature": (0.0, 1.5), "top_p": (0.5, 1.0)}
+    path = tmp_path / "study.sqlite"
+
+    def chains() -> list:
+        options = DetectionOptions(study_on_breach=space, drift=[], forecast=[], anomaly="none")
+        return [WindowHandler(pipeline), DetectionHandler(options), BayesOptHandler()]
+
+    with Engine.open(path, seed=2, handlers=chains()) as engine:
+        for minute in range(12):
+            for variant in ("v1", "v2"):
+                ok = not (variant == "v2" and minute >= 10)  # v2 starts failing at minute 10
+                engine.publish(
+                    Feedback(prompt_id="g", variant_id=variant, response_time_ms=90.0, success=ok, quality_score=0.8),
+                    time=minute * 60.0 + 5.0,
+                )
+        [defined] = list(engine.read(types=["StudyDefined"]))
+        [breach] = list(engine.read(types=["ThresholdBreached"]))
+        assert (breach.payload.metric, breach.payload.key) == ("success.mean", "g/v2")
+        assert defined.causation_id == breach.causation_id  # both derived from the window that broke the limit
+        assert defined.payload.study == "g-study-1" and set(defined.payload.space) == set(space)
+        [suggestion] = engine.suggest("g-study-1", time=700.0)
+        assert 0.0 <= suggestion.payload.params["temperature"] <= 1.5
+        assert 0.5 <= suggestion.payload.params["top_p"] <= 1.0
+        engine.tell(suggestion.id, 0.9, time=710.0)
+    assert Engine.verify(path, handlers=chains()).ok

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from handlers.bandits import BanditHandler
+from handlers.experiments import ExperimentHandler
 from handlers.protection import FeedbackGuard, ProtectionHandler
 from rtopt import Engine, Feedback, InvalidEvent
 
@@ -123,3 +124,26 @@ def test_a_rate_limit_passed_is_recorded_once_per_passing() -> None:
             engine.publish(feedback(quality=0.3 + t / 1000), time=t)
         passed = [(e.time, e.payload.count) for e in engine.read(types=["RateLimitExceeded"])]
     assert passed == [(10.0, 3), (110.0, 3)]
+
+
+def test_an_ab_test_does_not_analyse_flagged_feedback(tmp_path: Path) -> None:
+    guard = FeedbackGuard(min_response_ms=20.0)  # a response faster than 20 ms is implausible
+    path = tmp_path / "guarded-ab.sqlite"
+    with Engine.open(path, seed=4, handlers=[ExperimentHandler(guard=guard)]) as engine:
+        engine.define_experiment("ab", arms=["control", "v2"], policy="ab_test", start=True, time=0.0)
+        for i in range(30):
+            decision = engine.decide("ab", unit=f"user-{i}", time=10.0 * i)
+            implausible = i % 3 == 2
+            engine.feedback(
+                decision.id,
+                success=True,
+                quality_score=0.1 if implausible else 0.8,
+                response_time_ms=5.0 if implausible else 300.0,
+                time=10.0 * i + 1.0,
+            )
+        exp = engine.state("experiments", "ab")
+        rejected = [e.payload for e in engine.read(types=["FeedbackRejected"])]
+        assert sum(arm.feedback for arm in exp.stats.values()) == 20
+        assert all(arm.reward.mean == pytest.approx(0.8) for arm in exp.stats.values() if arm.feedback)
+        assert [(r.reason, r.handler) for r in rejected] == [("flagged by the feedback guard", "experiments")] * 10
+    assert Engine.verify(path, handlers=[ExperimentHandler(guard=guard)]).ok

@@ -24,7 +24,7 @@ from handlers.bandits.options import CONTEXTUAL, POLICY_OPTIONS, BanditOptions, 
 from handlers.bandits.policies import ACTIVE, PAUSED, RETIRED, ArmState
 from handlers.bandits.rewards import reward
 from handlers.bandits.transfer import decode_arms
-from handlers.ledger import DUPLICATE, DecisionLedger, MatchesFeedback
+from handlers.ledger import DUPLICATE, FLAGGED, DecisionLedger, MatchesFeedback
 from handlers.protection import FeedbackGuard
 from rtopt import (
     ArmUpdated,
@@ -41,7 +41,6 @@ from rtopt import (
 )
 
 STATS_DRAWS = 2_000
-FLAGGED = "flagged by the feedback guard"
 
 
 class ExperimentState(msgspec.Struct):
@@ -122,19 +121,8 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
     policies: ClassVar[tuple[str, ...]] = tuple(POLICY_OPTIONS)
     version = 5
 
-    def __init__(self, feedback_horizon_s: float = 86_400.0, guard: FeedbackGuard | None = None) -> None:
-        super().__init__(feedback_horizon_s)
-        self.guard = guard
-
-    def config(self) -> dict[str, Any]:
-        config = super().config()
-        if self.guard is not None:
-            config["guard"] = msgspec.to_builtins(self.guard)
-        return config
-
     def initial_state(self) -> BanditState:
-        guard = None if self.guard is None else msgspec.convert(msgspec.to_builtins(self.guard), FeedbackGuard)
-        return BanditState(guard=guard)
+        return BanditState(guard=self.fresh_guard())
 
     # --- commands' side ----------------------------------------------------------------------------
 

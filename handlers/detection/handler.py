@@ -29,7 +29,7 @@ from handlers.detection.events import (
 from handlers.detection.forecasting import Ensemble
 from handlers.detection.options import DetectionOptions
 from handlers.detection.thresholds import breaches, relative_gap
-from rtopt import Context, Envelope, Event, ExperimentDefined, Handler
+from rtopt import Context, Envelope, Event, ExperimentDefined, Handler, StudyDefined
 from streams.events import WindowClosed, WindowUpdated
 
 ANOMALY_DETECTORS = {"zscore": ZScore, "iqr": IQRFences, "mad": MAD}
@@ -118,6 +118,7 @@ class DetectionState(msgspec.Struct):
     joint: dict[str, JointState] = msgspec.field(default_factory=dict)
     variants: dict[str, list[str]] = msgspec.field(default_factory=dict)
     ab_tests: dict[str, int] = msgspec.field(default_factory=dict)
+    studies: dict[str, int] = msgspec.field(default_factory=dict)
     last_action: dict[str, float] = msgspec.field(default_factory=dict)
     suppressed_actions: int = 0
     revisions: int = 0
@@ -144,7 +145,7 @@ class DetectionHandler(Handler[DetectionState]):
     name = "detection"
     accepts = (WindowClosed, WindowUpdated)
     state_type = DetectionState
-    version = 1
+    version = 2
 
     def __init__(self, options: DetectionOptions | None = None) -> None:
         self.options = options if options is not None else DetectionOptions()
@@ -480,6 +481,8 @@ class DetectionHandler(Handler[DetectionState]):
                 )
                 if acted and limit.action == "ab_test_start" and options.ab_test_on_breach:
                     self._start_ab_test(state, window.key, out)
+                if acted and limit.action == "strategy_change" and options.study_on_breach:
+                    self._start_study(state, window.key, out)
 
     def _start_ab_test(self, state: DetectionState, key: str, out: list[Event]) -> None:
         """Define and start an A/B test over every variant of the key's experiment seen so far (run by the
@@ -494,6 +497,13 @@ class DetectionHandler(Handler[DetectionState]):
                 experiment=f"{experiment}-ab-{number}", arms=list(arms), policy="ab_test", options={"start": True}
             )
         )
+
+    def _start_study(self, state: DetectionState, key: str, out: list[Event]) -> None:
+        """Define a study of the ``study_on_breach`` parameters for the key's experiment (run by the bayesopt
+        handler; the application asks it for parameters with ``suggest`` and reports them with ``tell``)."""
+        experiment = key.split("/", 1)[0]
+        state.studies[experiment] = number = state.studies.get(experiment, 0) + 1
+        out.append(StudyDefined(study=f"{experiment}-study-{number}", space=dict(self.options.study_on_breach)))
 
     def _discount(
         self,

@@ -10,6 +10,7 @@ from msgspec import Meta
 from handlers.checked import Checked, at_most
 from handlers.detection.drift import CUSUM_THRESHOLD, PAGE_HINKLEY_THRESHOLD
 from handlers.detection.patterns import PatternOptions
+from rtopt import Dimension
 
 DriftName = Literal["adwin", "page_hinkley", "cusum"]
 LOWER_IS_BETTER = ("response_time_ms", "cost_usd", "tokens_in", "tokens_out", "error_rate")
@@ -35,7 +36,10 @@ class DetectionOptions(Checked, frozen=True):
     experiment scales its bandit's evidence by ``discount_factor``), ``capture_improvements`` (an improvement
     records the configuration behind it), ``act_on_breaches`` (a threshold breach calls for an action) and
     ``ab_test_on_breach`` (a breach whose action is an A/B test defines and starts one, ``<experiment>-ab-<n>``,
-    over the variants of the experiment seen in window keys, for the experiments handler to run). The
+    over the variants of the experiment seen in window keys, for the experiments handler to run) and
+    ``study_on_breach`` (a breach whose action is a strategy change defines a Bayesian study of these
+    parameters, ``<experiment>-study-<n>``, maximising the objective the application tells it, for the
+    bayesopt handler to run: a ``(low, high)`` range or a Dimension per parameter). The
     same action on the same target waits ``cooldown_s`` seconds of event time. A window key's experiment is
     its part before the first ``/`` (pipelines keyed by ``("prompt_id", "variant_id")`` give ``exp/arm``).
 
@@ -68,7 +72,13 @@ class DetectionOptions(Checked, frozen=True):
     capture_improvements: bool = True
     act_on_breaches: bool = True
     ab_test_on_breach: bool = False
+    study_on_breach: dict[str, Dimension] = msgspec.field(default_factory=dict)
     cooldown_s: Annotated[float, Meta(ge=0.0)] = 600.0
+
+    def __post_init__(self) -> None:
+        space = {name: Dimension.of(value) for name, value in self.study_on_breach.items()}  # (low, high) too
+        msgspec.structs.force_setattr(self, "study_on_breach", space)
+        super().__post_init__()
 
     def check_fields(self) -> None:
         at_most(self, "warmup", self.warmup, "anomaly_window", self.anomaly_window)

@@ -62,7 +62,7 @@ from handlers.experiments.state import (
     Transition,
 )
 from handlers.experiments.stats import MixtureSPRT, Moments
-from handlers.ledger import MatchesFeedback
+from handlers.ledger import FLAGGED, MatchesFeedback
 from rtopt import (
     ClockTicked,
     Context,
@@ -88,7 +88,9 @@ class ExperimentHandler(MatchesFeedback, Handler[ExperimentsState]):
     Feedback is matched to its decision by ``decision_id`` within ``feedback_horizon_s`` seconds of event
     time; feedback on one of its experiments for an unknown or expired decision, a second feedback for a
     decision, or feedback whose variant does not match its decision is rejected with a
-    ``FeedbackRejected`` event. Feedback that names no decision is not an observation of the test.
+    ``FeedbackRejected`` event. Feedback that names no decision is not an observation of the test. With a
+    ``guard`` (:class:`~handlers.protection.FeedbackGuard`) every Feedback is judged by it, and feedback it
+    flags is rejected too.
 
     Decisions: a draft or archived experiment refuses them (InvalidEvent); a paused one serves its control
     and a completed one its winner (the control if none), with propensity 1 and outside the test. A
@@ -111,10 +113,10 @@ class ExperimentHandler(MatchesFeedback, Handler[ExperimentsState]):
     accepts = (ExperimentDefined, Decision, Feedback, ClockTicked, *LIFECYCLE_EVENTS, *CANARY_EVENTS, *DERIVED_ONLY)
     state_type = ExperimentsState
     policies: ClassVar[tuple[str, ...]] = POLICIES
-    version = 4
+    version = 5
 
     def initial_state(self) -> ExperimentsState:
-        return ExperimentsState()
+        return ExperimentsState(guard=self.fresh_guard())
 
     # --- commands' side ----------------------------------------------------------------------------
 
@@ -280,10 +282,14 @@ class ExperimentHandler(MatchesFeedback, Handler[ExperimentsState]):
     def _learn(
         self, state: ExperimentsState, envelope: Envelope[Any], feedback: Feedback, ctx: Context
     ) -> Sequence[Event]:
+        flagged = state.guard is not None and bool(state.guard.check(feedback, envelope.time))
         decision_id = feedback.decision_id
         ledger = state.ledger
         if decision_id is None or (feedback.prompt_id not in state.experiments and decision_id not in ledger.pending):
             return ()  # another handler's experiment
+        if flagged:
+            ledger.reject(FLAGGED)
+            return (FeedbackRejected(reason=FLAGGED, decision_id=decision_id, handler=self.name),)
         pending = ledger.claim(
             decision_id,
             envelope.time,

@@ -9,6 +9,7 @@ import msgspec
 from handlers.experiments.options import ExperimentOptions
 from handlers.experiments.stats import MixtureSPRT
 from handlers.ledger import DecisionLedger
+from handlers.protection import FeedbackGuard
 from streams.sketch import DDSketch
 
 DRAFT, RUNNING, PAUSED, COMPLETED, ARCHIVED = "draft", "running", "paused", "completed", "archived"
@@ -212,3 +213,4 @@ class ExperimentsState(msgspec.Struct):
 
     experiments: dict[str, Experiment] = {}
     ledger: DecisionLedger[PendingDecision] = msgspec.field(default_factory=DecisionLedger)
+    guard: FeedbackGuard | None = None

@@ -18,7 +18,8 @@ def register_command(commands: argparse._SubParsersAction) -> None:
         "dashboard",
         help="serve a live dashboard of a log in a browser",
         description="Serve a Panel dashboard of a log on 127.0.0.1 (unless --address says otherwise): event rate, "
-        "feedback metrics per variant, allocation and posteriors of the bandits, A/B tests and alerts, updated "
+        "feedback metrics per variant, allocation and posteriors of the bandits, A/B tests, Bayesian studies, "
+        "detections, actions, forecasts and alerts, updated "
         "as another process writes the log; the state at a past seq and other policies' estimated value.",
     )
     command.add_argument(

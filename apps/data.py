@@ -22,7 +22,19 @@ import msgspec
 import numpy as np
 import pandas as pd
 
-from handlers.bandits import ExperimentStats
+from handlers.bandits import EvidenceDiscounted, ExperimentStats
+from handlers.bayesopt import StudyCompleted
+from handlers.detection import (
+    AnomalyDetected,
+    ConfigurationCaptured,
+    DriftDetected,
+    FeedbackFlagged,
+    Forecast,
+    OptimizationAction,
+    PatternDetected,
+    RateLimitExceeded,
+    ThresholdBreached,
+)
 from handlers.experiments import (
     CanaryAdvanced,
     CanaryRolledBack,
@@ -36,7 +48,20 @@ from handlers.experiments import (
     SampleRatioMismatch,
     WinnerPromoted,
 )
-from rtopt import Decision, Engine, Envelope, Event, Feedback, FeedbackRejected, HandlerFailed, InvalidLog
+from rtopt import (
+    Decision,
+    Engine,
+    Envelope,
+    Event,
+    Feedback,
+    FeedbackRejected,
+    HandlerFailed,
+    InvalidLog,
+    Observed,
+    StudyDefined,
+    Suggested,
+)
+from streams import WindowClosed, WindowUpdated
 
 DEFAULT_BUCKET_S = 60.0
 MAX_POINTS = 400
@@ -69,6 +94,12 @@ class View:
     def tags(cls) -> frozenset[str] | None:
         """The type tags this view reads (None: all)."""
         return None if cls.types is None else frozenset(t.tag() for t in cls.types)
+
+    @classmethod
+    def shown_by(cls) -> frozenset[str] | None:
+        """The type tags whose events make the view worth showing (None: any event); its own types unless it
+        reads others only to put them beside these."""
+        return cls.tags()
 
     def bucket(self, time: float) -> int:
         """The index of the event-time bucket ``time`` falls in."""
@@ -367,6 +398,12 @@ def describe(event: Event) -> str:
     """
     if isinstance(event, HandlerFailed):
         return f"{event.handler} failed on {event.event_type}: {event.error_type}: {event.message}"
+    if isinstance(event, FeedbackFlagged):
+        reliability = "" if event.reliability is None else f" (user reliability {event.reliability:.2f})"
+        who = event.user or "no user"
+        return f"feedback {event.feedback_id} of {who} flagged: {', '.join(event.reasons)}{reliability}"
+    if isinstance(event, RateLimitExceeded):
+        return f"{event.scope} {event.who}: {event.count} feedback within {event.window_s:g} s (limit {event.limit})"
     reason = getattr(event, "reason", None)
     if reason:
         return str(reason)
@@ -374,8 +411,8 @@ def describe(event: Event) -> str:
 
 
 class AlertFeed(View):
-    """The newest ``limit`` events that call for attention (failures, rejections, pauses, sample-ratio
-    mismatches, rollbacks, conclusions), newest first.
+    """The newest ``limit`` events that call for attention (failures, rejected or flagged feedback, rate limits,
+    pauses, sample-ratio mismatches, rollbacks, conclusions), newest first.
 
     >>> feed = AlertFeed(limit=1)
     >>> for seq, reason in ((1, "unknown decision"), (2, "expired")):
@@ -388,6 +425,8 @@ class AlertFeed(View):
     types = (
         HandlerFailed,
         FeedbackRejected,
+        FeedbackFlagged,
+        RateLimitExceeded,
         ExperimentPaused,
         SampleRatioMismatch,
         CanaryRolledBack,
@@ -416,10 +455,416 @@ class AlertFeed(View):
         return pd.DataFrame(list(reversed(self.entries)), columns=["seq", "time", "type", "key", "what"])
 
 
+AlertEvent = DriftDetected | AnomalyDetected | PatternDetected | ThresholdBreached
+
+
+def _finding(event: AlertEvent) -> tuple[str, float | None, float | None, str | None, float | None, str]:
+    """The detector, change point, score, pattern kind, confidence and a one-line account of a detection."""
+    match event:
+        case DriftDetected():
+            evidence = ", ".join(f"{name} {value:.4g}" for name, value in sorted(event.statistics.items()))
+            detectors = "+".join(event.detectors) or event.detector
+            return detectors, event.change_point, None, None, None, f"level went {event.direction}: {evidence}"
+        case AnomalyDetected():
+            what = f"value {event.value:.4g}, score {event.score:.4g} (threshold {event.threshold:.4g})"
+            return event.detector, None, event.score, None, None, what
+        case PatternDetected():
+            what = f"{event.kind}: magnitude {event.magnitude:+.4g} over {event.windows} windows"
+            return "pattern", None, None, event.kind, event.confidence, what
+        case ThresholdBreached():
+            side = "below the minimum" if event.bound == "min" else "above the maximum"
+            what = f"{event.value:.4g} {side} {event.limit:.4g}"
+            return f"{event.profile} profile", None, event.value, None, None, what
+    raise TypeError(f"not a detection: {type(event).__name__}")
+
+
+class Detections(View):
+    """The alerts of the detectors (drift, anomalies, patterns, thresholds), newest first, one row per alert:
+    an alert that goes on shows its latest revision. ``recommendations_frame`` lists what the latest revision
+    of each pattern recommends.
+
+    >>> detections = Detections()
+    >>> drift = DriftDetected(pipeline="quality", key="g/b", metric="quality_score.mean", start=0.0, end=60.0,
+    ...                       detector="cusum", change_point=60.0, direction="down")
+    >>> detections.add(Envelope(3, "id", "DriftDetected", "g/b", 60.0, 0.0, None, None, 1, drift))
+    >>> detections.frame()[["seq", "detector", "key", "change_point", "what"]].values.tolist()
+    [[3, 'cusum', 'g/b', 60.0, 'level went down: ']]
+    """
+
+    types = (DriftDetected, AnomalyDetected, PatternDetected, ThresholdBreached)
+    title = "Detections: drift, anomalies, patterns, thresholds"
+    COLUMNS: ClassVar[list[str]] = [
+        "seq",
+        "time",
+        "type",
+        "detector",
+        "pipeline",
+        "key",
+        "metric",
+        "change_point",
+        "score",
+        "pattern",
+        "confidence",
+        "revision",
+        "what",
+    ]
+    RECOMMENDATION_COLUMNS: ClassVar[list[str]] = [
+        "seq",
+        "time",
+        "key",
+        "metric",
+        "pattern",
+        "priority",
+        "action",
+        "description",
+        "expected_improvement",
+    ]
+
+    def __init__(self, bucket_s: float = DEFAULT_BUCKET_S, limit: int = 200) -> None:
+        super().__init__(bucket_s)
+        self.limit = limit
+        self.alerts: dict[tuple[str, str, str, str, int], tuple[int, float, AlertEvent]] = {}
+
+    def add(self, envelope: Envelope[Any]) -> None:
+        event: AlertEvent = envelope.payload
+        identity = (envelope.type, event.pipeline, event.key, event.metric, event.alert)
+        self.alerts.pop(identity, None)  # re-inserted: the dict stays in the order of each alert's last report
+        self.alerts[identity] = (envelope.seq, envelope.time, event)
+        if len(self.alerts) > self.limit:
+            del self.alerts[next(iter(self.alerts))]
+
+    def frame(self) -> pd.DataFrame:
+        """One row per alert, newest report first: where it was found, the detector, the change point (drift),
+        score (anomaly; the value of a breach), pattern kind and confidence (pattern), its revision and a
+        one-line account."""
+        rows = []
+        for seq, time, event in reversed(self.alerts.values()):
+            detector, change_point, score, pattern, confidence, what = _finding(event)
+            rows.append(
+                [
+                    seq,
+                    time,
+                    type(event).__name__,
+                    detector,
+                    event.pipeline,
+                    event.key,
+                    event.metric,
+                    change_point,
+                    score,
+                    pattern,
+                    confidence,
+                    event.revision,
+                    what,
+                ]
+            )
+        return pd.DataFrame(rows, columns=self.COLUMNS)
+
+    def recommendations_frame(self) -> pd.DataFrame:
+        """One row per recommendation of the latest revision of each pattern alert, newest first: its
+        ``priority``, ``action``, ``description`` and ``expected_improvement``."""
+        rows = [
+            [
+                seq,
+                time,
+                event.key,
+                event.metric,
+                event.kind,
+                advice.priority,
+                advice.action,
+                advice.description,
+                advice.expected_improvement,
+            ]
+            for seq, time, event in reversed(self.alerts.values())
+            if isinstance(event, PatternDetected)
+            for advice in event.recommendations
+        ]
+        return pd.DataFrame(rows, columns=self.RECOMMENDATION_COLUMNS)
+
+    def frames(self) -> dict[str, pd.DataFrame]:
+        return {"Detections": self.frame(), "Recommendations": self.recommendations_frame()}
+
+
+class Responses(View):
+    """What was done about the detections, newest first: optimisation actions (with their target, metric,
+    expected impact and confidence), discounted evidence and captured configurations.
+
+    >>> responses = Responses()
+    >>> cut = EvidenceDiscounted(experiment="g", factor=0.25, reason="drift of g/b")
+    >>> responses.add(Envelope(5, "id", "EvidenceDiscounted", "g", 60.0, 0.0, None, None, 1, cut))
+    >>> responses.frame()[["seq", "action", "target", "what"]].values.tolist()
+    [[5, 'scale evidence by 0.25', 'g', 'drift of g/b']]
+    """
+
+    types = (OptimizationAction, EvidenceDiscounted, ConfigurationCaptured)
+    title = "Actions taken"
+    COLUMNS: ClassVar[list[str]] = [
+        "seq",
+        "time",
+        "type",
+        "action",
+        "target",
+        "metric",
+        "expected_impact",
+        "confidence",
+        "what",
+    ]
+
+    def __init__(self, bucket_s: float = DEFAULT_BUCKET_S, limit: int = 200) -> None:
+        super().__init__(bucket_s)
+        self.entries: deque[list[Any]] = deque(maxlen=limit)
+
+    def add(self, envelope: Envelope[Any]) -> None:
+        event = envelope.payload
+        row: list[Any] = [envelope.seq, envelope.time, envelope.type]
+        match event:
+            case OptimizationAction():
+                settings = ", ".join(f"{name}={value:.4g}" for name, value in sorted(event.parameters.items()))
+                what = f"{event.reason} ({settings})" if settings else event.reason
+                row += [event.action, event.target, event.metric, event.expected_impact, event.confidence, what]
+            case EvidenceDiscounted():
+                row += [f"scale evidence by {event.factor:g}", event.experiment, "", None, None, event.reason]
+            case ConfigurationCaptured():
+                values = ", ".join(f"{name} {value:.4g}" for name, value in sorted(event.values.items()))
+                row += ["capture configuration", event.key, event.metric, None, None, values]
+        self.entries.append(row)
+
+    def frame(self) -> pd.DataFrame:
+        """The responses, newest first: ``action``, ``target``, ``metric``, ``expected_impact`` (relative),
+        ``confidence`` and ``what`` (the reason and the parameters, or the values captured)."""
+        return pd.DataFrame(list(reversed(self.entries)), columns=self.COLUMNS)
+
+
+class Forecasts(View):
+    """Forecasts of window values (the request volume, by default) against what the windows then held: per
+    series (pipeline, key, metric), the one-step-ahead forecast of each window with its prediction interval,
+    the latest forecast's further steps, and the window's actual value. Shown once a Forecast exists.
+
+    >>> forecasts = Forecasts()
+    >>> window = WindowClosed(pipeline="volume", key="g", start=0.0, end=60.0, count=90, values={})
+    >>> ahead = Forecast(pipeline="volume", key="g", metric="count", start=60.0, step=60.0, points=[100.0],
+    ...                  lows=[80.0], highs=[120.0], level=0.95, weights={}, mae=5.0, mape=0.05, scored=3)
+    >>> forecasts.add(Envelope(1, "id", "WindowClosed", "g", 60.0, 0.0, None, None, 1, window))
+    >>> forecasts.add(Envelope(2, "id", "Forecast", "g", 60.0, 0.0, None, None, 1, ahead))
+    >>> forecasts.frame()[["time", "forecast", "low", "high", "actual"]].values.tolist()
+    [[0.0, nan, nan, nan, 90.0], [60.0, 100.0, 80.0, 120.0, nan]]
+    """
+
+    types = (Forecast, WindowClosed, WindowUpdated)
+    title = "Forecasts against actual values"
+    COLUMNS: ClassVar[list[str]] = ["pipeline", "key", "metric", "time", "forecast", "low", "high", "actual"]
+
+    def __init__(self, bucket_s: float = DEFAULT_BUCKET_S) -> None:
+        super().__init__(bucket_s)
+        self.windows: dict[tuple[str, str], dict[float, WindowClosed]] = defaultdict(dict)
+        self.one_step: dict[tuple[str, str, str], dict[float, tuple[float, float, float]]] = defaultdict(dict)
+        self.latest: dict[tuple[str, str, str], Forecast] = {}
+
+    @classmethod
+    def shown_by(cls) -> frozenset[str] | None:
+        return frozenset({Forecast.tag()})
+
+    def add(self, envelope: Envelope[Any]) -> None:
+        event = envelope.payload
+        if isinstance(event, Forecast):
+            series = (event.pipeline, event.key, event.metric)
+            self.latest[series] = event
+            if event.points:
+                self.one_step[series][event.start] = (event.points[0], event.lows[0], event.highs[0])
+            return
+        self.windows[event.pipeline, event.key][event.start] = event  # a revision replaces the window
+
+    def frame(self, max_points: int = MAX_POINTS) -> pd.DataFrame:
+        """One row per (series, window start): ``forecast`` with ``low`` and ``high`` (NaN before the first
+        forecast) and ``actual`` (NaN for windows not closed yet), the last ``max_points`` windows of each series
+        that has forecasts."""
+        rows = []
+        for series in sorted(self.latest):
+            pipeline, key, metric = series
+            predicted = dict(self.one_step[series])
+            latest = self.latest[series]
+            for h, point in enumerate(zip(latest.points, latest.lows, latest.highs, strict=True)):
+                predicted[latest.start + h * latest.step] = point
+            windows = self.windows.get((pipeline, key), {})
+            actual = {
+                start: float(window.count) if metric == "count" else window.values.get(metric, math.nan)
+                for start, window in windows.items()
+            }
+            for time in sorted(predicted.keys() | actual.keys())[-max_points:]:
+                point, low, high = predicted.get(time, (math.nan, math.nan, math.nan))
+                rows.append([pipeline, key, metric, time, point, low, high, actual.get(time, math.nan)])
+        return pd.DataFrame(rows, columns=self.COLUMNS)
+
+    def errors_frame(self) -> pd.DataFrame:
+        """One row per series: the latest forecast's ``mae``, ``mape`` and how many forecasts they score, and
+        the ensemble's weights."""
+        rows = [
+            {
+                "pipeline": event.pipeline,
+                "key": event.key,
+                "metric": event.metric,
+                "mae": event.mae,
+                "mape": event.mape,
+                "scored": event.scored,
+                "weights": ", ".join(f"{name} {weight:.2f}" for name, weight in sorted(event.weights.items())),
+            }
+            for _, event in sorted(self.latest.items())
+        ]
+        return pd.DataFrame(rows, columns=["pipeline", "key", "metric", "mae", "mape", "scored", "weights"])
+
+    def frames(self) -> dict[str, pd.DataFrame]:
+        return {"Forecasts": self.frame(), "ForecastErrors": self.errors_frame()}
+
+
+def _parameters(params: dict[str, Any]) -> str:
+    """Parameters as ``name=value`` pairs in name order.
+
+    >>> _parameters({"top_p": 0.9, "model": "small", "temperature": 0.41234})
+    'model=small, temperature=0.4123, top_p=0.9'
+    """
+    return ", ".join(
+        f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}"
+        for name, value in sorted(params.items())
+    )
+
+
+class Studies(View):
+    """Bayesian optimisation studies: per study, each observed value and the best so far (the largest, or the
+    smallest for a study that minimises), the suggestions with what the model predicted for them and what
+    was then observed, and each study's status.
+
+    >>> from rtopt import Dimension
+    >>> studies = Studies()
+    >>> defined = StudyDefined(study="s", space={"x": Dimension.of((0.0, 1.0))}, direction="minimize")
+    >>> suggested = Suggested(study="s", params={"x": 0.5}, method="gp", acquisition=0.2, mean=1.0, std=0.5)
+    >>> observed = Observed(study="s", suggestion_id="s-1", value=0.8)
+    >>> for seq, event in enumerate((defined, suggested, observed), start=1):
+    ...     studies.add(Envelope(seq, f"s-{seq - 1}", type(event).__name__, "s", 0.0, 0.0, None, None, 1, event))
+    >>> studies.frame()[["study", "iteration", "value", "best"]].values.tolist()
+    [['s', 1, 0.8, 0.8]]
+    >>> studies.suggestions_frame()[["params", "mean", "value"]].values.tolist()
+    [['x=0.5', 1.0, 0.8]]
+    """
+
+    types = (StudyDefined, Suggested, Observed, StudyCompleted)
+    title = "Bayesian studies: best value over iterations"
+    SUGGESTION_COLUMNS: ClassVar[list[str]] = [
+        "seq",
+        "time",
+        "study",
+        "params",
+        "acquisition",
+        "mean",
+        "std",
+        "value",
+    ]
+    STATUS_COLUMNS: ClassVar[list[str]] = [
+        "study",
+        "direction",
+        "method",
+        "evaluations",
+        "best",
+        "best_params",
+        "status",
+    ]
+
+    def __init__(self, bucket_s: float = DEFAULT_BUCKET_S, limit: int = 1000) -> None:
+        super().__init__(bucket_s)
+        self.definitions: dict[str, StudyDefined] = {}
+        self.suggestions: dict[str, list[Any]] = {}
+        self.recent: deque[str] = deque(maxlen=limit)
+        self.values: dict[str, list[float]] = defaultdict(list)
+        self.best: dict[str, list[float]] = defaultdict(list)
+        self.best_params: dict[str, str] = {}
+        self.completed: dict[str, StudyCompleted] = {}
+
+    def _better(self, study: str, value: float, best: float) -> bool:
+        definition = self.definitions.get(study)
+        return value < best if definition is not None and definition.direction == "minimize" else value > best
+
+    def add(self, envelope: Envelope[Any]) -> None:
+        event = envelope.payload
+        match event:
+            case StudyDefined():
+                self.definitions[event.study] = event
+            case Suggested():
+                row = [envelope.seq, envelope.time, event.study, _parameters(event.params)]
+                self.suggestions[envelope.id] = [*row, event.acquisition, event.mean, event.std, None]
+                if len(self.recent) == self.recent.maxlen:
+                    self.suggestions.pop(self.recent[0], None)
+                self.recent.append(envelope.id)
+            case Observed():
+                suggestion = self.suggestions.get(event.suggestion_id)
+                if suggestion is not None:
+                    suggestion[-1] = event.value
+                best = self.best[event.study]
+                if not best or self._better(event.study, event.value, best[-1]):
+                    best.append(event.value)
+                    self.best_params[event.study] = "" if suggestion is None else suggestion[3]
+                else:
+                    best.append(best[-1])
+                self.values[event.study].append(event.value)
+            case StudyCompleted():
+                self.completed[event.study] = event
+
+    def frame(self, max_points: int = MAX_POINTS) -> pd.DataFrame:
+        """One row per observation of each study (at most ``max_points``, evenly spaced and the last
+        included): its ``iteration`` (from 1), the observed ``value`` and the ``best`` so far."""
+        rows = []
+        for study in sorted(self.values):
+            values, best = self.values[study], self.best[study]
+            step = merge_factor(len(values), max_points)
+            kept = sorted({*range(len(values) - 1, -1, -step)})
+            rows.extend([study, i + 1, values[i], best[i]] for i in kept)
+        return pd.DataFrame(rows, columns=["study", "iteration", "value", "best"])
+
+    def suggestions_frame(self) -> pd.DataFrame:
+        """The latest suggestions, newest first: the ``params``, the ``acquisition`` value, the model's
+        predicted ``mean`` and ``std`` (NaN while no model guides the study) and the observed ``value`` (NaN
+        until it is told)."""
+        rows = [self.suggestions[key] for key in reversed(self.recent) if key in self.suggestions]
+        return pd.DataFrame(rows, columns=self.SUGGESTION_COLUMNS)
+
+    def status_frame(self) -> pd.DataFrame:
+        """One row per study: its direction and method, how many values were observed, the best of them
+        with its parameters, and ``running`` or why it ended."""
+        rows = []
+        for study in sorted(self.definitions.keys() | self.values.keys()):
+            definition = self.definitions.get(study)
+            best = self.best.get(study)
+            completed = self.completed.get(study)
+            rows.append(
+                [
+                    study,
+                    "" if definition is None else definition.direction,
+                    "" if definition is None else f"{definition.method} {definition.kernel} {definition.acquisition}",
+                    len(self.values.get(study, ())),
+                    best[-1] if best else None,
+                    self.best_params.get(study, ""),
+                    "running" if completed is None else f"completed: {completed.reason}",
+                ]
+            )
+        return pd.DataFrame(rows, columns=self.STATUS_COLUMNS)
+
+    def frames(self) -> dict[str, pd.DataFrame]:
+        return {"Studies": self.frame(), "Suggestions": self.suggestions_frame(), "StudyStatus": self.status_frame()}
+
+
 def default_views(bucket_s: float = DEFAULT_BUCKET_S) -> list[View]:
     """One of each view the dashboard shows."""
     return [
-        cls(bucket_s) for cls in (EventRate, FeedbackMetrics, Allocation, ArmPosteriors, ExperimentTests, AlertFeed)
+        cls(bucket_s)
+        for cls in (
+            EventRate,
+            FeedbackMetrics,
+            Allocation,
+            ArmPosteriors,
+            ExperimentTests,
+            Studies,
+            Detections,
+            Responses,
+            Forecasts,
+            AlertFeed,
+        )
     ]
 
 
@@ -474,8 +919,8 @@ class LogModel:
         return [view for view in self.views if self.holds_events_for(view)]
 
     def holds_events_for(self, view: View) -> bool:
-        """Whether events of ``view``'s types (of any type, if it reads all) have been folded."""
-        tags = view.tags()
+        """Whether events that make ``view`` worth showing (of any type, if it reads all) have been folded."""
+        tags = view.shown_by()
         return self.events_seen > 0 if tags is None else any(self.counts[tag] for tag in tags)
 
     def view(self, cls: type[View]) -> View:

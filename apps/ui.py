@@ -26,11 +26,15 @@ from apps.data import (
     AlertFeed,
     Allocation,
     ArmPosteriors,
+    Detections,
     EngineFeed,
     EventRate,
     ExperimentTests,
     FeedbackMetrics,
+    Forecasts,
     LogTail,
+    Responses,
+    Studies,
     View,
 )
 from apps.replay import policy_estimates, state_at
@@ -105,6 +109,42 @@ def p_value_plot(frame: pd.DataFrame) -> hv.Overlay:
     return lines(frame, "msprt_p", "label", "mSPRT p-value per variant (line: 0.05)", x="analysis") * hv.HLine(
         0.05
     ).opts(color="gray", line_dash="dashed")
+
+
+def study_plot(frame: pd.DataFrame) -> hv.Overlay:
+    """Per study, the best value so far (line) and each observed value (points), observation after observation."""
+    points = {
+        name: hv.Scatter(group, "iteration", "value", label=str(name)).opts(color=color_of(str(name)), alpha=0.5)
+        for name, group in frame.groupby("study", sort=True)
+    }
+    best = lines(frame, "best", "study", "best value so far (line) and observed values", x="iteration")
+    observed = hv.NdOverlay(points, kdims=["study"]).opts(hv.opts.Scatter(size=5, tools=["hover"], framewise=True))
+    return (best * observed).opts(ylabel="objective")
+
+
+def forecast_plot(frame: pd.DataFrame) -> hv.Overlay:
+    """Per series, the actual window values, the forecasts and their prediction interval (shaded)."""
+    frame = _dates(frame.assign(label=frame["metric"] + " " + frame["key"]))
+    layers: list[hv.Element] = []
+    for label, series in frame.groupby("label", sort=True):
+        color = color_of(str(label))
+        predicted = series.dropna(subset=["forecast"])
+        layers += [
+            hv.Area(predicted, "time", ["low", "high"], label=f"{label} interval").opts(color=color, alpha=0.2),
+            hv.Curve(predicted, "time", "forecast", label=f"{label} forecast").opts(color=color, line_dash="dashed"),
+            hv.Curve(series.dropna(subset=["actual"]), "time", "actual", label=f"{label} actual").opts(color=color),
+        ]
+    return hv.Overlay(layers or [hv.Curve([], "time", "actual")]).opts(
+        hv.opts.Curve(tools=["hover"], framewise=True),
+        hv.opts.Area(framewise=True),
+        hv.opts.Overlay(
+            title="forecast (dashed, with interval) and actual",
+            ylabel="window value",
+            height=PLOT_HEIGHT,
+            responsive=True,
+            framewise=True,
+        ),
+    )
 
 
 def estimates_plot(frame: pd.DataFrame) -> hv.Overlay:
@@ -199,6 +239,24 @@ def sections_for(view: View, tail: LogTail) -> list[Section]:
                 Section(view.title, view.frame, [p_value_plot], table=lambda f: _head(f.iloc[::-1].round(4))),
                 Section("Experiment status", view.status_frame, table=_head),
             ]
+        case Studies():
+            return [
+                Section(view.title, view.frame, [study_plot]),
+                Section("Study status", view.status_frame, table=lambda f: _head(f.round(4))),
+                Section("Suggestions", view.suggestions_frame, table=_feed_rows),
+            ]
+        case Detections():
+            return [
+                Section(view.title, view.frame, table=_feed_rows),
+                Section("Recommendations of the patterns", view.recommendations_frame, table=_feed_rows),
+            ]
+        case Responses():
+            return [Section(view.title, view.frame, table=_feed_rows)]
+        case Forecasts():
+            return [
+                Section(view.title, view.frame, [forecast_plot]),
+                Section("Forecast errors so far", view.errors_frame, table=lambda f: _head(f.round(4))),
+            ]
         case AlertFeed():
             return [Section(view.title, view.frame, table=_feed_rows)]
     raise TypeError(f"no section shows a {type(view).__name__}")
@@ -213,7 +271,13 @@ def _allocation_plot(frame: pd.DataFrame) -> hv.NdOverlay:
 
 
 def _feed_rows(frame: pd.DataFrame) -> pd.DataFrame:
-    return _head(frame).assign(time=lambda f: pd.to_datetime(f["time"], unit="s").dt.strftime("%Y-%m-%d %H:%M:%S"))
+    rows = _head(frame).round(4)
+    clock = {column: _clock(rows[column]) for column in ("time", "change_point") if column in rows}
+    return rows.assign(**clock)
+
+
+def _clock(seconds: pd.Series) -> pd.Series:
+    return pd.to_datetime(seconds, unit="s").dt.strftime("%Y-%m-%d %H:%M:%S")
 
 
 class Dashboard:

@@ -3,14 +3,19 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from handlers.bandits import BanditHandler
 from handlers.bandits.simulation import default_variants, simulate
-from rtopt import Engine
+from handlers.bayesopt import BayesOptHandler
+from handlers.detection import DetectionHandler, FeedbackGuard, ProtectionHandler
+from rtopt import Engine, Feedback
 from rtopt.pgserver import TemporaryServer, server_binaries
+from streams import Aggregates, Tumbling, WindowHandler, WindowPipeline
 
 
 def sha256(path: Path) -> str:
@@ -26,6 +31,37 @@ def rows_without_recorded_at(path: Path) -> list[tuple]:
 def simulate_into(path: Path, steps: int, seed: int, variants: int = 4) -> None:
     with Engine.open(path, seed=seed) as engine:
         simulate(engine, steps, default_variants(variants, seed), seed)
+
+
+def write_monitored_log(path: Path) -> None:
+    """An hour of a Thompson bandit over v1 and v2 whose v2 degrades at minute 40, watched by one-minute windows
+    and the detection handler (drift, anomalies, patterns, thresholds, forecasts and the responses), a burst of
+    feedback from one user flagged by the feedback guard, and a Bayesian study of 8 evaluations."""
+    quality = Aggregates({"quality_score": ("mean",), "success": ("mean",)})
+    pipeline = WindowPipeline("quality", Tumbling(60.0), quality, key=("prompt_id", "variant_id"))
+    guard = FeedbackGuard()
+    handlers = [
+        BanditHandler(),
+        WindowHandler(pipeline),
+        DetectionHandler(),
+        ProtectionHandler(guard),
+        BayesOptHandler(),
+    ]
+    noise = random.Random(7)
+    with Engine.open(path, seed=1, handlers=handlers) as engine:
+        engine.define_experiment("greeting", arms=["v1", "v2"], policy="thompson", time=0.0)
+        for second in range(0, 3600, 4):
+            decision = engine.decide("greeting", time=float(second))
+            level = {"v1": 0.75, "v2": 0.9 if second < 2400 else 0.4}[decision.arm]
+            quality_score = min(max(noise.gauss(level, 0.05), 0.0), 1.0)
+            engine.feedback(decision.id, success=True, quality_score=quality_score, response_time_ms=120.0, time=second)
+        rating = {"prompt_id": "greeting", "variant_id": "v1", "success": True, "quality_score": 0.8, "user_id": "u1"}
+        for i in range(6):
+            engine.publish(Feedback(**rating, response_time_ms=90.0), time=3600.0 + i / 10)
+        engine.define_study("temperature", space={"t": (0.0, 1.5)}, n_initial=3, max_evaluations=8, time=3601.0)
+        for i in range(4):
+            for suggestion in engine.suggest("temperature", n=2, time=3602.0 + i):
+                engine.tell(suggestion.id, 1.0 - (suggestion.payload.params["t"] - 0.4) ** 2, time=3602.5 + i)
 
 
 @pytest.fixture(scope="session")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pandas as pd
 import pytest
 from conftest import simulate_into
@@ -13,17 +15,47 @@ from apps.data import (
     AlertFeed,
     Allocation,
     ArmPosteriors,
+    Detections,
     EngineFeed,
     EventRate,
     ExperimentTests,
     FeedbackMetrics,
+    Forecasts,
     LogModel,
     LogTail,
+    Responses,
+    Studies,
 )
 from apps.replay import state_at
-from handlers.bandits import ArmSummary, ExperimentStats
+from handlers.bandits import ArmSummary, EvidenceDiscounted, ExperimentStats
+from handlers.bayesopt import StudyCompleted
+from handlers.detection import (
+    AnomalyDetected,
+    ConfigurationCaptured,
+    DriftDetected,
+    FeedbackFlagged,
+    Forecast,
+    OptimizationAction,
+    PatternDetected,
+    RateLimitExceeded,
+    Recommendation,
+    ThresholdBreached,
+)
 from handlers.experiments import ExperimentAnalysed, ExperimentPaused, VariantComparison
-from rtopt import Decision, Draft, Engine, Envelope, Feedback, FeedbackRejected, HandlerFailed
+from rtopt import (
+    Decision,
+    Dimension,
+    Draft,
+    Engine,
+    Envelope,
+    Feedback,
+    FeedbackRejected,
+    HandlerFailed,
+    Observed,
+    StudyDefined,
+    Suggested,
+)
+from streams import WindowClosed, WindowUpdated
 
 
 def feedback(variant: str, latency: float, *, success: bool = True, quality: float = 0.5, cost: float = 0.0):
@@ -265,3 +297,281 @@ def test_a_replaced_log_is_read_from_its_start(tmp_path: Path, simulated_small: 
     assert tail.model.events_seen == tail.model.last_seq == 250
     assert_same_frames(tail.model, read_all(path))
     tail.close()
+
+
+def drift(revision: int, change_point: float, statistic: float) -> DriftDetected:
+    return DriftDetected(
+        pipeline="quality",
+        key="greeting/b",
+        metric="quality_score.mean",
+        start=0.0,
+        end=120.0 + 60 * revision,
+        alert=1,
+        revision=revision,
+        detector="cusum",
+        change_point=change_point,
+        direction="down",
+        statistics={"statistic": statistic, "threshold": 8.0},
+        detectors=["cusum", "adwin"][: revision + 1],
+    )
+
+
+@pytest.fixture
+def detected() -> Engine:
+    """A log of detections and responses as the detection handler writes them, one of each kind."""
+    engine = Engine.open(":memory:", seed=1, handlers=[])
+    where = {"pipeline": "quality", "key": "greeting/b", "start": 0.0, "end": 120.0}
+    advice = [
+        Recommendation("strategy_change", "critical", "move traffic away from b", 0.3),
+        Recommendation("investigate", "high", "look at b's prompt", 0.1, steps=["diff the prompts"]),
+    ]
+    events = [
+        (120.0, drift(0, 60.0, 9.5)),
+        (120.0, AnomalyDetected(**where, metric="success.mean", detector="mad", value=0.2, score=4.5, threshold=3.5)),
+        (120.0, EvidenceDiscounted(experiment="greeting", factor=0.0, reason="drift of greeting/b")),
+        (180.0, drift(1, 60.0, 14.0)),  # the same alert, grown: replaces its first report
+        (
+            180.0,
+            PatternDetected(
+                **where,
+                metric="quality_score.mean",
+                alert=2,
+                kind="degradation",
+                confidence=0.99,
+                significance=0.01,
+                magnitude=-0.3,
+                windows=3,
+                recommendations=advice,
+            ),
+        ),
+        (
+            180.0,
+            OptimizationAction(
+                action="strategy_change",
+                target="greeting",
+                reason="PatternDetected: degradation of greeting/b",
+                metric="quality_score.mean",
+                expected_impact=0.3,
+                confidence=0.99,
+                parameters={"decay": 0.5},
+            ),
+        ),
+        (
+            240.0,
+            ThresholdBreached(
+                **where, metric="quality_score.mean", profile="basic", value=0.45, limit=0.6, bound="min"
+            ),
+        ),
+        (240.0, ConfigurationCaptured(**where, metric="success.mean", values={"success.mean": 0.95})),
+    ]
+    for time, event in events:
+        engine.publish(event, time=time)
+    return engine
+
+
+def test_detections_show_one_row_per_alert_newest_first_with_its_latest_revision(detected: Engine) -> None:
+    model = read_all(detected)
+    assert {Detections, Responses} <= {type(view) for view in model.shown()}
+    frame = model.view(Detections).frame()
+    assert frame["type"].tolist() == ["ThresholdBreached", "PatternDetected", "DriftDetected", "AnomalyDetected"]
+    assert frame["seq"].tolist() == [7, 5, 4, 2]
+    breach, pattern, change, anomaly = (row for _, row in frame.iterrows())
+    assert (breach["detector"], breach["score"], breach["what"]) == (
+        "basic profile",
+        0.45,
+        "0.45 below the minimum 0.6",
+    )
+    assert (pattern["pattern"], pattern["confidence"], pattern["what"]) == (
+        "degradation",
+        0.99,
+        "degradation: magnitude -0.3 over 3 windows",
+    )
+    assert (change["detector"], change["change_point"], change["revision"]) == ("cusum+adwin", 60.0, 1)
+    assert change["what"] == "level went down: statistic 14, threshold 8"
+    assert (anomaly["detector"], anomaly["metric"], anomaly["score"]) == ("mad", "success.mean", 4.5)
+    assert math.isnan(anomaly["change_point"]) and math.isnan(anomaly["confidence"])
+
+
+def test_the_recommendations_of_each_pattern_are_listed_with_their_priority(detected: Engine) -> None:
+    frame = read_all(detected).view(Detections).recommendations_frame()
+    columns = ["seq", "pattern", "priority", "action", "description", "expected_improvement"]
+    assert frame[columns].values.tolist() == [
+        [5, "degradation", "critical", "strategy_change", "move traffic away from b", 0.3],
+        [5, "degradation", "high", "investigate", "look at b's prompt", 0.1],
+    ]
+
+
+def test_the_feed_keeps_the_newest_alerts_up_to_its_limit() -> None:
+    detections = Detections(limit=2)
+    for seq, alert in enumerate((1, 2, 1, 3), start=1):
+        event = drift(0, 60.0, 9.0)
+        event = DriftDetected(**{**msgspec.structs.asdict(event), "alert": alert})
+        detections.add(Envelope(seq, "id", "DriftDetected", "greeting/b", 60.0 * seq, 0.0, None, None, 1, event))
+    assert detections.frame()["seq"].tolist() == [4, 3]  # alert 3, then alert 1 reported again; alert 2 dropped
+
+
+def test_responses_name_the_action_its_target_and_expected_impact(detected: Engine) -> None:
+    frame = read_all(detected).view(Responses).frame()
+    assert frame[["seq", "type", "action", "target", "metric"]].values.tolist() == [
+        [8, "ConfigurationCaptured", "capture configuration", "greeting/b", "success.mean"],
+        [6, "OptimizationAction", "strategy_change", "greeting", "quality_score.mean"],
+        [3, "EvidenceDiscounted", "scale evidence by 0", "greeting", ""],
+    ]
+    assert frame["what"].tolist() == [
+        "success.mean 0.95",
+        "PatternDetected: degradation of greeting/b (decay=0.5)",
+        "drift of greeting/b",
+    ]
+    assert frame.loc[1, ["expected_impact", "confidence"]].tolist() == [0.3, 0.99]
+
+
+def window(start: float, count: int, revision: int = 0) -> WindowClosed:
+    fields = {"pipeline": "volume", "key": "greeting", "start": start, "end": start + 60.0, "count": count}
+    if revision:
+        return WindowUpdated(**fields, values={"quality_score.mean": count / 20}, revision=revision, late=1)
+    return WindowClosed(**fields, values={"quality_score.mean": count / 20})
+
+
+def forecast(start: float, points: list[float], mae: float) -> Forecast:
+    return Forecast(
+        pipeline="volume",
+        key="greeting",
+        metric="count",
+        start=start,
+        step=60.0,
+        points=points,
+        lows=[p - 5.0 for p in points],
+        highs=[p + 5.0 for p in points],
+        level=0.95,
+        weights={"holt": 0.75, "linear_trend": 0.25},
+        mae=mae,
+        mape=0.1,
+        scored=2,
+    )
+
+
+def test_forecasts_are_set_against_the_windows_they_forecast() -> None:
+    model = LogModel()
+    engine = Engine.open(":memory:", seed=1, handlers=[])
+    tail = LogTail(engine, model)
+    for time, event in ((60.0, window(0.0, 10)), (120.0, window(60.0, 12))):
+        engine.publish(event, "greeting", time=time)
+    tail.poll()
+    assert Forecasts not in {type(view) for view in model.shown()}  # windows alone: nothing forecast yet
+    events = [
+        (120.0, forecast(120.0, [14.0, 16.0], mae=1.0)),
+        (180.0, window(120.0, 13)),
+        (185.0, window(120.0, 15, revision=1)),  # a late event revises the window
+        (240.0, forecast(180.0, [17.0, 19.0], mae=1.5)),
+        (240.0, window(180.0, 16)),
+    ]
+    for time, event in events:
+        engine.publish(event, "greeting", time=time)
+    tail.poll()
+    assert Forecasts in {type(view) for view in model.shown()}
+    view = model.view(Forecasts)
+    frame = view.frame()
+    assert frame["time"].tolist() == [0.0, 60.0, 120.0, 180.0, 240.0]
+    nan = math.nan
+    assert frame["forecast"].tolist() == pytest.approx([nan, nan, 14.0, 17.0, 19.0], nan_ok=True)
+    assert frame["high"].tolist() == pytest.approx([nan, nan, 19.0, 22.0, 24.0], nan_ok=True)
+    assert frame["actual"].tolist() == pytest.approx([10.0, 12.0, 15.0, 16.0, nan], nan_ok=True)
+    assert view.frame(max_points=2)["time"].tolist() == [180.0, 240.0]
+    errors = view.errors_frame()
+    assert errors[["metric", "mae", "weights"]].values.tolist() == [["count", 1.5, "holt 0.75, linear_trend 0.25"]]
+
+
+def test_flagged_feedback_and_rate_limits_are_in_the_alert_feed() -> None:
+    feed = AlertFeed()
+    flagged = FeedbackFlagged(feedback_id="f-1", user="u1", source="web", reasons=["burst"], reliability=0.25)
+    limited = RateLimitExceeded(scope="user", who="u1", limit=30, window_s=60.0, count=31)
+    for seq, event in enumerate((flagged, limited), start=1):
+        feed.add(Envelope(seq, "id", type(event).__name__, "u1", 0.0, 0.0, None, None, 1, event))
+    assert feed.frame()["what"].tolist() == [
+        "user u1: 31 feedback within 60 s (limit 30)",
+        "feedback f-1 of u1 flagged: burst (user reliability 0.25)",
+    ]
+
+
+def study_log() -> list[Envelope[Any]]:
+    """Two studies of one parameter: ``up`` maximises, ``down`` minimises; both observe 0.5, 0.3, 0.9."""
+    events: list[tuple[str, Any]] = [
+        ("up", StudyDefined(study="up", space={"x": Dimension.of((0.0, 1.0))})),
+        ("down", StudyDefined(study="down", space={"x": Dimension.of((0.0, 1.0))}, direction="minimize")),
+    ]
+    for study in ("up", "down"):
+        for i, (x, value) in enumerate(((0.2, 0.5), (0.7, 0.3), (0.9, 0.9))):
+            guided = {"acquisition": 0.1 * i, "mean": 0.6, "std": 0.2} if i else {}
+            events.append((f"{study}-{i}", Suggested(study=study, params={"x": x}, method="gp", **guided)))
+            events.append(("", Observed(study=study, suggestion_id=f"{study}-{i}", value=value)))
+    events.append(("up-3", Suggested(study="up", params={"x": 1.0}, method="gp", acquisition=0.01, mean=0.95, std=0.1)))
+    completed = StudyCompleted(
+        study="down",
+        reason="3 evaluations",
+        evaluations=3,
+        best_params={"x": 0.7},
+        best_value=0.3,
+        recommended={"x": 0.7},
+        predicted=0.35,
+    )
+    events.append(("", completed))
+    return [
+        Envelope(seq, key or f"e{seq}", type(event).__name__, event.study, float(seq), 0.0, None, None, 1, event)
+        for seq, (key, event) in enumerate(events, start=1)
+    ]
+
+
+def test_studies_show_the_best_value_so_far_in_their_direction() -> None:
+    model = LogModel()
+    model.add(study_log())
+    assert Studies in {type(view) for view in model.shown()}
+    studies = model.view(Studies)
+    frame = studies.frame()
+    assert frame[frame["study"] == "up"][["iteration", "value", "best"]].values.tolist() == [
+        [1, 0.5, 0.5],
+        [2, 0.3, 0.5],
+        [3, 0.9, 0.9],
+    ]
+    assert frame[frame["study"] == "down"]["best"].tolist() == [0.5, 0.3, 0.3]
+    assert studies.frame(max_points=2).query("study == 'up'")["iteration"].tolist() == [1, 3]
+    status = studies.status_frame().set_index("study")
+    assert status.loc["up", ["evaluations", "best", "best_params", "status"]].tolist() == [3, 0.9, "x=0.9", "running"]
+    assert status.loc["down", ["direction", "best", "best_params", "status"]].tolist() == [
+        "minimize",
+        0.3,
+        "x=0.7",
+        "completed: 3 evaluations",
+    ]
+
+
+def test_the_suggestions_carry_their_prediction_and_the_value_observed() -> None:
+    model = LogModel()
+    model.add(study_log())
+    frame = model.view(Studies).suggestions_frame()
+    assert len(frame) == 7
+    newest, *_ = (row for _, row in frame.iterrows())
+    assert (newest["study"], newest["params"], newest["acquisition"], newest["mean"]) == ("up", "x=1", 0.01, 0.95)
+    assert math.isnan(newest["value"])  # not observed yet
+    up = frame[frame["study"] == "up"].iloc[1:]  # oldest last
+    assert up["params"].tolist() == ["x=0.9", "x=0.7", "x=0.2"]
+    assert up["value"].tolist() == [0.9, 0.3, 0.5]
+    predicted = up[["acquisition", "mean", "std"]].to_numpy().ravel().tolist()
+    nan = math.nan  # the first suggestion was made before a model guided the study
+    assert predicted == pytest.approx([0.2, 0.6, 0.2, 0.1, 0.6, 0.2, nan, nan, nan], nan_ok=True)
+
+
+def test_only_the_latest_suggestions_are_kept_and_the_best_value_survives_them() -> None:
+    studies = Studies(limit=2)
+    studies.add(Envelope(1, "def", "StudyDefined", "up", 0.0, 0.0, None, None, 1, study_log()[0].payload))
+    for seq, x in enumerate((0.1, 0.2, 0.3), start=2):
+        suggested = Suggested(study="up", params={"x": x}, method="random")
+        studies.add(Envelope(seq, f"s{seq}", "Suggested", "up", 0.0, 0.0, None, None, 1, suggested))
+    for seq, (suggestion, value) in enumerate((("s2", 0.9), ("s4", 0.4)), start=5):
+        observed = Observed(study="up", suggestion_id=suggestion, value=value)
+        studies.add(Envelope(seq, f"o{seq}", "Observed", "up", 0.0, 0.0, None, None, 1, observed))
+    assert studies.suggestions_frame()[["params", "value"]].values.tolist() == [
+        ["x=0.3", 0.4],
+        ["x=0.2", pytest.approx(math.nan, nan_ok=True)],
+    ]
+    assert studies.frame()["best"].tolist() == [0.9, 0.9]  # the first suggestion's value, though it was dropped
+    assert studies.status_frame()[["evaluations", "best", "best_params"]].values.tolist() == [[2, 0.9, ""]]

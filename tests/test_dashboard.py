@@ -5,9 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import simulate_into
+from bokeh.models import GlyphRenderer, Plot
+from conftest import simulate_into, write_monitored_log
 
-from apps.data import AlertFeed, ArmPosteriors, ExperimentTests, FeedbackMetrics, LogTail
+from apps.data import (
+    AlertFeed,
+    ArmPosteriors,
+    Detections,
+    ExperimentTests,
+    FeedbackMetrics,
+    Forecasts,
+    LogTail,
+    Responses,
+    Studies,
+)
 from apps.ui import Dashboard
 from handlers.bandits.simulation import default_variants, simulate
 from rtopt import Engine
@@ -66,4 +77,50 @@ def test_every_section_of_an_ab_test_renders(tmp_path: Path) -> None:
     page.panel.get_root()  # builds every Bokeh model the browser would receive
     feed = page.tail.model.view(AlertFeed).frame()
     assert feed["type"].iloc[0] == "ExperimentPaused" and "guardrail" in feed["what"].iloc[0]
+    page.tail.close()
+
+
+@pytest.fixture(scope="module")
+def monitored(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("dash") / "monitored.sqlite"
+    write_monitored_log(path)
+    return path
+
+
+def test_every_section_of_a_detection_log_renders(monitored: Path) -> None:
+    page = Dashboard(LogTail(monitored))
+    views = page.tail.model.views
+    visible = {type(view) for view, slot in zip(views, page.slots, strict=True) if slot.visible}
+    assert {Detections, Responses, Forecasts, AlertFeed} <= visible
+    detections = page.tail.model.view(Detections)
+    assert "DriftDetected" in set(detections.frame()["type"])
+    assert "strategy_change" in set(detections.recommendations_frame()["action"])
+    assert "FeedbackFlagged" in set(page.tail.model.view(AlertFeed).frame()["type"])
+    root = page.panel.get_root()  # builds every Bokeh model the browser would receive
+    [forecast] = [plot for plot in root.select({"type": Plot}) if plot.title.text.startswith("forecast")]
+    glyphs = [type(renderer.glyph).__name__ for renderer in forecast.select({"type": GlyphRenderer})]
+    series = len(page.tail.model.view(Forecasts).errors_frame())
+    assert series >= 1 and sorted(glyphs) == ["Line"] * 2 * series + ["Patch"] * series  # interval, forecast, actual
+    for index, view in enumerate(views):
+        if isinstance(view, (Detections, Responses)):
+            for section in page.sections[index]:
+                assert section.rows is not None and len(section.rows.object) > 0
+    page.tail.close()
+
+
+def test_the_sections_of_a_study_render(monitored: Path) -> None:
+    page = Dashboard(LogTail(monitored))
+    views = page.tail.model.views
+    assert Studies in {type(view) for view, slot in zip(views, page.slots, strict=True) if slot.visible}
+    studies = page.tail.model.view(Studies)
+    assert studies.frame()["iteration"].tolist() == list(range(1, 9))
+    assert studies.status_frame()["status"].tolist() == ["completed: 8 evaluations"]
+    suggestions = studies.suggestions_frame()
+    assert len(suggestions) == 8 and suggestions["mean"].notna().iloc[0]  # the last ones were guided by the model
+    root = page.panel.get_root()
+    [plot] = [plot for plot in root.select({"type": Plot}) if plot.title.text.startswith("best value so far")]
+    assert sorted(type(renderer.glyph).__name__ for renderer in plot.select({"type": GlyphRenderer})) == [
+        "Line",
+        "Scatter",
+    ]
     page.tail.close()

@@ -1,8 +1,10 @@
 """The served dashboard in headless Chromium: it loads offline without console errors, draws its plots and
-counts the events of a log while ``rtopt simulate`` writes it."""
+counts the events of a log while ``rtopt simulate`` writes it; on a log with studies, detections and forecasts
+their sections render too."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -13,11 +15,16 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import pytest
+from conftest import write_monitored_log
 
 from rtopt import Engine
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -62,32 +69,32 @@ def wait_until_served(url: str, server: subprocess.Popen[bytes], timeout: float 
     raise AssertionError(f"{url} did not answer within {timeout} s")
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A dashboard on a free port over a log that does not exist yet."""
-    log = tmp_path / "live.sqlite"
+@contextlib.contextmanager
+def serving(log: Path) -> Iterator[str]:
+    """The dashboard of ``log`` on a free port, at the URL given; the server must not print a traceback."""
     port = free_port()
     command = [sys.executable, "-m", "rtopt", "dashboard", str(log), "--port", str(port), "--refresh", "0.25"]
-    server = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen(command, cwd=log.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         url = f"http://127.0.0.1:{port}/"
         wait_until_served(url, server)
-        yield url, log
+        yield url
     finally:
         server.terminate()
         _, errors = server.communicate(timeout=30)
     assert b"Traceback" not in errors, errors.decode()
 
 
-def test_the_dashboard_counts_a_live_simulation_in_a_browser(served: tuple[str, Path], tmp_path: Path) -> None:
-    from playwright.sync_api import expect, sync_playwright
+@contextlib.contextmanager
+def browsing(profile: Path) -> Iterator[tuple[Page, list[tuple[str, str]], list[str]]]:
+    """A page of headless Chromium, with the console messages and page errors it logs and the URLs it asks for."""
+    from playwright.sync_api import sync_playwright
 
-    url, log = served
     messages: list[tuple[str, str]] = []
     requested: list[str] = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch_persistent_context(
-            tmp_path / "profile",
+            profile,
             executable_path=chromium(),
             args=CHROMIUM_FLAGS,
             headless=True,
@@ -99,54 +106,103 @@ def test_the_dashboard_counts_a_live_simulation_in_a_browser(served: tuple[str, 
             page.on("pageerror", lambda error: messages.append(("pageerror", str(error))))
             page.on("request", lambda request: requested.append(request.url))
             page.on("websocket", lambda socket: requested.append(socket.url))
-            page.goto(url)
-            seen = page.locator("#events-seen")
-            expect(seen).to_have_text("0", timeout=30_000)
-
-            writer = subprocess.Popen(
-                [sys.executable, "-m", "rtopt", "simulate", "--steps", "5000", "--log", str(log), "--seed", "5"],
-                cwd=tmp_path,
-                stdout=subprocess.DEVNULL,
-            )
-            counts_while_writing = []
-            try:
-                shown = "0"
-                while writer.poll() is None:
-                    try:
-                        expect(seen).not_to_have_text(shown, timeout=2_000)
-                    except AssertionError:
-                        continue  # nothing new yet; the loop ends when the writer does
-                    shown = seen.inner_text()
-                    if writer.poll() is None:
-                        counts_while_writing.append(int(shown.replace(",", "")))
-            finally:
-                assert writer.wait(timeout=120) == 0
-            with Engine.open(log, read_only=True, handlers=[]) as engine:
-                last = engine.position
-            expect(seen).to_have_text(f"{last:,}", timeout=30_000)
-
-            assert len(counts_while_writing) >= 2, counts_while_writing
-            assert counts_while_writing == sorted(set(counts_while_writing))
-            assert 0 < counts_while_writing[0] < counts_while_writing[-1] < last
-
-            expect(page.get_by_text("Feedback metrics per variant")).to_be_visible()
-            expect(page.get_by_text("Arms: posterior means and 95 % intervals")).to_be_visible()
-            plots = page.locator(".bk-Canvas")
-            expect(plots.first).to_be_visible()
-            assert plots.count() >= 9  # rate, six feedback metrics, allocation, arm intervals
-            assert page.locator("canvas").count() >= plots.count()
-
-            page.get_by_role("button", name="estimate other policies").click()
-            expect(page.get_by_text("always:v1").first).to_be_visible(timeout=30_000)
-
-            shot = page.screenshot(path=tmp_path / "dashboard.png", full_page=True)
-            ARTIFACTS.mkdir(exist_ok=True)
-            (ARTIFACTS / "dashboard.png").write_bytes(shot)
+            yield page, messages, requested
         finally:
             browser.close()
 
-    errors = [text for kind, text in messages if kind in ("error", "pageerror")]
-    assert errors == []
+
+def errors_in(messages: list[tuple[str, str]]) -> list[str]:
+    return [text for kind, text in messages if kind in ("error", "pageerror")]
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A dashboard on a free port over a log that does not exist yet."""
+    log = tmp_path / "live.sqlite"
+    with serving(log) as url:
+        yield url, log
+
+
+def test_the_dashboard_counts_a_live_simulation_in_a_browser(served: tuple[str, Path], tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    url, log = served
+    with browsing(tmp_path / "profile") as (page, messages, requested):
+        page.goto(url)
+        seen = page.locator("#events-seen")
+        expect(seen).to_have_text("0", timeout=30_000)
+
+        writer = subprocess.Popen(
+            [sys.executable, "-m", "rtopt", "simulate", "--steps", "5000", "--log", str(log), "--seed", "5"],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+        )
+        counts_while_writing = []
+        try:
+            shown = "0"
+            while writer.poll() is None:
+                try:
+                    expect(seen).not_to_have_text(shown, timeout=2_000)
+                except AssertionError:
+                    continue  # nothing new yet; the loop ends when the writer does
+                shown = seen.inner_text()
+                if writer.poll() is None:
+                    counts_while_writing.append(int(shown.replace(",", "")))
+        finally:
+            assert writer.wait(timeout=120) == 0
+        with Engine.open(log, read_only=True, handlers=[]) as engine:
+            last = engine.position
+        expect(seen).to_have_text(f"{last:,}", timeout=30_000)
+
+        assert len(counts_while_writing) >= 2, counts_while_writing
+        assert counts_while_writing == sorted(set(counts_while_writing))
+        assert 0 < counts_while_writing[0] < counts_while_writing[-1] < last
+
+        expect(page.get_by_text("Feedback metrics per variant")).to_be_visible()
+        expect(page.get_by_text("Arms: posterior means and 95 % intervals")).to_be_visible()
+        plots = page.locator(".bk-Canvas")
+        expect(plots.first).to_be_visible()
+        assert plots.count() >= 9  # rate, six feedback metrics, allocation, arm intervals
+        assert page.locator("canvas").count() >= plots.count()
+
+        page.get_by_role("button", name="estimate other policies").click()
+        expect(page.get_by_text("always:v1").first).to_be_visible(timeout=30_000)
+
+        shot = page.screenshot(path=tmp_path / "dashboard.png", full_page=True)
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / "dashboard.png").write_bytes(shot)
+
+    assert errors_in(messages) == []
     assert any(address.startswith("ws://") for address in requested)
     hosts = {urlsplit(address).netloc for address in requested if not address.startswith(("data:", "blob:"))}
     assert hosts == {urlsplit(url).netloc}
+
+
+def test_the_studies_detections_and_forecasts_render_in_a_browser(tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    log = tmp_path / "monitored.sqlite"
+    write_monitored_log(log)
+    with Engine.open(log, read_only=True, handlers=[]) as engine:
+        last = engine.position
+    with serving(log) as url, browsing(tmp_path / "profile") as (page, messages, _):
+        page.goto(url)
+        expect(page.locator("#events-seen")).to_have_text(f"{last:,}", timeout=30_000)
+        for title in (
+            "Bayesian studies: best value over iterations",
+            "Suggestions",
+            "Detections: drift, anomalies, patterns, thresholds",
+            "Recommendations of the patterns",
+            "Actions taken",
+            "Forecasts against actual values",
+        ):
+            expect(page.get_by_role("heading", name=title, exact=True)).to_be_visible()
+        expect(page.get_by_text("strategy_change").first).to_be_visible()
+        expect(page.get_by_text("completed: 8 evaluations")).to_be_visible()
+        plots = page.locator(".bk-Canvas")
+        expect(plots.first).to_be_visible()
+        assert plots.count() >= 11  # rate, six feedback metrics, allocation, arm intervals, study, forecast
+        shot = page.screenshot(path=tmp_path / "monitored.png", full_page=True)
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / "dashboard-monitored.png").write_bytes(shot)
+    assert errors_in(messages) == []

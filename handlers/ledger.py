@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import msgspec
 
 from handlers.protection import FeedbackGuard
+from rtopt import Event, Feedback, FeedbackRejected
 from streams.horizon import Horizon
 
 P = TypeVar("P")
@@ -91,4 +92,17 @@ class MatchesFeedback:
 
     def fresh_guard(self) -> FeedbackGuard | None:
         """A copy of the guard that has seen nothing yet, for a new state (None without a guard)."""
-        return None if self.guard is None else msgspec.convert(msgspec.to_builtins(self.guard), FeedbackGuard)
+        return None if self.guard is None else self.guard.copy()
+
+    def triage(self, state: Any, feedback: Feedback, time: float) -> Sequence[Event] | None:
+        """None if ``feedback`` is an observation for this handler (``state`` has ``experiments``, ``ledger``
+        and ``guard``); else what to derive instead: nothing for another handler's feedback, a
+        FeedbackRejected for feedback the guard flags. The guard sees every feedback either way."""
+        flagged = state.guard is not None and bool(state.guard.check(feedback, time))
+        decision_id, ledger = feedback.decision_id, state.ledger
+        if decision_id is None or (feedback.prompt_id not in state.experiments and decision_id not in ledger.pending):
+            return ()
+        if flagged:
+            ledger.reject(FLAGGED)
+            return (FeedbackRejected(reason=FLAGGED, decision_id=decision_id, handler=self.name),)
+        return None

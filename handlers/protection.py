@@ -112,6 +112,10 @@ class FeedbackGuard(Checked):
     sources: dict[str, Sender] = msgspec.field(default_factory=dict)
     limits_passed: list[tuple[str, str, int]] = msgspec.field(default_factory=list)
 
+    def copy(self) -> FeedbackGuard:
+        """An independent copy: the same settings and what this guard has seen so far."""
+        return msgspec.convert(msgspec.to_builtins(self), FeedbackGuard)
+
     def check(self, feedback: Feedback, time: float) -> list[str]:
         """The reasons to flag ``feedback`` arriving at ``time`` (empty: it is clean); remembers it either way.
         Limits first passed by it are left in ``limits_passed`` (scope, who, count) until the next check."""
@@ -194,7 +198,7 @@ class ProtectionHandler(Handler[FeedbackGuard]):
         return msgspec.to_builtins(self.guard)
 
     def initial_state(self) -> FeedbackGuard:
-        return msgspec.convert(msgspec.to_builtins(self.guard), FeedbackGuard)
+        return self.guard.copy()
 
     def apply(
         self, state: FeedbackGuard, envelope: Envelope[Any], ctx: Context

@@ -24,7 +24,7 @@ from handlers.bandits.options import CONTEXTUAL, POLICY_OPTIONS, BanditOptions, 
 from handlers.bandits.policies import ACTIVE, PAUSED, RETIRED, ArmState
 from handlers.bandits.rewards import reward
 from handlers.bandits.transfer import decode_arms
-from handlers.ledger import DUPLICATE, FLAGGED, DecisionLedger, MatchesFeedback
+from handlers.ledger import DUPLICATE, DecisionLedger, MatchesFeedback
 from handlers.protection import FeedbackGuard
 from rtopt import (
     ArmUpdated,
@@ -244,14 +244,11 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
         return state, ()
 
     def _learn(self, state: BanditState, envelope: Envelope[Any], feedback: Feedback, ctx: Context) -> Sequence[Event]:
-        flagged = state.guard is not None and bool(state.guard.check(feedback, envelope.time))
+        skipped = self.triage(state, feedback, envelope.time)
+        if skipped is not None:
+            return skipped
         decision_id = feedback.decision_id
         ledger = state.ledger
-        if decision_id is None or (feedback.prompt_id not in state.experiments and decision_id not in ledger.pending):
-            return ()  # not about a bandit experiment: another handler's feedback
-        if flagged:
-            ledger.reject(FLAGGED)
-            return (FeedbackRejected(reason=FLAGGED, decision_id=decision_id, handler=self.name),)
         pending = ledger.claim(
             decision_id,
             envelope.time,

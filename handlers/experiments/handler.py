@@ -62,7 +62,7 @@ from handlers.experiments.state import (
     Transition,
 )
 from handlers.experiments.stats import MixtureSPRT, Moments
-from handlers.ledger import FLAGGED, MatchesFeedback
+from handlers.ledger import MatchesFeedback
 from rtopt import (
     ClockTicked,
     Context,
@@ -282,14 +282,11 @@ class ExperimentHandler(MatchesFeedback, Handler[ExperimentsState]):
     def _learn(
         self, state: ExperimentsState, envelope: Envelope[Any], feedback: Feedback, ctx: Context
     ) -> Sequence[Event]:
-        flagged = state.guard is not None and bool(state.guard.check(feedback, envelope.time))
+        skipped = self.triage(state, feedback, envelope.time)
+        if skipped is not None:
+            return skipped
         decision_id = feedback.decision_id
         ledger = state.ledger
-        if decision_id is None or (feedback.prompt_id not in state.experiments and decision_id not in ledger.pending):
-            return ()  # another handler's experiment
-        if flagged:
-            ledger.reject(FLAGGED)
-            return (FeedbackRejected(reason=FLAGGED, decision_id=decision_id, handler=self.name),)
         pending = ledger.claim(
             decision_id,
             envelope.time,

@@ -75,7 +75,11 @@ class DecisionLedger(msgspec.Struct, Generic[P]):
 
 class MatchesFeedback:
     """For handlers whose decisions wait for feedback: the horizon within which feedback is matched, and an
-    optional :class:`~handlers.protection.FeedbackGuard` whose flagged feedback is rejected (``FLAGGED``)."""
+    optional :class:`~handlers.protection.FeedbackGuard` whose flagged feedback is rejected (``FLAGGED``).
+
+    >>> MatchesFeedback(feedback_horizon_s=60.0).config()
+    {'feedback_horizon_s': 60.0}
+    """
 
     def __init__(self, feedback_horizon_s: float = 86_400.0, guard: FeedbackGuard | None = None) -> None:
         if not feedback_horizon_s > 0:

@@ -155,7 +155,16 @@ class Decider(Protocol):
 
 @runtime_checkable
 class Suggester(Protocol):
-    """A handler that also answers ``Engine.suggest`` for the studies of its methods."""
+    """A handler that also answers ``Engine.suggest`` for the studies of its methods.
+
+    >>> class Fixed:
+    ...     methods = ("fixed",)
+    ...     def has_study(self, state, study): return True
+    ...     def suggest(self, state, study, ctx, n): return []
+    ...     def observed(self, state, suggestion_id): return False
+    >>> isinstance(Fixed(), Suggester)
+    True
+    """
 
     methods: ClassVar[tuple[str, ...]]
 

@@ -39,7 +39,12 @@ def _matern52(r2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Kernel:
-    """A covariance function over points of ``dims`` coordinates; see the subclasses."""
+    """A covariance function over points of ``dims`` coordinates; see the subclasses.
+
+    >>> kernel = Matern52(dims=2)
+    >>> kernel.matrix(kernel.initial(), np.zeros((1, 2)), np.zeros((1, 2)))  # a point with itself: the variance
+    array([[1.]])
+    """
 
     name: str
     n_params: int

@@ -73,7 +73,14 @@ class Errors(msgspec.Struct):
 
 
 class Forecaster(Checked):
-    """What every forecaster shares: its interval ``level``, the values seen and its one-step errors."""
+    """What every forecaster shares: its interval ``level``, the values seen and its one-step errors.
+
+    >>> forecaster = ExponentialSmoothing()
+    >>> for x in (1.0, 2.0, 3.0, 4.0):
+    ...     forecaster.update(x)
+    >>> forecaster.n, forecaster.ready()
+    (4, True)
+    """
 
     level: Level = 0.95
     n: int = 0

@@ -30,7 +30,13 @@ def sigmoid(margin: float) -> float:
 
 class OnlineLearner(msgspec.Struct, forbid_unknown_fields=True):
     """A model learnt one example (or one mini-batch) at a time from the gradient of its loss,
-    ``(prediction - target) * x`` for both the squared and the logistic loss; subclasses predict and step."""
+    ``(prediction - target) * x`` for both the squared and the logistic loss; subclasses predict and step.
+
+    >>> model = SGD(learning_rate=0.1)
+    >>> model.learn_many([{"x": 1.0}], [2.0])  # one step of 0.1 * 2.0 on x's weight
+    >>> round(model.predict_one({"x": 1.0}), 6)
+    0.2
+    """
 
     def predict_one(self, x: Features) -> float:
         """The prediction for ``x``."""

@@ -433,3 +433,40 @@ def test_the_readme_bayesian_optimisation_example_runs() -> None:
     best = scope["best"]
     assert best["model"] == "large" and abs(best["temperature"] - 0.4) < 0.25 and abs(best["top_p"] - 0.9) < 0.1
     assert scope["engine"].state("bayesopt", "summarise").issued == 24
+
+
+def test_feedback_naming_a_suggestion_is_observed_as_its_composite_reward(tmp_path: Path) -> None:
+    from handlers.bandits.rewards import RewardOptions, reward
+    from rtopt import Feedback
+
+    path = tmp_path / "fed.sqlite"
+    weights = {"w_quality": 1.0, "w_latency": 0.5, "latency_sla_ms": 2000.0}
+    with Engine.open(path, seed=5, handlers=[BayesOptHandler()]) as engine:
+        engine.define_study("llm", space={"temperature": (0.0, 1.5)}, n_initial=2, time=0.0, **weights)
+        first, second = engine.suggest("llm", n=2, time=1.0)
+
+        def answer(suggestion_id: str, quality: float, latency: float, at: float) -> Feedback:
+            feedback = Feedback(
+                prompt_id="summarise",
+                variant_id="v1",
+                success=True,
+                quality_score=quality,
+                response_time_ms=latency,
+                metadata={"suggestion_id": suggestion_id},
+            )
+            engine.publish(feedback, time=at)
+            return feedback
+
+        fed = answer(first.id, 0.9, 500.0, 2.0)
+        expected, _ = reward(fed, RewardOptions(reward="composite", **weights))
+        [observed] = [env.payload for env in engine.read(types=[Observed])]
+        assert (observed.suggestion_id, observed.value) == (first.id, pytest.approx(expected))
+        assert 0.0 < expected < 1.0
+        with pytest.raises(InvalidEvent, match="already observed"):
+            engine.tell(first.id, 0.5, time=3.0)
+        answer(first.id, 0.2, 500.0, 4.0)  # a second answer for the same suggestion: rejected, not learnt
+        rejected = [env.payload for env in engine.read(types=["FeedbackRejected"])]
+        assert [r.handler for r in rejected] == ["bayesopt"]
+        engine.tell(second.id, 0.4, time=5.0)
+        assert engine.state("bayesopt", "llm").values == [pytest.approx(expected), 0.4]
+    assert Engine.verify(path, handlers=[BayesOptHandler()]).ok

@@ -10,6 +10,7 @@ import msgspec
 import numpy as np
 from scipy.stats import qmc
 
+from handlers.bandits.rewards import reward
 from handlers.bayesopt.acquisition import Acquisition, maximize
 from handlers.bayesopt.events import StudyCompleted, SurrogateFitted
 from handlers.bayesopt.gp import GaussianProcess, fit_hyperparameters, one_blas_thread
@@ -20,6 +21,8 @@ from rtopt import (
     Context,
     Envelope,
     Event,
+    Feedback,
+    FeedbackRejected,
     Handler,
     InvalidEvent,
     Observed,
@@ -30,6 +33,8 @@ from rtopt.events import ParamValue
 from rtopt.handler import seed_for
 
 DEFAULT_LOG_NOISE = float(np.log(1e-3))
+SUGGESTION_KEY = "suggestion_id"  # the Feedback metadata key naming the suggestion it reports on
+NOT_WAITING = "no study waits for a value of this suggestion"
 
 
 class StudyState(msgspec.Struct):
@@ -145,7 +150,8 @@ class BayesOptHandler(Handler[BayesOptState]):
     """
 
     name = "bayesopt"
-    accepts = (StudyDefined, Suggested, Observed)
+    accepts = (StudyDefined, Suggested, Observed, Feedback)
+    version = 2
     state_type = BayesOptState
     parts = "studies"
     methods: ClassVar[tuple[str, ...]] = METHODS
@@ -253,6 +259,8 @@ class BayesOptHandler(Handler[BayesOptState]):
                 parse_study(event)
                 state.studies[event.study] = StudyState(definition=event, definition_id=envelope.id)
             return state, ()
+        if isinstance(event, Feedback):
+            return state, self._feedback(state, event)
         study = state.studies.get(event.study)
         if study is None:
             return state, ()
@@ -262,6 +270,18 @@ class BayesOptHandler(Handler[BayesOptState]):
         if point is None:
             return state, ()
         return state, self._observed(study, point, event, ctx)
+
+    def _feedback(self, state: BayesOptState, feedback: Feedback) -> Sequence[Event]:
+        """Feedback naming a suggestion of a study (``metadata["suggestion_id"]``) observes its reward; for a
+        suggestion that no study waits a value for, it is rejected."""
+        suggestion_id = feedback.metadata.get(SUGGESTION_KEY)
+        if suggestion_id is None:
+            return ()
+        for name, study in state.studies.items():
+            if suggestion_id in study.pending:
+                value, _ = reward(feedback, parse_study(study.definition)[1])
+                return (Observed(study=name, suggestion_id=suggestion_id, value=value),)
+        return (FeedbackRejected(reason=NOT_WAITING, handler=self.name),)
 
     @staticmethod
     def _suggested(study: StudyState, envelope: Envelope[Any], event: Suggested, ctx: Context) -> Sequence[Event]:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-import msgspec
 from msgspec import Meta
 
+from handlers.bandits.rewards import RewardOptions
 from handlers.bayesopt.acquisition import ACQUISITIONS
 from handlers.bayesopt.kernels import KERNEL_NAMES
 from handlers.bayesopt.space import Space
@@ -19,7 +19,7 @@ NonNegative = Annotated[float, Meta(ge=0.0)]
 AtLeastOne = Annotated[int, Meta(ge=1)]
 
 
-class StudyOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class StudyOptions(RewardOptions, frozen=True, forbid_unknown_fields=True):
     """How a study searches and when it ends.
 
     Ending: after ``max_evaluations`` observations; when ``patience`` observations in a row did not beat
@@ -36,6 +36,9 @@ class StudyOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     Acquisition: ``xi`` is the improvement margin of EI and PI, ``beta`` the exploration weight of UCB;
     it is maximised from the best of ``raw_samples`` uniform points and near the incumbents.
+
+    Feedback that names a suggestion (``metadata["suggestion_id"]``) is observed as its reward: the
+    options of :class:`~handlers.bandits.rewards.RewardOptions` (composite by default) say how.
 
     >>> StudyOptions().max_points
     250
@@ -55,6 +58,7 @@ class StudyOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     xi: NonNegative = 0.0
     beta: NonNegative = 2.0
     raw_samples: Annotated[int, Meta(ge=1, le=100_000)] = 1000
+    reward: Literal["binary", "composite"] = "composite"
 
 
 def parse_study(definition: StudyDefined) -> tuple[Space, StudyOptions]:

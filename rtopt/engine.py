@@ -834,7 +834,7 @@ class Engine:
             except InvalidEvent:
                 self._rejected["invalid command"] += 1
                 raise
-            return self._commit_now([Draft(decision, experiment, when, None, decision_id)], checked=True)[0]
+            return self._commit_now([Draft(decision, experiment, when, decision_id, decision_id)], checked=True)[0]
 
     def feedback(
         self,

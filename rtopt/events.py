@@ -129,10 +129,35 @@ def _holds_float(info: msgspec.inspect.Type) -> bool:
     return isinstance(info, msgspec.inspect.AnyType)
 
 
+def _hides_non_finite(info: msgspec.inspect.Type) -> bool:
+    """True if a NaN or infinity at some position of this type would pass the JSON check unseen: the JSON
+    encoder writes them as null, which a position that also takes None (or anything) accepts."""
+    if isinstance(info, msgspec.inspect.AnyType):
+        return True
+    if isinstance(info, msgspec.inspect.UnionType):
+        nullable = any(isinstance(t, msgspec.inspect.NoneType) for t in info.types)
+        takes_float = any(isinstance(t, msgspec.inspect.FloatType) for t in info.types)
+        return (nullable and takes_float) or any(_hides_non_finite(t) for t in info.types)
+    if isinstance(info, msgspec.inspect.DictType):
+        return _hides_non_finite(info.value_type)
+    if isinstance(info, msgspec.inspect.ListType | msgspec.inspect.SetType | msgspec.inspect.VarTupleType):
+        return _hides_non_finite(info.item_type)
+    if isinstance(info, msgspec.inspect.TupleType):
+        return any(_hides_non_finite(t) for t in info.item_types)
+    if isinstance(info, msgspec.inspect.StructType):
+        return any(_hides_non_finite(f.type) for f in info.fields)
+    return False
+
+
 @functools.cache
-def _float_fields(cls: type[Event]) -> tuple[str, ...]:
-    """The fields of ``cls`` whose values may contain floats."""
-    return tuple(f.name for f in msgspec.inspect.type_info(cls).fields if _holds_float(f.type))
+def _float_fields(cls: type[Event]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The fields of ``cls`` whose values may contain floats, and those of them where a non-finite value
+    would pass the JSON check unseen."""
+    fields = msgspec.inspect.type_info(cls).fields
+    return (
+        tuple(f.name for f in fields if _holds_float(f.type)),
+        tuple(f.name for f in fields if _hides_non_finite(f.type)),
+    )
 
 
 def _has_non_finite(value: object) -> bool:
@@ -147,6 +172,14 @@ def _has_non_finite(value: object) -> bool:
     return False
 
 
+def _check_finite(event: Event, fields: tuple[str, ...]) -> None:
+    for field in fields:
+        value = getattr(event, field)
+        if _has_non_finite(value):
+            name = type(event).__name__
+            raise InvalidEvent(f"{name}.{field} = {value!r}: must be a finite number", field=field, value=value)
+
+
 def validate(event: Event) -> None:
     """Raise :class:`InvalidEvent` unless every field of ``event`` meets its type and constraints.
 
@@ -154,19 +187,18 @@ def validate(event: Event) -> None:
     (``msgspec.structs.replace``, ``msgspec.convert``).
     """
     cls = type(event)
-    for field in _float_fields(cls):
-        value = getattr(event, field)
-        if _has_non_finite(value):
-            raise InvalidEvent(f"{cls.__name__}.{field} = {value!r}: must be a finite number", field=field, value=value)
+    float_fields, unseen_by_json = _float_fields(cls)
     try:
         _decoders(cls)[0].decode(_JSON_ENCODER.encode(event))
     except msgspec.ValidationError as exc:
+        _check_finite(event, float_fields)  # a non-finite number is named as such, not as a null
         match = _PATH_FIELD.search(str(exc))
         field = match.group(1) if match else None
         value = getattr(event, field, None) if field else None
         reason = str(exc).split(" - at ")[0]
         where = f"{cls.__name__}.{field}" if field else cls.__name__
         raise InvalidEvent(f"{where} = {value!r}: {reason}", field=field, value=value) from None
+    _check_finite(event, unseen_by_json)
 
 
 HANDLER_ENTRY_POINTS = "rtopt.handlers"

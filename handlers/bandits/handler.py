@@ -183,15 +183,12 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
 
     @staticmethod
     def _choose(exp: ExperimentState, arms: list[ArmState], ctx: Context, vector: np.ndarray | None) -> policies.Choice:
-        rng = ctx.rng
         first = exp.options.first_samples(exp.policy)
         short = [i for i, arm in enumerate(arms) if arm.pulls < first]
         if short:  # every arm gets its first decisions before the policy's rule applies
-            chosen = short[0] if len(short) == 1 else int(rng.choice(short))
+            chosen = short[0] if len(short) == 1 else short[int(ctx.rng.integers(len(short)))]
             return policies.Choice(chosen, 1.0 / len(short), False)
-        return policies.choose(
-            exp.policy, arms, exp.options, rng, decisions=exp.decisions, now=ctx.time, context=vector
-        )
+        return policies.choose(exp.policy, arms, exp.options, ctx, decisions=exp.decisions, context=vector)
 
     def view(self, state: BanditState, key: str | None = None) -> Any:
         if key is None:

@@ -16,6 +16,8 @@ contextual-bandit approach to personalized news article recommendation" (LinUCB)
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -23,6 +25,7 @@ import msgspec
 import numpy as np
 
 from handlers.bandits.options import BanditOptions
+from rtopt.handler import Context
 
 ACTIVE, PAUSED, RETIRED = "active", "paused", "retired"
 
@@ -75,38 +78,44 @@ class Choice(msgspec.Struct, frozen=True):
     explored: bool
 
 
-def evidence(arms: Sequence[ArmState], options: BanditOptions, now: float) -> tuple[np.ndarray, ...]:
+def evidence_lists(arms: Sequence[ArmState], options: BanditOptions, now: float) -> tuple[list[float], ...]:
     """(n, total, squares) of each arm, shrunk for the time since its last reward when idle decay is on."""
-    n = np.fromiter((arm.n for arm in arms), float, len(arms))
-    total = np.fromiter((arm.total for arm in arms), float, len(arms))
-    squares = np.fromiter((arm.squares for arm in arms), float, len(arms))
+    n = [arm.n for arm in arms]
+    total = [arm.total for arm in arms]
+    squares = [arm.squares for arm in arms]
     if options.idle_half_life_s is not None:
-        idle = np.fromiter(
-            (0.0 if arm.last_reward_time is None else max(now - arm.last_reward_time, 0.0) for arm in arms),
-            float,
-            len(arms),
-        )
-        factor = 0.5 ** (idle / options.idle_half_life_s)
-        n, total, squares = n * factor, total * factor, squares * factor
+        half_life = options.idle_half_life_s
+        factors = [
+            1.0 if arm.last_reward_time is None else 0.5 ** (max(now - arm.last_reward_time, 0.0) / half_life)
+            for arm in arms
+        ]
+        n = [x * f for x, f in zip(n, factors, strict=True)]
+        total = [x * f for x, f in zip(total, factors, strict=True)]
+        squares = [x * f for x, f in zip(squares, factors, strict=True)]
     return n, total, squares
 
 
-def _pick(rng: np.random.Generator, indices: np.ndarray) -> int:
+def evidence(arms: Sequence[ArmState], options: BanditOptions, now: float) -> tuple[np.ndarray, ...]:
+    """:func:`evidence_lists` as arrays."""
+    return tuple(np.array(values, dtype=float) for values in evidence_lists(arms, options, now))
+
+
+def _pick(ctx: Context, indices: Sequence[int]) -> int:
     """One of ``indices`` at random: ties are broken by the seeded generator, never by order."""
-    return int(indices[0]) if len(indices) == 1 else int(rng.choice(indices))
+    return int(indices[0]) if len(indices) == 1 else int(indices[int(ctx.rng.integers(len(indices)))])
 
 
-def _best(scores: np.ndarray) -> np.ndarray:
-    return np.flatnonzero(scores == scores.max())
+def _best(scores: Sequence[float]) -> list[int]:
+    top = max(scores)
+    return [i for i, score in enumerate(scores) if score == top]
 
 
-def _means(n: np.ndarray, total: np.ndarray) -> np.ndarray:
+def _means(n: Sequence[float], total: Sequence[float]) -> list[float]:
     """Mean rewards, +inf for arms without evidence (they are tried first)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(n > 0, total / np.where(n > 0, n, 1.0), np.inf)
+    return [t / c if c > 0 else math.inf for c, t in zip(n, total, strict=True)]
 
 
-def _by_draws(draws: np.ndarray, greedy: np.ndarray) -> Choice:
+def _by_draws(draws: np.ndarray, greedy: Sequence[int]) -> Choice:
     """A choice by the first row of posterior draws; the rows together estimate its propensity."""
     winners = draws.argmax(axis=1)
     chosen = int(winners[0])
@@ -144,51 +153,55 @@ def choose(
     policy: str,
     arms: Sequence[ArmState],
     options: BanditOptions,
-    rng: np.random.Generator,
+    ctx: Context,
     *,
     decisions: int,
-    now: float,
     context: np.ndarray | None = None,
 ) -> Choice:
     """Let ``policy`` choose one of ``arms`` (the candidates of one decision).
 
-    ``decisions`` is the number of decisions the experiment made before this one (epsilon decay);
-    ``now`` is the event time (idle decay); ``context`` is the feature vector of the linear policies.
+    ``ctx`` gives the event time (idle decay) and the seeded generator, drawn from only when the policy
+    needs chance; ``decisions`` is the number of decisions the experiment made before this one (epsilon
+    decay); ``context`` is the feature vector of the linear policies.
 
     >>> arms = [ArmState(n=10.0, total=2.0), ArmState(n=10.0, total=8.0)]
-    >>> choose("ucb1", arms, BanditOptions(), np.random.default_rng(0), decisions=20, now=0.0)
+    >>> choose("ucb1", arms, BanditOptions(), Context(time=0.0, event_id="e1", seed=0), decisions=20)
     Choice(index=1, propensity=1.0, explored=False)
     """
-    n, total, squares = evidence(arms, options, now)
+    n, total, squares = evidence_lists(arms, options, ctx.time)
     means = _means(n, total)
     greedy = _best(means)
     k = len(arms)
     if policy == "epsilon_greedy":
+        rng = ctx.rng
         epsilon = options.epsilon / (1.0 + options.epsilon_decay * decisions)
-        chosen = int(rng.integers(k)) if rng.random() < epsilon else _pick(rng, greedy)
+        chosen = int(rng.integers(k)) if rng.random() < epsilon else _pick(ctx, greedy)
         in_greedy = chosen in greedy
         propensity = epsilon / k + (1.0 - epsilon) * (1.0 / len(greedy) if in_greedy else 0.0)
         return Choice(chosen, propensity, not in_greedy)
     if policy == "ucb1":
-        with np.errstate(divide="ignore", invalid="ignore"):
-            bonus = options.exploration * np.sqrt(math.log(max(float(n.sum()), 1.0)) / n)
-        scores = np.where(n > 0, means + bonus, np.inf)
+        log_total = math.log(max(math.fsum(n), 1.0))
+        bonus = options.exploration
+        scores = [m + bonus * math.sqrt(log_total / c) if c > 0 else math.inf for c, m in zip(n, means, strict=True)]
         best = _best(scores)
-        chosen = _pick(rng, best)
+        chosen = _pick(ctx, best)
         return Choice(chosen, 1.0 / len(best), chosen not in greedy)
     if policy == "softmax":
-        untried = np.flatnonzero(n <= 0)
-        if len(untried):
-            chosen = _pick(rng, untried)
+        untried = [i for i, c in enumerate(n) if c <= 0]
+        if untried:
+            chosen = _pick(ctx, untried)
             return Choice(chosen, 1.0 / len(untried), False)
-        logits = (means - means.max()) / options.temperature
-        probabilities = np.exp(logits) / np.exp(logits).sum()
-        chosen = int(rng.choice(k, p=probabilities))
-        return Choice(chosen, float(probabilities[chosen]), chosen not in greedy)
+        top = max(means)
+        weights = [math.exp((m - top) / options.temperature) for m in means]
+        cumulative = list(itertools.accumulate(weights))
+        chosen = min(bisect.bisect_right(cumulative, ctx.rng.random() * cumulative[-1]), k - 1)
+        return Choice(chosen, weights[chosen] / cumulative[-1], chosen not in greedy)
     if policy == "thompson":
-        return _by_draws(beta_draws(n, total, options, rng, options.propensity_draws), greedy)
+        return _by_draws(beta_draws(np.array(n), np.array(total), options, ctx.rng, options.propensity_draws), greedy)
     if policy == "thompson_gaussian":
-        return _by_draws(gaussian_draws(n, total, squares, options, rng, options.propensity_draws), greedy)
+        evidence_arrays = (np.array(values) for values in (n, total, squares))
+        draws = gaussian_draws(*evidence_arrays, options, ctx.rng, options.propensity_draws)
+        return _by_draws(draws, greedy)
     if context is None:
         raise ValueError(f"policy {policy!r} needs a context vector")
     thetas, inverses = zip(*(linear_model(arm, len(context), options) for arm in arms), strict=True)
@@ -197,10 +210,10 @@ def choose(
     if policy == "linucb":
         widths = np.array([math.sqrt(max(float(context @ a_inv @ context), 0.0)) for a_inv in inverses])
         best = _best(estimates + options.alpha * widths)
-        chosen = _pick(rng, best)
+        chosen = _pick(ctx, best)
         return Choice(chosen, 1.0 / len(best), chosen not in linear_greedy)
     if policy == "lin_thompson":
-        draws = options.propensity_draws
+        draws, rng = options.propensity_draws, ctx.rng
         scores = np.empty((draws, k))
         for i, (theta, a_inv) in enumerate(zip(thetas, inverses, strict=True)):
             # every arm draws its own noise: shared draws would correlate the arms' samples

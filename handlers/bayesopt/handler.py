@@ -30,7 +30,7 @@ from rtopt import (
     Suggested,
 )
 from rtopt.events import ParamValue
-from rtopt.handler import seed_for
+from rtopt.handler import seeded_generator
 
 DEFAULT_LOG_NOISE = float(np.log(1e-3))
 SUGGESTION_KEY = "suggestion_id"  # the Feedback metadata key naming the suggestion it reports on
@@ -353,13 +353,13 @@ class BayesOptHandler(Handler[BayesOptState]):
 def _rng(study: StudyState, ctx: Context) -> np.random.Generator:
     """The generator of one event's draws: from the study's own seed when it has one, else the engine's."""
     seed = study.definition.seed
-    return ctx.rng if seed is None else np.random.default_rng(seed_for(seed, ctx.event_id))
+    return ctx.rng if seed is None else seeded_generator(seed, ctx.event_id)
 
 
 def _initial_design(study: StudyState, space: Space, engine_seed: int) -> np.ndarray:
     """The study's Latin hypercube of ``n_initial`` unit-cube points."""
     seed = study.definition.seed if study.definition.seed is not None else engine_seed
-    sampler = qmc.LatinHypercube(d=space.width, rng=np.random.default_rng(seed_for(seed, study.definition_id)))
+    sampler = qmc.LatinHypercube(d=space.width, rng=seeded_generator(seed, study.definition_id))
     return sampler.random(study.definition.n_initial)
 
 

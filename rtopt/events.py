@@ -13,7 +13,7 @@ import functools
 import math
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
@@ -113,40 +113,38 @@ def _decoders(cls: type[Event]) -> tuple[msgspec.json.Decoder[Event], msgspec.ms
     return msgspec.json.Decoder(cls), msgspec.msgpack.Decoder(cls)
 
 
-def _holds_float(info: msgspec.inspect.Type) -> bool:
-    if isinstance(info, msgspec.inspect.FloatType):
-        return True
-    if isinstance(info, msgspec.inspect.UnionType):
-        return any(_holds_float(t) for t in info.types)
-    if isinstance(info, msgspec.inspect.DictType):
-        return _holds_float(info.value_type)
-    if isinstance(info, msgspec.inspect.ListType | msgspec.inspect.SetType | msgspec.inspect.VarTupleType):
-        return _holds_float(info.item_type)
-    if isinstance(info, msgspec.inspect.TupleType):
-        return any(_holds_float(t) for t in info.item_types)
-    if isinstance(info, msgspec.inspect.StructType):
-        return any(_holds_float(f.type) for f in info.fields)
-    return isinstance(info, msgspec.inspect.AnyType)
+def _inner_types(info: msgspec.inspect.Type) -> tuple[msgspec.inspect.Type, ...]:
+    """The types one level inside ``info``: union members, item, value and field types."""
+    inspect = msgspec.inspect
+    if isinstance(info, inspect.UnionType | inspect.TupleType):
+        return tuple(info.types if isinstance(info, inspect.UnionType) else info.item_types)
+    if isinstance(info, inspect.DictType):
+        return (info.value_type,)
+    if isinstance(info, inspect.ListType | inspect.SetType | inspect.VarTupleType):
+        return (info.item_type,)
+    if isinstance(info, inspect.StructType):
+        return tuple(f.type for f in info.fields)
+    return ()
 
 
-def _hides_non_finite(info: msgspec.inspect.Type) -> bool:
-    """True if a NaN or infinity at some position of this type would pass the JSON check unseen: the JSON
-    encoder writes them as null, which a position that also takes None (or anything) accepts."""
+def _somewhere(info: msgspec.inspect.Type, test: Callable[[msgspec.inspect.Type], bool]) -> bool:
+    """True if ``test`` holds for ``info`` or for a type nested in it."""
+    return test(info) or any(_somewhere(inner, test) for inner in _inner_types(info))
+
+
+def _takes_float(info: msgspec.inspect.Type) -> bool:
+    return isinstance(info, msgspec.inspect.FloatType | msgspec.inspect.AnyType)
+
+
+def _null_hides_float(info: msgspec.inspect.Type) -> bool:
+    """The JSON encoder writes NaN and infinity as null, which this position accepts: the JSON check misses
+    them here."""
     if isinstance(info, msgspec.inspect.AnyType):
         return True
-    if isinstance(info, msgspec.inspect.UnionType):
-        nullable = any(isinstance(t, msgspec.inspect.NoneType) for t in info.types)
-        takes_float = any(isinstance(t, msgspec.inspect.FloatType) for t in info.types)
-        return (nullable and takes_float) or any(_hides_non_finite(t) for t in info.types)
-    if isinstance(info, msgspec.inspect.DictType):
-        return _hides_non_finite(info.value_type)
-    if isinstance(info, msgspec.inspect.ListType | msgspec.inspect.SetType | msgspec.inspect.VarTupleType):
-        return _hides_non_finite(info.item_type)
-    if isinstance(info, msgspec.inspect.TupleType):
-        return any(_hides_non_finite(t) for t in info.item_types)
-    if isinstance(info, msgspec.inspect.StructType):
-        return any(_hides_non_finite(f.type) for f in info.fields)
-    return False
+    members = info.types if isinstance(info, msgspec.inspect.UnionType) else ()
+    return any(isinstance(t, msgspec.inspect.NoneType) for t in members) and any(
+        isinstance(t, msgspec.inspect.FloatType) for t in members
+    )
 
 
 @functools.cache
@@ -155,8 +153,8 @@ def _float_fields(cls: type[Event]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     would pass the JSON check unseen."""
     fields = msgspec.inspect.type_info(cls).fields
     return (
-        tuple(f.name for f in fields if _holds_float(f.type)),
-        tuple(f.name for f in fields if _hides_non_finite(f.type)),
+        tuple(f.name for f in fields if _somewhere(f.type, _takes_float)),
+        tuple(f.name for f in fields if _somewhere(f.type, _null_hides_float)),
     )
 
 

@@ -156,8 +156,24 @@ class BayesOptHandler(Handler[BayesOptState]):
     parts = "studies"
     methods: ClassVar[tuple[str, ...]] = METHODS
 
+    def __init__(self) -> None:
+        # each study's parsed definition, by definition id, beside the definition it was parsed from: kept on
+        # the handler, not in the state, which holds only what msgspec encodes for snapshots
+        self._parsed_by_id: dict[str, tuple[StudyDefined, Space, StudyOptions]] = {}
+
     def initial_state(self) -> BayesOptState:
         return BayesOptState()
+
+    def _parsed(self, study: StudyState) -> tuple[Space, StudyOptions]:
+        """``parse_study`` of the study's definition, parsed once. An id that comes back with another
+        definition (another log folded by the same handler) is parsed again."""
+        definition = study.definition
+        cached = self._parsed_by_id.get(study.definition_id)
+        if cached is None or cached[0] is not definition:
+            found = cached[1:] if cached is not None and cached[0] == definition else parse_study(definition)
+            cached = (definition, *found)
+            self._parsed_by_id[study.definition_id] = cached
+        return cached[1], cached[2]
 
     # --- commands' side ----------------------------------------------------------------------------
 
@@ -188,7 +204,7 @@ class BayesOptHandler(Handler[BayesOptState]):
         if current.completed is not None:
             raise InvalidEvent(f"study = {study!r}: completed ({current.completed})", field="study", value=study)
         definition = current.definition
-        space, options = parse_study(definition)
+        space, options = self._parsed(current)
         rng = _rng(current, ctx)
         design = _initial_design(current, space, ctx.seed)
         guided = definition.method == "gp" and len(current.points) >= 2
@@ -256,8 +272,9 @@ class BayesOptHandler(Handler[BayesOptState]):
         event = envelope.payload
         if isinstance(event, StudyDefined):
             if event.method in self.methods and event.study not in state.studies:
-                parse_study(event)
-                state.studies[event.study] = StudyState(definition=event, definition_id=envelope.id)
+                study = StudyState(definition=event, definition_id=envelope.id)
+                self._parsed(study)  # checks the definition before the study is added
+                state.studies[event.study] = study
             return state, ()
         if isinstance(event, Feedback):
             return state, self._feedback(state, event)
@@ -279,13 +296,12 @@ class BayesOptHandler(Handler[BayesOptState]):
             return ()
         for name, study in state.studies.items():
             if suggestion_id in study.pending:
-                value, _ = reward(feedback, parse_study(study.definition)[1])
+                value, _ = reward(feedback, self._parsed(study)[1])
                 return (Observed(study=name, suggestion_id=suggestion_id, value=value),)
         return (FeedbackRejected(reason=NOT_WAITING, handler=self.name),)
 
-    @staticmethod
-    def _suggested(study: StudyState, envelope: Envelope[Any], event: Suggested, ctx: Context) -> Sequence[Event]:
-        space, options = parse_study(study.definition)
+    def _suggested(self, study: StudyState, envelope: Envelope[Any], event: Suggested, ctx: Context) -> Sequence[Event]:
+        space, options = self._parsed(study)
         study.pending[envelope.id] = space.encode(event.params).tolist()
         study.issued += 1
         threshold = options.ei_threshold
@@ -299,9 +315,8 @@ class BayesOptHandler(Handler[BayesOptState]):
             return _complete(study, f"expected improvement {event.acquisition:.3g} below {threshold:g}", ctx)
         return ()
 
-    @staticmethod
-    def _observed(study: StudyState, point: list[float], event: Observed, ctx: Context) -> Sequence[Event]:
-        space, options = parse_study(study.definition)
+    def _observed(self, study: StudyState, point: list[float], event: Observed, ctx: Context) -> Sequence[Event]:
+        space, options = self._parsed(study)
         study.points.append(point)
         study.values.append(event.value)
         signed = study.sign * event.value

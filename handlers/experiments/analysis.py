@@ -21,7 +21,7 @@ from handlers.experiments.events import (
     VariantStats,
     Verdict,
 )
-from handlers.experiments.state import ArmStats, CoMoments, Experiment
+from handlers.experiments.state import ArmStats, CoMoments, Experiment, Welford
 from handlers.experiments.stats import (
     Comparison,
     holm,
@@ -280,41 +280,37 @@ def guardrail_breach(exp: Experiment) -> Breach | None:
 
 def _quality(exp: Experiment, arm: str, control: ArmStats, variant: ArmStats) -> Breach | None:
     limit = exp.options.guardrail_quality_drop
-    q_c, q_t = control.quality, variant.quality
-    if q_c.mean <= 0.0:
-        return None
-    change = q_t.mean / q_c.mean - 1.0
-    if change >= -limit:
-        return None
-    p = _one_sided((q_c.mean, q_c.variance, q_c.n), (q_t.mean, q_t.variance, q_t.n), "less")
-    if p >= exp.options.guardrail_alpha:
-        return None
-    return Breach(
-        "quality",
-        arm,
-        f"guardrail quality: {arm!r} mean quality {q_t.mean:.4g} against {q_c.mean:.4g} on {exp.control!r} "
-        f"({change:+.1%}, limit -{limit:.0%}; one-sided Welch p = {p:.3g}, n = {q_t.n} and {q_c.n})",
-        {"control": q_c.mean, "variant": q_t.mean, "change": change, "limit": -limit, "p_value": p},
-    )
+    return _mean_guardrail(exp, arm, "quality", "", control.quality, variant.quality, limit, "less")
 
 
 def _cost(exp: Experiment, arm: str, control: ArmStats, variant: ArmStats) -> Breach | None:
     limit = exp.options.guardrail_cost_rise
-    c_c, c_t = control.cost, variant.cost
-    if c_c.mean <= 0.0:
+    return _mean_guardrail(exp, arm, "cost", "$", control.cost, variant.cost, limit, "greater")
+
+
+def _mean_guardrail(
+    exp: Experiment, arm: str, guardrail: str, unit: str, control: Welford, variant: Welford, limit: float, side: str
+) -> Breach | None:
+    """The breach of a guardrail on a mean (``guardrail`` names both), or None: the variant's mean moved
+    past ``limit`` relative to the control's, down for ``side`` "less" and up for "greater", and the
+    one-sided Welch test of that side significant at ``guardrail_alpha``. ``unit`` prefixes the means."""
+    if control.mean <= 0.0:
         return None
-    change = c_t.mean / c_c.mean - 1.0
-    if change <= limit:
+    change = variant.mean / control.mean - 1.0
+    less = side == "less"
+    if (change >= -limit) if less else (change <= limit):
         return None
-    p = _one_sided((c_c.mean, c_c.variance, c_c.n), (c_t.mean, c_t.variance, c_t.n), "greater")
+    p = _one_sided((control.mean, control.variance, control.n), (variant.mean, variant.variance, variant.n), side)
     if p >= exp.options.guardrail_alpha:
         return None
+    sign, bound = ("-", -limit) if less else ("+", limit)
     return Breach(
-        "cost",
+        guardrail,
         arm,
-        f"guardrail cost: {arm!r} mean cost ${c_t.mean:.4g} against ${c_c.mean:.4g} on {exp.control!r} "
-        f"({change:+.1%}, limit +{limit:.0%}; one-sided Welch p = {p:.3g}, n = {c_t.n} and {c_c.n})",
-        {"control": c_c.mean, "variant": c_t.mean, "change": change, "limit": limit, "p_value": p},
+        f"guardrail {guardrail}: {arm!r} mean {guardrail} {unit}{variant.mean:.4g} against {unit}{control.mean:.4g} "
+        f"on {exp.control!r} ({change:+.1%}, limit {sign}{limit:.0%}; one-sided Welch p = {p:.3g}, "
+        f"n = {variant.n} and {control.n})",
+        {"control": control.mean, "variant": variant.mean, "change": change, "limit": bound, "p_value": p},
     )
 
 

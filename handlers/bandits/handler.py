@@ -119,7 +119,7 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
     )
     state_type = BanditState
     policies: ClassVar[tuple[str, ...]] = tuple(POLICY_OPTIONS)
-    version = 5
+    version = 6
 
     def initial_state(self) -> BanditState:
         return BanditState(guard=self.fresh_guard())

@@ -151,7 +151,7 @@ class BayesOptHandler(Handler[BayesOptState]):
 
     name = "bayesopt"
     accepts = (StudyDefined, Suggested, Observed, Feedback)
-    version = 2
+    version = 3
     state_type = BayesOptState
     parts = "studies"
     methods: ClassVar[tuple[str, ...]] = METHODS

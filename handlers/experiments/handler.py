@@ -113,7 +113,7 @@ class ExperimentHandler(MatchesFeedback, Handler[ExperimentsState]):
     accepts = (ExperimentDefined, Decision, Feedback, ClockTicked, *LIFECYCLE_EVENTS, *CANARY_EVENTS, *DERIVED_ONLY)
     state_type = ExperimentsState
     policies: ClassVar[tuple[str, ...]] = POLICIES
-    version = 5
+    version = 6
 
     def initial_state(self) -> ExperimentsState:
         return ExperimentsState(guard=self.fresh_guard())

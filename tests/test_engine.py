@@ -166,6 +166,16 @@ def test_handler_randomness_depends_on_seed_and_event_only() -> None:
     assert list(a) != list(Context(time=1.0, event_id="x", seed=4).rng.random(4))
 
 
+def test_handler_generators_spawn_the_same_children_every_time() -> None:
+    def children(rng) -> list[float]:
+        return [child.random() for child in rng.spawn(2)] + [child.random() for child in rng.spawn(1)]
+
+    first = children(Context(time=1.0, event_id="x", seed=3).rng)
+    assert first == children(Context(time=1.0, event_id="x", seed=3).rng)
+    assert len(set(first)) == 3  # each spawn gives new children, as SeedSequence.spawn does
+    assert first != children(Context(time=1.0, event_id="y", seed=3).rng)
+
+
 def test_commands_reject_bad_arguments_with_the_field_named() -> None:
     with Engine.open(":memory:", seed=2, handlers=[BanditHandler()]) as engine:
         engine.define_experiment("g", arms=["a", "b"])

@@ -221,7 +221,7 @@ class LinearTrend(Windowed, tag="linear_trend"):
     >>> model = LinearTrend(window=4)
     >>> for x in [1.0, 3.0, 5.0, 7.0]:
     ...     model.update(x)
-    >>> model.forecast(1).point
+    >>> round(model.forecast(1).point, 9)
     9.0
     """
 

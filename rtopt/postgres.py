@@ -15,6 +15,7 @@ committed; absent (and the broken session ended), it runs again. Driver errors r
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -26,6 +27,7 @@ from rtopt.log import COLUMNS, META_TABLE, Row, SQLLog, check_format_version, in
 
 try:
     import psycopg
+    from psycopg.conninfo import conninfo_to_dict
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise RtoptError("a PostgreSQL log needs psycopg: pip install 'rtopt[postgres]'") from exc
 
@@ -91,7 +93,6 @@ class Backoff:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.timeout = timeout
         self.attempts = 0
         self._rng = rng
         self._first = first
@@ -126,18 +127,29 @@ class _Lost(Exception):
         self.committing = committing
 
 
-def _connect(url: str) -> psycopg.Connection:
-    """A new autocommit connection to ``url``; raises _Lost if the server may take one later."""
+def _connect(url: str, timeout: float) -> psycopg.Connection:
+    """A new autocommit connection to ``url``; raises _Lost if the server may take one later.
+
+    Unless ``url`` sets a ``connect_timeout``, an attempt gives up after ``timeout`` seconds (2 to 10), so
+    that a host that does not answer at all cannot hold a call far beyond its reconnection timeout.
+    """
     try:
-        return psycopg.connect(url, autocommit=True)
+        given = conninfo_to_dict(url)
+        limit = {} if "connect_timeout" in given else {"connect_timeout": min(max(2, math.ceil(timeout)), 10)}
+        return psycopg.connect(url, autocommit=True, **limit)
     except psycopg.Error as exc:
-        text = str(exc).strip()
+        text = _said(exc)
         lasting = not isinstance(exc, psycopg.OperationalError) or (
             "FATAL:" in text and not any(refusal in text for refusal in _PASSING_REFUSALS)
         )
         if lasting:  # a wrong database, user or password: no use trying again
-            raise StorageUnavailable(f"{shown_url(url)}: cannot connect: {text}") from None
+            raise StorageUnavailable(f"{shown_url(url)}: cannot connect: {text}") from exc
         raise _Lost(text) from exc
+
+
+def _said(exc: psycopg.Error) -> str:
+    """The driver's message on one line."""
+    return " ".join(str(exc).split())
 
 
 def _unavailable(location: str, timeout: float, lost: _Lost) -> StorageUnavailable:
@@ -152,10 +164,10 @@ def _reach(url: str, timeout: float, rng: random.Random) -> psycopg.Connection:
     backoff = Backoff(timeout, rng)
     while True:
         try:
-            return _connect(url)
+            return _connect(url, timeout)
         except _Lost as lost:
             if not backoff.wait():
-                raise _unavailable(shown_url(url), timeout, lost) from None
+                raise _unavailable(shown_url(url), timeout, lost) from lost.__cause__
 
 
 def _is_broken(conn: psycopg.Connection, exc: psycopg.Error) -> bool:
@@ -242,7 +254,7 @@ class PostgresLog(SQLLog):
         """A new connection in ``role`` (``_writer``, ``_reader`` or ``_listener``), set up as the old one."""
         if self._closed:
             raise StorageError(f"{self.location}: the log is closed")
-        conn = _connect(self._url)
+        conn = _connect(self._url, self.reconnect_timeout_s)
         try:
             if role == "_reader" and self.read_only:
                 conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
@@ -250,7 +262,7 @@ class PostgresLog(SQLLog):
                 conn.execute(f"LISTEN {CHANNEL}")
         except psycopg.Error as exc:
             conn.close()
-            raise _Lost(str(exc).strip()) from exc
+            raise _Lost(_said(exc)) from exc
         old = getattr(self, role)
         if old is not None:
             old.close()
@@ -270,8 +282,8 @@ class PostgresLog(SQLLog):
             return action(conn, *args)
         except psycopg.Error as exc:
             if _is_broken(conn, exc):
-                raise _Lost(str(exc).strip()) from exc
-            raise StorageError(f"{self.location}: {str(exc).strip()}") from exc
+                raise _Lost(_said(exc)) from exc
+            raise StorageError(f"{self.location}: {_said(exc)}") from exc
 
     def _backoff(self) -> Backoff:
         return Backoff(self.reconnect_timeout_s, self._rng)
@@ -371,7 +383,7 @@ class PostgresLog(SQLLog):
                 committing = True
         except psycopg.Error as exc:
             if committing and _is_broken(conn, exc):
-                raise _Lost(str(exc).strip(), committing=backend) from exc
+                raise _Lost(_said(exc), committing=backend) from exc
             raise
         return placed[0][0]
 
@@ -420,7 +432,7 @@ class PostgresLog(SQLLog):
                 return _notified(listener, timeout)
             except psycopg.Error as exc:
                 if not _is_broken(listener, exc):
-                    raise StorageError(f"{self.location}: {str(exc).strip()}") from exc
+                    raise StorageError(f"{self.location}: {_said(exc)}") from exc
         # not listening yet, or no longer: commits made meanwhile reached nobody, so the caller reads again
         self._retrying("_listener", _run, "SELECT 1", ())
         return True

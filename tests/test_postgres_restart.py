@@ -130,23 +130,42 @@ def test_a_listener_listens_again_after_a_restart(server: TemporaryServer, url: 
 
 class BreakingCommit:
     """A connection whose next transaction ends with the connection breaking at COMMIT: after the server
-    committed (only the answer is lost) or before (it never got the COMMIT). ``then`` runs after the break."""
+    committed (only the answer is lost) or before (it never got the COMMIT). ``then`` runs after the break.
+    With ``keep_session`` the server's session outlives the break (as when only the network failed)."""
 
-    def __init__(self, conn: psycopg.Connection, *, committed: bool, then: Callable[[], None] = lambda: None) -> None:
-        self._conn = conn
+    def __init__(
+        self,
+        conn: psycopg.Connection,
+        *,
+        committed: bool,
+        then: Callable[[], None] = lambda: None,
+        keep_session: bool = False,
+    ) -> None:
+        self.session = conn
         self._committed = committed
         self._then = then
+        self._keep_session = keep_session
+        self._broken = False
 
     def __getattr__(self, name: str) -> object:
-        return getattr(self._conn, name)
+        return getattr(self.session, name)
+
+    @property
+    def closed(self) -> bool:
+        return self._broken or self.session.closed
+
+    def close(self) -> None:
+        if not self._keep_session:
+            self.session.close()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        with self._conn.transaction():
+        with self.session.transaction():
             yield
             if not self._committed:
                 raise psycopg.Rollback()
-        self._conn.close()
+        self._broken = True
+        self.close()
         self._then()
         raise psycopg.OperationalError("server closed the connection unexpectedly")
 
@@ -292,3 +311,19 @@ def test_a_follower_whose_write_met_the_outage_derives_each_input_once_after_it(
             server.start()
         follower.run(drain=True)
     assert derived_events(url) == derived_events(reference)
+
+
+def test_a_commit_is_uncertain_while_the_session_that_made_it_runs_on(url: str) -> None:
+    with Engine.open(url, seed=1, handlers=[]) as engine:
+        engine.log.reconnect_timeout_s = SHORT
+        broken = engine.log._writer = BreakingCommit(engine.log._writer, committed=True, keep_session=True)
+        started = time.monotonic()
+        with pytest.raises(CommitUncertain, match="look up 'order-1'") as info:
+            engine.publish(fb(1), id="order-1")
+        assert SHORT <= time.monotonic() - started < SHORT + 10.0
+        assert info.value.event_ids == ["order-1"]
+        broken.session.close()
+        assert engine.log.get("order-1") is not None
+        with pytest.raises(InvalidEvent, match="already in the log"):
+            engine.publish(fb(1), id="order-1")
+        assert [row[1] for row in engine.log.rows()] == ["order-1"]

@@ -125,7 +125,9 @@ def test_a_listener_listens_again_after_a_restart(server: TemporaryServer, url: 
         assert not log.wait_for_change(0.0)
         writer.publish(fb(1))
         assert log.wait_for_change(GUARD)
-        assert reader.log.last_seq() == 1 and log.reconnects >= 1
+        assert reader.log.last_seq() == 1 and log.reconnects == 2  # listener and reader
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):  # the reader connected anew is read-only too
+            log._reader.execute("DELETE FROM rtopt_meta")
 
 
 class BreakingCommit:

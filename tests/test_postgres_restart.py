@@ -132,19 +132,22 @@ def test_a_listener_listens_again_after_a_restart(server: TemporaryServer, url: 
 
 class BreakingCommit:
     """A connection whose next transaction ends with the connection breaking at COMMIT: after the server
-    committed (only the answer is lost) or before (it never got the COMMIT). ``then`` runs after the break.
-    With ``keep_session`` the server's session outlives the break (as when only the network failed)."""
+    committed (only the answer is lost) or before (it never got the COMMIT); or, ``early``, as soon as the
+    transaction begins. ``then`` runs after the break. With ``keep_session`` the server's session outlives the
+    break (as when only the network failed)."""
 
     def __init__(
         self,
         conn: psycopg.Connection,
         *,
         committed: bool,
+        early: bool = False,
         then: Callable[[], None] = lambda: None,
         keep_session: bool = False,
     ) -> None:
         self.session = conn
         self._committed = committed
+        self._early = early
         self._then = then
         self._keep_session = keep_session
         self._broken = False
@@ -163,20 +166,35 @@ class BreakingCommit:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         with self.session.transaction():
+            if self._early:
+                self._break()
             yield
             if not self._committed:
                 raise psycopg.Rollback()
+        self._break()
+
+    def _break(self) -> None:
         self._broken = True
         self.close()
         self._then()
         raise psycopg.OperationalError("server closed the connection unexpectedly")
 
 
-@pytest.mark.parametrize("committed", [True, False], ids=["answer-lost", "commit-lost"])
-def test_a_commit_whose_connection_broke_is_found_or_made_again(url: str, committed: bool) -> None:
+@pytest.mark.parametrize(
+    ("committed", "early"), [(True, False), (False, False), (False, True)], ids=["answer-lost", "commit-lost", "early"]
+)
+def test_a_commit_whose_connection_broke_is_found_or_made_again(
+    url: str, committed: bool, early: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with Engine.open(url, seed=1, handlers=[]) as engine:
         engine.publish(fb(0))
-        engine.log._writer = BreakingCommit(engine.log._writer, committed=committed)
+        engine.log._writer = BreakingCommit(engine.log._writer, committed=committed, early=early)
+        if early:  # broken before COMMIT was sent: nothing committed, the write is simply made again
+
+            def not_asked(*args: object) -> None:
+                raise AssertionError("a write that broke before its COMMIT asked whether it committed")
+
+            monkeypatch.setattr(engine.log, "_committed_at", not_asked)
         envelopes = engine.publish_many([fb(i) for i in range(1, 4)])
         # committed once either way: a blind retry would hit the unique ids, a wrong "committed" lose them
         assert [(env.seq, env.id) for env in envelopes] == [engine.log.get(env.id)[:2] for env in envelopes]

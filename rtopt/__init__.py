@@ -5,7 +5,16 @@ The kernel: event schemas, the append-only log, the bus and the :class:`Engine`.
 """
 
 from rtopt.engine import ConfigurationChanged, Draft, Engine, EngineStats, Rebuilt, VerifyReport, default_handlers
-from rtopt.errors import InvalidEvent, InvalidLog, ReadOnlyLog, RtoptError, UnknownEventType
+from rtopt.errors import (
+    CommitUncertain,
+    InvalidEvent,
+    InvalidLog,
+    ReadOnlyLog,
+    RtoptError,
+    StorageError,
+    StorageUnavailable,
+    UnknownEventType,
+)
 from rtopt.events import (
     ArmUpdated,
     ClockTicked,
@@ -28,6 +37,7 @@ from rtopt.handler import Context, Decider, Handler, Request, Suggester
 __all__ = [
     "ArmUpdated",
     "ClockTicked",
+    "CommitUncertain",
     "ConfigurationChanged",
     "Context",
     "Decider",
@@ -50,6 +60,8 @@ __all__ = [
     "Rebuilt",
     "Request",
     "RtoptError",
+    "StorageError",
+    "StorageUnavailable",
     "StudyDefined",
     "Suggested",
     "Suggester",

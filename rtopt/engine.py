@@ -16,7 +16,7 @@ import time as wall_clock
 import warnings
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ import reactivex
 from reactivex.abc import DisposableBase
 
 from rtopt.bus import Bus
-from rtopt.errors import InvalidEvent, ReadOnlyLog, RtoptError
+from rtopt.errors import CommitUncertain, InvalidEvent, ReadOnlyLog, RtoptError, StorageError, StorageUnavailable
 from rtopt.events import (
     HANDLER_ENTRY_POINTS,
     ClockTicked,
@@ -233,6 +233,7 @@ class Engine:
         self._inputs = 0
         self._closed = False
         self._batch: _Batch | None = None
+        self._stale = False  # a failed write left handler state ahead of the log: rebuild before using it
         for handler in handlers:
             self._add_slot(handler)
         self._rebuild()
@@ -367,6 +368,7 @@ class Engine:
         """A detached copy of ``handler``'s state, or of the part of it for ``key``."""
         with self._write_lock:
             slot = self._slot(handler)
+            self._recover()
             return slot.handler.view(slot.state, key)
 
     def snapshot(self) -> int:
@@ -374,6 +376,7 @@ class Engine:
         with self._write_lock:
             self._refuse_in_batch("take a snapshot")
             self._commit_queue()
+            self._recover()
             for slot in self._slots:
                 blob = msgspec.msgpack.encode(slot.state)
                 self._log.save_snapshot(slot.name, slot.handler.fingerprint(), self._last_seq, blob)
@@ -538,6 +541,7 @@ class Engine:
         Whatever happens, every ticket ends done, with its envelopes or with the error that stopped it.
         """
         try:
+            self._recover()
             accepted = tickets if checked else self._screen(tickets)
             recorded_at = wall_clock.time()
             seq, inputs = self._last_seq, self._inputs
@@ -592,17 +596,35 @@ class Engine:
             self._dispatch(written)
 
     def _abandon(self, error: BaseException) -> None:
-        """Drop what the current batch holds (if any) and reset state to the log's."""
+        """Drop what the current batch holds (if any) and reset state to the log's: now, or at the next
+        call when the server cannot be reached."""
         if self._batch is not None:
             self._batch.error = error
             self._forget(self._batch)
-        self._rebuild()
+        if isinstance(error, CommitUncertain):
+            self._retire_input_ids()  # the error hands them out, committed or not
+        self._stale = True
+        if not isinstance(error, StorageUnavailable | CommitUncertain):
+            with suppress(StorageError):
+                self._recover()
+
+    def _recover(self) -> None:
+        """Rebuild state from the log if a failed write left it stale; raises StorageUnavailable (staying
+        stale) while the server cannot be reached."""
+        if self._stale:
+            self._rebuild()
+            self._stale = False
+
+    def _retire_input_ids(self) -> None:
+        """Number later inputs in a new namespace: ids handed out for events that may not be in the log
+        must not name other events."""
+        self._abandoned_batches += 1
+        self._input_namespace = f"{self._input_prefix}after-abandoned-{self._abandoned_batches}/".encode()
 
     def _forget(self, batch: _Batch) -> None:
         """Drop an abandoned batch's events; its ids were handed out, so later inputs take new ones."""
         if batch.envelopes:
-            self._abandoned_batches += 1
-            self._input_namespace = f"{self._input_prefix}after-abandoned-{self._abandoned_batches}/".encode()
+            self._retire_input_ids()
         batch.envelopes.clear()
         batch.by_id.clear()
 
@@ -682,7 +704,7 @@ class Engine:
         try:
             self._fold_history(self._slots, first - 1)
         except Exception:
-            self._rebuild()  # a failed read: start again from the log, which holds ours and theirs
+            self._stale = True  # a failed read: start again from the log, which holds ours and theirs
         return [moved[envelope.id] for envelope in written]
 
     def _screen(self, tickets: list[_Ticket]) -> list[_Ticket]:
@@ -822,6 +844,7 @@ class Engine:
         when = self._event_time(time)
         with self._write_lock:
             self._commit_queue()
+            self._recover()
             slot = self._decider_for(experiment)
             if slot is None:
                 self._rejected["unknown experiment"] += 1
@@ -927,6 +950,7 @@ class Engine:
         when = self._event_time(time)
         with self._write_lock:
             self._commit_queue()
+            self._recover()
             slot = self._suggester_for(study)
             if slot is None:
                 self._rejected["unknown study"] += 1
@@ -962,6 +986,7 @@ class Engine:
         when = self._event_time(time)
         with self._write_lock:
             self._commit_queue()
+            self._recover()
             slot = self._suggester_for(study)
             if slot is not None and slot.handler.observed(slot.state, suggestion_id):
                 self._rejected["repeated observation"] += 1

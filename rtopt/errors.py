@@ -30,3 +30,33 @@ class ReadOnlyLog(RtoptError):
 
 class UnknownEventType(RtoptError):
     """The log holds an event type whose class is not registered in this process."""
+
+
+class StorageError(RtoptError):
+    """The database behind a log failed or refused an operation; the driver's error is the ``__cause__``.
+
+    Unless a subclass says otherwise, nothing of the operation was written.
+    """
+
+
+class StorageUnavailable(StorageError):
+    """The database server could not be reached, even after reconnecting for the log's
+    ``reconnect_timeout_s``; nothing was written. The engine goes on once the server is back."""
+
+
+class CommitUncertain(StorageError):
+    """The connection broke while a batch was being committed and the log could not find out whether the
+    commit took place: either every event in ``event_ids`` is in the log, or none is.
+
+    Check with ``engine.log.get(event_ids[0])`` once the server is back, or publish again with the same
+    explicit ids: a duplicate id is refused with :class:`InvalidEvent`, which means the first attempt
+    committed.
+
+    >>> error = CommitUncertain("connection lost during COMMIT", event_ids=["a", "b"])
+    >>> error.event_ids
+    ['a', 'b']
+    """
+
+    def __init__(self, message: str, *, event_ids: list[str]) -> None:
+        super().__init__(message)
+        self.event_ids = event_ids

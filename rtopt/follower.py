@@ -117,6 +117,7 @@ class Follower:
         if FOLLOWED not in log.meta():
             log.set_meta(FOLLOWED, "1")
         self.position = log.tracked(self.tracker)
+        self._stale = False  # a failed step left the chains ahead of the position: restore before the next
         self._restore()
         self._snapshot_at = self.resumed_from
         self.processed = 0
@@ -183,6 +184,9 @@ class Follower:
     def step(self) -> int:
         """Process up to ``batch`` inputs of this partition that follow the position; returns how many
         inputs (of any partition) it read past."""
+        if self._stale:
+            self._restore()  # raises StorageUnavailable, staying stale, while the server cannot be reached
+            self._stale = False
         recorded_at = wall_clock.time()
         derived: list[Row] = []
         read = owned = 0
@@ -201,7 +205,7 @@ class Follower:
             if read:
                 self.log.append_tracked(derived, self.tracker, self.position, last)
         except BaseException:
-            self._restore()  # the chains folded inputs whose results were not written
+            self._stale = True  # the chains folded inputs whose results were not written
             raise
         if read:
             self.position = last

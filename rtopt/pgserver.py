@@ -64,6 +64,9 @@ class TemporaryServer:
     >>> server = TemporaryServer().start()  # doctest: +SKIP
     >>> server.create_database("demo")  # doctest: +SKIP
     'postgresql://postgres@127.0.0.1:54321/demo'
+    >>> server.halt()  # doctest: +SKIP
+    >>> server.start().url()  # doctest: +SKIP
+    'postgresql://postgres@127.0.0.1:54321/postgres'
     >>> server.stop()  # doctest: +SKIP
     """
 
@@ -90,11 +93,12 @@ class TemporaryServer:
             raise RtoptError(f"{command[0]} failed ({done.returncode}): {done.stderr.strip()}\n{tail}")
 
     def start(self) -> TemporaryServer:
-        """Create the cluster and start the server; returns self."""
-        if self._user is not None:
-            entry = pwd.getpwnam(self._user)
-            os.chown(self.directory, entry.pw_uid, entry.pw_gid)
-        self._run("initdb", "-D", str(self.data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--no-sync")
+        """Create the cluster (unless it exists: after :meth:`halt`) and start the server; returns self."""
+        if not self.data.exists():
+            if self._user is not None:
+                entry = pwd.getpwnam(self._user)
+                os.chown(self.directory, entry.pw_uid, entry.pw_gid)
+            self._run("initdb", "-D", str(self.data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--no-sync")
         options = [
             f"-p {self.port}",
             "-c listen_addresses=127.0.0.1",
@@ -129,12 +133,19 @@ class TemporaryServer:
             conn.execute(f'CREATE SCHEMA "{name}"')
         return f"{self.url(database)}?options=-csearch_path%3D{name}"
 
+    def halt(self, mode: str = "fast") -> None:
+        """Stop the server, keeping its data: :meth:`start` brings it back on the same port. ``mode`` is
+        pg_ctl's: ``fast`` ends the sessions and writes everything out, ``immediate`` stops as a crash would."""
+        if mode not in ("fast", "immediate"):
+            raise ValueError(f"mode must be 'fast' or 'immediate', not {mode!r}")
+        if self._running:
+            self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+            self._running = False
+
     def stop(self) -> None:
         """Stop the server and delete its directory."""
         atexit.unregister(self.stop)
-        if self._running:
-            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
-            self._running = False
+        self.halt("immediate")
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def __enter__(self) -> TemporaryServer:

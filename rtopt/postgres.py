@@ -5,24 +5,40 @@ the last seq and numbers its batch after it, so seqs are gapless and in commit o
 seq never skips an event that commits late. Each commit sends a NOTIFY on :data:`CHANNEL`, which
 :meth:`PostgresLog.wait_for_change` listens for. Followers record how far they got in a tracking table,
 in the same transaction as the events they derive (:meth:`PostgresLog.append_tracked`).
+
+A connection that breaks (the server restarted, the network dropped) is made anew, with :class:`Backoff`,
+for up to ``reconnect_timeout_s`` seconds; reads run again, as does a write that broke before its COMMIT
+was sent. A write that broke during its COMMIT looks its first event id up once reconnected: found, it
+committed; absent (and the broken session ended), it runs again. Driver errors reach callers as
+:class:`~rtopt.errors.StorageError` and its subclasses.
 """
 
 from __future__ import annotations
 
+import math
+import random
 import threading
-from collections.abc import Collection, Sequence
+import time
+from collections.abc import Callable, Collection, Sequence
+from typing import TypeVar
 
-from rtopt.errors import InvalidLog, RtoptError
+from rtopt.errors import CommitUncertain, InvalidLog, RtoptError, StorageError, StorageUnavailable
 from rtopt.log import COLUMNS, META_TABLE, Row, SQLLog, check_format_version, initial_meta, shown_url
 
 try:
     import psycopg
+    from psycopg.conninfo import conninfo_to_dict
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise RtoptError("a PostgreSQL log needs psycopg: pip install 'rtopt[postgres]'") from exc
 
 CHANNEL = "rtopt_events"
 TRACKING_TABLE = "rtopt_tracking"
 SCHEMA_LOCK = 0x7270_7409  # advisory lock held while a process creates the tables
+RECONNECT_TIMEOUT_S = 30.0
+"""Seconds a log keeps trying to reach its server again before it gives up with StorageUnavailable."""
+# refusals that a server gives while it starts, stops or is full: the next attempt may get in
+_PASSING_REFUSALS = ("the database system is", "too many clients", "connection slots are reserved", "terminating")
+T = TypeVar("T")
 _COPY = f"COPY events ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _COPY_TYPES = ["int8", "text", "text", "text", "float8", "float8", "text", "text", "int4", "bytea"]
 _SCHEMA = [
@@ -54,11 +70,112 @@ _SCHEMA = [
 ]
 
 
-def _connect(url: str) -> psycopg.Connection:
+class Backoff:
+    """The waits between attempts to reach a server: from ``first`` seconds, doubling up to ``cap``, each
+    drawn between half and all of that from ``rng`` (so processes that lost the server together come back
+    apart), and no more once ``timeout`` seconds have passed since the backoff began.
+
+    >>> waits = []  # a clock that moves only by the waits
+    >>> backoff = Backoff(1.0, random.Random(4), clock=lambda: sum(waits), sleep=waits.append)
+    >>> while backoff.wait():
+    ...     pass
+    >>> [round(wait, 3) for wait in waits], round(sum(waits), 9)
+    ([0.031, 0.055, 0.14, 0.231, 0.427, 0.117], 1.0)
+    """
+
+    def __init__(
+        self,
+        timeout: float,
+        rng: random.Random,
+        *,
+        first: float = 0.05,
+        cap: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.attempts = 0
+        self._rng = rng
+        self._first = first
+        self._cap = cap
+        self._clock = clock
+        self._sleep = sleep
+        self._deadline = clock() + timeout
+
+    def delay(self) -> float:
+        """The next wait, in seconds, before the deadline cuts it short."""
+        nominal = min(self._cap, self._first * 2**self.attempts)
+        return nominal * (0.5 + 0.5 * self._rng.random())
+
+    def wait(self) -> bool:
+        """Sleep until the next attempt is due; False, at once, when the time is up."""
+        remaining = self._deadline - self._clock()
+        if remaining <= 0:
+            return False
+        self._sleep(min(self.delay(), remaining))
+        self.attempts += 1
+        return True
+
+
+class _Lost(Exception):
+    """A connection broke, or could not be made, in a way that trying again may cure.
+
+    ``committing`` holds the server process id of a session that broke during its COMMIT.
+    """
+
+    def __init__(self, message: str, *, committing: int | None = None) -> None:
+        super().__init__(message)
+        self.committing = committing
+
+
+def _connect(url: str, timeout: float) -> psycopg.Connection:
+    """A new autocommit connection to ``url``; raises _Lost if the server may take one later.
+
+    Unless ``url`` sets a ``connect_timeout``, an attempt gives up after ``timeout`` seconds (2 to 10), so
+    that a host that does not answer at all cannot hold a call far beyond its reconnection timeout.
+    """
     try:
-        return psycopg.connect(url, autocommit=True)
+        given = conninfo_to_dict(url)
+        limit = {} if "connect_timeout" in given else {"connect_timeout": min(max(2, math.ceil(timeout)), 10)}
+        return psycopg.connect(url, autocommit=True, **limit)
     except psycopg.Error as exc:
-        raise RtoptError(f"{shown_url(url)}: cannot connect: {str(exc).strip()}") from None
+        text = _said(exc)
+        lasting = not isinstance(exc, psycopg.OperationalError) or (
+            "FATAL:" in text and not any(refusal in text for refusal in _PASSING_REFUSALS)
+        )
+        if lasting:  # a wrong database, user or password: no use trying again
+            raise StorageUnavailable(f"{shown_url(url)}: cannot connect: {text}") from exc
+        raise _Lost(text) from exc
+
+
+def _said(exc: psycopg.Error) -> str:
+    """The driver's message on one line."""
+    return " ".join(str(exc).split())
+
+
+def _unavailable(location: str, timeout: float, lost: _Lost) -> StorageUnavailable:
+    return StorageUnavailable(
+        f"{location}: cannot reach the database server (gave up after reconnect_timeout_s = {timeout:g} s):"
+        f" {lost}; nothing was written"
+    )
+
+
+def _reach(url: str, timeout: float, rng: random.Random) -> psycopg.Connection:
+    """A new connection to ``url``, tried again with backoff for up to ``timeout`` seconds."""
+    backoff = Backoff(timeout, rng)
+    while True:
+        try:
+            return _connect(url, timeout)
+        except _Lost as lost:
+            if not backoff.wait():
+                raise _unavailable(shown_url(url), timeout, lost) from lost.__cause__
+
+
+def _is_broken(conn: psycopg.Connection, exc: psycopg.Error) -> bool:
+    """True if ``exc`` ended the session on ``conn`` (which is then closed)."""
+    state = exc.sqlstate or ""
+    if not conn.closed and (state.startswith("08") or state.startswith("57P")):
+        conn.close()  # the server said it ends the session (shutdown, crash, lost link)
+    return conn.closed
 
 
 class PostgresLog(SQLLog):
@@ -73,46 +190,122 @@ class PostgresLog(SQLLog):
 
     shared = True
 
-    def __init__(self, url: str, writer: psycopg.Connection | None, reader: psycopg.Connection) -> None:
+    def __init__(
+        self,
+        url: str,
+        writer: psycopg.Connection | None,
+        reader: psycopg.Connection,
+        *,
+        reconnect_timeout_s: float = RECONNECT_TIMEOUT_S,
+    ) -> None:
         self.location = shown_url(url)
         self.read_only = writer is None
+        self.reconnect_timeout_s = reconnect_timeout_s
+        """Seconds a call keeps reconnecting after the connection broke before it raises StorageUnavailable."""
+        self.reconnects = 0
+        """How many times a connection was made anew after it broke."""
         self._url = url
         self._writer = writer
         self._reader = reader
         self._listener: psycopg.Connection | None = None
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
+        self._rng = random.Random()  # jitter of the reconnection backoff only
+        self._closed = False
 
     @classmethod
-    def open(cls, url: str, *, read_only: bool = False, seed: int | None = None) -> PostgresLog:
+    def open(
+        cls,
+        url: str,
+        *,
+        read_only: bool = False,
+        seed: int | None = None,
+        reconnect_timeout_s: float = RECONNECT_TIMEOUT_S,
+    ) -> PostgresLog:
         """Open the log in the database at ``url``, creating its tables in an empty database.
 
         A database holding other tables, or a log of a newer format, raises :class:`InvalidLog` and is
-        left as it was; so does an empty one opened ``read_only``.
+        left as it was; so does an empty one opened ``read_only``. A server that cannot be reached within
+        ``reconnect_timeout_s`` seconds raises :class:`StorageUnavailable`, then and whenever a connection
+        breaks later.
         """
         location = shown_url(url)
+        rng = random.Random()
         if read_only:
-            reader = _connect(url)
+            reader = _reach(url, reconnect_timeout_s, rng)
             reader.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
             try:
                 _check_existing(reader, location, create=False, seed=seed)
             except BaseException:
                 reader.close()
                 raise
-            return cls(url, None, reader)
-        writer = _connect(url)
+            return cls(url, None, reader, reconnect_timeout_s=reconnect_timeout_s)
+        writer = _reach(url, reconnect_timeout_s, rng)
         try:
             _check_existing(writer, location, create=True, seed=seed)
         except BaseException:
             writer.close()
             raise
-        return cls(url, writer, _connect(url))
+        return cls(url, writer, _reach(url, reconnect_timeout_s, rng), reconnect_timeout_s=reconnect_timeout_s)
+
+    # --- connections -----------------------------------------------------------------------------
+
+    def _reconnect(self, role: str) -> psycopg.Connection:
+        """A new connection in ``role`` (``_writer``, ``_reader`` or ``_listener``), set up as the old one."""
+        if self._closed:
+            raise StorageError(f"{self.location}: the log is closed")
+        conn = _connect(self._url, self.reconnect_timeout_s)
+        try:
+            if role == "_reader" and self.read_only:
+                conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+            elif role == "_listener":
+                conn.execute(f"LISTEN {CHANNEL}")
+        except psycopg.Error as exc:
+            conn.close()
+            raise _Lost(_said(exc)) from exc
+        old = getattr(self, role)
+        if old is not None:
+            old.close()
+            self.reconnects += 1
+        setattr(self, role, conn)
+        return conn
+
+    def _attempt(self, role: str, action: Callable[..., T], *args: object) -> T:
+        """``action(connection, *args)`` on the connection in ``role``, made anew first if it broke.
+
+        Raises _Lost if the connection broke (or cannot be made yet), StorageError for other driver errors.
+        """
+        conn = getattr(self, role)
+        if conn is None or conn.closed:
+            conn = self._reconnect(role)
+        try:
+            return action(conn, *args)
+        except psycopg.Error as exc:
+            if _is_broken(conn, exc):
+                raise _Lost(_said(exc)) from exc
+            raise StorageError(f"{self.location}: {_said(exc)}") from exc
+
+    def _backoff(self) -> Backoff:
+        return Backoff(self.reconnect_timeout_s, self._rng)
+
+    def _retrying(self, role: str, action: Callable[..., T], *args: object) -> T:
+        """:meth:`_attempt`, again after every break (with backoff) until it succeeds or
+        :attr:`reconnect_timeout_s` has passed; for actions that are safe to run twice."""
+        backoff = None
+        while True:
+            try:
+                return self._attempt(role, action, *args)
+            except _Lost as lost:
+                backoff = backoff or self._backoff()
+                if not backoff.wait():
+                    raise _unavailable(self.location, self.reconnect_timeout_s, lost) from lost.__cause__
 
     # --- writing ---------------------------------------------------------------------------------
 
     def _execute(self, sql: str, params: Sequence[object] = ()) -> None:
+        # the writes that come here (meta data, snapshots) are upserts: running one twice does no harm
         with self._write_lock:
-            self._writer.execute(sql.replace("?", "%s"), params)
+            self._retrying("_writer", _run, sql.replace("?", "%s"), params)
 
     def append(self, rows: Sequence[Row], guard: Collection[str] | None = None) -> int:
         self._writable()
@@ -137,21 +330,80 @@ class PostgresLog(SQLLog):
     def _write(
         self, rows: Sequence[Row], guard: Collection[str] | None, tracking: tuple[str, int, int] | None = None
     ) -> int:
-        with self._write_lock, self._writer.transaction():
-            cur = self._writer.cursor()
-            if tracking is not None:
-                self._move_tracker(cur, *tracking)
-            cur.execute("LOCK TABLE events IN EXCLUSIVE MODE")
-            (last,) = cur.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
-            if not rows:
-                return last + 1
-            placed = self._place(rows, last, guard, lambda after, streams: _clash(cur, after, streams))
-            with cur.copy(_COPY) as copy:
-                copy.set_types(_COPY_TYPES)
-                for row in placed:
-                    copy.write_row(row)
-            cur.execute(f"NOTIFY {CHANNEL}")
+        """Append ``rows`` (and move the tracker) in one transaction, made again after a broken connection
+        unless it may have committed: then the log is asked whether it did."""
+        with self._write_lock:
+            backoff = None
+            unresolved = None  # the server process of a session that broke during its COMMIT
+            while True:
+                try:
+                    if unresolved is not None:
+                        first = self._attempt("_writer", self._committed_at, rows, tracking, unresolved)
+                        if first is not None:
+                            return first
+                        unresolved = None  # it did not commit: write again
+                    return self._attempt("_writer", self._transaction, rows, guard, tracking)
+                except _Lost as lost:
+                    unresolved = lost.committing or unresolved
+                    backoff = backoff or self._backoff()
+                    if backoff.wait():
+                        continue
+                    if unresolved is None:
+                        raise _unavailable(self.location, self.reconnect_timeout_s, lost) from lost.__cause__
+                    ids = [row[1] for row in rows]
+                    raise CommitUncertain(
+                        f"{self.location}: the connection broke while {len(ids)} events were being committed and"
+                        f" the server could not be asked within reconnect_timeout_s = {self.reconnect_timeout_s:g}"
+                        f" s whether they were ({lost}); all of them or none are in the log: look up"
+                        f" {ids[0] if ids else tracking!r} once the server is back",
+                        event_ids=ids,
+                    ) from lost.__cause__
+
+    def _transaction(
+        self, conn: psycopg.Connection, rows: Sequence[Row], guard: Collection[str] | None,
+        tracking: tuple[str, int, int] | None,
+    ) -> int:
+        backend = conn.info.backend_pid
+        committing = False
+        try:
+            with conn.transaction():
+                cur = conn.cursor()
+                if tracking is not None:
+                    self._move_tracker(cur, *tracking)
+                cur.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+                (last,) = cur.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+                if not rows:
+                    return last + 1
+                placed = self._place(rows, last, guard, lambda after, streams: _clash(cur, after, streams))
+                with cur.copy(_COPY) as copy:
+                    copy.set_types(_COPY_TYPES)
+                    for row in placed:
+                        copy.write_row(row)
+                cur.execute(f"NOTIFY {CHANNEL}")
+                committing = True
+        except psycopg.Error as exc:
+            if committing and _is_broken(conn, exc):
+                raise _Lost(_said(exc), committing=backend) from exc
+            raise
         return placed[0][0]
+
+    def _committed_at(
+        self, conn: psycopg.Connection, rows: Sequence[Row], tracking: tuple[str, int, int] | None, backend: int
+    ) -> int | None:
+        """The seq the first of ``rows`` got if the transaction whose COMMIT broke on server process
+        ``backend`` committed, else None; raises _Lost while that process still runs (its outcome is open)."""
+        if conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (backend,)).fetchone():
+            raise _Lost(f"the session that was committing (server process {backend}) has not ended yet")
+        if rows:
+            found = conn.execute("SELECT seq FROM events WHERE id = %s", (rows[0][1],)).fetchone()
+            return None if found is None else found[0]
+        if tracking is None:
+            return None
+        name, _, position = tracking
+        found = conn.execute(f"SELECT position FROM {TRACKING_TABLE} WHERE name = %s", (name,)).fetchone()
+        if found is None or found[0] != position:
+            return None
+        return conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM events").fetchone()[0]
 
     def _move_tracker(self, cur: psycopg.Cursor, tracker: str, previous: int, position: int) -> None:
         cur.execute(
@@ -171,25 +423,43 @@ class PostgresLog(SQLLog):
 
     def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
         with self._read_lock:
-            return self._reader.execute(sql.replace("?", "%s"), params).fetchall()
+            return self._retrying("_reader", _fetch, sql.replace("?", "%s"), params)
 
     def wait_for_change(self, timeout: float) -> bool:
-        if self._listener is None:
-            # commits made before LISTEN reach nobody: the caller reads again before waiting
-            self._listener = _connect(self._url)
-            self._listener.execute(f"LISTEN {CHANNEL}")
-            return True
-        if not any(True for _ in self._listener.notifies(timeout=timeout, stop_after=1)):
-            return False
-        for _ in self._listener.notifies(timeout=0.0):  # one read answers every commit already announced
-            pass
+        listener = self._listener
+        if listener is not None and not listener.closed:
+            try:
+                return _notified(listener, timeout)
+            except psycopg.Error as exc:
+                if not _is_broken(listener, exc):
+                    raise StorageError(f"{self.location}: {_said(exc)}") from exc
+        # not listening yet, or no longer: commits made meanwhile reached nobody, so the caller reads again
+        self._retrying("_listener", _run, "SELECT 1", ())
         return True
 
     def close(self) -> None:
+        self._closed = True
         with self._write_lock, self._read_lock:
             for conn in (self._writer, self._reader, self._listener):
                 if conn is not None:
                     conn.close()
+
+
+def _run(conn: psycopg.Connection, sql: str, params: Sequence[object]) -> None:
+    conn.execute(sql, params)
+
+
+def _fetch(conn: psycopg.Connection, sql: str, params: Sequence[object]) -> list[tuple]:
+    return conn.execute(sql, params).fetchall()
+
+
+def _notified(listener: psycopg.Connection, timeout: float) -> bool:
+    """True if a commit was announced on ``listener`` within ``timeout`` seconds."""
+    if not any(True for _ in listener.notifies(timeout=timeout, stop_after=1)):
+        return False
+    for _ in listener.notifies(timeout=0.0):  # one read answers every commit already announced
+        pass
+    return True
 
 
 def _clash(cur: psycopg.Cursor, after: int, streams: Collection[str]) -> tuple[int, str] | None:

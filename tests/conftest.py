@@ -28,6 +28,12 @@ def rows_without_recorded_at(path: Path) -> list[tuple]:
         return [row[:5] + row[6:] for row in engine.log.rows()]
 
 
+def derived_events(location: str | Path) -> list[tuple]:
+    """The derived events of a log without their seq and recording time, sorted by id."""
+    with Engine.open(location, read_only=True, handlers=[]) as engine:
+        return sorted(row[1:5] + row[6:] for row in engine.log.rows() if row[6] is not None)
+
+
 def simulate_into(path: Path, steps: int, seed: int, variants: int = 4) -> None:
     with Engine.open(path, seed=seed) as engine:
         simulate(engine, steps, default_variants(variants, seed), seed)

@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from rtopt import Engine, Feedback, InvalidLog, RtoptError
+from rtopt.errors import StorageError
 from rtopt.pgserver import TemporaryServer
 from rtopt.postgres import PostgresLog
 
@@ -53,8 +54,9 @@ def test_a_taken_seq_or_id_is_refused(pg_url: str) -> None:
             " correlation_id, schema_version, payload FROM events WHERE seq = 1",
         )
     with Engine.open(pg_url, handlers=[]) as engine:
-        with pytest.raises(psycopg.errors.UniqueViolation):
+        with pytest.raises(StorageError, match="duplicate key value violates unique constraint") as refused:
             engine.log.append([(6, *before[0][1:])], guard=())
+        assert isinstance(refused.value.__cause__, psycopg.errors.UniqueViolation)
         with pytest.raises(RtoptError, match="expected to append at seq 6, got 9"):
             engine.log.append([(9, "fresh", *before[0][2:])])
     assert raw(pg_url, "SELECT * FROM events ORDER BY seq") == before

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import derived_events
 
 from handlers.bandits import BanditHandler
 from handlers.bandits.simulation import default_variants, simulate
@@ -48,12 +49,6 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for k, (name, policy) in enumerate(EXPERIMENTS):
             simulate(engine, 250, default_variants(3, k), k, experiment=name, policy=policy)
     return path
-
-
-def derived_events(location: str | Path) -> list[tuple]:
-    """The derived events of a log without their seq and recording time, sorted by id."""
-    with Engine.open(location, read_only=True, handlers=[]) as engine:
-        return sorted(row[1:5] + row[6:] for row in engine.log.rows() if row[6] is not None)
 
 
 def publish_inputs(source: Path, url: str) -> int:

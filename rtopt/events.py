@@ -32,7 +32,7 @@ OptionValue = bool | int | float | str | list[str]
 
 _REGISTRY: dict[str, type[Event]] = {}
 _PAYLOAD_DECODERS: dict[str, msgspec.msgpack.Decoder[Event]] = {}
-_PATH_FIELD = re.compile(r"at `\$\.([A-Za-z_][A-Za-z0-9_]*)")
+_PATH_FIELD = re.compile(r"(?:at|in) `\$\.([A-Za-z_][A-Za-z0-9_]*)")
 _ARGUMENT_FIELD = re.compile(r"argument '([^']+)'", re.IGNORECASE)
 _UNSTORABLE = (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError)
 """What encoding raises for a value msgpack cannot hold (UnicodeEncodeError is a ValueError)."""
@@ -258,7 +258,7 @@ def validate(event: S, max_bytes: int | None = None) -> S:
         match = _PATH_FIELD.search(str(exc))
         field = match.group(1) if match else None
         value = getattr(event, field, None) if field else None
-        reason = str(exc).split(" - at ")[0]
+        reason = str(exc).removesuffix(f" - at `$.{field}`")
         where = f"{type(event).__name__}.{field}" if field else type(event).__name__
         raise InvalidEvent(f"{where} = {short_repr(value)}: {reason}", field=field, value=value) from None
     _check_finite(decoded, float_fields)
@@ -506,9 +506,9 @@ class Dimension(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_
             definition = {"type": "float", "low": definition[0], "high": definition[1]}
         try:
             return msgspec.convert(definition, cls, strict=False)
-        except msgspec.ValidationError as exc:
+        except (msgspec.ValidationError, *_UNSTORABLE) as exc:  # lax conversion parses strings, which can fail
             raise InvalidEvent(
-                f"space: {definition!r} is neither a (low, high) range nor a dimension: {exc}",
+                f"space: {short_repr(definition)} is neither a (low, high) range nor a dimension: {exc}",
                 field="space",
                 value=definition,
             ) from None

@@ -239,7 +239,7 @@ class Engine:
     ) -> None:
         self._log = log
         self._progress = progress
-        self.limits = Limits() if limits is None else validate(limits)
+        self.limits = Limits() if limits is None else limits
         self.seed = int(log.meta()["seed"])
         # on a log other processes append to, each engine names its inputs apart from theirs
         writer = f"{secrets.token_hex(8)}/" if log.shared else ""
@@ -296,6 +296,9 @@ class Engine:
         """
         if durability not in ("process", "power"):
             raise ValueError(f"durability must be 'process' or 'power', not {durability!r}")
+        if limits is not None and not isinstance(limits, Limits):
+            raise InvalidEvent(f"limits = {short_repr(limits)}: must be an rtopt.Limits", field="limits", value=limits)
+        limits = None if limits is None else validate(limits)
         log = open_log(
             DEFAULT_LOG if location is None else location,
             read_only=read_only,
@@ -959,11 +962,11 @@ class Engine:
                 f"decision_id = {decision_id!r}: no such decision in the log", field="decision_id", value=decision_id
             )
         decision = recorded[1]
-        for name in sorted(fields.keys() & _SET_BY_DECISION):
+        taken = sorted(fields.keys() & _SET_BY_DECISION)
+        if taken:
+            name, value = taken[0], fields[taken[0]]
             self._refuse(
-                InvalidEvent(
-                    f"{name} = {short_repr(fields[name])}: set by the decision", field=name, value=fields[name]
-                ),
+                InvalidEvent(f"{name} = {short_repr(value)}: set by the decision", field=name, value=value),
                 "invalid feedback",
             )
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 import secrets
 import threading
 import time as wall_clock
@@ -82,7 +83,7 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     ``max_event_bytes`` bounds an input event's payload as stored (msgpack-encoded), ``max_key_length`` the
     characters of a stream, an id or a correlation id, and ``max_batch`` the events of one
-    ``publish_many`` and the suggestions of one ``suggest``.
+    ``publish_many``, the suggestions of one ``suggest`` and the slots of one ``decide``.
 
     >>> from rtopt import Feedback
     >>> with Engine.open(":memory:", seed=7, handlers=[], limits=Limits(max_event_bytes=300)) as engine:
@@ -558,6 +559,19 @@ class Engine:
         self._rejected[reason] += 1
         raise InvalidEvent(f"{field} = {short_repr(value)}: {problem}", field=field, value=value)
 
+    def _count(self, field: str, value: Any) -> int:
+        """``value`` as an int from 1 to ``limits.max_batch`` (a numpy integer too); otherwise count a refused
+        command and raise InvalidEvent."""
+        most = self.limits.max_batch
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool) and 1 <= value <= most:
+            return int(value)
+        self._rejected["invalid command"] += 1
+        raise InvalidEvent(
+            f"{field} = {short_repr(value)}: must be a whole number from 1 to {most:,} (Limits.max_batch)",
+            field=field,
+            value=value,
+        )
+
     def _collection(self, field: str, value: Any, reason: str = "invalid command") -> Iterable[Any]:
         """``value`` if it holds several items (a list, a tuple ...); a str, bytes or a single object is
         refused (counted under ``reason``), rather than taken apart."""
@@ -914,9 +928,7 @@ class Engine:
         ``available`` restricts the choice to those arms; ``context`` is the request's feature vector;
         ``unit`` names the user or session the request is for; ``slots`` > 1 asks for a ranked slate.
         """
-        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
-            self._rejected["invalid command"] += 1
-            raise InvalidEvent(f"slots = {slots!r}: must be a whole number of at least 1", field="slots", value=slots)
+        slots = self._count("slots", slots)
         experiment = self._key("experiment", experiment, optional=False, reason="invalid command")
         available = None if available is None else list(self._collection("available", available))
         request = self._accept(Request(context=context, available=available, unit=unit, slots=slots), "invalid command")
@@ -1039,13 +1051,7 @@ class Engine:
     def suggest(self, study: str, n: int = 1, *, time: float | None = None) -> list[Envelope[Suggested]]:
         """Suggest ``n`` parameter sets of ``study`` to evaluate (together); they are logged before they
         are returned, and replay re-makes them identically."""
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.limits.max_batch:
-            self._rejected["invalid command"] += 1
-            raise InvalidEvent(
-                f"n = {short_repr(n)}: must be a whole number from 1 to {self.limits.max_batch:,} (Limits.max_batch)",
-                field="n",
-                value=n,
-            )
+        n = self._count("n", n)
         study = self._key("study", study, optional=False, reason="invalid command")
         when = self._event_time(time)
         with self._write_lock:

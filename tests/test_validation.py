@@ -244,6 +244,8 @@ def test_numpy_scalars_are_accepted_as_their_python_values(engine: Engine) -> No
         first_decision(engine), success=np.bool_(False), quality_score=np.float64(0.25), response_time_ms=np.int16(9)
     )
     assert answered.payload.response_time_ms == 9.0 and answered.payload.success is False
+    assert len(engine.suggest("temperature", n=np.int64(2), time=3.0)) == 2
+    assert engine.decide("greeting", slots=np.int8(1), time=3.0).payload.arm in ("v1", "v2")
     refused(engine, lambda: engine.publish(Feedback(**VALID), time=2.0, id=np.str_("\ud800")), "id")
     with pytest.raises(InvalidEvent) as info:
         Feedback(**{**VALID, "tokens_in": np.float64(1.5)})

@@ -221,7 +221,7 @@ def _unstorable(struct: msgspec.Struct, error: BaseException) -> InvalidEvent:
 
 
 def _oversized(struct: msgspec.Struct, size: int, max_bytes: int) -> InvalidEvent:
-    sizes = [(size, field) for field, size in _field_sizes(struct) if isinstance(size, int)]
+    sizes = [(field_size, field) for field, field_size in _field_sizes(struct) if isinstance(field_size, int)]
     largest = f"; its largest field is {max(sizes)[1]} ({max(sizes)[0]:,} bytes)" if sizes else ""
     return InvalidEvent(
         f"{type(struct).__name__}: the payload takes {size:,} bytes, over the limit of {max_bytes:,}{largest}",
@@ -506,7 +506,7 @@ class Dimension(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_
             definition = {"type": "float", "low": definition[0], "high": definition[1]}
         try:
             return msgspec.convert(definition, cls, strict=False)
-        except (msgspec.ValidationError, *_UNSTORABLE) as exc:  # lax conversion parses strings, which can fail
+        except Exception as exc:  # lax conversion reads any object as a mapping or a sequence, which can raise anything
             raise InvalidEvent(
                 f"space: {short_repr(definition)} is neither a (low, high) range nor a dimension: {exc}",
                 field="space",

@@ -303,6 +303,8 @@ def test_define_experiment_refusals_are_counted(engine: Engine) -> None:
     refused(engine, lambda: engine.define_experiment("other", arms=["a", "a"]), "arms")
     refused(engine, lambda: engine.define_study("other", space=[("t", (0, 1))]), "space")
     refused(engine, lambda: engine.define_study("other", space={"t": (0, 1)}, n_initial=0), "n_initial")
+    for dimension in (np.float64(0.5), range(3), SURROGATE, {"type": "int", "low": SURROGATE}):
+        refused(engine, lambda: engine.define_study("other", space={"t": dimension}), "space")  # noqa: B023
 
 
 def test_command_arguments_of_the_wrong_type_are_refused(engine: Engine) -> None:

@@ -31,6 +31,7 @@ from rtopt import (
     default_handlers,
     registered_types,
 )
+from rtopt.cli import main as cli_main
 from rtopt.events import decode_payload, encode_payload, validate
 from rtopt.log import open_log
 
@@ -131,6 +132,7 @@ def test_values_msgpack_cannot_read_back_are_refused_and_the_log_stays_readable(
     assert info.value.field == field
     engine.close()
     assert_sound(engine.location)
+    assert cli_main(["inspect", engine.location]) == 0
 
 
 @pytest.mark.parametrize(
@@ -295,6 +297,7 @@ def test_envelope_arguments_of_the_wrong_type_are_refused(engine: Engine, keywor
     refused(engine, lambda: engine.publish_many([Draft(Feedback(**VALID), **{keyword: value})], time=2.0), keyword)
     engine.close()
     assert_sound(engine.location)
+    assert cli_main(["inspect", engine.location]) == 0
 
 
 def test_define_experiment_refusals_are_counted(engine: Engine) -> None:
@@ -359,11 +362,8 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
 )
 KERNEL_PACKAGES = ("rtopt.", "handlers.", "streams.")
-EVENT_TYPES = (
-    {tag: cls for tag, cls in registered_types().items() if cls.__module__.startswith(KERNEL_PACKAGES)}
-    if default_handlers()
-    else {}
-)  # loading the installed handlers registers their event types
+default_handlers()  # loading the installed handlers registers their event types
+EVENT_TYPES = {tag: cls for tag, cls in registered_types().items() if cls.__module__.startswith(KERNEL_PACKAGES)}
 DEEP = nested()
 
 hostile_scalars = st.one_of(

@@ -209,8 +209,8 @@ def _unstorable(struct: msgspec.Struct, error: BaseException) -> InvalidEvent:
     """The refusal of a struct that msgpack cannot encode, naming the first field that fails to encode."""
     name = type(struct).__name__
     failed = [(field, size) for field, size in _field_sizes(struct) if isinstance(size, BaseException)]
-    if not failed:
-        return InvalidEvent(f"{name}: cannot be stored: {type(error).__name__}: {error}")
+    if not failed:  # each field alone encodes: only the whole nests too deep
+        return InvalidEvent(f"{name}: cannot be stored: {type(error).__name__}: {error}", field="payload")
     field, reason = failed[0]
     value = getattr(struct, field)
     return InvalidEvent(
@@ -256,11 +256,14 @@ def validate(event: S, max_bytes: int | None = None) -> S:
     except (msgspec.ValidationError, RecursionError) as exc:
         _check_finite(event, float_fields)  # a non-finite number is named as such
         match = _PATH_FIELD.search(str(exc))
-        field = match.group(1) if match else None
-        value = getattr(event, field, None) if field else None
+        if match is None:  # no field named: the payload as a whole
+            raise InvalidEvent(f"{type(event).__name__}: {exc}", field="payload") from None
+        field = match.group(1)
+        value = getattr(event, field, None)
         reason = str(exc).removesuffix(f" - at `$.{field}`")
-        where = f"{type(event).__name__}.{field}" if field else type(event).__name__
-        raise InvalidEvent(f"{where} = {short_repr(value)}: {reason}", field=field, value=value) from None
+        raise InvalidEvent(
+            f"{type(event).__name__}.{field} = {short_repr(value)}: {reason}", field=field, value=value
+        ) from None
     _check_finite(decoded, float_fields)
     return decoded
 

@@ -931,7 +931,9 @@ class Engine:
         slots = self._count("slots", slots)
         experiment = self._key("experiment", experiment, optional=False, reason="invalid command")
         available = None if available is None else list(self._collection("available", available))
-        request = self._accept(Request(context=context, available=available, unit=unit, slots=slots), "invalid command")
+        request = Request(context=context, available=available, unit=unit, slots=slots)
+        if context is not None or available is not None or unit is not None:  # else nothing is left to check
+            request = self._accept(request, "invalid command")
         when = self._event_time(time)
         with self._write_lock:
             self._commit_queue()

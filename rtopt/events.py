@@ -168,8 +168,11 @@ def _schema(cls: type[S]) -> tuple[msgspec.msgpack.Decoder[S], tuple[str, ...]]:
 
 
 def _has_non_finite(value: object) -> bool:
-    if type(value) is float:
-        return not math.isfinite(value)
+    try:  # the usual case, a flat list or mapping of numbers: a NaN or an infinity makes their sum one too
+        if math.isfinite(sum(value.values() if type(value) is dict else value, 0.0)):  # type: ignore[attr-defined]
+            return False
+    except (TypeError, ValueError, ArithmeticError):
+        pass  # not only numbers (or a sum too large): look at each item
     pending = [value]  # a loop, not recursion: nesting as deep as msgpack takes must not overflow the stack
     while pending:
         item = pending.pop()

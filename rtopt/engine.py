@@ -563,7 +563,8 @@ class Engine:
         """``value`` as an int from 1 to ``limits.max_batch`` (a numpy integer too); otherwise count a refused
         command and raise InvalidEvent."""
         most = self.limits.max_batch
-        if isinstance(value, numbers.Integral) and not isinstance(value, bool) and 1 <= value <= most:
+        whole = type(value) is int or (isinstance(value, numbers.Integral) and not isinstance(value, bool))
+        if whole and 1 <= value <= most:
             return int(value)
         self._rejected["invalid command"] += 1
         raise InvalidEvent(

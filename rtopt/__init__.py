@@ -4,7 +4,16 @@ The kernel: event schemas, the append-only log, the bus and the :class:`Engine`.
 (bandits, detection, optimisation) live in the ``handlers`` package and register through entry points.
 """
 
-from rtopt.engine import ConfigurationChanged, Draft, Engine, EngineStats, Rebuilt, VerifyReport, default_handlers
+from rtopt.engine import (
+    ConfigurationChanged,
+    Draft,
+    Engine,
+    EngineStats,
+    Limits,
+    Rebuilt,
+    VerifyReport,
+    default_handlers,
+)
 from rtopt.errors import (
     CommitUncertain,
     InvalidEvent,
@@ -55,6 +64,7 @@ __all__ = [
     "HandlerFailed",
     "InvalidEvent",
     "InvalidLog",
+    "Limits",
     "Observed",
     "ReadOnlyLog",
     "Rebuilt",

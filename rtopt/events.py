@@ -12,12 +12,14 @@ import contextlib
 import functools
 import math
 import re
+import reprlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from importlib.metadata import entry_points
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 import msgspec
+import numpy as np
 from msgspec import Meta
 
 from rtopt.errors import InvalidEvent, UnknownEventType
@@ -30,31 +32,63 @@ OptionValue = bool | int | float | str | list[str]
 
 _REGISTRY: dict[str, type[Event]] = {}
 _PAYLOAD_DECODERS: dict[str, msgspec.msgpack.Decoder[Event]] = {}
-_JSON_ENCODER = msgspec.json.Encoder()
-_MSGPACK_ENCODER = msgspec.msgpack.Encoder()
-_PATH_FIELD = re.compile(r"at `\$\.([A-Za-z_][A-Za-z0-9_]*)")
-_ARGUMENT_FIELD = re.compile(r"argument '([^']+)'")
+_PATH_FIELD = re.compile(r"(?:at|in) `\$\.([A-Za-z_][A-Za-z0-9_]*)")
+_ARGUMENT_FIELD = re.compile(r"argument '([^']+)'", re.IGNORECASE)
+_UNSTORABLE = (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError)
+"""What encoding raises for a value msgpack cannot hold (UnicodeEncodeError is a ValueError)."""
+
+
+def _python_scalar(value: object) -> object:
+    """A numpy scalar as the Python number it holds (np.int64 -> int, np.bool_ -> bool, np.float32 -> float)."""
+    if isinstance(value, np.generic):
+        scalar = value.item()
+        if isinstance(scalar, bool | int | float | str):
+            return scalar
+    raise TypeError(f"Encoding objects of type {type(value).__module__}.{type(value).__qualname__} is unsupported")
+
+
+_MSGPACK_ENCODER = msgspec.msgpack.Encoder(enc_hook=_python_scalar)
+_SHORT = reprlib.Repr()
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong, _SHORT.maxlevel = 240, 120, 60, 3
+
+
+def short_repr(value: object) -> str:
+    """``repr(value)``, shortened for an error message: long strings and deep or long containers are cut.
+
+    >>> short_repr("x" * 1000)[:8], len(short_repr("x" * 1000)) < 250
+    ("'xxxxxxx", True)
+    """
+    return _SHORT.repr(value)
 
 
 _construction = threading.local()
 
 
-@contextlib.contextmanager
-def unvalidated() -> Iterator[None]:
+class _Unvalidated:
+    """The block of :func:`unvalidated` (a class: cheaper to enter than a generator on the per-event path)."""
+
+    __slots__ = ("previous",)
+
+    def __enter__(self) -> None:
+        self.previous = getattr(_construction, "unvalidated", False)
+        _construction.unvalidated = True
+
+    def __exit__(self, *exc: object) -> None:
+        _construction.unvalidated = self.previous
+
+
+def unvalidated() -> contextlib.AbstractContextManager[None]:
     """Within this block (on this thread) events are built without validation.
 
     Handler folds run inside it: the kernel validates what a fold derives after the fold returns, so a
     fold does exactly the same whether its outputs are kept (live) or thrown away (rebuilding state).
     """
-    _construction.unvalidated = True
-    try:
-        yield
-    finally:
-        _construction.unvalidated = False
+    return _Unvalidated()
 
 
 class _EventMeta(type(msgspec.Struct)):  # type: ignore[misc]
-    """Metaclass that validates an event when Python code constructs it."""
+    """Metaclass that validates an event when Python code constructs it, and gives back the event as the log
+    will store it (see :func:`validate`)."""
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -64,7 +98,7 @@ class _EventMeta(type(msgspec.Struct)):  # type: ignore[misc]
             field = match.group(1) if match else None
             raise InvalidEvent(f"{cls.__name__}: {exc}", field=field) from None
         if not getattr(_construction, "unvalidated", False):
-            validate(event)
+            return validate(event)
         return event
 
 
@@ -108,9 +142,7 @@ class Event(msgspec.Struct, frozen=True, tag=True, omit_defaults=True, metaclass
         return getattr(self, self.stream_field) if self.stream_field else None
 
 
-@functools.cache
-def _decoders(cls: type[Event]) -> tuple[msgspec.json.Decoder[Event], msgspec.msgpack.Decoder[Event]]:
-    return msgspec.json.Decoder(cls), msgspec.msgpack.Decoder(cls)
+S = TypeVar("S", bound=msgspec.Struct)
 
 
 def _inner_types(info: msgspec.inspect.Type) -> tuple[msgspec.inspect.Type, ...]:
@@ -127,76 +159,123 @@ def _inner_types(info: msgspec.inspect.Type) -> tuple[msgspec.inspect.Type, ...]
     return ()
 
 
-def _somewhere(info: msgspec.inspect.Type, test: Callable[[msgspec.inspect.Type], bool]) -> bool:
-    """True if ``test`` holds for ``info`` or for a type nested in it."""
-    return test(info) or any(_somewhere(inner, test) for inner in _inner_types(info))
-
-
 def _takes_float(info: msgspec.inspect.Type) -> bool:
-    return isinstance(info, msgspec.inspect.FloatType | msgspec.inspect.AnyType)
-
-
-def _null_hides_float(info: msgspec.inspect.Type) -> bool:
-    """The JSON encoder writes NaN and infinity as null, which this position accepts: the JSON check misses
-    them here."""
-    if isinstance(info, msgspec.inspect.AnyType):
-        return True
-    members = info.types if isinstance(info, msgspec.inspect.UnionType) else ()
-    return any(isinstance(t, msgspec.inspect.NoneType) for t in members) and any(
-        isinstance(t, msgspec.inspect.FloatType) for t in members
+    """True if a float can sit in ``info`` or somewhere inside it."""
+    return isinstance(info, msgspec.inspect.FloatType | msgspec.inspect.AnyType) or any(
+        _takes_float(inner) for inner in _inner_types(info)
     )
 
 
 @functools.cache
-def _float_fields(cls: type[Event]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The fields of ``cls`` whose values may contain floats, and those of them where a non-finite value
-    would pass the JSON check unseen."""
+def _schema(cls: type[S]) -> tuple[msgspec.msgpack.Decoder[S], tuple[str, ...]]:
+    """The strict decoder of ``cls`` and its fields whose values may contain floats: msgpack stores NaN and
+    infinity, so these are checked for finiteness on top of decoding."""
     fields = msgspec.inspect.type_info(cls).fields
-    return (
-        tuple(f.name for f in fields if _somewhere(f.type, _takes_float)),
-        tuple(f.name for f in fields if _somewhere(f.type, _null_hides_float)),
-    )
+    return msgspec.msgpack.Decoder(cls), tuple(f.name for f in fields if _takes_float(f.type))
 
 
 def _has_non_finite(value: object) -> bool:
-    if type(value) is float:
-        return not math.isfinite(value)
-    if isinstance(value, dict):
-        return any(_has_non_finite(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return any(_has_non_finite(v) for v in value)
-    if isinstance(value, msgspec.Struct):
-        return any(_has_non_finite(getattr(value, name)) for name in value.__struct_fields__)
+    try:  # the usual case, a flat list or mapping of numbers: a NaN or an infinity makes their sum one too
+        if math.isfinite(sum(value.values() if type(value) is dict else value, 0.0)):  # type: ignore[attr-defined]
+            return False
+    except (TypeError, ValueError, ArithmeticError):
+        pass  # not only numbers (or a sum too large): look at each item
+    pending = [value]  # a loop, not recursion: nesting as deep as msgpack takes must not overflow the stack
+    while pending:
+        item = pending.pop()
+        if type(item) is float and not math.isfinite(item):
+            return True
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list | tuple):
+            pending.extend(item)
+        elif isinstance(item, msgspec.Struct):
+            pending.extend(getattr(item, name) for name in item.__struct_fields__)
     return False
 
 
-def _check_finite(event: Event, fields: tuple[str, ...]) -> None:
+def _check_finite(event: msgspec.Struct, fields: tuple[str, ...]) -> None:
     for field in fields:
         value = getattr(event, field)
-        if _has_non_finite(value):
-            name = type(event).__name__
-            raise InvalidEvent(f"{name}.{field} = {value!r}: must be a finite number", field=field, value=value)
+        if type(value) is float:
+            if value - value == 0.0:  # false for NaN and the infinities
+                continue
+        elif value is None or not _has_non_finite(value):
+            continue
+        name = type(event).__name__
+        raise InvalidEvent(f"{name}.{field} = {short_repr(value)}: must be a finite number", field=field, value=value)
 
 
-def validate(event: Event) -> None:
-    """Raise :class:`InvalidEvent` unless every field of ``event`` meets its type and constraints.
+def _field_sizes(struct: msgspec.Struct) -> Iterator[tuple[str, int | BaseException]]:
+    """Each field of ``struct`` with the size of its msgpack encoding, or the error encoding it raised."""
+    for field in struct.__struct_fields__:
+        try:
+            yield field, len(_MSGPACK_ENCODER.encode(getattr(struct, field)))
+        except _UNSTORABLE as exc:
+            yield field, exc
+
+
+def _unstorable(struct: msgspec.Struct, error: BaseException) -> InvalidEvent:
+    """The refusal of a struct that msgpack cannot encode, naming the first field that fails to encode."""
+    name = type(struct).__name__
+    failed = [(field, size) for field, size in _field_sizes(struct) if isinstance(size, BaseException)]
+    if not failed:  # each field alone encodes: only the whole nests too deep
+        return InvalidEvent(f"{name}: cannot be stored: {type(error).__name__}: {error}", field="payload")
+    field, reason = failed[0]
+    value = getattr(struct, field)
+    return InvalidEvent(
+        f"{name}.{field} = {short_repr(value)}: cannot be stored: {type(reason).__name__}: {reason}",
+        field=field,
+        value=value,
+    )
+
+
+def _oversized(struct: msgspec.Struct, size: int, max_bytes: int) -> InvalidEvent:
+    sizes = [(field_size, field) for field, field_size in _field_sizes(struct) if isinstance(field_size, int)]
+    largest = f"; its largest field is {max(sizes)[1]} ({max(sizes)[0]:,} bytes)" if sizes else ""
+    return InvalidEvent(
+        f"{type(struct).__name__}: the payload takes {size:,} bytes, over the limit of {max_bytes:,}{largest}",
+        field="payload",
+        value=size,
+    )
+
+
+def validate(event: S, max_bytes: int | None = None) -> S:
+    """Return ``event`` as the log will give it back, or raise :class:`InvalidEvent` naming the field.
+
+    The event is encoded as it is stored and decoded by the same strict decoder that reads the log, so what
+    is accepted can always be read back; numbers must also be finite. The decoded copy is what to fold and
+    store: an int given for a float field is a float in it, a numpy scalar its Python value, exactly as a
+    replay of the log will see it. ``max_bytes`` bounds the size of the encoded payload.
 
     Events built by calling their class are validated already; this checks one built another way
     (``msgspec.structs.replace``, ``msgspec.convert``).
+
+    >>> validate(Feedback(prompt_id="p", variant_id="v", response_time_ms=1, success=True, quality_score=1))
+    Feedback(prompt_id='p', variant_id='v', response_time_ms=1.0, success=True, quality_score=1.0, ...)
     """
-    cls = type(event)
-    float_fields, unseen_by_json = _float_fields(cls)
+    decoder, float_fields = _schema(type(event))
     try:
-        _decoders(cls)[0].decode(_JSON_ENCODER.encode(event))
-    except msgspec.ValidationError as exc:
-        _check_finite(event, float_fields)  # a non-finite number is named as such, not as a null
+        data = _MSGPACK_ENCODER.encode(event)
+    except _UNSTORABLE as exc:
+        raise _unstorable(event, exc) from None
+    if max_bytes is not None and len(data) > max_bytes:
+        raise _oversized(event, len(data), max_bytes)
+    try:
+        decoded = decoder.decode(data)
+    except (msgspec.ValidationError, RecursionError) as exc:
+        _check_finite(event, float_fields)  # a non-finite number is named as such
         match = _PATH_FIELD.search(str(exc))
-        field = match.group(1) if match else None
-        value = getattr(event, field, None) if field else None
-        reason = str(exc).split(" - at ")[0]
-        where = f"{cls.__name__}.{field}" if field else cls.__name__
-        raise InvalidEvent(f"{where} = {value!r}: {reason}", field=field, value=value) from None
-    _check_finite(event, unseen_by_json)
+        if match is None:  # no field named: the payload as a whole
+            raise InvalidEvent(f"{type(event).__name__}: {exc}", field="payload") from None
+        field = match.group(1)
+        value = getattr(event, field, None)
+        reason = str(exc).removesuffix(f" - at `$.{field}`")
+        raise InvalidEvent(
+            f"{type(event).__name__}.{field} = {short_repr(value)}: {reason}", field=field, value=value
+        ) from None
+    _check_finite(decoded, float_fields)
+    return decoded
 
 
 HANDLER_ENTRY_POINTS = "rtopt.handlers"
@@ -239,7 +318,7 @@ def decode_payload(tag: str, data: bytes) -> Event:
     """Decode a payload stored under ``tag`` (constraints are checked by msgspec)."""
     decoder = _PAYLOAD_DECODERS.get(tag)
     if decoder is None:
-        decoder = _PAYLOAD_DECODERS[tag] = _decoders(event_type(tag))[1]
+        decoder = _PAYLOAD_DECODERS[tag] = _schema(event_type(tag))[0]
     return decoder.decode(data)
 
 
@@ -258,8 +337,7 @@ def event_from_dict(data: dict[str, Any]) -> Event:
         match = _PATH_FIELD.search(str(exc)) or re.search(r"field `([^`]+)`", str(exc))
         field = match.group(1) if match else None
         raise InvalidEvent(f"{cls.__name__}: {exc}", field=field, value=data.get(field or "")) from None
-    validate(event)
-    return event
+    return validate(event)
 
 
 E = TypeVar("E", bound=Event)
@@ -441,9 +519,9 @@ class Dimension(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_
             definition = {"type": "float", "low": definition[0], "high": definition[1]}
         try:
             return msgspec.convert(definition, cls, strict=False)
-        except msgspec.ValidationError as exc:
+        except Exception as exc:  # lax conversion reads any object as a mapping or a sequence, which can raise anything
             raise InvalidEvent(
-                f"space: {definition!r} is neither a (low, high) range nor a dimension: {exc}",
+                f"space: {short_repr(definition)} is neither a (low, high) range nor a dimension: {exc}",
                 field="space",
                 value=definition,
             ) from None

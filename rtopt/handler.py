@@ -275,8 +275,8 @@ class HandlerSlot:
         self.state = state
         if keep:
             for position, item in enumerate(derived):
-                try:
-                    validate(item.event)
+                try:  # stored and folded on as the log gives it back, as replay will fold it
+                    derived[position] = item._replace(event=validate(item.event))
                 except InvalidEvent as exc:
                     self.failures += 1
                     derived[position] = item._replace(event=self._failure(item.cause, exc))

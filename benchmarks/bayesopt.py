@@ -53,7 +53,7 @@ import msgspec  # noqa: E402
 import numpy as np  # noqa: E402
 
 from handlers.bayesopt import BayesOptHandler  # noqa: E402
-from handlers.bayesopt.gp import fit_hyperparameters  # noqa: E402
+from handlers.bayesopt.gp import fit_hyperparameters, standardise  # noqa: E402
 from handlers.bayesopt.handler import training_set  # noqa: E402
 from handlers.bayesopt.kernels import make_kernel  # noqa: E402
 from handlers.bayesopt.objectives import OBJECTIVES  # noqa: E402
@@ -236,7 +236,7 @@ def fit_and_suggest_seconds(size: int, seed: int = 0) -> dict[str, float]:
         fit_hyperparameters(
             make_kernel(study.definition.kernel, 6),
             x,
-            (y - y.mean()) / y.std(),
+            standardise(y)[0],
             np.random.default_rng(seed),
             start=np.array(study.hyperparameters),
             restarts=options.restarts,

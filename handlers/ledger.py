@@ -1,4 +1,5 @@
-"""Decisions awaiting feedback: matched by decision id within a horizon of event time, once each."""
+"""Decisions awaiting feedback: matched by decision id within a horizon of event time, once each, among a
+bounded number of recent decisions."""
 
 from __future__ import annotations
 
@@ -11,7 +12,18 @@ from handlers.protection import FeedbackGuard
 from rtopt import Event, Feedback, FeedbackRejected
 from streams.horizon import Horizon
 
-P = TypeVar("P")
+DEFAULT_MAX_PENDING = 100_000
+
+
+class AwaitingFeedback(msgspec.Struct, array_like=True):
+    """What a ledger keeps of a decision until its feedback: its experiment, arm and event time."""
+
+    experiment: str
+    arm: str
+    time: float
+
+
+P = TypeVar("P", bound=AwaitingFeedback)
 
 DUPLICATE = "duplicate feedback"
 UNKNOWN = "unknown or expired decision"
@@ -22,15 +34,23 @@ FLAGGED = "flagged by the feedback guard"
 class DecisionLedger(msgspec.Struct, Generic[P]):
     """The decisions a handler made that still wait for feedback (``pending``), the ones answered
     (``settled``, with the answer's time, to recognise a second answer) and the rejections by reason.
-    Both forget a decision once it is older than the horizon.
 
-    >>> ledger = DecisionLedger[str]()
-    >>> ledger.open("d1", time=0.0, entry="arm-a", horizon_s=60.0)
-    >>> ledger.claim("d1", now=5.0, horizon_s=60.0, matches=lambda arm: arm == "arm-a")
+    Decisions alone move the ledger's time: opening one forgets those more than the horizon older than it,
+    then, beyond ``max_pending`` decisions remembered (waiting or answered), the oldest in decision order
+    (``evicted`` counts those forgotten while still waiting). Feedback never forgets anyone else's
+    decision: feedback more than the horizon after its own decision is rejected, whatever its time.
+
+    >>> ledger = DecisionLedger[AwaitingFeedback]()
+    >>> ledger.open("d1", AwaitingFeedback("greeting", "arm-a", time=0.0), horizon_s=60.0, max_pending=2)
+    >>> ledger.claim("d1", now=5.0, horizon_s=60.0, matches=lambda d: d.arm == "arm-a").arm
     'arm-a'
     >>> ledger.settle("d1", now=5.0)
-    >>> ledger.claim("d1", now=6.0, horizon_s=60.0, matches=lambda arm: True), ledger.rejected
+    >>> ledger.claim("d1", now=6.0, horizon_s=60.0, matches=lambda d: True), ledger.rejected
     (None, {'duplicate feedback': 1})
+    >>> for i in range(2, 5):
+    ...     ledger.open(f"d{i}", AwaitingFeedback("greeting", "arm-a", time=i), horizon_s=60.0, max_pending=2)
+    >>> sorted(ledger.pending), ledger.evicted
+    (['d3', 'd4'], 1)
     """
 
     pending: dict[str, P] = {}
@@ -38,25 +58,33 @@ class DecisionLedger(msgspec.Struct, Generic[P]):
     horizon: Horizon = msgspec.field(default_factory=Horizon)
     rejected: dict[str, int] = {}
     last_rejection: str = ""
+    evicted: int = 0
 
-    def open(self, decision_id: str, time: float, entry: P, horizon_s: float) -> None:
-        """Record a decision made at ``time`` that waits for feedback (and forget those past the horizon)."""
-        self._expire(time - horizon_s)
+    def open(self, decision_id: str, entry: P, horizon_s: float, max_pending: int) -> None:
+        """Record a decision, made at ``entry.time``, that waits for feedback; forget the decisions past
+        the horizon, then the oldest beyond ``max_pending``."""
+        self._forget(self.horizon.expire(entry.time - horizon_s))
         self.pending[decision_id] = entry
-        self.horizon.add(time, decision_id)
+        self.horizon.add(entry.time, decision_id)
+        if len(self.horizon) > max_pending:
+            self.evicted += self._forget(self.horizon.trim(max_pending))
 
-    def _expire(self, cutoff: float) -> None:
-        for _, expired in self.horizon.expire(cutoff):
-            self.pending.pop(expired, None)
-            self.settled.pop(expired, None)
+    def _forget(self, decisions: list[tuple[float, str]]) -> int:
+        """Forget ``decisions``; returns how many of them were still waiting for feedback."""
+        waiting = 0
+        for _, decision_id in decisions:
+            waiting += self.pending.pop(decision_id, None) is not None
+            self.settled.pop(decision_id, None)
+        return waiting
 
     def claim(self, decision_id: str, now: float, horizon_s: float, matches: Callable[[P], bool]) -> P | None:
         """The pending decision that feedback at ``now`` answers, or None when the feedback must be
         rejected (the reason is counted and kept in ``last_rejection``)."""
-        self._expire(now - horizon_s)
         entry = self.pending.get(decision_id)
         if entry is None:
             return self.reject(DUPLICATE if decision_id in self.settled else UNKNOWN)
+        if now - entry.time > horizon_s:
+            return self.reject(UNKNOWN)
         if not matches(entry):
             return self.reject(MISMATCH)
         return entry
@@ -74,25 +102,38 @@ class DecisionLedger(msgspec.Struct, Generic[P]):
 
 
 class MatchesFeedback:
-    """For handlers whose decisions wait for feedback: the horizon within which feedback is matched, and an
-    optional :class:`~handlers.protection.FeedbackGuard` whose flagged feedback is rejected (``FLAGGED``).
+    """For handlers whose decisions wait for feedback: the horizon within which feedback is matched, how many
+    recent decisions are remembered for it (``max_pending``), and an optional
+    :class:`~handlers.protection.FeedbackGuard` whose flagged feedback is rejected (``FLAGGED``).
 
-    >>> MatchesFeedback(feedback_horizon_s=60.0).config()
-    {'feedback_horizon_s': 60.0}
+    >>> MatchesFeedback(feedback_horizon_s=60.0, max_pending=1_000).config()
+    {'feedback_horizon_s': 60.0, 'max_pending': 1000}
     """
 
-    def __init__(self, feedback_horizon_s: float = 86_400.0, guard: FeedbackGuard | None = None) -> None:
+    def __init__(
+        self,
+        feedback_horizon_s: float = 86_400.0,
+        guard: FeedbackGuard | None = None,
+        max_pending: int = DEFAULT_MAX_PENDING,
+    ) -> None:
         if not feedback_horizon_s > 0:
             raise ValueError(f"feedback_horizon_s must be positive, not {feedback_horizon_s!r}")
+        if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
+            raise ValueError(f"max_pending must be a whole number of at least 1, not {max_pending!r}")
         self.feedback_horizon_s = feedback_horizon_s
         self.guard = guard
+        self.max_pending = max_pending
 
     def config(self) -> dict[str, Any]:
-        """The horizon and the guard change what is learnt, so they key the handler's snapshots."""
-        config: dict[str, Any] = {"feedback_horizon_s": self.feedback_horizon_s}
+        """The horizon, the bound and the guard change what is learnt, so they key the handler's snapshots."""
+        config: dict[str, Any] = {"feedback_horizon_s": self.feedback_horizon_s, "max_pending": self.max_pending}
         if self.guard is not None:
             config["guard"] = msgspec.to_builtins(self.guard)
         return config
+
+    def await_feedback(self, ledger: DecisionLedger[P], decision_id: str, entry: P) -> None:
+        """Remember a decision in ``ledger`` until its feedback, within this handler's horizon and bound."""
+        ledger.open(decision_id, entry, self.feedback_horizon_s, self.max_pending)
 
     def fresh_guard(self) -> FeedbackGuard | None:
         """A copy of the guard that has seen nothing yet, for a new state (None without a guard)."""

@@ -38,6 +38,7 @@ from rtopt.events import (
     Event,
     ExperimentDefined,
     Feedback,
+    FeedbackRejected,
     Observed,
     StudyDefined,
     Suggested,
@@ -50,10 +51,12 @@ from rtopt.events import (
 from rtopt.handler import Chains, Context, Decider, Handler, HandlerSlot, Request, Suggester
 from rtopt.ids import ordered_id
 from rtopt.log import COLUMNS, EventLog, Row, copy_rows, open_log, refuse_non_empty
+from rtopt.watermark import TimeBound
 
 DEFAULT_LOG = Path("event_log") / "rtopt.sqlite"
 REPLAYED_FROM = "replayed_from"  # meta key of a what-if log: the log whose inputs it replayed
 FOLLOWED = "followed"  # meta key of a log whose derived events followers appended, one input at a time
+REJECTED_FEEDBACK = FeedbackRejected.tag()
 HANDLERS = "handlers"  # meta key: handler name -> fingerprint of the configuration that last wrote the log
 Progress = Callable[[int, int], None]
 """Called with (events done, events in all) while long work runs."""
@@ -107,6 +110,7 @@ class EngineStats(msgspec.Struct, frozen=True):
     rejected: dict[str, int]
     handler_failures: dict[str, int]
     observer_errors: int
+    clamped_times: int = 0
 
 
 class Difference(msgspec.Struct, frozen=True):
@@ -237,8 +241,10 @@ class Engine:
         until_seq: int | None = None,
         progress: Progress | None = None,
         limits: Limits | None = None,
+        time_bound: TimeBound | None = None,
     ) -> None:
         self._log = log
+        self._time_bound = TimeBound() if time_bound is None else time_bound
         self._progress = progress
         self.limits = Limits() if limits is None else limits
         self.seed = int(log.meta()["seed"])
@@ -284,6 +290,8 @@ class Engine:
         until_seq: int | None = None,
         progress: Progress | None = None,
         limits: Limits | None = None,
+        max_time_ahead_s: float | None = 86_400.0,
+        future_time: str = "reject",
     ) -> Engine:
         """Open the log at ``location``: an SQLite file (default ``event_log/rtopt.sqlite``; ``":memory:"``
         works) or a PostgreSQL database given as a ``postgresql://user@host:port/db`` URL, which several
@@ -295,12 +303,18 @@ class Engine:
         survives an OS crash or power loss: fsync on every commit); a PostgreSQL commit is as durable as
         its server is configured to be. A read-only engine rebuilds state
         up to ``until_seq`` and refuses writes. ``limits`` bounds what one call may write (:class:`Limits`).
+
+        An input's event time may run at most ``max_time_ahead_s`` seconds (None: any) ahead of the later of
+        the wall clock and its stream's latest event time (the log's for a new stream; an empty log bounds
+        nothing); ``future_time`` says what becomes of one beyond: ``"reject"`` (InvalidEvent, counted) or
+        ``"clamp"`` (recorded at that latest event time, counted in ``stats().clamped_times``).
         """
         if durability not in ("process", "power"):
             raise ValueError(f"durability must be 'process' or 'power', not {durability!r}")
         if limits is not None and not isinstance(limits, Limits):
             raise InvalidEvent(f"limits = {short_repr(limits)}: must be an rtopt.Limits", field="limits", value=limits)
         limits = None if limits is None else validate(limits)
+        time_bound = TimeBound(max_time_ahead_s, future_time)
         log = open_log(
             DEFAULT_LOG if location is None else location,
             read_only=read_only,
@@ -315,7 +329,7 @@ class Engine:
             log.close()
             raise RtoptError("until_seq needs read_only=True: a writable engine must hold the whole log's state")
         chains = default_handlers() if handlers is None else handlers
-        return cls(log, chains, until_seq=until_seq, progress=progress, limits=limits)
+        return cls(log, chains, until_seq=until_seq, progress=progress, limits=limits, time_bound=time_bound)
 
     def close(self) -> None:
         """Commit what is waiting, complete every observer and release the log."""
@@ -438,6 +452,8 @@ class Engine:
         self.rebuilt = Rebuilt(until, snapshots, folded, wall_clock.perf_counter() - started)
         self._last_seq = until
         self._inputs = self._log.count_inputs(until)
+        if not self._log.read_only:
+            self._time_bound.reset(self._log.latest_times())
 
     def _fold_history(self, slots: Sequence[HandlerSlot], until: int) -> int:
         """Fold the log up to ``until`` into ``slots``, each from its own position; returns the rows read."""
@@ -528,7 +544,7 @@ class Engine:
             self._rejected["no stream"] += 1
             raise InvalidEvent(f"{type(event).__name__} needs a stream to be published to", field="stream")
         when = draft.time if draft.time is not None else time
-        return Draft(event, self._key("stream", stream), self._event_time(when), event_id, correlation_id)
+        return Draft(event, self._key("stream", stream), self._event_time(when, stream), event_id, correlation_id)
 
     def _accept(self, event: Checked, reason: str) -> Checked:
         """``event`` as it will be stored (see :func:`rtopt.events.validate`), within the payload limit; a
@@ -590,7 +606,8 @@ class Engine:
             )
         return value
 
-    def _event_time(self, when: float | None) -> float:
+    def _event_time(self, when: float | None, stream: str) -> float:
+        """The event time to record for an input on ``stream`` given at ``when`` (now if None)."""
         if when is None:
             return wall_clock.time()
         if isinstance(when, bool) or not isinstance(when, int | float) or not math.isfinite(when):
@@ -598,7 +615,11 @@ class Engine:
             raise InvalidEvent(
                 f"time = {when!r}: must be a finite number of seconds since the epoch", field="time", value=when
             )
-        return float(when)
+        try:
+            return self._time_bound.admit(stream, float(when))
+        except InvalidEvent:
+            self._rejected["time too far ahead"] += 1
+            raise
 
     def _refuse_in_batch(self, what: str) -> None:
         if self._batch is not None:
@@ -691,9 +712,11 @@ class Engine:
             if first != written[0].seq:  # durable already: from here on no caller may be told it failed
                 written = self._follow_others(written, first, accepted)
             self._last_seq, self._inputs = written[-1].seq, inputs
+            self._time_bound.advance((envelope.stream, envelope.time) for envelope in batch)
             if self._batch is None:
                 self._counts["published"] += len(batch)
                 self._counts["derived"] += len(written) - len(batch)
+                self._count_rejected_feedback(written[len(batch) :])
             for ticket in accepted:
                 ticket.done = True
         except BaseException as exc:
@@ -704,6 +727,12 @@ class Engine:
             return
         if self._batch is None:
             self._dispatch(written)
+
+    def _count_rejected_feedback(self, envelopes: list[Envelope[Any]]) -> None:
+        """Count, by reason, the feedback that handlers rejected (their derived FeedbackRejected events)."""
+        for envelope in envelopes:
+            if envelope.type == REJECTED_FEEDBACK and envelope.causation_id is not None:
+                self._rejected[f"feedback rejected: {envelope.payload.reason}"] += 1
 
     def _abandon(self, error: BaseException) -> None:
         """Drop what the current batch holds (if any) and reset state to the log's: now, or at the next
@@ -789,6 +818,7 @@ class Engine:
                 raise
             self._counts["published"] += len(batch.envelopes) - batch.derived
             self._counts["derived"] += batch.derived
+            self._count_rejected_feedback(batch.envelopes)
             if batch.envelopes:
                 self._dispatch(batch.envelopes)
             self._commit_queue()
@@ -809,6 +839,8 @@ class Engine:
         moved = {envelope.id: msgspec.structs.replace(envelope, seq=envelope.seq + shift) for envelope in written}
         for ticket in tickets:
             ticket.envelopes = [moved[envelope.id] for envelope in ticket.envelopes]
+        theirs = self._log.rows(self._last_seq + 1, first - 1)
+        self._time_bound.advance((row[3], row[4]) for row in theirs)
         for slot in self._slots:
             slot.position = self._last_seq
         try:
@@ -957,7 +989,7 @@ class Engine:
         request = Request(context=context, available=available, unit=unit, slots=slots)
         if context is not None or available is not None or unit is not None:  # else nothing is left to check
             request = self._accept(request, "invalid command")
-        when = self._event_time(time)
+        when = self._event_time(time, experiment)
         with self._write_lock:
             self._commit_queue()
             self._recover()
@@ -1022,7 +1054,8 @@ class Engine:
             self._rejected["invalid feedback"] += 1
             raise
         event = self._accept(event, "invalid feedback")
-        return self._submit([Draft(event, decision.experiment, self._event_time(time), None, decision_id)])[0]
+        when = self._event_time(time, decision.experiment)
+        return self._submit([Draft(event, decision.experiment, when, None, decision_id)])[0]
 
     def tick(self, time: float | None = None) -> Envelope[ClockTicked]:
         """Tell the handlers that event time has reached ``time`` (default: now), so that deadlines pass
@@ -1079,7 +1112,7 @@ class Engine:
         are returned, and replay re-makes them identically."""
         n = self._count("n", n)
         study = self._key("study", study, optional=False, reason="invalid command")
-        when = self._event_time(time)
+        when = self._event_time(time, study)
         with self._write_lock:
             self._commit_queue()
             self._recover()
@@ -1116,7 +1149,7 @@ class Engine:
         except InvalidEvent:
             self._rejected["invalid observation"] += 1
             raise
-        when = self._event_time(time)
+        when = self._event_time(time, study)
         with self._write_lock:
             self._commit_queue()
             self._recover()
@@ -1126,7 +1159,7 @@ class Engine:
                 raise InvalidEvent(
                     f"suggestion_id = {suggestion_id!r}: already observed", field="suggestion_id", value=suggestion_id
                 )
-            return self._commit_now([Draft(event, study, when, None, suggestion_id)], checked=True)[0]
+            return self._commit_now([Draft(event, study, when, None, suggestion_id)])[0]
 
     def _suggester_for(self, study: str) -> HandlerSlot | None:
         return next((s for s in self._suggesters if s.handler.has_study(s.state, study)), None)
@@ -1236,6 +1269,7 @@ class Engine:
             rejected=dict(self._rejected),
             handler_failures={slot.name: slot.failures for slot in self._slots if slot.failures},
             observer_errors=self._bus.observer_errors,
+            clamped_times=self._time_bound.clamped,
         )
 
     # --- replay ----------------------------------------------------------------------------------

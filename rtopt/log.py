@@ -98,6 +98,10 @@ class EventLog(ABC):
         """Number of input events (those with no causing event) with seq <= ``until``."""
 
     @abstractmethod
+    def latest_times(self) -> dict[str, float]:
+        """Each stream's event time at its last event (by seq)."""
+
+    @abstractmethod
     def meta(self) -> dict[str, str]:
         """The log's meta data (format version, seed, creation time)."""
 
@@ -255,6 +259,14 @@ class SQLLog(EventLog):
             "SELECT count(*) FROM events WHERE causation_id IS NULL AND seq <= ?",
             (until if until is not None else 2**62,),
         )[0][0]
+
+    def latest_times(self) -> dict[str, float]:
+        return dict(
+            self._query(
+                "SELECT e.stream, e.time FROM events AS e"
+                " JOIN (SELECT max(seq) AS seq FROM events GROUP BY stream) AS last ON e.seq = last.seq"
+            )
+        )
 
     def meta(self) -> dict[str, str]:
         return dict(self._query(f"SELECT key, value FROM {META_TABLE}"))

@@ -25,15 +25,33 @@ class Horizon(msgspec.Struct):
         """Remember ``key`` as seen at ``time`` (keys are expected roughly in time order)."""
         self.entries.append((time, key))
 
+    def __len__(self) -> int:
+        return len(self.entries) - self.start
+
     def expire(self, cutoff: float) -> list[tuple[float, str]]:
         """Forget and return the entries, from the oldest, until the first one at or after ``cutoff``."""
-        entries, start = self.entries, self.start
-        end = start
+        entries = self.entries
+        end = self.start
         while end < len(entries) and entries[end][0] < cutoff:
             end += 1
-        expired = entries[start:end]
+        return self._forget_before(end)
+
+    def trim(self, limit: int) -> list[tuple[float, str]]:
+        """Forget and return the oldest entries beyond the ``limit`` most recently added.
+
+        >>> horizon = Horizon()
+        >>> for t, key in ((1.0, "a"), (2.0, "b"), (5.0, "c")):
+        ...     horizon.add(t, key)
+        >>> horizon.trim(2), len(horizon)
+        ([(1.0, 'a')], 2)
+        """
+        return self._forget_before(max(self.start, len(self.entries) - limit))
+
+    def _forget_before(self, end: int) -> list[tuple[float, str]]:
+        entries = self.entries
+        forgotten = entries[self.start : end]
         if end > 1024 and 2 * end > len(entries):
             del entries[:end]
             end = 0
         self.start = end
-        return expired
+        return forgotten

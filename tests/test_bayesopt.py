@@ -474,3 +474,59 @@ def test_feedback_naming_a_suggestion_is_observed_as_its_composite_reward(tmp_pa
         engine.tell(second.id, 0.4, time=5.0)
         assert engine.state("bayesopt", "llm").values == [pytest.approx(expected), 0.4]
     assert Engine.verify(path, handlers=[BayesOptHandler()]).ok
+
+
+# --- extreme values ----------------------------------------------------------------------------------
+
+
+def test_extreme_observations_are_refused_at_tell_and_cannot_break_suggestions(tmp_path: Path) -> None:
+    """tell(id, 1e308) is refused; a log that holds such values anyway (written where no study screened
+    them) still gives finite suggestions once reopened, and its study goes on."""
+    path = tmp_path / "extreme.sqlite"
+    with Engine.open(path, seed=6, handlers=[BayesOptHandler()]) as eng:
+        eng.define_study("s", space={"x": (0.0, 1.0), "y": (0.0, 1.0)}, n_initial=3, time=0.0)
+        run_study(eng, "s", quadratic, steps=4)
+        waiting = [s.id for s in eng.suggest("s", n=4, time=10.0)]
+        for value in (1e308, -1e308, 1e101):
+            with pytest.raises(InvalidEvent, match="magnitude") as refused:
+                eng.tell(waiting[0], value, time=11.0)
+            assert (refused.value.field, refused.value.value) == ("value", value)
+        assert eng.stats().rejected == {"invalid command": 3}
+        assert len(eng.state("bayesopt", "s").values) == 4
+    with Engine.open(path, handlers=[]) as writer:
+        for suggestion_id, value in zip(waiting, (1e308, -1e308, 1e300, 0.5), strict=True):
+            writer.publish(Observed(study="s", suggestion_id=suggestion_id, value=value), time=12.0)
+    with Engine.open(path, handlers=[BayesOptHandler()]) as eng:
+        assert eng.state("bayesopt", "s").values[-4:] == [1e308, -1e308, 1e300, 0.5]
+        made = run_study(eng, "s", quadratic, steps=3, batch=2, start=13.0)
+        assert all(s.mean is not None and math.isfinite(s.mean) and s.std is not None for s in made)
+        assert len(eng.state("bayesopt", "s").values) == 14
+
+
+def test_standardised_targets_stay_finite_and_keep_the_order_of_ordinary_values() -> None:
+    from handlers.bayesopt.gp import standardise
+
+    for values in ([0.5, 0.6, 0.7, 0.8, 1e300], [1.7e308, -1.7e308, 1.7e308, 0.5], [0.5, 0.5, 0.5, -1e308]):
+        targets, offset, scale = standardise(np.array(values))
+        assert np.all(np.isfinite(targets)) and math.isfinite(offset) and 0.0 < scale < math.inf
+        assert list(np.argsort(targets, kind="stable")) == list(np.argsort(values, kind="stable"))
+    targets = standardise(np.array([0.5, 0.6, 0.7, 0.8, 1e300]))[0]
+    assert np.all(np.diff(targets[:4]) > 0.05)  # the wild value does not flatten the others
+    ordinary = np.random.default_rng(0).normal(size=50)  # no outlier: plain standardisation
+    assert np.allclose(standardise(ordinary)[0], (ordinary - ordinary.mean()) / ordinary.std())
+
+
+def test_a_model_that_fails_names_its_study(monkeypatch: pytest.MonkeyPatch) -> None:
+    from handlers.bayesopt import handler as bayesopt_handler
+    from rtopt import RtoptError
+
+    with engine() as eng:
+        eng.define_study("s", space={"x": (0.0, 1.0)}, n_initial=2, time=0.0)
+        run_study(eng, "s", lambda params: params["x"], steps=3)
+
+        def singular(*args: object) -> None:
+            raise np.linalg.LinAlgError("covariance matrix is not positive definite even with jitter")
+
+        monkeypatch.setattr(bayesopt_handler, "build_model", singular)
+        with pytest.raises(RtoptError, match="study = 's': no suggestion could be made on its 3 observations"):
+            eng.suggest("s", time=5.0)

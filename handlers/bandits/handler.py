@@ -24,7 +24,7 @@ from handlers.bandits.options import CONTEXTUAL, POLICY_OPTIONS, BanditOptions, 
 from handlers.bandits.policies import ACTIVE, PAUSED, RETIRED, ArmState
 from handlers.bandits.rewards import reward
 from handlers.bandits.transfer import decode_arms
-from handlers.ledger import DUPLICATE, DecisionLedger, MatchesFeedback
+from handlers.ledger import DUPLICATE, AwaitingFeedback, DecisionLedger, MatchesFeedback
 from handlers.protection import FeedbackGuard
 from rtopt import (
     ArmUpdated,
@@ -60,16 +60,13 @@ class ExperimentState(msgspec.Struct):
     window_start: int = 0
 
 
-class PendingDecision(msgspec.Struct, array_like=True):
+class PendingDecision(AwaitingFeedback):
     """A decision still waiting for its feedback (with its context vector for the linear policies); a
     slate waits for one feedback per arm in ``slate``."""
 
-    experiment: str
-    arm: str
-    time: float
     context: list[float] | None = None
     slate: list[str] | None = None
-    answered: list[str] = []
+    answered: list[str] = msgspec.field(default_factory=list)
 
 
 class BanditState(msgspec.Struct):
@@ -89,7 +86,8 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
     through :mod:`handlers.bandits.events`.
 
     Feedback is matched to its decision by ``decision_id`` within ``feedback_horizon_s`` seconds of event
-    time. Feedback for an unknown or expired decision, a second feedback for one decision, or feedback
+    time, among the last ``max_pending`` decisions (older ones are evicted, counted in the ledger's
+    ``evicted``). Feedback for an unknown or expired decision, a second feedback for one decision, or feedback
     whose prompt and variant do not match its decision is rejected with a ``FeedbackRejected`` event and
     never changes what the policy learnt. Feedback that names no decision is not a bandit observation and
     is left to other handlers. With a ``guard`` (:class:`~handlers.protection.FeedbackGuard`)
@@ -119,7 +117,7 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
     )
     state_type = BanditState
     policies: ClassVar[tuple[str, ...]] = tuple(POLICY_OPTIONS)
-    version = 6
+    version = 7
 
     def initial_state(self) -> BanditState:
         return BanditState(guard=self.fresh_guard())
@@ -210,9 +208,9 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
                 for arm in shown:
                     exp.arms[arm].pulls += 1
                 vector = _context_vector(exp, event.context) if exp.policy in CONTEXTUAL else None
-                state.ledger.open(
+                self.await_feedback(
+                    state.ledger,
                     envelope.id,
-                    envelope.time,
                     PendingDecision(
                         event.experiment,
                         event.arm,
@@ -220,7 +218,6 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
                         None if vector is None else vector.tolist(),
                         list(event.slate) if event.slate else None,
                     ),
-                    self.feedback_horizon_s,
                 )
             return state, ()
         if isinstance(event, ExperimentDefined):

@@ -1,7 +1,8 @@
 """Gaussian-process regression: the posterior, the log marginal likelihood and its maximisation.
 
-Inputs live in the unit cube and targets are standardised by the caller. The covariance is factorised
-once by Cholesky (with jitter added until it succeeds) and every solve goes through that factor.
+Inputs live in the unit cube and targets are standardised by the caller (:func:`standardise`). The
+covariance is factorised once by Cholesky (with jitter added until it succeeds) and every solve goes
+through that factor.
 Hyperparameters are the kernel's (logarithms) followed by the log noise variance.
 """
 
@@ -18,6 +19,8 @@ from threadpoolctl import ThreadpoolController
 from handlers.bayesopt.kernels import Kernel
 
 LOG_NOISE_BOUNDS = (math.log(1e-6), math.log(1.0))
+OUTLIER_FENCE = 10.0  # interquartile ranges beyond the quartiles where a target's outliers are moved
+SAFE_EXPONENT = 400  # targets are scaled below 2**400 first: their squares and sums cannot overflow
 JITTERS = (0.0, 1e-10, 1e-8, 1e-6, 1e-4, 1e-2)
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -31,6 +34,28 @@ def one_blas_thread() -> contextlib.AbstractContextManager[object]:
     """A context in which BLAS uses one thread: on matrices of a few hundred rows, threads only wait on
     each other (and on other processes), which makes a suggestion several times slower."""
     return _blas().limit(limits=1, user_api="blas")
+
+
+def standardise(y: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Targets for a GP from finite values ``y``, and their ``offset`` and ``scale``: ``(y' - offset) / scale``,
+    where ``y'`` is ``y`` with the values more than ``OUTLIER_FENCE`` interquartile ranges beyond the
+    quartiles moved to that fence, and ``offset`` and ``scale`` the mean and standard deviation of ``y'``
+    (a scale of 0 counts as 1). One wild value thus neither flattens the others nor, up to the largest
+    finite float, overflows: the quartiles are values of ``y`` and the sums run on ``y'`` divided by a
+    power of two.
+
+    >>> targets, offset, scale = standardise(np.array([0.5, 0.6, 0.7, 0.8, 1e308]))
+    >>> [round(float(t), 2) for t in targets], round(offset, 2), round(scale, 2)
+    ([-0.67, -0.55, -0.44, -0.32, 1.99], 1.08, 0.87)
+    """
+    low, high = (float(q) for q in np.percentile(y, [25.0, 75.0], method="inverted_cdf"))
+    reach = OUTLIER_FENCE * (high - low)  # Python floats: an overflow is inf, and clips nothing
+    fenced = np.clip(y, low - reach, high + reach) if reach > 0.0 else y
+    shift = max(math.frexp(float(np.max(np.abs(fenced))))[1] - SAFE_EXPONENT, 0)
+    scaled = np.ldexp(fenced, -shift)
+    offset, spread = float(scaled.mean()), float(scaled.std())
+    scale = math.ldexp(spread, shift) or 1.0
+    return (scaled - offset) / (spread or 1.0), math.ldexp(offset, shift), scale
 
 
 def cholesky(matrix: np.ndarray) -> np.ndarray:

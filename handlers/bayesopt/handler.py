@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -13,7 +14,7 @@ from scipy.stats import qmc
 from handlers.bandits.rewards import reward
 from handlers.bayesopt.acquisition import Acquisition, maximize
 from handlers.bayesopt.events import StudyCompleted, SurrogateFitted
-from handlers.bayesopt.gp import GaussianProcess, fit_hyperparameters, one_blas_thread
+from handlers.bayesopt.gp import GaussianProcess, fit_hyperparameters, one_blas_thread, standardise
 from handlers.bayesopt.kernels import make_kernel
 from handlers.bayesopt.options import METHODS, StudyOptions, parse_study
 from handlers.bayesopt.space import Space
@@ -26,6 +27,7 @@ from rtopt import (
     Handler,
     InvalidEvent,
     Observed,
+    RtoptError,
     StudyDefined,
     Suggested,
 )
@@ -35,6 +37,7 @@ from rtopt.handler import seeded_generator
 DEFAULT_LOG_NOISE = float(np.log(1e-3))
 SUGGESTION_KEY = "suggestion_id"  # the Feedback metadata key naming the suggestion it reports on
 NOT_WAITING = "no study waits for a value of this suggestion"
+MAX_MAGNITUDE = 1e100  # the largest objective value (in magnitude) a study takes: beyond, a unit is wrong
 
 
 class StudyState(msgspec.Struct):
@@ -42,7 +45,8 @@ class StudyState(msgspec.Struct):
     suggestions still waiting for a value, and the model's hyperparameters.
 
     ``definition_id`` (the id of the StudyDefined event) seeds the study's initial design; ``best`` indexes
-    the best observation.
+    the best observation. Beyond the option ``max_pending`` suggestions waiting, the oldest is forgotten
+    (``evicted`` counts them) and a value told for it is refused.
     """
 
     definition: StudyDefined
@@ -56,6 +60,7 @@ class StudyState(msgspec.Struct):
     best: int | None = None
     since_improvement: int = 0
     completed: str | None = None
+    evicted: int = 0
 
     @property
     def sign(self) -> float:
@@ -71,7 +76,8 @@ class BayesOptState(msgspec.Struct):
 
 @dataclass
 class Model:
-    """A GP on a study's (bounded) observations, standardised: ``y = (sign * value - offset) / scale``."""
+    """A GP on a study's (bounded) observations, standardised (:func:`~handlers.bayesopt.gp.standardise`):
+    ``y = (sign * value - offset) / scale``, outliers moved to their fence."""
 
     gp: GaussianProcess
     offset: float
@@ -98,14 +104,14 @@ def training_set(study: StudyState, options: StudyOptions) -> tuple[np.ndarray, 
 def build_model(study: StudyState, options: StudyOptions, space: Space) -> Model:
     """The GP of ``study`` with its current hyperparameters (the kernel's initial ones before a fit)."""
     x, y = training_set(study, options)
-    offset, scale = float(y.mean()), float(y.std()) or 1.0
+    targets, offset, scale = standardise(y)
     kernel = make_kernel(study.definition.kernel, space.width, options.degree)
     theta = (
         np.array(study.hyperparameters)
         if study.hyperparameters
         else np.concatenate([kernel.initial(), [DEFAULT_LOG_NOISE]])
     )
-    return Model(GaussianProcess(kernel, theta, x, (y - offset) / scale), offset, scale, len(y))
+    return Model(GaussianProcess(kernel, theta, x, targets), offset, scale, len(y))
 
 
 def recommend(study: StudyState) -> tuple[dict[str, ParamValue], float]:
@@ -151,7 +157,7 @@ class BayesOptHandler(Handler[BayesOptState]):
 
     name = "bayesopt"
     accepts = (StudyDefined, Suggested, Observed, Feedback)
-    version = 3
+    version = 4
     state_type = BayesOptState
     parts = "studies"
     methods: ClassVar[tuple[str, ...]] = METHODS
@@ -189,6 +195,13 @@ class BayesOptHandler(Handler[BayesOptState]):
                     field="suggestion_id",
                     value=event.suggestion_id,
                 )
+            if study is not None and not abs(event.value) <= MAX_MAGNITUDE:
+                raise InvalidEvent(
+                    f"value = {event.value!r}: beyond {MAX_MAGNITUDE:g} in magnitude, more than any objective of "
+                    f"study {event.study!r} can be (a unit or an overflow is wrong)",
+                    field="value",
+                    value=event.value,
+                )
 
     def has_study(self, state: BayesOptState, study: str) -> bool:
         return study in state.studies
@@ -197,12 +210,20 @@ class BayesOptHandler(Handler[BayesOptState]):
         return not any(suggestion_id in study.pending for study in state.studies.values())
 
     def suggest(self, state: BayesOptState, study: str, ctx: Context, n: int) -> list[Suggested]:
-        with one_blas_thread():
-            return self._suggest(state.studies[study], study, ctx, n)
-
-    def _suggest(self, current: StudyState, study: str, ctx: Context, n: int) -> list[Suggested]:
+        """Raises InvalidEvent for a completed study, and RtoptError naming the study when its model fails."""
+        current = state.studies[study]
         if current.completed is not None:
             raise InvalidEvent(f"study = {study!r}: completed ({current.completed})", field="study", value=study)
+        try:
+            with one_blas_thread():
+                return self._suggest(current, study, ctx, n)
+        except Exception as exc:
+            raise RtoptError(
+                f"study = {study!r}: no suggestion could be made on its {len(current.values)} observations "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+
+    def _suggest(self, current: StudyState, study: str, ctx: Context, n: int) -> list[Suggested]:
         definition = current.definition
         space, options = self._parsed(current)
         rng = _rng(current, ctx)
@@ -259,9 +280,9 @@ class BayesOptHandler(Handler[BayesOptState]):
             method="gp",
             batch=n,
             index=index,
-            acquisition=value,
-            mean=current.sign * (float(mean[0]) * model.scale + model.offset),
-            std=std * model.scale,
+            acquisition=_finite(value),
+            mean=_finite(current.sign * (float(mean[0]) * model.scale + model.offset)),
+            std=_finite(std * model.scale),
         )
 
     # --- the fold ----------------------------------------------------------------------------------
@@ -304,6 +325,9 @@ class BayesOptHandler(Handler[BayesOptState]):
         space, options = self._parsed(study)
         study.pending[envelope.id] = space.encode(event.params).tolist()
         study.issued += 1
+        if len(study.pending) > options.max_pending:
+            del study.pending[next(iter(study.pending))]
+            study.evicted += 1
         threshold = options.ei_threshold
         if (
             threshold is not None
@@ -333,7 +357,7 @@ class BayesOptHandler(Handler[BayesOptState]):
         )
         if study.definition.method == "gp" and needed and due:
             x, y = training_set(study, options)
-            y = (y - y.mean()) / (y.std() or 1.0)
+            y = standardise(y)[0]
             kernel = make_kernel(study.definition.kernel, space.width, options.degree)
             start = np.array(study.hyperparameters) if study.hyperparameters else None
             with one_blas_thread():
@@ -363,6 +387,11 @@ class BayesOptHandler(Handler[BayesOptState]):
             elif options.patience is not None and study.since_improvement >= options.patience:
                 derived.extend(_complete(study, f"no improvement in {options.patience} evaluations", ctx))
         return derived
+
+
+def _finite(value: float) -> float | None:
+    """``value`` in the objective's units, or None where they overflow it (objectives near the largest float)."""
+    return value if math.isfinite(value) else None
 
 
 def _rng(study: StudyState, ctx: Context) -> np.random.Generator:

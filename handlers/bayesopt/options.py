@@ -37,6 +37,9 @@ class StudyOptions(RewardOptions, frozen=True, forbid_unknown_fields=True):
     Acquisition: ``xi`` is the improvement margin of EI and PI, ``beta`` the exploration weight of UCB;
     it is maximised from the best of ``raw_samples`` uniform points and near the incumbents.
 
+    Suggestions waiting for a value are believed by the model; beyond ``max_pending`` of them the oldest
+    is forgotten (a value told for it later is refused).
+
     Feedback that names a suggestion (``metadata["suggestion_id"]``) is observed as its reward: the
     options of :class:`~handlers.bandits.rewards.RewardOptions` (composite by default) say how.
 
@@ -59,6 +62,7 @@ class StudyOptions(RewardOptions, frozen=True, forbid_unknown_fields=True):
     beta: NonNegative = 2.0
     raw_samples: Annotated[int, Meta(ge=1, le=100_000)] = 1000
     reward: Literal["binary", "composite"] = "composite"
+    max_pending: AtLeastOne = 1_000
 
 
 def parse_study(definition: StudyDefined) -> tuple[Space, StudyOptions]:

@@ -86,7 +86,8 @@ class ExperimentHandler(MatchesFeedback, Handler[ExperimentsState]):
     an event. Options: :class:`~handlers.experiments.options.ExperimentOptions`.
 
     Feedback is matched to its decision by ``decision_id`` within ``feedback_horizon_s`` seconds of event
-    time; feedback on one of its experiments for an unknown or expired decision, a second feedback for a
+    time, among the last ``max_pending`` decisions (older ones are evicted, counted in the ledger's
+    ``evicted``); feedback on one of its experiments for an unknown or expired decision, a second feedback for a
     decision, or feedback whose variant does not match its decision is rejected with a
     ``FeedbackRejected`` event. Feedback that names no decision is not an observation of the test. With a
     ``guard`` (:class:`~handlers.protection.FeedbackGuard`) every Feedback is judged by it, and feedback it
@@ -113,7 +114,7 @@ class ExperimentHandler(MatchesFeedback, Handler[ExperimentsState]):
     accepts = (ExperimentDefined, Decision, Feedback, ClockTicked, *LIFECYCLE_EVENTS, *CANARY_EVENTS, *DERIVED_ONLY)
     state_type = ExperimentsState
     policies: ClassVar[tuple[str, ...]] = POLICIES
-    version = 6
+    version = 7
 
     def initial_state(self) -> ExperimentsState:
         return ExperimentsState(guard=self.fresh_guard())
@@ -193,7 +194,7 @@ class ExperimentHandler(MatchesFeedback, Handler[ExperimentsState]):
         if isinstance(event, Feedback):
             return state, self._learn(state, envelope, event, ctx)
         if isinstance(event, Decision):
-            _record(state, envelope, event, self.feedback_horizon_s)
+            _record(self, state, envelope, event)
             return state, ()
         if isinstance(event, ClockTicked):
             return state, _end_overdue(state, envelope.time)
@@ -332,7 +333,7 @@ def _shares(exp: Experiment, candidates: list[str]) -> tuple[list[str], list[flo
     return arms, [share[arm] for arm in arms]
 
 
-def _record(state: ExperimentsState, envelope: Envelope[Any], event: Decision, horizon_s: float) -> None:
+def _record(handler: MatchesFeedback, state: ExperimentsState, envelope: Envelope[Any], event: Decision) -> None:
     """Remember a decision of one of the experiments until its feedback; count it in or outside the test.
 
     A decision is in the test when the experiment was running and every arm was a candidate."""
@@ -347,7 +348,7 @@ def _record(state: ExperimentsState, envelope: Envelope[Any], event: Decision, h
         stats.served += 1
     version = len(exp.versions) - 1 if in_test else -1
     entry = PendingDecision(event.experiment, event.arm, envelope.time, version)
-    state.ledger.open(envelope.id, envelope.time, entry, horizon_s)
+    handler.await_feedback(state.ledger, envelope.id, entry)
 
 
 # --- learning -------------------------------------------------------------------------------------

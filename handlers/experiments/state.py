@@ -8,7 +8,7 @@ import msgspec
 
 from handlers.experiments.options import ExperimentOptions
 from handlers.experiments.stats import MixtureSPRT
-from handlers.ledger import DecisionLedger
+from handlers.ledger import AwaitingFeedback, DecisionLedger
 from handlers.protection import FeedbackGuard
 from streams.sketch import DDSketch
 
@@ -198,13 +198,10 @@ class Experiment(msgspec.Struct):
         return max(now - self.started_at, 0.0) if self.started_at is not None else 0.0
 
 
-class PendingDecision(msgspec.Struct, array_like=True):
+class PendingDecision(AwaitingFeedback):
     """A decision still waiting for its feedback: ``version`` is the allocation it was made under, -1 for
     a decision outside the test (its feedback is accepted but not analysed)."""
 
-    experiment: str
-    arm: str
-    time: float
     version: int
 
 

@@ -72,6 +72,18 @@ def host_name(address: str) -> str:
     return f"[{ip}]" if ip.version == 6 else str(ip)
 
 
+def url_of(address: str, port: int, *, from_elsewhere: bool = False) -> str:
+    """The URL of a server listening on ``address``:``port``; listening on every interface, it is reached
+    as localhost, or from elsewhere by this machine's name.
+
+    >>> url_of("::1", 5006), url_of("0.0.0.0", 5006)
+    ('http://[::1]:5006/', 'http://localhost:5006/')
+    """
+    if not is_unspecified(address):
+        return f"http://{host_name(address)}:{port}/"
+    return f"http://{socket.gethostname() if from_elsewhere else 'localhost'}:{port}/"
+
+
 def names_of_this_machine() -> set[str]:
     """The host names and addresses this machine is known by (those its name resolves to)."""
     hostname = socket.gethostname()

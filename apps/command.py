@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import socket
 from pathlib import Path
 
 from rich.console import Console
 
-from apps.access import TOKEN_PATTERN, Access, host_name, is_loopback, is_unspecified, new_token, resolved
+from apps.access import TOKEN_PATTERN, Access, host_name, is_loopback, new_token, resolved, url_of
 from rtopt.cli import UsageError, between, name, positive
 from rtopt.errors import RtoptError
 
@@ -103,8 +102,7 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
 
     token = new_token() if args.generate_token else args.token
     access = Access.serving(args.address, args.port, token, also=args.allow_host)
-    host = socket.gethostname() if is_unspecified(args.address) else host_name(args.address)
-    url = f"http://{host}:{args.port}/"
+    url = url_of(args.address, args.port, from_elsewhere=True)
     if is_loopback(args.address):
         console.print(f"serving {args.log} on {url} (this machine only; Ctrl-C to stop)", soft_wrap=True)
     else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import time as wall_clock
+import webbrowser
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import pandas as pd
 import panel as pn
 from bokeh.server.server import Server
 
-from apps.access import Access, guard
+from apps.access import Access, guard, url_of
 from apps.data import (
     READ_CHUNK,
     AlertFeed,
@@ -492,7 +493,7 @@ def serve(
     ``show`` opens it in a browser."""
     access = Access.serving(address, port) if access is None else access
     server = dashboard_server(location, port=port, address=address, period_ms=period_ms, access=access)
-    if show:
-        server.io_loop.add_callback(server.show, access.entry_path())
+    if show:  # not Bokeh's show(), whose URL names the address listened on, 0.0.0.0 included
+        server.io_loop.add_callback(webbrowser.open, url_of(address, port) + access.entry_path()[1:])
     server.start()
     server.io_loop.start()

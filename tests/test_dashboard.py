@@ -7,6 +7,7 @@ import asyncio
 import base64
 import contextlib
 import http.client
+import socket
 import threading
 import time
 import urllib.error
@@ -294,3 +295,14 @@ def test_beyond_this_machine_the_dashboard_warns_and_asks_for_the_token(
         main(["dashboard", log, "--address", "0.0.0.0", "--token-file", str(token_file)])
     assert exited.value.code == 2 and f"argument --token-file: {token_file}: must hold" in capsys.readouterr().err
     assert len(served_with) == 3
+
+
+def test_a_port_already_taken_is_reported_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["dashboard", str(tmp_path / "log.sqlite"), "--port", str(port)]) == 2
+    assert f"rtopt dashboard: cannot listen on 127.0.0.1:{port}: " in capsys.readouterr().err

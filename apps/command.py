@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 
 from apps.access import TOKEN_PATTERN, Access, host_name, is_loopback, new_token, resolved, url_of
-from rtopt.cli import UsageError, between, name, positive
+from rtopt.cli import UsageError, between, non_blank, positive
 from rtopt.errors import RtoptError
 
 DEFAULT_LOG = Path("event_log") / "demo.sqlite"
@@ -75,7 +75,7 @@ def register_command(commands: argparse._SubParsersAction) -> None:
     )
     command.add_argument(
         "--allow-host",
-        type=name,
+        type=non_blank,
         action="append",
         default=[],
         metavar="NAME",

@@ -118,7 +118,7 @@ def between(low: int, high: int) -> Callable[[str], int]:
     return number(int, lambda value: low <= value <= high, f"between {low} and {high}")
 
 
-seed = between(0, 2**63 - 1)  # an argparse type for a log's seed (a new log without one draws 63 bits)
+log_seed = between(0, 2**63 - 1)  # an argparse type for a log's seed (a new log without one draws 63 bits)
 
 
 def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
@@ -238,7 +238,7 @@ def checked(read: Callable[[str], T]) -> Callable[[str], T]:
     return parse
 
 
-def name(text: str) -> str:
+def non_blank(text: str) -> str:
     """An argparse type for a name that is not blank."""
     if not text.strip():
         raise argparse.ArgumentTypeError(f"{text!r} is blank")
@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="I/N: the streams whose name hashes to I of N (default 0/1)",
     )
     wrk.add_argument(
-        "--name", type=name, default="worker", help="name the worker's progress is recorded under (default worker)"
+        "--name", type=non_blank, default="worker", help="name the worker's progress is recorded under (default worker)"
     )
     wrk.add_argument("--batch", type=positive(int), default=500, help="inputs per transaction (default 500)")
     wrk.add_argument(

@@ -35,7 +35,7 @@ from handlers.experiments.events import (
 from handlers.experiments.options import CANARY
 from handlers.experiments.options import POLICIES as AB_POLICIES
 from rtopt import Decision, Engine
-from rtopt.cli import UsageError, between, positive, progress_bar, replace_log, seed
+from rtopt.cli import UsageError, between, log_seed, positive, progress_bar, replace_log
 from rtopt.log import is_postgres_url, open_log, refuse_non_empty, shown_url
 
 SIMULATION_START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
@@ -279,7 +279,7 @@ def register_command(commands: argparse._SubParsersAction) -> None:
         default=None,
         help=f"prompt variants, 2 to 26 (default {DEFAULT_VARIANTS}; a canary takes {CANARY_VARIANTS})",
     )
-    sim.add_argument("--seed", type=seed, default=7, help="seed of the workload and the engine (default 7)")
+    sim.add_argument("--seed", type=log_seed, default=7, help="seed of the workload and the engine (default 7)")
     sim.add_argument(
         "--log",
         default=str(DEMO_LOG),

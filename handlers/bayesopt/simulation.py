@@ -25,7 +25,7 @@ from scipy import optimize
 from handlers.bandits.rewards import RewardOptions, reward
 from handlers.bayesopt.handler import recommend
 from rtopt import Engine, Feedback
-from rtopt.cli import non_negative, positive, replace_log, seed
+from rtopt.cli import log_seed, non_negative, positive, replace_log
 
 TUNE_LOG = Path("event_log") / "tune.sqlite"
 START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
@@ -211,7 +211,7 @@ def register_command(commands: argparse._SubParsersAction) -> None:
     cmd.add_argument(
         "--noise", type=non_negative(float), default=0.05, help="standard deviation of quality (default 0.05)"
     )
-    cmd.add_argument("--seed", type=seed, default=7, help="seed of the simulation and the engine (default 7)")
+    cmd.add_argument("--seed", type=log_seed, default=7, help="seed of the simulation and the engine (default 7)")
     cmd.add_argument("--log", type=Path, default=TUNE_LOG, help=f"log to write (default {TUNE_LOG}, replaced)")
     cmd.add_argument("--force", action="store_true", help="replace the log given with --log if it exists")
     cmd.set_defaults(run=run_command)

@@ -23,7 +23,7 @@ import pandas as pd
 import panel as pn
 from bokeh.server.server import Server
 
-from apps.access import Access, guard, url_of
+from apps.access import Access, guard, is_loopback, url_of
 from apps.data import (
     READ_CHUNK,
     AlertFeed,
@@ -41,7 +41,7 @@ from apps.data import (
     View,
 )
 from apps.replay import policy_estimates, state_at
-from rtopt import Engine
+from rtopt import Engine, RtoptError
 
 hv.extension("bokeh", logo=False)
 
@@ -459,8 +459,11 @@ def dashboard_server(
 ) -> Server:
     """The server of the dashboard of the log at ``location`` on ``address``:``port``, bound but not started;
     every page shares one reader of the log. It answers only the requests ``access`` admits (by default:
-    those naming this address, or a loopback name, in their Host header)."""
+    those naming this address, or a loopback name, in their Host header); beyond this machine, ``access``
+    must ask for a token."""
     access = Access.serving(address, port) if access is None else access
+    if access.token is None and not is_loopback(address):
+        raise RtoptError(f"address = {address!r} serves beyond this machine: give access a token")
     tail = LogTail(location)
 
     def page() -> pn.Column:

@@ -36,7 +36,7 @@ from apps.data import (
 )
 from apps.ui import Dashboard, dashboard_server
 from handlers.bandits.simulation import default_variants, simulate
-from rtopt import Engine
+from rtopt import Engine, RtoptError
 from rtopt.cli import main
 
 
@@ -236,6 +236,11 @@ def test_a_request_for_a_host_it_does_not_serve_is_refused(recorded: Path) -> No
         assert status(url, Host=f"127.0.0.1:{port + 1}") == 403
         assert websocket_upgrade(url, Host=f"rebound.example:{port}") == 403
         assert websocket_upgrade(url, Origin="http://elsewhere.example") == 403  # a page of another site
+
+
+def test_served_from_python_beyond_this_machine_the_dashboard_asks_for_a_token(recorded: Path) -> None:
+    with pytest.raises(RtoptError, match="serves beyond this machine"):
+        dashboard_server(recorded, address="0.0.0.0", port=free_port())  # refused before it binds
 
 
 @pytest.fixture

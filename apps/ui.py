@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import time as wall_clock
+import webbrowser
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ import holoviews as hv
 import holoviews.plotting.bokeh
 import pandas as pd
 import panel as pn
+from bokeh.server.server import Server
 
+from apps.access import Access, guard, is_loopback, url_of
 from apps.data import (
     READ_CHUNK,
     AlertFeed,
@@ -38,7 +41,7 @@ from apps.data import (
     View,
 )
 from apps.replay import policy_estimates, state_at
-from rtopt import Engine
+from rtopt import Engine, RtoptError
 
 hv.extension("bokeh", logo=False)
 
@@ -446,15 +449,54 @@ def dashboard(source: Engine | str | Path, *, period_ms: int = 1000) -> Dashboar
     return Dashboard(tail, period_ms=period_ms).start()
 
 
-def serve(
-    location: str | Path, *, port: int = 5006, address: str = "127.0.0.1", period_ms: int = 1000, show: bool = False
-) -> None:
-    """Serve the dashboard of the log at ``location`` on ``address``:``port`` until interrupted; every page
-    shares one reader of the log."""
+def dashboard_server(
+    location: str | Path,
+    *,
+    port: int = 5006,
+    address: str = "127.0.0.1",
+    period_ms: int = 1000,
+    access: Access | None = None,
+) -> Server:
+    """The server of the dashboard of the log at ``location`` on ``address``:``port``, bound but not started;
+    every page shares one reader of the log. It answers only the requests ``access`` admits (by default:
+    those naming this address, or a loopback name, in their Host header); beyond this machine, ``access``
+    must ask for a token."""
+    access = Access.serving(address, port) if access is None else access
+    if access.token is None and not is_loopback(address):
+        raise RtoptError(f"address = {address!r} serves beyond this machine: give access a token")
     tail = LogTail(location)
 
     def page() -> pn.Column:
         return Dashboard(tail, period_ms=period_ms).start().panel
 
-    origins = [f"{address}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"]
-    pn.serve({"/": page}, port=port, address=address, websocket_origin=origins, show=show, title="rtopt dashboard")
+    server = pn.serve(
+        {"/": page},
+        port=port,
+        address=address,
+        websocket_origin=access.origins,
+        show=False,
+        start=False,
+        verbose=False,
+        title="rtopt dashboard",
+    )
+    guard(server._tornado, access)  # the Tornado application behind Bokeh's server: no public accessor
+    return server
+
+
+def serve(
+    location: str | Path,
+    *,
+    port: int = 5006,
+    address: str = "127.0.0.1",
+    period_ms: int = 1000,
+    show: bool = False,
+    access: Access | None = None,
+) -> None:
+    """Serve the dashboard of the log at ``location`` (see :func:`dashboard_server`) until interrupted;
+    ``show`` opens it in a browser."""
+    access = Access.serving(address, port) if access is None else access
+    server = dashboard_server(location, port=port, address=address, period_ms=period_ms, access=access)
+    if show:  # not Bokeh's show(), whose URL names the address listened on, 0.0.0.0 included
+        server.io_loop.add_callback(webbrowser.open, url_of(address, port) + access.entry_path()[1:])
+    server.start()
+    server.io_loop.start()

@@ -3,12 +3,16 @@ installed packages add commands (simulate ...).
 
 A package adds a command by declaring, in the ``rtopt.commands`` entry point group, a function that takes
 the argparse sub-parsers and adds its parser with ``set_defaults(run=function(args, console) -> int)``.
+Every argument is checked before a command does anything: each on its own by its argparse ``type``, and
+together by ``set_defaults(check=function(args))``, which raises :class:`UsageError`; either way the
+command line exits with status 2 and a message naming the option and the value, and no log is touched.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
 import signal
 import sys
 import threading
@@ -16,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from rich.console import Console
@@ -32,6 +36,7 @@ from rtopt.log import SQLiteLog, copy_log, is_postgres_url
 COMMAND_ENTRY_POINTS = "rtopt.commands"
 STATE_LINES = 40
 LOG_HELP = "path of the log, or the postgresql:// URL of its database"
+T = TypeVar("T")
 
 
 def event_time(seconds: float) -> str:
@@ -65,19 +70,55 @@ def replace_log(path: Path, default: Path, force: bool, console: Console) -> Non
     console.print(f"replacing the rtopt log at {path}")
 
 
-def positive(kind: type[int] | type[float]) -> Callable[[str], Any]:
-    """An argparse type for a positive number of ``kind``."""
+class UsageError(RtoptError):
+    """An argument that does not fit the others, found before the command does anything; the command line
+    reports it as argparse reports a bad argument (usage, option, value; exit status 2)."""
+
+    def __init__(self, option: str, value: object, reason: str) -> None:
+        super().__init__(f"argument {option}: {value}: {reason}")
+        self.option = option
+        self.value = value
+
+
+def number(kind: type[int] | type[float], accept: Callable[[Any], bool], requirement: str) -> Callable[[str], Any]:
+    """An argparse type for a finite number of ``kind`` that ``accept`` takes; the error names the text
+    and the ``requirement`` it missed.
+
+    >>> number(int, lambda n: 2 <= n <= 26, "between 2 and 26")("30")
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: 30 is not between 2 and 26
+    """
 
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"{text} is not positive")
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"{text} is not {requirement}")
         return value
 
     return parse
+
+
+def positive(kind: type[int] | type[float]) -> Callable[[str], Any]:
+    """An argparse type for a positive, finite number of ``kind``."""
+    return number(kind, lambda value: value > 0, "positive")
+
+
+def non_negative(kind: type[int] | type[float]) -> Callable[[str], Any]:
+    """An argparse type for a finite number of ``kind`` that is zero or more."""
+    return number(kind, lambda value: value >= 0, "zero or more")
+
+
+def between(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type for a whole number from ``low`` to ``high``."""
+    return number(int, lambda value: low <= value <= high, f"between {low} and {high}")
+
+
+log_seed = between(0, 2**63 - 1)  # an argparse type for a log's seed (a new log without one draws 63 bits)
 
 
 def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
@@ -168,8 +209,6 @@ def cmd_copy(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_worker(args: argparse.Namespace, console: Console) -> int:
     """Run the handler chains of one partition over a shared PostgreSQL log."""
-    if not is_postgres_url(args.log):
-        raise RtoptError(f"log = {args.log!r}: a worker follows a PostgreSQL log, given as a postgresql:// URL")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with Follower.open(
@@ -186,12 +225,31 @@ def cmd_worker(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def partition(text: str) -> Partition:
-    """An argparse type for ``I/N``."""
-    try:
-        return Partition.parse(text)
-    except InvalidEvent as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def checked(read: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type that reads the text with ``read``, whose :class:`InvalidEvent` becomes argparse's
+    error (naming the option and the value)."""
+
+    def parse(text: str) -> T:
+        try:
+            return read(text)
+        except InvalidEvent as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def non_blank(text: str) -> str:
+    """An argparse type for a name that is not blank."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is blank")
+    return text
+
+
+def postgres_url(text: str) -> str:
+    """An argparse type for the ``postgresql://`` URL of a log."""
+    if not is_postgres_url(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a postgresql:// URL")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -224,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("log", help=LOG_HELP)
     rep.add_argument("--verify", action="store_true", help="re-derive everything and compare with the log")
-    rep.add_argument("--until-seq", type=int, default=None, help="rebuild the state as of this seq")
+    rep.add_argument("--until-seq", type=non_negative(int), default=None, help="rebuild the state as of this seq")
     rep.add_argument("--state", action="store_true", help=f"print whole states (else the first {STATE_LINES} lines)")
     rep.set_defaults(run=cmd_replay)
 
@@ -246,11 +304,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Follow a PostgreSQL log that other processes publish inputs to and derive the events of the "
         "handler chains for the streams of one partition, recording progress with them (exactly once).",
     )
-    wrk.add_argument("log", help="postgresql:// URL of the log")
+    wrk.add_argument("log", type=postgres_url, help="postgresql:// URL of the log")
     wrk.add_argument(
-        "--partition", type=partition, default=WHOLE, help="I/N: the streams whose name hashes to I of N (default 0/1)"
+        "--partition",
+        type=checked(Partition.parse),
+        default=WHOLE,
+        help="I/N: the streams whose name hashes to I of N (default 0/1)",
     )
-    wrk.add_argument("--name", default="worker", help="name the worker's progress is recorded under (default worker)")
+    wrk.add_argument(
+        "--name", type=non_blank, default="worker", help="name the worker's progress is recorded under (default worker)"
+    )
     wrk.add_argument("--batch", type=positive(int), default=500, help="inputs per transaction (default 500)")
     wrk.add_argument(
         "--snapshot-every",
@@ -269,9 +332,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The parser of one of ``parser``'s commands."""
+    [commands] = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    return commands.choices[command]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check = getattr(args, "check", None)
+    if check is not None:
+        try:
+            check(args)
+        except UsageError as exc:
+            command_parser(parser, args.command).error(str(exc))
     console = Console()
     if not console.is_terminal:  # a pipe or a file: do not squeeze tables into 80 columns
         console = Console(width=max(console.width, 120))

@@ -4,6 +4,7 @@ import hashlib
 import itertools
 import os
 import random
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,13 @@ from handlers.detection import DetectionHandler, FeedbackGuard, ProtectionHandle
 from rtopt import Engine, Feedback
 from rtopt.pgserver import TemporaryServer, server_binaries
 from streams import Aggregates, Tumbling, WindowHandler, WindowPipeline
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on (at the time of asking)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def sha256(path: Path) -> str:

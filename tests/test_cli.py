@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import rows_without_recorded_at
+from conftest import rows_without_recorded_at, sha256
 
 from handlers.bandits.simulation import default_variants
 from rtopt import Engine, RtoptError
@@ -81,7 +81,8 @@ def test_errors_are_reported_without_a_traceback(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["simulate"], ["inspect"], ["replay"], ["copy"], ["worker"], ["dashboard"]]
+    "command",
+    [[], ["simulate"], ["tune"], ["evaluate"], ["inspect"], ["replay"], ["copy"], ["worker"], ["dashboard"]],
 )
 def test_every_command_has_help(command: list[str], tmp_path: Path) -> None:
     done = rtopt(*command, "--help", cwd=tmp_path)
@@ -207,3 +208,134 @@ def test_simulate_runs_an_ab_test_or_a_canary_and_says_how_it_ended(policy: str,
     # a process that imports no handler still reads their events: the installed packages are found
     shown = rtopt("inspect", str(log), "--last", "6000", cwd=tmp_path)
     assert shown.returncode == 0 and "ExperimentAnalysed" in shown.stdout, shown.stderr
+
+
+@pytest.fixture(scope="module")
+def logs_in_place(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding the default logs of simulate and tune, as a user's working folder would."""
+    folder = tmp_path_factory.mktemp("work")
+    assert main(["simulate", "--steps", "50", "--log", str(folder / "event_log" / "demo.sqlite")]) == 0
+    assert main(["tune", "--task", "code", "--budget", "2", "--log", str(folder / "event_log" / "tune.sqlite")]) == 0
+    return folder
+
+
+def digests(folder: Path) -> dict[str, str]:
+    """The hash of each log in the folder, and the size of any write-ahead log holding something (a reader
+    leaves an empty one, which changes nothing)."""
+    logs = {path.name: sha256(path) for path in (folder / "event_log").glob("*.sqlite")}
+    wal = {path.name: str(path.stat().st_size) for path in (folder / "event_log").glob("*-wal") if path.stat().st_size}
+    return logs | wal
+
+
+LOG = "event_log/demo.sqlite"
+PG = "postgresql://nobody@127.0.0.1:9/none"  # never reached: the arguments are refused first
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "value"),
+    [
+        (["simulate", "--variants", "30"], "--variants", "30"),
+        (["simulate", "--variants", "1"], "--variants", "1"),
+        (["simulate", "--policy", "canary", "--variants", "4"], "--variants", "4"),
+        (["simulate", "--policy", "greedy"], "--policy", "greedy"),
+        (["simulate", "--steps", "0"], "--steps", "0"),
+        (["simulate", "--seed", "-1"], "--seed", "-1"),
+        (["simulate", "--rate", "inf"], "--rate", "inf"),
+        (["simulate", "--feedback-delay", "nan"], "--feedback-delay", "nan"),
+        (["simulate", "--workers", "2"], "--workers", "2"),
+        (["tune", "--noise", "-1"], "--noise", "-1"),
+        (["tune", "--budget", "0"], "--budget", "0"),
+        (["tune", "--batch", "two"], "--batch", "two"),
+        (["tune", "--seed", "-5"], "--seed", "-5"),
+        (["tune", "--task", "poetry"], "--task", "poetry"),
+        (["evaluate", LOG, "--policy", "best"], "--policy", "best"),
+        (["evaluate", LOG, "--clip", "-1"], "--clip", "-1"),
+        (["replay", LOG, "--until-seq", "-1"], "--until-seq", "-1"),
+        (["inspect", LOG, "--last", "0"], "--last", "0"),
+        (["inspect", LOG, "--follow", "--idle-timeout", "-2"], "--idle-timeout", "-2"),
+        (["worker", LOG], "log", LOG),
+        (["worker", PG, "--partition", "2/2"], "--partition", "2/2"),
+        (["worker", PG, "--batch", "0"], "--batch", "0"),
+        (["worker", PG, "--name", " "], "--name", " "),
+        (["dashboard", "--port", "70000"], "--port", "70000"),
+        (["dashboard", "--refresh", "0"], "--refresh", "0"),
+        (["dashboard", "--address", "0.0.0.0"], "--address", "0.0.0.0"),
+        (["dashboard", "--token-file", "missing.txt"], "--token-file", "missing.txt"),
+    ],
+)
+def test_a_bad_argument_is_refused_before_any_log_is_touched(
+    command: list[str],
+    option: str,
+    value: str,
+    logs_in_place: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import apps.ui
+
+    monkeypatch.chdir(logs_in_place)
+    monkeypatch.setattr(apps.ui, "serve", lambda *args, **kwargs: pytest.fail("the dashboard was served"))
+    before = digests(logs_in_place)
+    with pytest.raises(SystemExit) as exited:
+        main(command)
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert f"rtopt {command[0]}: error: argument {option}: " in error and value in error.split(option, 1)[1], error
+    assert digests(logs_in_place) == before
+
+
+def documented_policies() -> list[str]:
+    """The policies README.md says `rtopt simulate --policy` takes: the bandit policies its decisions section
+    lists, then ab_test and canary."""
+    readme = (ROOT / "README.md").read_text()
+    assert "`rtopt simulate` takes\n`--policy` (any bandit policy, `ab_test` or `canary`)" in readme
+    bandits = readme.split("**options)` runs one of", 1)[1].split("(they read", 1)[0]
+    return [*re.findall(r"`(\w+)`", bandits), "ab_test", "canary"]
+
+
+def test_the_documented_policies_are_those_simulate_offers(tmp_path: Path) -> None:
+    done = rtopt("simulate", "--help", cwd=tmp_path)
+    offered = re.search(r"--policy \{([\w,]+)\}", done.stdout)
+    assert offered is not None, done.stdout
+    assert sorted(offered.group(1).split(",")) == sorted(documented_policies())
+
+
+@pytest.mark.parametrize("policy", documented_policies())
+def test_every_documented_policy_simulates_into_a_log_that_verifies(
+    policy: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "fresh.sqlite"
+    assert main(["simulate", "--policy", policy, "--steps", "200", "--log", str(log)]) == 0
+    capsys.readouterr()
+    assert main(["replay", str(log), "--verify"]) == 0
+    with Engine.open(log, read_only=True, handlers=[]) as engine:
+        counts = engine.log.count_by_type()
+    assert counts["Decision"] == 200
+    assert f"all {sum(counts.values())} events match" in capsys.readouterr().out
+
+
+def test_the_documented_canary_runs_on_a_fresh_log_and_verifies(tmp_path: Path) -> None:
+    done = rtopt("simulate", "--policy", "canary", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "canary over 2 variants" in done.stdout
+    log = tmp_path / "event_log" / "demo.sqlite"
+    with Engine.open(log, read_only=True, handlers=[]) as engine:
+        counts = engine.log.count_by_type()
+        [definition] = [envelope.payload for envelope in engine.read(types=["ExperimentDefined"])]
+    assert definition.policy == "canary" and definition.arms == ["v1", "v2"]
+    assert counts["Decision"] == 5000 and counts["Feedback"] == 5000 and counts["CanaryAdvanced"] >= 1
+    assert "the test: " in done.stdout  # how the rollout ended
+    verified = rtopt("replay", str(log), "--verify", cwd=tmp_path)
+    assert verified.returncode == 0, verified.stderr
+    assert f"all {sum(counts.values())} events match" in verified.stdout
+
+
+@pytest.mark.parametrize("target", ["event_log/tune.sqlite", LOG])
+def test_copy_refuses_a_target_holding_events_and_leaves_both_logs_as_they_were(
+    target: str, logs_in_place: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(logs_in_place)
+    before = digests(logs_in_place)
+    assert main(["copy", LOG, target]) == 2
+    assert f"{target} already holds events" in capsys.readouterr().err
+    assert digests(logs_in_place) == before

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import write_monitored_log
+from conftest import free_port, write_monitored_log
 
 from handlers.bandits.simulation import default_variants, simulate
 from rtopt import Engine
@@ -51,18 +50,14 @@ def chromium() -> str:
     return found
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until_served(url: str, server: subprocess.Popen[bytes], timeout: float = 90.0) -> None:
+def wait_until_served(
+    url: str, server: subprocess.Popen[bytes], timeout: float = 90.0, headers: dict[str, str] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert server.poll() is None, "the dashboard exited"
         try:
-            with urllib.request.urlopen(url, timeout=5) as answer:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5) as answer:
                 if answer.status == 200:
                     return
         except (urllib.error.URLError, ConnectionError):
@@ -71,14 +66,19 @@ def wait_until_served(url: str, server: subprocess.Popen[bytes], timeout: float 
 
 
 @contextlib.contextmanager
-def serving(log: Path) -> Iterator[str]:
-    """The dashboard of ``log`` on a free port, at the URL given; the server must not print a traceback."""
+def serving(log: Path, token_file: Path | None = None) -> Iterator[str]:
+    """The dashboard of ``log`` on a free port (asking for the token in ``token_file`` if given), at the URL
+    given; the server must not print a traceback."""
     port = free_port()
     command = [sys.executable, "-m", "rtopt", "dashboard", str(log), "--port", str(port), "--refresh", "0.25"]
+    headers = {}
+    if token_file is not None:
+        command += ["--token-file", str(token_file)]
+        headers["Authorization"] = f"Bearer {token_file.read_text().strip()}"
     server = subprocess.Popen(command, cwd=log.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         url = f"http://127.0.0.1:{port}/"
-        wait_until_served(url, server)
+        wait_until_served(url, server, headers=headers)
         yield url
     finally:
         server.terminate()
@@ -190,3 +190,23 @@ def test_the_studies_detections_and_forecasts_render_in_a_browser(tmp_path: Path
         ARTIFACTS.mkdir(exist_ok=True)
         (ARTIFACTS / "dashboard-monitored.png").write_bytes(shot)
     assert errors_in(messages) == []
+
+
+def test_with_a_token_the_browser_gets_in_through_the_address_that_carries_it(tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    log = tmp_path / "log.sqlite"
+    with Engine.open(log, seed=3) as engine:
+        simulate(engine, 300, default_variants(3, 3), 3)
+        last = engine.position
+    token = "a-token-of-the-test-0123456789"
+    token_file = tmp_path / "token"
+    token_file.write_text(token)
+    with serving(log, token_file) as url, browsing(tmp_path / "profile") as (page, messages, requested):
+        assert page.request.get(url).status == 401  # (a page would ask for the token as a password)
+        page.goto(f"{url}?token={token}")
+        expect(page.locator("#events-seen")).to_have_text(f"{last:,}", timeout=30_000)
+        assert page.url == url  # the token left the address bar; a cookie carries it
+        expect(page.locator(".bk-Canvas").first).to_be_visible()
+    assert errors_in(messages) == []
+    assert any(address.startswith("ws://") for address in requested)

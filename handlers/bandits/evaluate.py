@@ -16,6 +16,7 @@ from rich.table import Table
 
 from handlers.bandits.ope import TargetPolicy, always, evaluate, rounds_from_log, uniform
 from rtopt import Engine, InvalidEvent
+from rtopt.cli import checked, positive
 
 
 def target_policy(text: str) -> TargetPolicy:
@@ -32,6 +33,12 @@ def target_policy(text: str) -> TargetPolicy:
     raise InvalidEvent(f"policy = {text!r}: expected 'uniform' or 'always:ARM'", field="policy", value=text)
 
 
+def target_policy_name(text: str) -> str:
+    """``text`` if it names a target policy (see :func:`target_policy`)."""
+    target_policy(text)
+    return text
+
+
 def register_command(commands: argparse._SubParsersAction) -> None:
     """Add ``rtopt evaluate`` to the command line."""
     command = commands.add_parser(
@@ -41,8 +48,10 @@ def register_command(commands: argparse._SubParsersAction) -> None:
     )
     command.add_argument("log", type=Path, help="path of the log")
     command.add_argument("--experiment", default="greeting", help="the experiment to evaluate (default greeting)")
-    command.add_argument("--policy", default="uniform", help="the target policy: uniform or always:ARM")
-    command.add_argument("--clip", type=float, default=None, help="clip importance weights at this level")
+    command.add_argument(
+        "--policy", type=checked(target_policy_name), default="uniform", help="the target policy: uniform or always:ARM"
+    )
+    command.add_argument("--clip", type=positive(float), default=None, help="clip importance weights at this level")
     command.add_argument(
         "--floor",
         choices=["min"],

@@ -32,15 +32,18 @@ from handlers.experiments.events import (
     ExperimentConcluded,
     ExperimentPaused,
 )
+from handlers.experiments.options import CANARY
 from handlers.experiments.options import POLICIES as AB_POLICIES
-from rtopt import Decision, Engine, RtoptError
-from rtopt.cli import positive, progress_bar, replace_log
+from rtopt import Decision, Engine
+from rtopt.cli import UsageError, between, log_seed, positive, progress_bar, replace_log
 from rtopt.log import is_postgres_url, open_log, refuse_non_empty, shown_url
 
 SIMULATION_START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 DEMO_LOG = Path("event_log") / "demo.sqlite"
 CONTEXT_FEATURES = ("bias", "long_prompt")
 USERS = 2_000  # simulated users an A/B test assigns by hashing
+DEFAULT_VARIANTS = 4
+CANARY_VARIANTS = 2  # a canary rolls the second variant out over the first
 ERRORS = ("timeout", "rate_limited", "refusal", "invalid_output")
 
 
@@ -270,8 +273,13 @@ def register_command(commands: argparse._SubParsersAction) -> None:
         "(the first variant is the control) and canary a rollout of the second variant",
     )
     sim.add_argument("--steps", type=positive(int), default=5000, help="requests to serve (default 5000)")
-    sim.add_argument("--variants", type=positive(int), default=4, help="prompt variants, 2 to 26 (default 4)")
-    sim.add_argument("--seed", type=int, default=7, help="seed of the workload and the engine (default 7)")
+    sim.add_argument(
+        "--variants",
+        type=between(2, 26),
+        default=None,
+        help=f"prompt variants, 2 to 26 (default {DEFAULT_VARIANTS}; a canary takes {CANARY_VARIANTS})",
+    )
+    sim.add_argument("--seed", type=log_seed, default=7, help="seed of the workload and the engine (default 7)")
     sim.add_argument(
         "--log",
         default=str(DEMO_LOG),
@@ -293,7 +301,18 @@ def register_command(commands: argparse._SubParsersAction) -> None:
         default=20.0,
         help="mean seconds between a response and its feedback (default 20)",
     )
-    sim.set_defaults(run=run_command)
+    sim.set_defaults(run=run_command, check=check_arguments)
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Check the arguments of ``rtopt simulate`` together and settle the number of variants."""
+    if args.policy == CANARY and args.variants not in (None, CANARY_VARIANTS):
+        reason = f"a canary rolls one challenger out over a baseline: {CANARY_VARIANTS} variants"
+        raise UsageError("--variants", args.variants, reason)
+    if args.variants is None:
+        args.variants = CANARY_VARIANTS if args.policy == CANARY else DEFAULT_VARIANTS
+    if args.workers > 1 and not is_postgres_url(args.log):
+        raise UsageError("--workers", args.workers, "needs a PostgreSQL log (--log postgresql://...), which they share")
 
 
 def run_command(args: argparse.Namespace, console: Console) -> int:
@@ -303,8 +322,6 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
         refuse_non_empty(log)
         log.close()
     else:
-        if args.workers > 1:
-            raise RtoptError("--workers needs a PostgreSQL log (--log postgresql://...), which processes share")
         replace_log(Path(args.log), DEMO_LOG, args.force, console)
     if args.workers > 1:
         return _run_workers(args, console)

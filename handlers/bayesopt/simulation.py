@@ -25,7 +25,7 @@ from scipy import optimize
 from handlers.bandits.rewards import RewardOptions, reward
 from handlers.bayesopt.handler import recommend
 from rtopt import Engine, Feedback
-from rtopt.cli import positive, replace_log
+from rtopt.cli import log_seed, non_negative, positive, replace_log
 
 TUNE_LOG = Path("event_log") / "tune.sqlite"
 START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
@@ -165,6 +165,8 @@ def tune(
     """Run a study of ``task``'s settings for ``budget`` evaluations (``batch`` suggested at once) and
     report what it recommends; ``options`` go to ``define_study`` (by default the GP expects a noisy
     objective: ``noise_prior=0.25``)."""
+    if not noise >= 0.0:
+        raise ValueError(f"noise must be zero or more, not {noise}")
     if method == "gp":
         options.setdefault("noise_prior", NOISE_PRIOR)
     rng = np.random.default_rng([seed, 3])
@@ -206,8 +208,10 @@ def register_command(commands: argparse._SubParsersAction) -> None:
     cmd.add_argument("--task", choices=[*TASKS, "all"], default="all", help="the task type (default all)")
     cmd.add_argument("--budget", type=positive(int), default=40, help="evaluations per study (default 40)")
     cmd.add_argument("--batch", type=positive(int), default=1, help="suggestions evaluated together (default 1)")
-    cmd.add_argument("--noise", type=float, default=0.05, help="standard deviation of quality (default 0.05)")
-    cmd.add_argument("--seed", type=int, default=7, help="seed of the simulation and the engine (default 7)")
+    cmd.add_argument(
+        "--noise", type=non_negative(float), default=0.05, help="standard deviation of quality (default 0.05)"
+    )
+    cmd.add_argument("--seed", type=log_seed, default=7, help="seed of the simulation and the engine (default 7)")
     cmd.add_argument("--log", type=Path, default=TUNE_LOG, help=f"log to write (default {TUNE_LOG}, replaced)")
     cmd.add_argument("--force", action="store_true", help="replace the log given with --log if it exists")
     cmd.set_defaults(run=run_command)

@@ -19,11 +19,13 @@ from rtopt.events import (
     HandlerFailed,
     Observed,
     StudyDefined,
+    SubjectForgotten,
     Suggested,
     event_type,
     registered_types,
 )
 from rtopt.handler import Context, Decider, Handler, Request, Suggester
+from rtopt.privacy import Privacy
 
 __all__ = [
     "ArmUpdated",
@@ -46,11 +48,13 @@ __all__ = [
     "InvalidEvent",
     "InvalidLog",
     "Observed",
+    "Privacy",
     "ReadOnlyLog",
     "Rebuilt",
     "Request",
     "RtoptError",
     "StudyDefined",
+    "SubjectForgotten",
     "Suggested",
     "Suggester",
     "UnknownEventType",

@@ -75,7 +75,9 @@ class Event(msgspec.Struct, frozen=True, tag=True, omit_defaults=True, metaclass
     """Base class of every event payload.
 
     ``stream_field`` names the payload field used as the envelope's stream when the publisher gives
-    none; ``schema_version`` is recorded in the envelope of every event of the type.
+    none; ``schema_version`` is recorded in the envelope of every event of the type; ``personal_fields``
+    names the fields that may hold a user or session id, which the log stores sealed (see
+    :mod:`rtopt.privacy`).
 
     >>> class Greeted(Event, frozen=True):
     ...     target: Name
@@ -88,6 +90,7 @@ class Event(msgspec.Struct, frozen=True, tag=True, omit_defaults=True, metaclass
 
     stream_field: ClassVar[str | None] = None
     schema_version: ClassVar[int] = 1
+    personal_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -106,6 +109,11 @@ class Event(msgspec.Struct, frozen=True, tag=True, omit_defaults=True, metaclass
     def default_stream(self) -> str | None:
         """The stream an event goes to when its publisher names none."""
         return getattr(self, self.stream_field) if self.stream_field else None
+
+    def personal(self) -> tuple[str, ...]:
+        """The fields of this event that hold a user or session id (``personal_fields`` unless a type decides
+        per event); the first one holding a value names the subject whose key seals them."""
+        return self.personal_fields
 
 
 @functools.cache
@@ -329,6 +337,7 @@ class Feedback(Event, frozen=True):
     metadata: dict[str, str] = {}
 
     stream_field: ClassVar[str] = "prompt_id"
+    personal_fields: ClassVar[tuple[str, ...]] = ("user_id", "session_id")
 
 
 class ExperimentDefined(Event, frozen=True):
@@ -364,6 +373,7 @@ class Decision(Event, frozen=True):
     slate_propensities: list[UnitInterval] = []
 
     stream_field: ClassVar[str] = "experiment"
+    personal_fields: ClassVar[tuple[str, ...]] = ("unit",)
 
 
 class ArmUpdated(Event, frozen=True):
@@ -401,6 +411,23 @@ class FeedbackRejected(Event, frozen=True):
     reason: Name
     decision_id: str | None = None
     handler: str = ""
+
+
+PRIVACY_STREAM = "privacy"
+
+
+class SubjectForgotten(Event, frozen=True):
+    """The key of the subject (a user or a session) referred to as ``ref`` was deleted: the values sealed
+    with it now read as ``forgotten:<ref>``. The subject itself is not recorded.
+
+    >>> SubjectForgotten(ref="0123456789abcdef").default_stream()
+    'privacy'
+    """
+
+    ref: Name
+
+    def default_stream(self) -> str | None:
+        return PRIVACY_STREAM
 
 
 class HandlerFailed(Event, frozen=True):

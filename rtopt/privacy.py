@@ -1,0 +1,252 @@
+"""Crypto-shredding: personal values are stored sealed with a key of their subject, and forgetting a subject
+deletes its key, so that an immutable log stops being able to say who its events were about.
+
+A subject is a user id (or a session id with no user). It gets a random 256-bit key and a random reference
+(``ref``, 16 hex digits) when it is first sealed; both live in the ``rtopt_subject_keys`` table of the log's
+database, found by a hash of the subject, never in the events. A sealed value reads
+``sealed:1:<ref>:<base64 AES-GCM-SIV ciphertext>``: the cipher is deterministic (a fixed nonce, which
+AES-GCM-SIV tolerates), so the same value of the same subject always seals to the same bytes and re-deriving
+a log gives the bytes it holds. Reading opens sealed values while the key exists; once the subject is
+forgotten they read as the pseudonym ``forgotten:<ref>``, the same for every event of the subject, so
+whatever was counted per user is counted the same way under the pseudonym.
+
+The fields sealed are those an event names by ``Event.personal()`` (the first one holding a value names the
+subject), plus the ``metadata`` keys a :class:`Privacy` setting names.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import secrets
+from typing import Any
+
+import msgspec
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
+
+from rtopt.errors import InvalidLog, ReadOnlyLog, RtoptError
+from rtopt.events import Event, decode_payload, encode_payload
+from rtopt.log import EventLog, SQLiteLog, SQLLog
+
+KEYS_TABLE = "rtopt_subject_keys"
+SEALED = "sealed:1:"
+FORGOTTEN = "forgotten:"
+_SEALED_BYTES = SEALED.encode()
+_NONCE = bytes(12)  # deterministic sealing: AES-GCM-SIV only reveals that two plaintexts are equal
+
+
+class Privacy(msgspec.Struct, frozen=True):
+    """What the engine seals when it writes: with ``seal`` on, the fields event types declare personal
+    (``Feedback.user_id`` and ``session_id``, ``Decision.unit`` ...) and the ``personal_metadata`` keys of
+    their ``metadata``. Sealed values are opened on reading whatever this says.
+
+    >>> Privacy.of(False).seal, Privacy.of(True).seal, Privacy.of(Privacy(personal_metadata=("email",)))
+    (False, True, Privacy(seal=True, personal_metadata=('email',)))
+    """
+
+    seal: bool = True
+    personal_metadata: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, setting: Privacy | bool) -> Privacy:
+        """The setting given to ``Engine.open(privacy=...)``: a Privacy, True (the default) or False (off)."""
+        if isinstance(setting, Privacy):
+            return setting
+        if isinstance(setting, bool):
+            return cls(seal=setting)
+        raise ValueError(f"privacy = {setting!r}: must be True, False or a Privacy")
+
+
+def is_pseudonym(value: object) -> bool:
+    """True for the value a sealed field reads as once its subject is forgotten.
+
+    >>> is_pseudonym("forgotten:0123456789abcdef"), is_pseudonym("user-42"), is_pseudonym(None)
+    (True, False, False)
+    """
+    return isinstance(value, str) and value.startswith(FORGOTTEN)
+
+
+def _opaque(value: str) -> bool:
+    """A value sealed already, or a pseudonym: nothing of it is left to seal."""
+    return value.startswith((SEALED, FORGOTTEN))
+
+
+def _subject_hash(subject: str) -> str:
+    return hashlib.blake2b(subject.encode(), digest_size=16, person=b"rtopt/subject").hexdigest()
+
+
+class Keyring:
+    """The subjects' keys of one log: seals events on their way into it and opens them on their way out.
+
+    >>> from rtopt import Feedback
+    >>> from rtopt.log import open_log
+    >>> keys = Keyring(open_log(":memory:", seed=1))
+    >>> fb = Feedback(prompt_id="p", variant_id="v", response_time_ms=1.0, success=True, quality_score=1.0,
+    ...               user_id="u1")
+    >>> stored = keys.encode(fb)
+    >>> b"u1" in stored, keys.decode("Feedback", stored).user_id
+    (False, 'u1')
+    >>> ref = keys.forget("u1")
+    >>> keys.decode("Feedback", stored).user_id == f"forgotten:{ref}"
+    True
+    """
+
+    def __init__(self, log: EventLog, privacy: Privacy | None = None) -> None:
+        if not isinstance(log, SQLLog):
+            raise TypeError(f"{type(log).__name__}: keys are kept in an SQL log's database")
+        self._log = log
+        self._privacy = privacy if privacy is not None else Privacy()
+        self._by_subject: dict[str, tuple[str, AESGCMSIV]] = {}
+        self._by_ref: dict[str, AESGCMSIV | None] = {}
+        self._table_ready = False
+        if isinstance(log, SQLiteLog) and not log.read_only:
+            log._execute("PRAGMA secure_delete=ON")  # freed key bytes are overwritten, not left in free space
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    def encode(self, event: Event) -> bytes:
+        """The stored bytes of ``event``, its personal values sealed."""
+        return encode_payload(self.seal(event))
+
+    def seal(self, event: Event) -> Event:
+        """``event`` with its personal values sealed (itself when it has none to seal or sealing is off)."""
+        fields = event.personal()
+        if not fields or not self._privacy.seal:
+            return event
+        values = [getattr(event, name) for name in fields]
+        subject = next((value for value in values if value and not _opaque(value)), None)
+        changes: dict[str, Any] = {
+            name: self._seal_value(subject, value)
+            for name, value in zip(fields, values, strict=True)
+            if value and not _opaque(value)
+        }
+        personal = self._privacy.personal_metadata
+        metadata = getattr(event, "metadata", None)
+        if personal and metadata and any(key in metadata for key in personal):
+            changes["metadata"] = {
+                key: self._seal_value(subject or value, value) if key in personal and not _opaque(value) else value
+                for key, value in metadata.items()
+            }
+        return msgspec.structs.replace(event, **changes) if changes else event
+
+    def _seal_value(self, subject: str | None, value: str) -> str:
+        ref, cipher = self._key_of(subject or value)
+        sealed = cipher.encrypt(_NONCE, value.encode(), ref.encode())
+        return f"{SEALED}{ref}:{base64.b64encode(sealed).decode()}"
+
+    def _key_of(self, subject: str) -> tuple[str, AESGCMSIV]:
+        """The reference and cipher of ``subject``, made (and stored) when it is first seen."""
+        known = self._by_subject.get(subject)
+        if known is not None:
+            return known
+        self._prepare_table()
+        digest = _subject_hash(subject)
+        found = self._log._query(f"SELECT ref, key FROM {KEYS_TABLE} WHERE subject_hash = ?", (digest,))
+        if not found:
+            # another writer of a shared log may store its key first: the stored one is read back either way
+            self._log._execute(
+                f"INSERT INTO {KEYS_TABLE} (subject_hash, ref, key) VALUES (?, ?, ?)"
+                " ON CONFLICT (subject_hash) DO NOTHING",
+                (digest, secrets.token_hex(8), base64.b64encode(AESGCMSIV.generate_key(256)).decode()),
+            )
+            found = self._log._query(f"SELECT ref, key FROM {KEYS_TABLE} WHERE subject_hash = ?", (digest,))
+        ref, key = found[0]
+        cipher = AESGCMSIV(base64.b64decode(key))
+        self._by_subject[subject] = (ref, cipher)
+        self._by_ref[ref] = cipher
+        return ref, cipher
+
+    def _prepare_table(self) -> None:
+        if self._table_ready:
+            return
+        if self._log.read_only:
+            raise ReadOnlyLog(f"{self._log.location} is open read-only: no key can be made for a new subject")
+        self._log._execute(
+            f"CREATE TABLE IF NOT EXISTS {KEYS_TABLE}"
+            " (subject_hash TEXT PRIMARY KEY, ref TEXT NOT NULL UNIQUE, key TEXT NOT NULL)"
+        )
+        self._table_ready = True
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def decode(self, tag: str, data: bytes) -> Event:
+        """The event stored as ``data`` under ``tag``, its sealed values opened (or pseudonyms if forgotten)."""
+        event = decode_payload(tag, data)
+        if _SEALED_BYTES not in data:
+            return event
+        changes: dict[str, Any] = {}
+        for name in type(event).personal_fields:
+            value = getattr(event, name)
+            if value and value.startswith(SEALED):
+                changes[name] = self._open(value)
+        metadata = getattr(event, "metadata", None)
+        if metadata and any(value.startswith(SEALED) for value in metadata.values()):
+            changes["metadata"] = {
+                key: self._open(value) if value.startswith(SEALED) else value for key, value in metadata.items()
+            }
+        return msgspec.structs.replace(event, **changes) if changes else event
+
+    def _open(self, sealed: str) -> str:
+        ref, _, body = sealed[len(SEALED) :].partition(":")
+        cipher = self._cipher_of(ref)
+        if cipher is None:
+            return f"{FORGOTTEN}{ref}"
+        try:
+            return cipher.decrypt(_NONCE, base64.b64decode(body), ref.encode()).decode()
+        except (InvalidTag, binascii.Error, UnicodeDecodeError):
+            raise InvalidLog(f"{self._log.location}: a value sealed for {ref} does not open with its key") from None
+
+    def _cipher_of(self, ref: str) -> AESGCMSIV | None:
+        if ref not in self._by_ref:
+            found = self._log._query(f"SELECT key FROM {KEYS_TABLE} WHERE ref = ?", (ref,))
+            self._by_ref[ref] = AESGCMSIV(base64.b64decode(found[0][0])) if found else None
+        return self._by_ref[ref]
+
+    # --- forgetting ------------------------------------------------------------------------------
+
+    def forget(self, subject: str) -> str:
+        """Delete the key of ``subject`` and every handler snapshot (they may hold its values in the clear);
+        returns its reference. Raises :class:`RtoptError` for a subject with no key: never seen, or
+        forgotten already."""
+        self._prepare_table()
+        digest = _subject_hash(subject)
+        found = self._log._query(f"SELECT ref FROM {KEYS_TABLE} WHERE subject_hash = ?", (digest,))
+        if not found:
+            raise RtoptError(
+                f"subject = {subject!r}: no key in {self._log.location} (never seen, or forgotten already)"
+            )
+        ref = found[0][0]
+        self._log._execute(f"DELETE FROM {KEYS_TABLE} WHERE subject_hash = ?", (digest,))
+        self._log._execute("DELETE FROM snapshots")
+        if isinstance(self._log, SQLiteLog):
+            self._log._execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the WAL's copies of the key go too
+        self._by_subject.pop(subject, None)
+        self._by_ref[ref] = None
+        return ref
+
+
+def _has_keys(log: SQLLog) -> bool:
+    """True if ``log``'s database holds the keys table."""
+    catalog = (
+        "SELECT count(*) FROM sqlite_master WHERE name = ?"
+        if isinstance(log, SQLiteLog)
+        else "SELECT count(*) FROM information_schema.tables WHERE table_name = ?"
+    )
+    return log._query(catalog, (KEYS_TABLE,))[0][0] > 0
+
+
+def copy_keys(source: EventLog, target: EventLog) -> int:
+    """Copy the subjects' keys of ``source`` into ``target``, where its events were copied; returns how many.
+    The copy's keys are its own from then on: forgetting a subject in one log leaves the other as it was."""
+    if not isinstance(source, SQLLog) or not isinstance(target, SQLLog) or not _has_keys(source):
+        return 0
+    rows = source._query(f"SELECT subject_hash, ref, key FROM {KEYS_TABLE} ORDER BY ref")
+    Keyring(target)._prepare_table()
+    for row in rows:
+        target._execute(
+            f"INSERT INTO {KEYS_TABLE} (subject_hash, ref, key) VALUES (?, ?, ?) ON CONFLICT (subject_hash) DO NOTHING",
+            row,
+        )
+    return len(rows)

@@ -579,7 +579,7 @@ class Engine:
                 written = self._cascade(batch, recorded_at)
                 if self._batch is None:
                     guard = {envelope.stream for envelope in written} if self._slots and self._log.shared else ()
-                    first = self._log.append([envelope_row(envelope, self._keys) for envelope in written], guard)
+                    first = self._log.append(self._stored_rows(written), guard)
                 else:
                     self._batch.add(written, len(written) - len(batch))
                     first = written[0].seq
@@ -602,6 +602,11 @@ class Engine:
             return
         if self._batch is None:
             self._dispatch(written)
+
+    def _stored_rows(self, envelopes: list[Envelope[Any]]) -> list[Row]:
+        """The rows of ``envelopes``, personal values sealed (new subjects' keys are stored together first)."""
+        self._keys.prepare(envelope.payload for envelope in envelopes)
+        return [envelope_row(envelope, self._keys) for envelope in envelopes]
 
     def _abandon(self, error: BaseException) -> None:
         """Drop what the current batch holds (if any) and reset state to the log's."""
@@ -660,7 +665,7 @@ class Engine:
                     raise RtoptError(f"the batch was abandoned after an error: {batch.error}") from batch.error
                 self._batch = None
                 if batch.envelopes:
-                    self._log.append([envelope_row(envelope, self._keys) for envelope in batch.envelopes])
+                    self._log.append(self._stored_rows(batch.envelopes))
             except BaseException:
                 self._batch = None
                 if batch.envelopes:

@@ -20,6 +20,7 @@ import base64
 import binascii
 import hashlib
 import secrets
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -34,7 +35,10 @@ KEYS_TABLE = "rtopt_subject_keys"
 SEALED = "sealed:1:"
 FORGOTTEN = "forgotten:"
 _SEALED_BYTES = SEALED.encode()
+_OPAQUE = (SEALED, FORGOTTEN)
 _NONCE = bytes(12)  # deterministic sealing: AES-GCM-SIV only reveals that two plaintexts are equal
+_CHUNK = 300  # subjects looked up or stored by one statement
+_CACHED = 65_536  # sealed and opened values kept in memory
 
 
 class Privacy(msgspec.Struct, frozen=True):
@@ -70,7 +74,27 @@ def is_pseudonym(value: object) -> bool:
 
 def _opaque(value: str) -> bool:
     """A value sealed already, or a pseudonym: nothing of it is left to seal."""
-    return value.startswith((SEALED, FORGOTTEN))
+    return value.startswith(_OPAQUE)
+
+
+def _subject(event: Event, fields: tuple[str, ...]) -> str | None:
+    """The subject of ``event``: the first of its personal ``fields`` holding a value left to seal."""
+    for name in fields:
+        value = getattr(event, name)
+        if value and not _opaque(value):
+            return value
+    return None
+
+
+def _new_key() -> str:
+    return base64.b64encode(AESGCMSIV.generate_key(256)).decode()
+
+
+def _remember(cache: dict[Any, str], key: Any, value: str) -> None:
+    """Keep ``value`` in ``cache``, emptied when full: sealing and opening are pure, so it only saves time."""
+    if len(cache) >= _CACHED:
+        cache.clear()
+    cache[key] = value
 
 
 def _subject_hash(subject: str) -> str:
@@ -100,6 +124,8 @@ class Keyring:
         self._privacy = privacy if privacy is not None else Privacy()
         self._by_subject: dict[str, tuple[str, AESGCMSIV]] = {}
         self._by_ref: dict[str, AESGCMSIV | None] = {}
+        self._sealed: dict[tuple[str, str], str] = {}  # (subject, value) -> sealed value
+        self._opened: dict[str, str] = {}  # sealed value -> what it reads as
         self._table_ready = False
         if isinstance(log, SQLiteLog) and not log.read_only:
             log._execute("PRAGMA secure_delete=ON")  # freed key bytes are overwritten, not left in free space
@@ -115,13 +141,13 @@ class Keyring:
         fields = event.personal()
         if not fields or not self._privacy.seal:
             return event
-        values = [getattr(event, name) for name in fields]
-        subject = next((value for value in values if value and not _opaque(value)), None)
-        changes: dict[str, Any] = {
-            name: self._seal_value(subject, value)
-            for name, value in zip(fields, values, strict=True)
-            if value and not _opaque(value)
-        }
+        subject = None
+        changes: dict[str, Any] = {}
+        for name in fields:
+            value = getattr(event, name)
+            if value and not value.startswith(_OPAQUE):
+                subject = subject or value  # the first value left to seal names the subject
+                changes[name] = self._seal_value(subject, value)
         personal = self._privacy.personal_metadata
         metadata = getattr(event, "metadata", None)
         if personal and metadata and any(key in metadata for key in personal):
@@ -131,32 +157,58 @@ class Keyring:
             }
         return msgspec.structs.replace(event, **changes) if changes else event
 
-    def _seal_value(self, subject: str | None, value: str) -> str:
-        ref, cipher = self._key_of(subject or value)
-        sealed = cipher.encrypt(_NONCE, value.encode(), ref.encode())
-        return f"{SEALED}{ref}:{base64.b64encode(sealed).decode()}"
+    def prepare(self, events: Iterable[Event]) -> None:
+        """Find or make the keys of the subjects of ``events`` in a few statements, before they are sealed one
+        by one (which would store each new subject's key in a transaction of its own)."""
+        if not self._privacy.seal:
+            return
+        new = set()
+        for event in events:
+            fields = event.personal()
+            subject = _subject(event, fields) if fields else None
+            if subject is not None and subject not in self._by_subject:
+                new.add(subject)
+        if new:
+            self._learn(new)
 
-    def _key_of(self, subject: str) -> tuple[str, AESGCMSIV]:
-        """The reference and cipher of ``subject``, made (and stored) when it is first seen."""
-        known = self._by_subject.get(subject)
-        if known is not None:
-            return known
+    def _seal_value(self, subject: str, value: str) -> str:
+        sealed = self._sealed.get((subject, value))
+        if sealed is None:
+            if subject not in self._by_subject:
+                self._learn({subject})
+            ref, cipher = self._by_subject[subject]
+            ciphertext = cipher.encrypt(_NONCE, value.encode(), ref.encode())
+            sealed = f"{SEALED}{ref}:{base64.b64encode(ciphertext).decode()}"
+            _remember(self._sealed, (subject, value), sealed)
+        return sealed
+
+    def _learn(self, subjects: set[str]) -> None:
+        """Read the keys of ``subjects`` from the table, making and storing the ones it lacks."""
         self._prepare_table()
-        digest = _subject_hash(subject)
-        found = self._log._query(f"SELECT ref, key FROM {KEYS_TABLE} WHERE subject_hash = ?", (digest,))
-        if not found:
-            # another writer of a shared log may store its key first: the stored one is read back either way
-            self._log._execute(
-                f"INSERT INTO {KEYS_TABLE} (subject_hash, ref, key) VALUES (?, ?, ?)"
-                " ON CONFLICT (subject_hash) DO NOTHING",
-                (digest, secrets.token_hex(8), base64.b64encode(AESGCMSIV.generate_key(256)).decode()),
-            )
-            found = self._log._query(f"SELECT ref, key FROM {KEYS_TABLE} WHERE subject_hash = ?", (digest,))
-        ref, key = found[0]
-        cipher = AESGCMSIV(base64.b64decode(key))
-        self._by_subject[subject] = (ref, cipher)
-        self._by_ref[ref] = cipher
-        return ref, cipher
+        by_hash = {_subject_hash(subject): subject for subject in subjects}
+        hashes = list(by_hash)
+        for start in range(0, len(hashes), _CHUNK):
+            part = hashes[start : start + _CHUNK]
+            found = self._stored(part)
+            new = [(digest, secrets.token_hex(8), _new_key()) for digest in part if digest not in found]
+            if new:
+                # another writer of a shared log may store a key first: the stored ones are read back either way
+                self._log._execute(
+                    f"INSERT INTO {KEYS_TABLE} (subject_hash, ref, key) VALUES {', '.join(['(?, ?, ?)'] * len(new))}"
+                    " ON CONFLICT (subject_hash) DO NOTHING",
+                    [value for row in new for value in row],
+                )
+                found = self._stored(part)
+            for digest, (ref, key) in found.items():
+                cipher = AESGCMSIV(base64.b64decode(key))
+                self._by_subject[by_hash[digest]] = (ref, cipher)
+                self._by_ref[ref] = cipher
+
+    def _stored(self, hashes: list[str]) -> dict[str, tuple[str, str]]:
+        """The reference and key stored for each of ``hashes`` that has them."""
+        marks = ", ".join("?" * len(hashes))
+        query = f"SELECT subject_hash, ref, key FROM {KEYS_TABLE} WHERE subject_hash IN ({marks})"
+        return {digest: (ref, key) for digest, ref, key in self._log._query(query, hashes)}
 
     def _prepare_table(self) -> None:
         if self._table_ready:
@@ -189,6 +241,13 @@ class Keyring:
         return msgspec.structs.replace(event, **changes) if changes else event
 
     def _open(self, sealed: str) -> str:
+        opened = self._opened.get(sealed)
+        if opened is None:
+            opened = self._decrypt(sealed)
+            _remember(self._opened, sealed, opened)
+        return opened
+
+    def _decrypt(self, sealed: str) -> str:
         ref, _, body = sealed[len(SEALED) :].partition(":")
         cipher = self._cipher_of(ref)
         if cipher is None:
@@ -224,6 +283,8 @@ class Keyring:
             self._log._execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the WAL's copies of the key go too
         self._by_subject.pop(subject, None)
         self._by_ref[ref] = None
+        self._sealed.clear()
+        self._opened.clear()
         return ref
 
 

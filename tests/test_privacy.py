@@ -4,7 +4,10 @@ and read as a stable pseudonym once it is forgotten, with the log unchanged, ver
 from __future__ import annotations
 
 import base64
+import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -180,3 +183,18 @@ def test_rtopt_forget_prints_what_was_forgotten(tmp_path: Path, capsys: pytest.C
     assert "forgotten:" in out and "alice@example.com" in out
     assert main(["forget", str(path), "alice@example.com"]) == 2
     assert "forgotten already" in capsys.readouterr().err
+
+
+def test_the_privacy_benchmark_reports_both_sides() -> None:
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "privacy.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--quick", "--json"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    for name in ("publish", "publish_new_users", "read"):
+        assert data[f"{name}_sealed_events_per_s"] > 0 and data[f"{name}_plain_events_per_s"] > 0
+        assert data[f"{name}_sealed_to_plain"] == pytest.approx(
+            data[f"{name}_sealed_events_per_s"] / data[f"{name}_plain_events_per_s"]
+        )
+    assert data["encode_sealed_us_per_event"] > 0 and data["forget_ms"] > 0

@@ -211,10 +211,10 @@ class Keyring:
         return {digest: (ref, key) for digest, ref, key in self._log._query(query, hashes)}
 
     def _prepare_table(self) -> None:
+        if self._log.read_only:
+            raise ReadOnlyLog(f"{self._log.location} is open read-only: its keys cannot change")
         if self._table_ready:
             return
-        if self._log.read_only:
-            raise ReadOnlyLog(f"{self._log.location} is open read-only: no key can be made for a new subject")
         self._log._execute(
             f"CREATE TABLE IF NOT EXISTS {KEYS_TABLE}"
             " (subject_hash TEXT PRIMARY KEY, ref TEXT NOT NULL UNIQUE, key TEXT NOT NULL)"
@@ -259,7 +259,9 @@ class Keyring:
 
     def _cipher_of(self, ref: str) -> AESGCMSIV | None:
         if ref not in self._by_ref:
-            found = self._log._query(f"SELECT key FROM {KEYS_TABLE} WHERE ref = ?", (ref,))
+            # a value sealed elsewhere (its row copied without the keys) has no key here: it reads as forgotten
+            self._table_ready = self._table_ready or _has_keys(self._log)
+            found = self._log._query(f"SELECT key FROM {KEYS_TABLE} WHERE ref = ?", (ref,)) if self._table_ready else []
             self._by_ref[ref] = AESGCMSIV(base64.b64decode(found[0][0])) if found else None
         return self._by_ref[ref]
 
@@ -293,7 +295,7 @@ def _has_keys(log: SQLLog) -> bool:
     catalog = (
         "SELECT count(*) FROM sqlite_master WHERE name = ?"
         if isinstance(log, SQLiteLog)
-        else "SELECT count(*) FROM information_schema.tables WHERE table_name = ?"
+        else "SELECT count(*) FROM information_schema.tables WHERE table_name = ? AND table_schema = current_schema()"
     )
     return log._query(catalog, (KEYS_TABLE,))[0][0] > 0
 

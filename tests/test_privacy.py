@@ -16,7 +16,7 @@ from handlers.experiments import ExperimentHandler
 from handlers.protection import FeedbackGuard, ProtectionHandler
 from rtopt import Decision, Engine, Feedback, Privacy, RtoptError, SubjectForgotten
 from rtopt.cli import main
-from rtopt.log import copy_log
+from rtopt.log import copy_log, copy_rows
 from rtopt.privacy import KEYS_TABLE, is_pseudonym
 
 
@@ -175,6 +175,15 @@ def test_a_copy_keeps_its_own_keys(tmp_path: Path) -> None:
         assert next(engine.read(types=[Feedback])).user_id == "alice@example.com"
 
 
+def test_rows_copied_without_their_keys_read_as_forgotten(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite"
+    write_users(path)
+    with Engine.open(path, read_only=True, handlers=[]) as source, Engine.open(":memory:", handlers=[]) as bare:
+        copy_rows(source.log, bare.log, None, None)
+        sessions = {env.session_id for env in bare.read(types=[Feedback])}
+    assert len(sessions) == 3 and all(is_pseudonym(session) for session in sessions)  # 2 users' and one alone
+
+
 def test_rtopt_forget_prints_what_was_forgotten(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "log.sqlite"
     write_users(path)
@@ -198,3 +207,14 @@ def test_the_privacy_benchmark_reports_both_sides() -> None:
             data[f"{name}_sealed_events_per_s"] / data[f"{name}_plain_events_per_s"]
         )
     assert data["encode_sealed_us_per_event"] > 0 and data["forget_ms"] > 0
+
+
+def test_forgetting_works_on_either_backend(location: str) -> None:
+    with Engine.open(location, seed=3, handlers=[guard()]) as engine:
+        for t in range(5):
+            engine.publish(feedback("dora", float(t)), time=float(t))
+        assert {env.user_id for env in engine.read(types=[Feedback])} == {"dora"}
+        ref = engine.forget("dora").payload.ref
+        assert {env.user_id for env in engine.read(types=[Feedback])} == {f"forgotten:{ref}"}
+        assert engine.state("protection").users[f"forgotten:{ref}"].flagged == 2  # the 4th and 5th passed the limit
+    assert Engine.verify(location, handlers=[guard()]).ok

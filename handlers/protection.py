@@ -60,7 +60,7 @@ class RateLimitExceeded(Event, frozen=True):
     """
 
     scope: Name
-    who: Name
+    who: Annotated[str, Meta(min_length=1)]  # unbounded: sealed, a user's id grows
     limit: Count
     window_s: float
     count: Count

@@ -77,7 +77,7 @@ class Event(msgspec.Struct, frozen=True, tag=True, omit_defaults=True, metaclass
     ``stream_field`` names the payload field used as the envelope's stream when the publisher gives
     none; ``schema_version`` is recorded in the envelope of every event of the type; ``personal_fields``
     names the fields that may hold a user or session id, which the log stores sealed (see
-    :mod:`rtopt.privacy`).
+    :mod:`rtopt.privacy`): sealing lengthens a value, so these fields set no maximum length.
 
     >>> class Greeted(Event, frozen=True):
     ...     target: Name

@@ -10,11 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from handlers.experiments import ExperimentHandler
 from handlers.protection import FeedbackGuard, ProtectionHandler
-from rtopt import Decision, Engine, Feedback, Privacy, RtoptError, SubjectForgotten
+from rtopt import Decision, Engine, Feedback, Privacy, RtoptError, SubjectForgotten, registered_types
 from rtopt.cli import main
 from rtopt.log import copy_log, copy_rows
 from rtopt.privacy import KEYS_TABLE, is_pseudonym
@@ -218,3 +219,25 @@ def test_forgetting_works_on_either_backend(location: str) -> None:
         assert {env.user_id for env in engine.read(types=[Feedback])} == {f"forgotten:{ref}"}
         assert engine.state("protection").users[f"forgotten:{ref}"].flagged == 2  # the 4th and 5th passed the limit
     assert Engine.verify(location, handlers=[guard()]).ok
+
+
+def test_no_personal_field_bounds_its_length() -> None:
+    # a sealed value is longer than the plain one: a maximum length would make the stored event unreadable
+    bounded = []
+    for tag, cls in registered_types().items():
+        fields = {f.name: f.type for f in msgspec.inspect.type_info(cls).fields}
+        for name in cls.personal_fields:
+            members = getattr(fields[name], "types", (fields[name],))
+            if any(getattr(member, "max_length", None) is not None for member in members):
+                bounded.append(f"{tag}.{name}")
+    assert "Feedback" in registered_types() and "RateLimitExceeded" in registered_types()
+    assert bounded == []
+
+
+def test_a_long_user_id_seals_and_reads_back_in_every_event() -> None:
+    user = "u" * 500
+    with Engine.open(":memory:", seed=1, handlers=[guard()]) as engine:
+        for t in range(5):
+            engine.publish(feedback(user, float(t)), time=float(t))
+        limits = [env.who for env in engine.read(types=["RateLimitExceeded"])]
+    assert limits == [user]

@@ -45,18 +45,32 @@ class FeedbackFlagged(Event, frozen=True):
     reasons: list[str]
     reliability: UnitInterval | None = None
     stream_field: ClassVar[str] = "source"
+    personal_fields: ClassVar[tuple[str, ...]] = ("user",)
 
 
 class RateLimitExceeded(Event, frozen=True):
     """``who`` (a user or a source, by ``scope``) sent more than ``limit`` feedback within ``window_s`` seconds:
-    recorded once each time the limit is first passed."""
+    recorded once each time the limit is first passed, on the source's stream, or for a user on the stream of
+    the feedback that passed the limit (a user's id is personal: the log stores it sealed, never as a stream).
+
+    >>> RateLimitExceeded(scope="user", who="u1", limit=2, window_s=60.0, count=3).personal()
+    ('who',)
+    >>> RateLimitExceeded(scope="source", who="web", limit=2, window_s=60.0, count=3).default_stream()
+    'web'
+    """
 
     scope: Name
-    who: Name
+    who: Annotated[str, Meta(min_length=1)]  # unbounded: sealed, a user's id grows
     limit: Count
     window_s: float
     count: Count
-    stream_field: ClassVar[str] = "who"
+    personal_fields: ClassVar[tuple[str, ...]] = ("who",)
+
+    def default_stream(self) -> str | None:
+        return self.who if self.scope == "source" else None
+
+    def personal(self) -> tuple[str, ...]:
+        return self.personal_fields if self.scope == "user" else ()
 
 
 class Sender(msgspec.Struct):
@@ -189,7 +203,7 @@ class ProtectionHandler(Handler[FeedbackGuard]):
     name = "protection"
     accepts = (Feedback,)
     state_type = FeedbackGuard
-    version = 1
+    version = 2  # a user's RateLimitExceeded goes on its feedback's stream, not on one named after the user
 
     def __init__(self, guard: FeedbackGuard | None = None) -> None:
         self.guard = guard if guard is not None else FeedbackGuard()

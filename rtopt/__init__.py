@@ -37,11 +37,13 @@ from rtopt.events import (
     HandlerFailed,
     Observed,
     StudyDefined,
+    SubjectForgotten,
     Suggested,
     event_type,
     registered_types,
 )
 from rtopt.handler import Context, Decider, Handler, Request, Suggester
+from rtopt.privacy import Privacy
 
 __all__ = [
     "ArmUpdated",
@@ -66,6 +68,7 @@ __all__ = [
     "InvalidLog",
     "Limits",
     "Observed",
+    "Privacy",
     "ReadOnlyLog",
     "Rebuilt",
     "Request",
@@ -73,6 +76,7 @@ __all__ = [
     "StorageError",
     "StorageUnavailable",
     "StudyDefined",
+    "SubjectForgotten",
     "Suggested",
     "Suggester",
     "UnknownEventType",

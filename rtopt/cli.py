@@ -252,6 +252,21 @@ def postgres_url(text: str) -> str:
     return text
 
 
+def cmd_forget(args: argparse.Namespace, console: Console) -> int:
+    """Delete the key of a user (or a session with no user): its sealed values read as a pseudonym."""
+    with Engine.open(args.log, handlers=[]) as engine:
+        recorded = engine.forget(args.subject)
+    ref = recorded.payload.ref
+    console.print(
+        f"forgot {args.subject!r} in {args.log}: its key {ref} is deleted, with the handler snapshots; its values "
+        f"now read as forgotten:{ref} (recorded at seq {recorded.seq})",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, with the commands installed packages declare."""
     parser = argparse.ArgumentParser(prog="rtopt", description=__doc__.splitlines()[0])
@@ -326,6 +341,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--idle-timeout", type=positive(float), default=None, help="stop after this many seconds without an input"
     )
     wrk.set_defaults(run=cmd_worker)
+
+    fgt = commands.add_parser(
+        "forget",
+        help="make a user's personal values in a log unreadable",
+        description="Delete the key that seals a user's (or a session's) personal values: the events stay as they "
+        "are and read the values as a pseudonym, forgotten:<ref>. Snapshots are deleted too. A subject with no key "
+        "(never seen, or forgotten already) is an error.",
+    )
+    fgt.add_argument("log", help=LOG_HELP)
+    fgt.add_argument("subject", help="the user id (or the session id of feedback with no user) to forget")
+    fgt.set_defaults(run=cmd_forget)
 
     for entry_point in sorted(entry_points(group=COMMAND_ENTRY_POINTS), key=lambda ep: ep.name):
         entry_point.load()(commands)

@@ -41,6 +41,7 @@ from rtopt.events import (
     FeedbackRejected,
     Observed,
     StudyDefined,
+    SubjectForgotten,
     Suggested,
     decode_payload,
     encode_payload,
@@ -51,6 +52,7 @@ from rtopt.events import (
 from rtopt.handler import Chains, Context, Decider, Handler, HandlerSlot, Request, Suggester
 from rtopt.ids import ordered_id
 from rtopt.log import COLUMNS, EventLog, Row, copy_rows, open_log, refuse_non_empty
+from rtopt.privacy import Keyring, Privacy, copy_keys, is_pseudonym
 from rtopt.watermark import TimeBound
 
 DEFAULT_LOG = Path("event_log") / "rtopt.sqlite"
@@ -182,8 +184,8 @@ def default_handlers() -> list[Handler[Any]]:
     return [ep.load()() for ep in found]
 
 
-def envelope_from_row(row: Row) -> Envelope[Any]:
-    """Decode a stored row into its envelope."""
+def envelope_from_row(row: Row, keys: Keyring | None = None) -> Envelope[Any]:
+    """Decode a stored row into its envelope, opening its sealed values with ``keys``."""
     seq, event_id, tag, stream, time, recorded_at, causation_id, correlation_id, version, payload = row
     return Envelope(
         seq,
@@ -195,12 +197,12 @@ def envelope_from_row(row: Row) -> Envelope[Any]:
         causation_id,
         correlation_id,
         version,
-        decode_payload(tag, payload),
+        decode_payload(tag, payload) if keys is None else keys.decode(tag, payload),
     )
 
 
-def envelope_row(envelope: Envelope[Any]) -> Row:
-    """The stored row of an envelope."""
+def envelope_row(envelope: Envelope[Any], keys: Keyring | None = None) -> Row:
+    """The stored row of an envelope, its personal values sealed with ``keys``."""
     return (
         envelope.seq,
         envelope.id,
@@ -211,7 +213,7 @@ def envelope_row(envelope: Envelope[Any]) -> Row:
         envelope.causation_id,
         envelope.correlation_id,
         envelope.schema_version,
-        encode_payload(envelope.payload),
+        encode_payload(envelope.payload) if keys is None else keys.encode(envelope.payload),
     )
 
 
@@ -242,8 +244,10 @@ class Engine:
         progress: Progress | None = None,
         limits: Limits | None = None,
         time_bound: TimeBound | None = None,
+        privacy: Privacy | bool = True,
     ) -> None:
         self._log = log
+        self._keys = Keyring(log, Privacy.of(privacy))
         self._time_bound = TimeBound() if time_bound is None else time_bound
         self._progress = progress
         self.limits = Limits() if limits is None else limits
@@ -292,6 +296,7 @@ class Engine:
         limits: Limits | None = None,
         max_time_ahead_s: float | None = 86_400.0,
         future_time: str = "reject",
+        privacy: Privacy | bool = True,
     ) -> Engine:
         """Open the log at ``location``: an SQLite file (default ``event_log/rtopt.sqlite``; ``":memory:"``
         works) or a PostgreSQL database given as a ``postgresql://user@host:port/db`` URL, which several
@@ -308,6 +313,8 @@ class Engine:
         the wall clock and its stream's latest event time (the log's for a new stream; an empty log bounds
         nothing); ``future_time`` says what becomes of one beyond: ``"reject"`` (InvalidEvent, counted) or
         ``"clamp"`` (recorded at that latest event time, counted in ``stats().clamped_times``).
+        ``privacy`` says which personal values are stored sealed (a :class:`~rtopt.privacy.Privacy`; True: user
+        and session ids and decision units; False: none).
         """
         if durability not in ("process", "power"):
             raise ValueError(f"durability must be 'process' or 'power', not {durability!r}")
@@ -329,7 +336,15 @@ class Engine:
             log.close()
             raise RtoptError("until_seq needs read_only=True: a writable engine must hold the whole log's state")
         chains = default_handlers() if handlers is None else handlers
-        return cls(log, chains, until_seq=until_seq, progress=progress, limits=limits, time_bound=time_bound)
+        return cls(
+            log,
+            chains,
+            until_seq=until_seq,
+            progress=progress,
+            limits=limits,
+            time_bound=time_bound,
+            privacy=privacy,
+        )
 
     def close(self) -> None:
         """Commit what is waiting, complete every observer and release the log."""
@@ -466,7 +481,7 @@ class Engine:
         batch: list[Envelope[Any]] = []
         for row in self._log.rows(start=start, until=until, types=tags):
             folded += 1
-            batch.append(envelope_from_row(row))
+            batch.append(envelope_from_row(row, self._keys))
             if len(batch) == 2000:
                 self._fold_batch_into(slots, batch)
                 if progress is not None:
@@ -702,7 +717,7 @@ class Engine:
                 written = self._cascade(batch, recorded_at)
                 if self._batch is None:
                     guard = {envelope.stream for envelope in written} if self._slots and self._log.shared else ()
-                    first = self._log.append([envelope_row(envelope) for envelope in written], guard)
+                    first = self._log.append(self._stored_rows(written), guard)
                 else:
                     self._batch.add(written, len(written) - len(batch))
                     first = written[0].seq
@@ -733,6 +748,11 @@ class Engine:
         for envelope in envelopes:
             if envelope.type == REJECTED_FEEDBACK and envelope.causation_id is not None:
                 self._rejected[f"feedback rejected: {envelope.payload.reason}"] += 1
+
+    def _stored_rows(self, envelopes: list[Envelope[Any]]) -> list[Row]:
+        """The rows of ``envelopes``, personal values sealed (new subjects' keys are stored together first)."""
+        self._keys.prepare(envelope.payload for envelope in envelopes)
+        return [envelope_row(envelope, self._keys) for envelope in envelopes]
 
     def _abandon(self, error: BaseException) -> None:
         """Drop what the current batch holds (if any) and reset state to the log's: now, or at the next
@@ -809,7 +829,7 @@ class Engine:
                     raise RtoptError(f"the batch was abandoned after an error: {batch.error}") from batch.error
                 self._batch = None
                 if batch.envelopes:
-                    self._log.append([envelope_row(envelope) for envelope in batch.envelopes])
+                    self._log.append(self._stored_rows(batch.envelopes))
             except BaseException:
                 self._batch = None
                 if batch.envelopes:
@@ -1062,6 +1082,20 @@ class Engine:
         even when nothing else happens (call it on a timer in a service; replay sees the same ticks)."""
         return self.publish(ClockTicked(), time=time)
 
+    def forget(self, subject: str, *, time: float | None = None) -> Envelope[SubjectForgotten]:
+        """Make every value sealed for ``subject`` (a user id, or a session id with no user) unreadable: its
+        key is deleted, with every snapshot, and the state is rebuilt, where its values read as the
+        pseudonym ``forgotten:<ref>``. No event is changed; a :class:`~rtopt.events.SubjectForgotten` input
+        records the reference. Raises :class:`RtoptError` for a subject with no key (never seen, or
+        forgotten already)."""
+        with self._write_lock:
+            self._refuse_in_batch("forget a subject")
+            self._check_writable()
+            self._commit_queue()
+            ref = self._keys.forget(subject)
+            self._rebuild()
+            return self._commit_now([self._draft(Draft(SubjectForgotten(ref=ref)), time=time)])[0]
+
     # --- studies: suggest parameters, observe the objective ---------------------------------------
 
     def define_study(
@@ -1218,7 +1252,7 @@ class Engine:
     ) -> Iterator[Envelope[Any]]:
         """Recorded envelopes with ``start <= seq <= until``, in seq order."""
         for row in self._log.rows(start, until, _tags(types), stream):
-            yield envelope_from_row(row)
+            yield envelope_from_row(row, self._keys)
 
     def tail(
         self,
@@ -1252,7 +1286,7 @@ class Engine:
             for row in self._log.rows(after + 1, None, tags, stream):
                 found = True
                 after = row[0]
-                yield envelope_from_row(row)
+                yield envelope_from_row(row, self._keys)
             if found:
                 idle_since = wall_clock.monotonic()
             elif idle_timeout is not None and wall_clock.monotonic() - idle_since >= idle_timeout:
@@ -1303,6 +1337,7 @@ class Engine:
                 target_log = open_log(into, seed=recorded_seed)
                 refuse_non_empty(target_log)
                 copy_rows(src, target_log, until_seq, progress)
+                copy_keys(src, target_log)
                 target_log.close()
                 return cls.open(into, progress=progress)
             target = cls.open(
@@ -1310,6 +1345,7 @@ class Engine:
             )
             refuse_non_empty(target._log)
             target._log.set_meta(REPLAYED_FROM, str(source))
+            copy_keys(src, target._log)  # what is derived anew is sealed as the source sealed it
             target._refeed(src, until_seq, progress=progress)
             return target
         finally:
@@ -1328,6 +1364,7 @@ class Engine:
         derived the source), deriving anew."""
         singly = FOLLOWED in source.meta()
         until = source.last_seq() if until_seq is None else until_seq
+        keys = Keyring(source, Privacy(seal=False))
         group: list[Draft] = []
         remade: list[Suggested] = []
 
@@ -1341,7 +1378,7 @@ class Engine:
             if row[6] is not None:  # a derived event closes the group of inputs it came from
                 flush()
                 continue
-            envelope = envelope_from_row(row)
+            envelope = envelope_from_row(row, keys)
             draft = Draft(envelope.payload, envelope.stream, envelope.time, envelope.id, envelope.correlation_id)
             if isinstance(envelope.payload, Decision):
                 flush()
@@ -1392,12 +1429,15 @@ class Engine:
         first difference."""
         src = open_log(source, read_only=True)
         mismatches: list[Difference] = []
-        decisions = suggestions = 0
+        decisions = suggestions = unit_forgotten = 0
 
         def check_decision(recorded: Envelope[Decision], remade: Decision) -> None:
-            nonlocal decisions
+            nonlocal decisions, unit_forgotten
             decisions += 1
             if not mismatches and not _same_payload(remade, recorded.payload):
+                if is_pseudonym(recorded.payload.unit):  # a policy that assigns by unit sees another unit now
+                    unit_forgotten += 1
+                    return
                 mismatches.append(
                     Difference(
                         recorded.seq, "decision", msgspec.to_builtins(recorded.payload), msgspec.to_builtins(remade)
@@ -1426,7 +1466,10 @@ class Engine:
                     "that log, so they are taken as recorded, not re-made"
                 )
             target = cls.open(
-                ":memory:", seed=int(meta["seed"]), handlers=default_handlers() if handlers is None else handlers
+                ":memory:",
+                seed=int(meta["seed"]),
+                handlers=default_handlers() if handlers is None else handlers,
+                privacy=False,  # re-derived values are compared with what the log's values read as
             )
             with target:
                 target._refeed(
@@ -1437,7 +1480,12 @@ class Engine:
                     check_suggestion=None if notes else check_suggestion,
                 )
                 compare = _derived_difference if FOLLOWED in meta else _first_difference
-                difference = mismatches[0] if mismatches else compare(src, target._log)
+                difference = mismatches[0] if mismatches else compare(src, target._log, Keyring(src))
+                if unit_forgotten:
+                    notes.append(
+                        f"{unit_forgotten} decisions were not re-made: their unit was forgotten, and their policy "
+                        "assigns by the unit, which reads as a pseudonym now"
+                    )
                 derived = src.last_seq() - src.count_inputs(None)
                 return VerifyReport(
                     events=src.last_seq(),
@@ -1451,7 +1499,16 @@ class Engine:
             src.close()
 
 
-def _derived_difference(recorded: EventLog, rederived: EventLog) -> Difference | None:
+def _differs(index: int, recorded: Row, rederived: Row, keys: Keyring) -> bool:
+    """True when column ``index`` of two rows differs; payloads are compared by what they read as."""
+    if recorded[index] == rederived[index]:
+        return False
+    if COLUMNS[index] != "payload":
+        return True
+    return not _same_payload(keys.decode(recorded[2], recorded[9]), keys.decode(rederived[2], rederived[9]))
+
+
+def _derived_difference(recorded: EventLog, rederived: EventLog, keys: Keyring) -> Difference | None:
     """Compare the derived events of two logs by id, wherever they stand, ignoring ``recorded_at``."""
     left = {row[1]: row for row in recorded.rows() if row[6] is not None}
     right = {row[1]: row for row in rederived.rows() if row[6] is not None}
@@ -1461,7 +1518,7 @@ def _derived_difference(recorded: EventLog, rederived: EventLog) -> Difference |
             seq = (a or b)[0]
             return Difference(seq, "id", a and event_id, b and event_id)
         for index, name in enumerate(COLUMNS):
-            if name not in ("seq", "recorded_at") and a[index] != b[index] and not _same_stored(name, a, b):
+            if name not in ("seq", "recorded_at") and _differs(index, a, b, keys):
                 return Difference(a[0], name, a[index], b[index])
     return None
 
@@ -1481,11 +1538,6 @@ def _same_payload(a: Event, b: Event) -> bool:
     return encode_payload(a) == encode_payload(b) or _same_value(msgspec.to_builtins(a), msgspec.to_builtins(b))
 
 
-def _same_stored(column: str, a: Row, b: Row) -> bool:
-    """True if two rows whose ``column`` differs as stored still hold the same payload values."""
-    return column == "payload" and _same_payload(decode_payload(a[2], a[9]), decode_payload(b[2], b[9]))
-
-
 _SET_BY_DECISION = frozenset({"prompt_id", "variant_id", "decision_id"})
 """Feedback fields that ``Engine.feedback`` takes from the decision."""
 
@@ -1501,18 +1553,18 @@ def _study_key(study: str) -> str:
     return f"study/{study}"
 
 
-def _first_difference(recorded: EventLog, rederived: EventLog) -> Difference | None:
+def _first_difference(recorded: EventLog, rederived: EventLog, keys: Keyring) -> Difference | None:
     """Compare two logs row by row, ignoring ``recorded_at``."""
     left, right = recorded.rows(1, None), rederived.rows(1, None)
     for a, b in zip(left, right, strict=False):
         for index, name in enumerate(COLUMNS):
-            if name != "recorded_at" and a[index] != b[index] and not _same_stored(name, a, b):
+            if name != "recorded_at" and _differs(index, a, b, keys):
                 if name == "payload":
                     return Difference(
                         a[0],
                         name,
-                        msgspec.to_builtins(decode_payload(a[2], a[9])),
-                        msgspec.to_builtins(decode_payload(b[2], b[9])),
+                        msgspec.to_builtins(keys.decode(a[2], a[9])),
+                        msgspec.to_builtins(keys.decode(b[2], b[9])),
                     )
                 return Difference(min(a[0], b[0]), name, a[index], b[index])  # a missing row shows as a seq gap
     end_a, end_b = recorded.last_seq(), rederived.last_seq()

@@ -109,7 +109,9 @@ class Event(msgspec.Struct, frozen=True, tag=True, omit_defaults=True, metaclass
     """Base class of every event payload.
 
     ``stream_field`` names the payload field used as the envelope's stream when the publisher gives
-    none; ``schema_version`` is recorded in the envelope of every event of the type.
+    none; ``schema_version`` is recorded in the envelope of every event of the type; ``personal_fields``
+    names the fields that may hold a user or session id, which the log stores sealed (see
+    :mod:`rtopt.privacy`): sealing lengthens a value, so these fields set no maximum length.
 
     >>> class Greeted(Event, frozen=True):
     ...     target: Name
@@ -122,6 +124,7 @@ class Event(msgspec.Struct, frozen=True, tag=True, omit_defaults=True, metaclass
 
     stream_field: ClassVar[str | None] = None
     schema_version: ClassVar[int] = 1
+    personal_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -140,6 +143,11 @@ class Event(msgspec.Struct, frozen=True, tag=True, omit_defaults=True, metaclass
     def default_stream(self) -> str | None:
         """The stream an event goes to when its publisher names none."""
         return getattr(self, self.stream_field) if self.stream_field else None
+
+    def personal(self) -> tuple[str, ...]:
+        """The fields of this event that hold a user or session id (``personal_fields`` unless a type decides
+        per event); the first one holding a value names the subject whose key seals them."""
+        return self.personal_fields
 
 
 S = TypeVar("S", bound=msgspec.Struct)
@@ -407,6 +415,7 @@ class Feedback(Event, frozen=True):
     metadata: dict[str, str] = {}
 
     stream_field: ClassVar[str] = "prompt_id"
+    personal_fields: ClassVar[tuple[str, ...]] = ("user_id", "session_id")
 
 
 class ExperimentDefined(Event, frozen=True):
@@ -442,6 +451,7 @@ class Decision(Event, frozen=True):
     slate_propensities: list[UnitInterval] = []
 
     stream_field: ClassVar[str] = "experiment"
+    personal_fields: ClassVar[tuple[str, ...]] = ("unit",)
 
 
 class ArmUpdated(Event, frozen=True):
@@ -479,6 +489,23 @@ class FeedbackRejected(Event, frozen=True):
     reason: Name
     decision_id: str | None = None
     handler: str = ""
+
+
+PRIVACY_STREAM = "privacy"
+
+
+class SubjectForgotten(Event, frozen=True):
+    """The key of the subject (a user or a session) referred to as ``ref`` was deleted: the values sealed
+    with it now read as ``forgotten:<ref>``. The subject itself is not recorded.
+
+    >>> SubjectForgotten(ref="0123456789abcdef").default_stream()
+    'privacy'
+    """
+
+    ref: Name
+
+    def default_stream(self) -> str | None:
+        return PRIVACY_STREAM
 
 
 class HandlerFailed(Event, frozen=True):

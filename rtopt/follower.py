@@ -26,6 +26,7 @@ from rtopt.engine import FOLLOWED, default_handlers, envelope_from_row, envelope
 from rtopt.errors import InvalidEvent
 from rtopt.handler import Chains, Handler, HandlerSlot
 from rtopt.log import Row
+from rtopt.privacy import Keyring
 
 if TYPE_CHECKING:
     from rtopt.postgres import PostgresLog
@@ -105,6 +106,7 @@ class Follower:
                 message = f"{field} = {value!r}: must be a whole number of at least 1"
                 raise InvalidEvent(message, field=field, value=value)
         self.log = log
+        self._keys = Keyring(log)
         self.partition = partition
         self.tracker = f"{name}:{partition}"
         self.batch = batch
@@ -131,7 +133,7 @@ class Follower:
         self.resumed_from = self._load_snapshots()
         for row in self.log.inputs(self.resumed_from + 1, self.position):
             if self.partition.owns(row[3]):
-                self._chains.cascade([envelope_from_row(row)], 0.0)
+                self._chains.cascade([envelope_from_row(row, self._keys)], 0.0)
 
     def _snapshot_name(self, slot: HandlerSlot) -> str:
         return f"{slot.name}@{self.tracker}"
@@ -197,9 +199,9 @@ class Follower:
                 last = row[0]
                 if self.partition.owns(row[3]):
                     owned += 1
-                    for envelope in self._chains.cascade([envelope_from_row(row)], recorded_at):
+                    for envelope in self._chains.cascade([envelope_from_row(row, self._keys)], recorded_at):
                         # numbered from 1: the log places them after whatever is committed
-                        derived.append((len(derived) + 1, *envelope_row(envelope)[1:]))
+                        derived.append((len(derived) + 1, *envelope_row(envelope, self._keys)[1:]))
                     if owned == self.batch:
                         break
             if read:

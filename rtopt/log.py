@@ -590,7 +590,8 @@ def copy_log(
     inputs_only: bool = False,
 ) -> int:
     """Copy the log at ``source`` into a new log at ``target`` (SQLite or PostgreSQL, either way round): the
-    same events with the same seqs, seed and meta data; snapshots are not copied. Returns the events copied.
+    same events with the same seqs, seed and meta data, and the keys of its sealed values; snapshots are not
+    copied. Returns the events copied.
 
     ``inputs_only`` copies only the input events, numbered 1, 2 ... in their order, for workers to derive
     the rest anew.
@@ -613,7 +614,11 @@ def copy_log(
             for key, value in meta.items():
                 if key not in ("format_version", "seed", "created_at"):
                     dst.set_meta(key, value)
-            return copy_rows(src, dst, None, progress, inputs_only)
+            copied = copy_rows(src, dst, None, progress, inputs_only)
+            from rtopt.privacy import copy_keys  # the privacy module builds on this one
+
+            copy_keys(src, dst)
+            return copied
         finally:
             dst.close()
     finally:

@@ -203,7 +203,7 @@ def test_workers_need_a_postgresql_log_and_a_valid_partition(tmp_path: Path) -> 
     done = subprocess.run(
         [sys.executable, "-m", "rtopt", "worker", str(tmp_path / "log.sqlite")], capture_output=True, text=True
     )
-    assert done.returncode == 2 and "a worker follows a PostgreSQL log" in done.stderr
+    assert done.returncode == 2 and "is not a postgresql:// URL" in done.stderr
     for bad in ("2/2", "-1/3", "a/b", "1"):
         with pytest.raises(ValueError, match=f"partition = '{bad}'"):
             Partition.parse(bad)
@@ -233,8 +233,10 @@ def test_simulate_with_workers_writes_one_log_that_verifies(
     assert f"all {last} events match" in verified and "300 decisions re-made identically" in verified
     assert main(["simulate", "--log", pg_url, "--steps", "10"]) == 2  # a PostgreSQL log is never replaced
     assert "already holds events" in capsys.readouterr().err
-    assert main(["simulate", "--log", str(tmp_path / "x.sqlite"), "--workers", "2"]) == 2
-    assert "--workers needs a PostgreSQL log" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:
+        main(["simulate", "--log", str(tmp_path / "x.sqlite"), "--workers", "2"])
+    assert refused.value.code == 2 and "argument --workers: 2: needs a PostgreSQL log" in capsys.readouterr().err
+    assert not (tmp_path / "x.sqlite").exists()
 
 
 def test_copy_command_copies_into_postgresql_and_back(reference: Path, pg_url: str, tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ import reactivex
 from reactivex.abc import DisposableBase
 
 from rtopt.bus import Bus
-from rtopt.errors import InvalidEvent, ReadOnlyLog, RtoptError
+from rtopt.errors import InvalidEvent, InvalidLog, ReadOnlyLog, RtoptError
 from rtopt.events import (
     HANDLER_ENTRY_POINTS,
     ClockTicked,
@@ -45,7 +45,7 @@ from rtopt.events import (
 )
 from rtopt.handler import Chains, Context, Decider, Handler, HandlerSlot, Request, Suggester
 from rtopt.ids import ordered_id
-from rtopt.log import COLUMNS, EventLog, Row, copy_rows, open_log, refuse_non_empty
+from rtopt.log import COLUMNS, EventLog, Row, copy_rows, copying, open_log, refuse_non_empty
 
 DEFAULT_LOG = Path("event_log") / "rtopt.sqlite"
 REPLAYED_FROM = "replayed_from"  # meta key of a what-if log: the log whose inputs it replayed
@@ -152,6 +152,10 @@ def default_handlers() -> list[Handler[Any]]:
 def envelope_from_row(row: Row) -> Envelope[Any]:
     """Decode a stored row into its envelope."""
     seq, event_id, tag, stream, time, recorded_at, causation_id, correlation_id, version, payload = row
+    try:
+        event = decode_payload(tag, payload)
+    except msgspec.DecodeError as exc:
+        raise InvalidLog(f"seq {seq}: its {tag} payload cannot be decoded ({exc}): the log is damaged") from None
     return Envelope(
         seq,
         event_id,
@@ -162,7 +166,7 @@ def envelope_from_row(row: Row) -> Envelope[Any]:
         causation_id,
         correlation_id,
         version,
-        decode_payload(tag, payload),
+        event,
     )
 
 
@@ -251,6 +255,7 @@ class Engine:
         durability: str = "process",
         until_seq: int | None = None,
         progress: Progress | None = None,
+        file_mode: int = 0o600,
     ) -> Engine:
         """Open the log at ``location``: an SQLite file (default ``event_log/rtopt.sqlite``; ``":memory:"``
         works) or a PostgreSQL database given as a ``postgresql://user@host:port/db`` URL, which several
@@ -261,7 +266,8 @@ class Engine:
         ``"process"`` (a committed event survives the process being killed) or ``"power"`` (it also
         survives an OS crash or power loss: fsync on every commit); a PostgreSQL commit is as durable as
         its server is configured to be. A read-only engine rebuilds state
-        up to ``until_seq`` and refuses writes.
+        up to ``until_seq`` and refuses writes. A new SQLite log's files get the permissions ``file_mode``
+        (owner only by default: events may hold user ids and session data).
         """
         if durability not in ("process", "power"):
             raise ValueError(f"durability must be 'process' or 'power', not {durability!r}")
@@ -270,6 +276,7 @@ class Engine:
             read_only=read_only,
             seed=seed,
             synchronous="FULL" if durability == "power" else "NORMAL",
+            file_mode=file_mode,
         )
         recorded = int(log.meta()["seed"])
         if seed is not None and seed != recorded:
@@ -278,7 +285,12 @@ class Engine:
         if until_seq is not None and not read_only:
             log.close()
             raise RtoptError("until_seq needs read_only=True: a writable engine must hold the whole log's state")
-        return cls(log, default_handlers() if handlers is None else handlers, until_seq=until_seq, progress=progress)
+        chains = default_handlers() if handlers is None else handlers
+        try:
+            return cls(log, chains, until_seq=until_seq, progress=progress)
+        except BaseException:
+            log.close()
+            raise
 
     def close(self) -> None:
         """Commit what is waiting, complete every observer and release the log."""
@@ -563,6 +575,8 @@ class Engine:
                     batch.append(envelope)
             if not batch:
                 return
+            if self._batch is None and not self._log.shared:
+                self._refuse_if_others_wrote()
             try:
                 written = self._cascade(batch, recorded_at)
                 if self._batch is None:
@@ -590,6 +604,27 @@ class Engine:
             return
         if self._batch is None:
             self._dispatch(written)
+
+    def _refuse_if_others_wrote(self) -> None:
+        """Before anything is folded, raise if another process appended to this log since this engine last
+        looked, having folded what it appended (so the next call can go on)."""
+        known = self._last_seq
+        end = self._log.committed_end(known)
+        if end == known:
+            return
+        try:
+            if end < known:
+                raise RtoptError(f"the log shrank from seq {known} to {end}")
+            for slot in self._slots:
+                slot.position = known
+            self._fold_history(self._slots, end)
+            self._last_seq, self._inputs = end, self._inputs + self._log.count_inputs(end, after=known)
+        except Exception:
+            self._rebuild()
+        raise RtoptError(
+            f"{self._log.location}: expected to append at seq {known + 1}, but seqs up to {end} are taken;"
+            " another process is writing to this log; nothing was written"
+        )
 
     def _abandon(self, error: BaseException) -> None:
         """Drop what the current batch holds (if any) and reset state to the log's."""
@@ -1118,7 +1153,8 @@ class Engine:
             )
             refuse_non_empty(target._log)
             target._log.set_meta(REPLAYED_FROM, str(source))
-            target._refeed(src, until_seq, progress=progress)
+            with copying(target._log, src, src.last_seq() if until_seq is None else until_seq):
+                target._refeed(src, until_seq, progress=progress)
             return target
         finally:
             src.close()
@@ -1196,9 +1232,9 @@ class Engine:
         *,
         progress: Progress | None = None,
     ) -> VerifyReport:
-        """Re-derive every derived event and re-make every decision and suggestion of ``source``; report the
-        first difference."""
-        src = open_log(source, read_only=True)
+        """Check the hash chain of ``source`` row by row, then re-derive every derived event and re-make every
+        decision and suggestion; report the first difference (a broken link as field ``chain``)."""
+        src = open_log(source, read_only=True, check=False)
         mismatches: list[Difference] = []
         decisions = suggestions = 0
 
@@ -1228,7 +1264,19 @@ class Engine:
         try:
             meta = src.meta()
             notes = []
-            if REPLAYED_FROM in meta:
+            derived = src.last_seq() - src.count_inputs(None)
+            if not src.chained:
+                notes.append(
+                    "this log is of format 1: its rows carry no hash chain, so changes made outside rtopt to events"
+                    " nothing derives from cannot be seen; opening it writable adds the chain"
+                )
+            else:
+                damage = src.audit()
+                if damage is not None:
+                    difference = Difference(*damage)
+                    return VerifyReport(events=src.last_seq(), derived=derived, decisions=0, difference=difference)
+            replayed = REPLAYED_FROM in meta
+            if replayed:
                 notes.append(
                     f"this log is a what-if replay of {meta[REPLAYED_FROM]}: its decisions were made on the state of "
                     "that log, so they are taken as recorded, not re-made"
@@ -1241,12 +1289,11 @@ class Engine:
                     src,
                     None,
                     progress=progress,
-                    check_decision=None if notes else check_decision,
-                    check_suggestion=None if notes else check_suggestion,
+                    check_decision=None if replayed else check_decision,
+                    check_suggestion=None if replayed else check_suggestion,
                 )
                 compare = _derived_difference if FOLLOWED in meta else _first_difference
                 difference = mismatches[0] if mismatches else compare(src, target._log)
-                derived = src.last_seq() - src.count_inputs(None)
                 return VerifyReport(
                     events=src.last_seq(),
                     derived=derived,

@@ -4,7 +4,8 @@ import hashlib
 import itertools
 import os
 import random
-from collections.abc import Iterator
+import sqlite3
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from handlers.bandits.simulation import default_variants, simulate
 from handlers.bayesopt import BayesOptHandler
 from handlers.detection import DetectionHandler, FeedbackGuard, ProtectionHandler
 from rtopt import Engine, Feedback
+from rtopt.log import _SELECT, _TRIGGERS, CHAIN, GENESIS, HEAD, chained, head_value
 from rtopt.pgserver import TemporaryServer, server_binaries
 from streams import Aggregates, Tumbling, WindowHandler, WindowPipeline
 
@@ -26,6 +28,28 @@ def rows_without_recorded_at(path: Path) -> list[tuple]:
     """Every row of a log with the wall-clock column dropped."""
     with Engine.open(path, read_only=True, handlers=[]) as engine:
         return [row[:5] + row[6:] for row in engine.log.rows()]
+
+
+def edit_log(path: Path, sql: str, params: Sequence[object] = (), *, rechain: bool = False) -> None:
+    """Run ``sql`` on the SQLite log at ``path`` with its append-only triggers dropped around it, as a program
+    other than rtopt could; with ``rechain`` also recompute the hash chain and head anchor, as a forger who
+    knows the format would."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        for name in _TRIGGERS:
+            conn.execute(f"DROP TRIGGER {name}")
+        conn.execute(sql, params)
+        if rechain:
+            stored = chained(conn.execute(f"{_SELECT} ORDER BY seq").fetchall(), GENESIS)
+            conn.executemany(f"UPDATE events SET {CHAIN} = ? WHERE seq = ?", [(row[-1], row[0]) for row in stored])
+            head = head_value(stored[-1][0], stored[-1][-1]) if stored else head_value(0, GENESIS)
+            conn.execute("UPDATE rtopt_meta SET value = ? WHERE key = ?", (head, HEAD))
+        for trigger in _TRIGGERS.values():
+            conn.execute(trigger)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
 
 
 def simulate_into(path: Path, steps: int, seed: int, variants: int = 4) -> None:

@@ -78,7 +78,7 @@ def test_an_empty_database_opened_read_only_is_refused_and_left_empty(pg_url: st
 
 def test_a_newer_format_is_refused(pg_url: str) -> None:
     filled(pg_url, 2)
-    raw(pg_url, "UPDATE rtopt_meta SET value = '2' WHERE key = 'format_version'")
+    raw(pg_url, "UPDATE rtopt_meta SET value = '3' WHERE key = 'format_version'")
     with pytest.raises(InvalidLog, match="newer"):
         Engine.open(pg_url, handlers=[], read_only=True)
 

@@ -16,7 +16,7 @@ import time as wall_clock
 import warnings
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ from rtopt.events import (
 )
 from rtopt.handler import Chains, Context, Decider, Handler, HandlerSlot, Request, Suggester
 from rtopt.ids import ordered_id
-from rtopt.log import COLUMNS, EventLog, Row, copy_rows, copying, open_log, refuse_non_empty
+from rtopt.log import COLUMNS, EventLog, OthersAppended, Row, copy_rows, copying, open_log, refuse_non_empty
 
 DEFAULT_LOG = Path("event_log") / "rtopt.sqlite"
 REPLAYED_FROM = "replayed_from"  # meta key of a what-if log: the log whose inputs it replayed
@@ -575,16 +575,18 @@ class Engine:
                     batch.append(envelope)
             if not batch:
                 return
-            if self._batch is None and not self._log.shared:
-                self._refuse_if_others_wrote()
             try:
-                written = self._cascade(batch, recorded_at)
-                if self._batch is None:
-                    guard = {envelope.stream for envelope in written} if self._slots and self._log.shared else ()
-                    first = self._log.append([envelope_row(envelope) for envelope in written], guard)
-                else:
-                    self._batch.add(written, len(written) - len(batch))
-                    first = written[0].seq
+                with self._log.appending(self._last_seq) if self._batch is None else nullcontext():
+                    written = self._cascade(batch, recorded_at)
+                    if self._batch is None:
+                        guard = {envelope.stream for envelope in written} if self._slots and self._log.shared else ()
+                        first = self._log.append([envelope_row(envelope) for envelope in written], guard)
+                    else:
+                        self._batch.add(written, len(written) - len(batch))
+                        first = written[0].seq
+            except OthersAppended as refusal:  # raised before anything was folded
+                self._catch_up(refusal.end)
+                raise
             except BaseException as exc:
                 self._abandon(exc)  # the handlers folded events that are not in the log
                 raise
@@ -605,13 +607,9 @@ class Engine:
         if self._batch is None:
             self._dispatch(written)
 
-    def _refuse_if_others_wrote(self) -> None:
-        """Before anything is folded, raise if another process appended to this log since this engine last
-        looked, having folded what it appended (so the next call can go on)."""
+    def _catch_up(self, end: int) -> None:
+        """Fold what another process appended up to seq ``end`` (so that the next call can go on)."""
         known = self._last_seq
-        end = self._log.committed_end(known)
-        if end == known:
-            return
         try:
             if end < known:
                 raise RtoptError(f"the log shrank from seq {known} to {end}")
@@ -621,10 +619,6 @@ class Engine:
             self._last_seq, self._inputs = end, self._inputs + self._log.count_inputs(end, after=known)
         except Exception:
             self._rebuild()
-        raise RtoptError(
-            f"{self._log.location}: expected to append at seq {known + 1}, but seqs up to {end} are taken;"
-            " another process is writing to this log; nothing was written"
-        )
 
     def _abandon(self, error: BaseException) -> None:
         """Drop what the current batch holds (if any) and reset state to the log's."""
@@ -1145,8 +1139,10 @@ class Engine:
             if handlers is None:
                 target_log = open_log(into, seed=recorded_seed)
                 refuse_non_empty(target_log)
-                copy_rows(src, target_log, until_seq, progress)
-                target_log.close()
+                try:
+                    copy_rows(src, target_log, until_seq, progress)
+                finally:
+                    target_log.close()
                 return cls.open(into, progress=progress)
             target = cls.open(
                 ":memory:" if into is None else into, seed=recorded_seed if seed is None else seed, handlers=handlers

@@ -110,6 +110,17 @@ def head_value(seq: int, chain: bytes) -> str:
     return f"{seq}:{chain.hex()}"
 
 
+class OthersAppended(RtoptError):
+    """Another process appended to a log that one process alone may write: nothing was written."""
+
+    def __init__(self, location: str, known: int, end: int) -> None:
+        super().__init__(
+            f"{location}: expected to append at seq {known + 1}, but seqs up to {end} are taken;"
+            " another process is writing to this log; nothing was written"
+        )
+        self.end = end
+
+
 class Damage(NamedTuple):
     """The first place where a log is not what rtopt wrote: ``seq``, what is wrong there (``field``), what was
     ``found`` and what was ``expected``."""
@@ -177,10 +188,13 @@ class EventLog(ABC):
     def count_inputs(self, until: int | None = None, after: int = 0) -> int:
         """Number of input events (those with no causing event) with ``after < seq <= until``."""
 
-    def committed_end(self, known: int) -> int:
-        """The highest committed seq; ``known`` (the end this process last saw, plus its own appends since)
-        comes back without a query when the storage can tell that no other connection committed since."""
-        return self.last_seq()
+    @contextmanager
+    def appending(self, known: int) -> Iterator[None]:
+        """Keep other writers out for the block, having checked that the log still ends at seq ``known``
+        (else raise :class:`OthersAppended`, before the caller derives anything); appends inside the block
+        commit when it ends. A :attr:`shared` log keeps nobody out: its appends go after what others committed.
+        """
+        yield
 
     chained = True
     """True when the rows carry a hash chain (format 2 on); format 1 logs opened read-only have none."""
@@ -446,10 +460,10 @@ class SQLiteLog(SQLLog):
         self.read_only = writer is None
         self._writer = writer
         self._reader = reader
-        self._write_lock = threading.Lock()
+        self._write_lock = threading.RLock()
         self._read_lock = self._write_lock if writer is reader else threading.Lock()
         self._data_version = self._pragma_data_version()
-        self._writer_version = None if writer is None else writer.execute("PRAGMA data_version").fetchone()[0]
+        self._held: tuple[int, bytes] | None = None  # the head while appending() holds the write transaction
 
     # --- opening ---------------------------------------------------------------------------------
 
@@ -533,29 +547,45 @@ class SQLiteLog(SQLLog):
         if not rows:
             return self.last_seq() + 1
         with self._write_lock:
-            conn = self._writer
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                last, previous = self._head_row(
-                    conn.execute(f"SELECT seq, {CHAIN} FROM events ORDER BY seq DESC LIMIT 1").fetchone()
-                )
-                stored = chained(self._place(rows, last, guard, lambda after, streams: None), previous)
-                conn.executemany(_INSERT, stored)
-                conn.execute(_SET_META, (HEAD, head_value(stored[-1][0], stored[-1][-1])))
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+            if self._held is not None:  # inside appending(): its transaction commits the rows
+                self._held = self._insert(rows, guard, self._held)
+                return rows[0][0]
+            with self._transaction() as head:
+                self._insert(rows, guard, head)
         return rows[0][0]
 
-    def committed_end(self, known: int) -> int:
-        if self._writer is not None:
-            with self._write_lock:
-                version = self._writer.execute("PRAGMA data_version").fetchone()[0]
-                if version == self._writer_version:  # it changes only when another connection commits
-                    return known
-                self._writer_version = version
-        return self.last_seq()
+    @contextmanager
+    def appending(self, known: int) -> Iterator[None]:
+        self._writable()
+        with self._write_lock, self._transaction() as head:
+            if head[0] != known:
+                raise OthersAppended(self.location, known, head[0])
+            self._held = head
+            try:
+                yield
+            finally:
+                self._held = None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[tuple[int, bytes]]:
+        """A write transaction (committed if the block ends normally), giving the last seq and its chain value."""
+        conn = self._writer
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._head_row(conn.execute(f"SELECT seq, {CHAIN} FROM events ORDER BY seq DESC LIMIT 1").fetchone())
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _insert(self, rows: Sequence[Row], guard: Collection[str] | None, head: tuple[int, bytes]) -> tuple[int, bytes]:
+        """Insert ``rows`` after ``head`` (the last seq and its chain value) in the open transaction; returns
+        the new head."""
+        stored = chained(self._place(rows, head[0], guard, lambda after, streams: None), head[1])
+        self._writer.executemany(_INSERT, stored)
+        last = stored[-1][0], stored[-1][-1]
+        self._writer.execute(_SET_META, (HEAD, head_value(*last)))
+        return last
 
     def _execute(self, sql: str, params: Sequence[object] = ()) -> None:
         with self._write_lock:

@@ -78,22 +78,11 @@ def link(previous: bytes, row: Row) -> bytes:
     >>> len(first), first == link(GENESIS, (1, "id-1", "Feedback", "p1", 1, 2, None, None, 1, bytearray(b"x")))
     (16, True)
     """
-    seq, event_id, tag, stream, time_, recorded_at, causation_id, correlation_id, version, payload = row
-    canonical = _encode(
-        (
-            seq,
-            event_id,
-            tag,
-            stream,
-            float(time_),
-            float(recorded_at),
-            causation_id,
-            correlation_id,
-            version,
-            bytes(payload),
-        )
-    )
-    return hashlib.blake2b(previous + canonical, digest_size=16).digest()
+    if type(row[4]) is not float or type(row[5]) is not float or type(row[9]) is not bytes:
+        row = (*row[:4], float(row[4]), float(row[5]), *row[6:9], bytes(row[9]))
+    digest = hashlib.blake2b(previous, digest_size=16)
+    digest.update(_encode(row))
+    return digest.digest()
 
 
 def chained(rows: Sequence[Row], previous: bytes) -> list[tuple]:
@@ -111,7 +100,11 @@ def head_value(seq: int, chain: bytes) -> str:
 
 
 class OthersAppended(RtoptError):
-    """Another process appended to a log that one process alone may write: nothing was written."""
+    """Another process appended to a log that one process alone may write: nothing was written.
+
+    >>> OthersAppended("log.sqlite", 4, 9).end
+    9
+    """
 
     def __init__(self, location: str, known: int, end: int) -> None:
         super().__init__(
@@ -123,7 +116,11 @@ class OthersAppended(RtoptError):
 
 class Damage(NamedTuple):
     """The first place where a log is not what rtopt wrote: ``seq``, what is wrong there (``field``), what was
-    ``found`` and what was ``expected``."""
+    ``found`` and what was ``expected``.
+
+    >>> print(Damage(7, "seq", 8, 7))
+    at seq 7, seq is 8 where 7 was expected
+    """
 
     seq: int
     field: str

@@ -610,15 +610,16 @@ class Engine:
     def _catch_up(self, end: int) -> None:
         """Fold what another process appended up to seq ``end`` (so that the next call can go on)."""
         known = self._last_seq
+        if end < known:  # events this engine saw are gone: start again from the log as it is
+            self._rebuild()
+            return
+        for slot in self._slots:
+            slot.position = known
         try:
-            if end < known:
-                raise RtoptError(f"the log shrank from seq {known} to {end}")
-            for slot in self._slots:
-                slot.position = known
             self._fold_history(self._slots, end)
             self._last_seq, self._inputs = end, self._inputs + self._log.count_inputs(end, after=known)
         except Exception:
-            self._rebuild()
+            self._rebuild()  # a failed read: start again from the log
 
     def _abandon(self, error: BaseException) -> None:
         """Drop what the current batch holds (if any) and reset state to the log's."""

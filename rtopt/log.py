@@ -17,7 +17,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import quote
@@ -390,7 +390,15 @@ class SQLLog(EventLog):
             raise InvalidLog(f"{self.location}: seq {seq} has no chain value: it was written outside rtopt")
         return seq, bytes(chain)
 
+    @abstractmethod
+    def _snapshot(self) -> AbstractContextManager[None]:
+        """A read transaction: the reads inside it see the log as of one moment, whatever commits meanwhile."""
+
     def audit(self, start: int = 1) -> Damage | None:
+        with self._snapshot():
+            return self._audit(start)
+
+    def _audit(self, start: int) -> Damage | None:
         previous = GENESIS
         if start > 1:
             found = self._query(f"SELECT {CHAIN} FROM events WHERE seq = ?", (start - 1,))
@@ -532,6 +540,17 @@ class SQLiteLog(SQLLog):
 
     def _event_columns(self) -> list[str]:
         return [r[1] for r in self._query("PRAGMA table_info(events)")]
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        if self._reader is self._writer:  # in memory: no other connection can write
+            yield
+            return
+        self._query("BEGIN")
+        try:
+            yield
+        finally:
+            self._query("COMMIT")
 
     def _missing_triggers(self) -> list[str]:
         found = dict(self._query("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'events'"))

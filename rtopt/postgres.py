@@ -10,7 +10,8 @@ in the same transaction as the events they derive (:meth:`PostgresLog.append_tra
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 
 from rtopt.errors import InvalidLog, RtoptError
 from rtopt.log import (
@@ -145,6 +146,13 @@ class PostgresLog(SQLLog):
                 " AND table_name = 'events' ORDER BY ordinal_position"
             )
         ]
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        with self._reader.transaction():
+            with self._read_lock:
+                self._reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            yield
 
     def _missing_triggers(self) -> list[str]:
         enabled = {

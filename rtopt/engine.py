@@ -18,7 +18,7 @@ import time as wall_clock
 import warnings
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -28,7 +28,15 @@ import reactivex
 from reactivex.abc import DisposableBase
 
 from rtopt.bus import Bus
-from rtopt.errors import CommitUncertain, InvalidEvent, ReadOnlyLog, RtoptError, StorageError, StorageUnavailable
+from rtopt.errors import (
+    CommitUncertain,
+    InvalidEvent,
+    InvalidLog,
+    ReadOnlyLog,
+    RtoptError,
+    StorageError,
+    StorageUnavailable,
+)
 from rtopt.events import (
     HANDLER_ENTRY_POINTS,
     ClockTicked,
@@ -51,7 +59,7 @@ from rtopt.events import (
 )
 from rtopt.handler import Chains, Context, Decider, Handler, HandlerSlot, Request, Suggester
 from rtopt.ids import ordered_id
-from rtopt.log import COLUMNS, EventLog, Row, copy_rows, open_log, refuse_non_empty
+from rtopt.log import COLUMNS, EventLog, OthersAppended, Row, copy_rows, copying, open_log, refuse_non_empty
 from rtopt.privacy import Keyring, Privacy, copy_keys, is_pseudonym
 from rtopt.watermark import TimeBound
 
@@ -187,6 +195,10 @@ def default_handlers() -> list[Handler[Any]]:
 def envelope_from_row(row: Row, keys: Keyring | None = None) -> Envelope[Any]:
     """Decode a stored row into its envelope, opening its sealed values with ``keys``."""
     seq, event_id, tag, stream, time, recorded_at, causation_id, correlation_id, version, payload = row
+    try:
+        event = decode_payload(tag, payload) if keys is None else keys.decode(tag, payload)
+    except msgspec.DecodeError as exc:
+        raise InvalidLog(f"seq {seq}: its {tag} payload cannot be decoded ({exc}): the log is damaged") from None
     return Envelope(
         seq,
         event_id,
@@ -197,7 +209,7 @@ def envelope_from_row(row: Row, keys: Keyring | None = None) -> Envelope[Any]:
         causation_id,
         correlation_id,
         version,
-        decode_payload(tag, payload) if keys is None else keys.decode(tag, payload),
+        event,
     )
 
 
@@ -297,6 +309,7 @@ class Engine:
         max_time_ahead_s: float | None = 86_400.0,
         future_time: str = "reject",
         privacy: Privacy | bool = True,
+        file_mode: int = 0o600,
     ) -> Engine:
         """Open the log at ``location``: an SQLite file (default ``event_log/rtopt.sqlite``; ``":memory:"``
         works) or a PostgreSQL database given as a ``postgresql://user@host:port/db`` URL, which several
@@ -315,6 +328,8 @@ class Engine:
         ``"clamp"`` (recorded at that latest event time, counted in ``stats().clamped_times``).
         ``privacy`` says which personal values are stored sealed (a :class:`~rtopt.privacy.Privacy`; True: user
         and session ids and decision units; False: none).
+        A new SQLite log's files get the permissions ``file_mode`` (owner only by default: events may hold
+        user ids and session data).
         """
         if durability not in ("process", "power"):
             raise ValueError(f"durability must be 'process' or 'power', not {durability!r}")
@@ -327,6 +342,7 @@ class Engine:
             read_only=read_only,
             seed=seed,
             synchronous="FULL" if durability == "power" else "NORMAL",
+            file_mode=file_mode,
         )
         recorded = int(log.meta()["seed"])
         if seed is not None and seed != recorded:
@@ -336,15 +352,19 @@ class Engine:
             log.close()
             raise RtoptError("until_seq needs read_only=True: a writable engine must hold the whole log's state")
         chains = default_handlers() if handlers is None else handlers
-        return cls(
-            log,
-            chains,
-            until_seq=until_seq,
-            progress=progress,
-            limits=limits,
-            time_bound=time_bound,
-            privacy=privacy,
-        )
+        try:
+            return cls(
+                log,
+                chains,
+                until_seq=until_seq,
+                progress=progress,
+                limits=limits,
+                time_bound=time_bound,
+                privacy=privacy,
+            )
+        except BaseException:
+            log.close()
+            raise
 
     def close(self) -> None:
         """Commit what is waiting, complete every observer and release the log."""
@@ -714,13 +734,17 @@ class Engine:
             if not batch:
                 return
             try:
-                written = self._cascade(batch, recorded_at)
-                if self._batch is None:
-                    guard = {envelope.stream for envelope in written} if self._slots and self._log.shared else ()
-                    first = self._log.append(self._stored_rows(written), guard)
-                else:
-                    self._batch.add(written, len(written) - len(batch))
-                    first = written[0].seq
+                with self._log.appending(self._last_seq) if self._batch is None else nullcontext():
+                    written = self._cascade(batch, recorded_at)
+                    if self._batch is None:
+                        guard = {envelope.stream for envelope in written} if self._slots and self._log.shared else ()
+                        first = self._log.append(self._stored_rows(written), guard)
+                    else:
+                        self._batch.add(written, len(written) - len(batch))
+                        first = written[0].seq
+            except OthersAppended as refusal:  # raised before anything was folded
+                self._catch_up(refusal.end)
+                raise
             except BaseException as exc:
                 self._abandon(exc)  # the handlers folded events that are not in the log
                 raise
@@ -753,6 +777,20 @@ class Engine:
         """The rows of ``envelopes``, personal values sealed (new subjects' keys are stored together first)."""
         self._keys.prepare(envelope.payload for envelope in envelopes)
         return [envelope_row(envelope, self._keys) for envelope in envelopes]
+
+    def _catch_up(self, end: int) -> None:
+        """Fold what another process appended up to seq ``end`` (so that the next call can go on)."""
+        known = self._last_seq
+        if end < known:  # events this engine saw are gone: start again from the log as it is
+            self._rebuild()
+            return
+        for slot in self._slots:
+            slot.position = known
+        try:
+            self._fold_history(self._slots, end)
+            self._last_seq, self._inputs = end, self._inputs + self._log.count_inputs(end, after=known)
+        except Exception:
+            self._rebuild()  # a failed read: start again from the log
 
     def _abandon(self, error: BaseException) -> None:
         """Drop what the current batch holds (if any) and reset state to the log's: now, or at the next
@@ -1336,9 +1374,11 @@ class Engine:
             if handlers is None:
                 target_log = open_log(into, seed=recorded_seed)
                 refuse_non_empty(target_log)
-                copy_rows(src, target_log, until_seq, progress)
-                copy_keys(src, target_log)
-                target_log.close()
+                try:
+                    copy_rows(src, target_log, until_seq, progress)
+                    copy_keys(src, target_log)
+                finally:
+                    target_log.close()
                 return cls.open(into, progress=progress)
             target = cls.open(
                 ":memory:" if into is None else into, seed=recorded_seed if seed is None else seed, handlers=handlers
@@ -1346,7 +1386,8 @@ class Engine:
             refuse_non_empty(target._log)
             target._log.set_meta(REPLAYED_FROM, str(source))
             copy_keys(src, target._log)  # what is derived anew is sealed as the source sealed it
-            target._refeed(src, until_seq, progress=progress)
+            with copying(target._log, src, src.last_seq() if until_seq is None else until_seq):
+                target._refeed(src, until_seq, progress=progress)
             return target
         finally:
             src.close()
@@ -1425,9 +1466,9 @@ class Engine:
         *,
         progress: Progress | None = None,
     ) -> VerifyReport:
-        """Re-derive every derived event and re-make every decision and suggestion of ``source``; report the
-        first difference."""
-        src = open_log(source, read_only=True)
+        """Check the hash chain of ``source`` row by row, then re-derive every derived event and re-make every
+        decision and suggestion; report the first difference (a broken link as field ``chain``)."""
+        src = open_log(source, read_only=True, check=False)
         mismatches: list[Difference] = []
         decisions = suggestions = unit_forgotten = 0
 
@@ -1460,7 +1501,19 @@ class Engine:
         try:
             meta = src.meta()
             notes = []
-            if REPLAYED_FROM in meta:
+            derived = src.last_seq() - src.count_inputs(None)
+            if not src.chained:
+                notes.append(
+                    "this log is of format 1: its rows carry no hash chain, so changes made outside rtopt to events"
+                    " nothing derives from cannot be seen; opening it writable adds the chain"
+                )
+            else:
+                damage = src.audit()
+                if damage is not None:
+                    difference = Difference(*damage)
+                    return VerifyReport(events=src.last_seq(), derived=derived, decisions=0, difference=difference)
+            replayed = REPLAYED_FROM in meta
+            if replayed:
                 notes.append(
                     f"this log is a what-if replay of {meta[REPLAYED_FROM]}: its decisions were made on the state of "
                     "that log, so they are taken as recorded, not re-made"
@@ -1476,8 +1529,8 @@ class Engine:
                     src,
                     None,
                     progress=progress,
-                    check_decision=None if notes else check_decision,
-                    check_suggestion=None if notes else check_suggestion,
+                    check_decision=None if replayed else check_decision,
+                    check_suggestion=None if replayed else check_suggestion,
                 )
                 compare = _derived_difference if FOLLOWED in meta else _first_difference
                 difference = mismatches[0] if mismatches else compare(src, target._log, Keyring(src))

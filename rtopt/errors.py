@@ -25,7 +25,8 @@ class InvalidLog(RtoptError):
 
 
 class ReadOnlyLog(RtoptError):
-    """A write was attempted on an engine opened read-only (for instance a replay of a source log)."""
+    """A write was attempted on an engine opened read-only (for instance a replay of a source log), or a log
+    the process cannot write was opened without ``read_only=True``."""
 
 
 class UnknownEventType(RtoptError):

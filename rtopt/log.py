@@ -7,6 +7,8 @@ one in a PostgreSQL database that several processes share; :func:`open_log` pick
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import secrets
@@ -15,13 +17,18 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import NamedTuple
+from urllib.parse import quote
 
+import msgspec
 import sqlite_utils
 
 from rtopt.errors import InvalidLog, ReadOnlyLog, RtoptError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version 2 added the ``chain`` column and the ``head`` anchor; a version-1 log is migrated when opened writable."""
 WAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes the WAL file is cut back to after a checkpoint
 META_TABLE = "rtopt_meta"
 COLUMNS = (
@@ -39,8 +46,89 @@ COLUMNS = (
 Row = tuple[int, str, str, str, float, float, str | None, str | None, int, bytes]
 """One event as stored: the envelope columns in :data:`COLUMNS` order, the payload msgpack-encoded."""
 
+CHAIN = "chain"
+"""The column holding each row's link in the hash chain (see :func:`link`)."""
+HEAD = "head"
+"""Meta key of the head anchor, ``"<last seq>:<its chain value in hex>"``, written by every append."""
+COPY = "copy"
+"""Meta key of a log filled from another one: JSON with ``of`` (the source), ``until`` and ``complete``."""
+LOG_KEYS = frozenset({"format_version", "seed", "created_at", HEAD, COPY})
+"""Meta keys a log keeps for itself: a copy does not take them from its source."""
+TAIL_CHECKED = 64
+"""How many of the last rows' links opening a log checks (``Engine.verify`` checks them all)."""
+GENESIS = bytes(16)
+"""The chain value the first row links to."""
+
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM events"
-_INSERT = f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+_SELECT_CHAINED = f"SELECT {', '.join(COLUMNS)}, {CHAIN} FROM events"
+_INSERT = f"INSERT INTO events ({', '.join(COLUMNS)}, {CHAIN}) VALUES ({', '.join('?' * (len(COLUMNS) + 1))})"
+_SET_META = (
+    f"INSERT INTO {META_TABLE} (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
+_encode = msgspec.msgpack.Encoder().encode
+
+
+def link(previous: bytes, row: Row) -> bytes:
+    """The chain value of ``row``: BLAKE2b-128 over the previous row's chain value and this row's columns.
+
+    Every column takes part (``recorded_at`` too), each in one canonical msgpack form, so that editing,
+    removing or reordering a row breaks the link of that row or of the one after it.
+
+    >>> first = link(GENESIS, (1, "id-1", "Feedback", "p1", 1.0, 2.0, None, None, 1, b"x"))
+    >>> len(first), first == link(GENESIS, (1, "id-1", "Feedback", "p1", 1, 2, None, None, 1, bytearray(b"x")))
+    (16, True)
+    """
+    if type(row[4]) is not float or type(row[5]) is not float or type(row[9]) is not bytes:
+        row = (*row[:4], float(row[4]), float(row[5]), *row[6:9], bytes(row[9]))
+    digest = hashlib.blake2b(previous, digest_size=16)
+    digest.update(_encode(row))
+    return digest.digest()
+
+
+def chained(rows: Sequence[Row], previous: bytes) -> list[tuple]:
+    """``rows`` each with its chain value appended, linked on from ``previous`` (the chain value before them)."""
+    stored = []
+    for row in rows:
+        previous = link(previous, row)
+        stored.append((*row, previous))
+    return stored
+
+
+def head_value(seq: int, chain: bytes) -> str:
+    """The head anchor naming row ``seq`` with chain value ``chain``."""
+    return f"{seq}:{chain.hex()}"
+
+
+class OthersAppended(RtoptError):
+    """Another process appended to a log that one process alone may write: nothing was written.
+
+    >>> OthersAppended("log.sqlite", 4, 9).end
+    9
+    """
+
+    def __init__(self, location: str, known: int, end: int) -> None:
+        super().__init__(
+            f"{location}: expected to append at seq {known + 1}, but seqs up to {end} are taken;"
+            " another process is writing to this log; nothing was written"
+        )
+        self.end = end
+
+
+class Damage(NamedTuple):
+    """The first place where a log is not what rtopt wrote: ``seq``, what is wrong there (``field``), what was
+    ``found`` and what was ``expected``.
+
+    >>> print(Damage(7, "seq", 8, 7))
+    at seq 7, seq is 8 where 7 was expected
+    """
+
+    seq: int
+    field: str
+    found: object
+    expected: object
+
+    def __str__(self) -> str:
+        return f"at seq {self.seq}, {self.field} is {self.found!r} where {self.expected!r} was expected"
 
 
 class EventLog(ABC):
@@ -94,8 +182,24 @@ class EventLog(ABC):
         """Number of events per type tag, among those with seq <= ``until``."""
 
     @abstractmethod
-    def count_inputs(self, until: int | None = None) -> int:
-        """Number of input events (those with no causing event) with seq <= ``until``."""
+    def count_inputs(self, until: int | None = None, after: int = 0) -> int:
+        """Number of input events (those with no causing event) with ``after < seq <= until``."""
+
+    @contextmanager
+    def appending(self, known: int) -> Iterator[None]:
+        """Keep other writers out for the block, having checked that the log still ends at seq ``known``
+        (else raise :class:`OthersAppended`, before the caller derives anything); appends inside the block
+        commit when it ends. A :attr:`shared` log keeps nobody out: its appends go after what others committed.
+        """
+        yield
+
+    chained = True
+    """True when the rows carry a hash chain (format 2 on); format 1 logs opened read-only have none."""
+
+    @abstractmethod
+    def audit(self, start: int = 1) -> Damage | None:
+        """The first damage found: from seq ``start`` on, a missing seq or a broken link of the hash chain,
+        then a head anchor that does not name the last row, then missing append-only triggers (seq 0)."""
 
     @abstractmethod
     def latest_times(self) -> dict[str, float]:
@@ -172,15 +276,23 @@ class SQLLog(EventLog):
         shift = last - seen
         return [(row[0] + shift, *row[1:]) for row in rows]
 
+    @abstractmethod
+    def _missing_triggers(self) -> list[str]:
+        """The append-only triggers that are absent, altered or disabled."""
+
+    @abstractmethod
+    def _tables(self) -> list[str]:
+        """The names of the tables in the log's database."""
+
+    @abstractmethod
+    def _event_columns(self) -> list[str]:
+        """The columns of the events table, in order."""
+
     def set_meta(self, key: str, value: str) -> None:
         self._writable()
-        if key == "format_version":
-            raise ValueError("the format version of a log is set when it is created")
-        self._execute(
-            f"INSERT INTO {META_TABLE} (key, value) VALUES (?, ?)"
-            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (key, value),
-        )
+        if key in ("format_version", HEAD):
+            raise ValueError(f"the {key} of a log is kept by the log itself")
+        self._execute(_SET_META, (key, value))
 
     def save_snapshot(self, handler: str, fingerprint: str, seq: int, state: bytes) -> None:
         self._writable()
@@ -218,11 +330,11 @@ class SQLLog(EventLog):
         yield from self._pages(start, until, ["causation_id IS NULL"], [], chunk)
 
     def _pages(
-        self, start: int, until: int | None, where: list[str], params: list[object], chunk: int
+        self, start: int, until: int | None, where: list[str], params: list[object], chunk: int, select: str = _SELECT
     ) -> Iterator[Row]:
         """The rows matching ``where`` with seq in [start, until], read ``chunk`` at a time."""
         where = ["seq > ?", "seq <= ?", *where]
-        sql = f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY seq LIMIT {int(chunk)}"
+        sql = f"{select} WHERE {' AND '.join(where)} ORDER BY seq LIMIT {int(chunk)}"
         end = until if until is not None else 2**62
         after = start - 1
         while True:
@@ -254,10 +366,10 @@ class SQLLog(EventLog):
             )
         )
 
-    def count_inputs(self, until: int | None = None) -> int:
+    def count_inputs(self, until: int | None = None, after: int = 0) -> int:
         return self._query(
-            "SELECT count(*) FROM events WHERE causation_id IS NULL AND seq <= ?",
-            (until if until is not None else 2**62,),
+            "SELECT count(*) FROM events WHERE causation_id IS NULL AND seq > ? AND seq <= ?",
+            (after, until if until is not None else 2**62),
         )[0][0]
 
     def latest_times(self) -> dict[str, float]:
@@ -279,6 +391,75 @@ class SQLLog(EventLog):
         )
         return (found[0][0], bytes(found[0][1])) if found else None
 
+    # --- integrity -------------------------------------------------------------------------------
+
+    def _head_row(self, first_row: tuple | None) -> tuple[int, bytes]:
+        """The last seq and its chain value, from ``first_row`` (the last row's (seq, chain) or None)."""
+        if first_row is None:
+            return 0, GENESIS
+        seq, chain = first_row
+        if chain is None:
+            raise InvalidLog(f"{self.location}: seq {seq} has no chain value: it was written outside rtopt")
+        return seq, bytes(chain)
+
+    @abstractmethod
+    def _snapshot(self) -> AbstractContextManager[None]:
+        """A read transaction: the reads inside it see the log as of one moment, whatever commits meanwhile."""
+
+    def audit(self, start: int = 1) -> Damage | None:
+        with self._snapshot():
+            return self._audit(start)
+
+    def _audit(self, start: int) -> Damage | None:
+        previous = GENESIS
+        if start > 1:
+            found = self._query(f"SELECT {CHAIN} FROM events WHERE seq = ?", (start - 1,))
+            if not found or found[0][0] is None:
+                return Damage(start - 1, CHAIN, None, "a chain value")
+            previous = bytes(found[0][0])
+        expected = start
+        for *row, stored in self._pages(start, None, [], [], 2000, _SELECT_CHAINED):
+            if row[0] != expected:
+                return Damage(expected, "seq", row[0], expected)
+            previous = link(previous, row)
+            if stored is None or bytes(stored) != previous:
+                return Damage(expected, CHAIN, stored and bytes(stored).hex(), previous.hex())
+            expected += 1
+        head, last = self.meta().get(HEAD), head_value(expected - 1, previous)
+        if head != last:
+            return Damage(expected, HEAD, f"the log ends at {last}", f"the head anchor {head}")
+        missing = self._missing_triggers()
+        if missing:
+            return Damage(0, "triggers", f"{', '.join(missing)} missing or altered", "the append-only triggers")
+        return None
+
+    def _inspect(self, check: bool) -> int:
+        """Raise InvalidLog unless this is a whole rtopt log this version reads, not left half-copied (nor,
+        with ``check``, with a damaged tail); returns its format version."""
+        tables = self._tables()
+        if META_TABLE not in tables:
+            raise InvalidLog(f"{self.location}: not an rtopt log (tables {tables})")
+        meta = self.meta()
+        check_format_version(meta.get("format_version"), self.location)
+        version = int(meta["format_version"])
+        missing = sorted({"events", "snapshots"} - set(tables))
+        if missing or not re.fullmatch(r"-?\d+", meta.get("seed", "")):
+            found = f"no table {', '.join(missing)}" if missing else f"seed {meta.get('seed')!r}"
+            raise InvalidLog(f"{self.location}: not an rtopt log ({META_TABLE} but {found})")
+        expected = [*COLUMNS, CHAIN] if version >= 2 else list(COLUMNS)
+        columns = self._event_columns()
+        if columns != expected:
+            raise InvalidLog(f"{self.location}: not an rtopt log (events has columns {columns}, expected {expected})")
+        check_copy(meta, self.location, self.last_seq())
+        self.chained = version >= 2
+        if check and self.chained:
+            damage = self.audit(max(1, self.last_seq() - TAIL_CHECKED + 1))
+            if damage is not None:
+                raise InvalidLog(
+                    f"{self.location}: changed outside rtopt: {damage}. `rtopt replay --verify` checks the whole log"
+                )
+        return version
+
 
 class SQLiteLog(SQLLog):
     """An rtopt log in one SQLite file (WAL mode); ``":memory:"`` keeps it in memory.
@@ -296,9 +477,10 @@ class SQLiteLog(SQLLog):
         self.read_only = writer is None
         self._writer = writer
         self._reader = reader
-        self._write_lock = threading.Lock()
+        self._write_lock = threading.RLock()
         self._read_lock = self._write_lock if writer is reader else threading.Lock()
         self._data_version = self._pragma_data_version()
+        self._held: tuple[int, bytes] | None = None  # the head while appending() holds the write transaction
 
     # --- opening ---------------------------------------------------------------------------------
 
@@ -310,11 +492,17 @@ class SQLiteLog(SQLLog):
         read_only: bool = False,
         seed: int | None = None,
         synchronous: str = "NORMAL",
+        file_mode: int = 0o600,
+        check: bool = True,
     ) -> SQLiteLog:
         """Open (or create) the log at ``location``.
 
-        A new log records ``seed`` in its meta data (a random one when None). A file that is not an rtopt
-        log, or one written by a newer format, raises :class:`InvalidLog` and is left as it was.
+        A new log records ``seed`` in its meta data (a random one when None); its file (and the ``-wal`` and
+        ``-shm`` files SQLite makes beside it) gets the permissions ``file_mode``. A file that is not a
+        whole rtopt log, one written by a newer format, a copy that never finished, or (with ``check``) a
+        log whose last rows were changed outside rtopt raises :class:`InvalidLog` and is left as it was; a
+        log the process cannot write raises :class:`ReadOnlyLog` unless opened ``read_only``. A format-1
+        log opened writable is migrated to the current format.
         """
         location = str(location)
         if synchronous.upper() not in {"NORMAL", "FULL"}:
@@ -326,24 +514,59 @@ class SQLiteLog(SQLLog):
             _create_schema(conn, seed)
             return cls(location, conn, conn)
         path = Path(location)
-        exists = path.exists() and path.stat().st_size > 0
-        if exists:
-            _check_existing(path)
-        elif read_only:
-            raise InvalidLog(f"{location}: no such log")
-        if read_only:
-            reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-            _check_format(reader, location)
-            return cls(location, None, reader)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-        writer.execute("PRAGMA journal_mode=WAL")
-        writer.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        writer.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
-        if not exists or not _has_meta(writer):
+        if _is_new(path):
+            if read_only:
+                raise InvalidLog(f"{location}: no such log")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, file_mode))
+            os.chmod(path, file_mode)  # whatever the umask; SQLite gives the -wal and -shm files the same mode
+            writer = _connect_writer(path, synchronous)
             _create_schema(writer, seed)
+        else:
+            probe = cls(location, None, _connect_read_only(path))
+            try:
+                version = probe._damage_as_invalid(probe._inspect, check)
+            except BaseException:
+                probe.close()
+                raise
+            if read_only:
+                return probe
+            probe.close()
+            if not os.access(path, os.W_OK):
+                raise ReadOnlyLog(f"{location}: the file is not writable; open it with read_only=True to read it")
+            writer = _connect_writer(path, synchronous)
+            if version < FORMAT_VERSION:
+                _migrate(writer)
         reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         return cls(location, writer, reader)
+
+    def _damage_as_invalid(self, run: Callable[..., int], *args: object) -> int:
+        """``run(*args)``, with SQLite's report of a damaged file raised as InvalidLog."""
+        try:
+            return run(*args)
+        except sqlite3.DatabaseError as exc:
+            raise _as_invalid(self.location, exc) from None
+
+    def _tables(self) -> list[str]:
+        return [r[0] for r in self._query("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+
+    def _event_columns(self) -> list[str]:
+        return [r[1] for r in self._query("PRAGMA table_info(events)")]
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        if self._reader is self._writer:  # in memory: no other connection can write
+            yield
+            return
+        self._query("BEGIN")
+        try:
+            yield
+        finally:
+            self._query("COMMIT")
+
+    def _missing_triggers(self) -> list[str]:
+        found = dict(self._query("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'events'"))
+        return [name for name, sql in _TRIGGERS.items() if found.get(name) != sql]
 
     # --- writing ---------------------------------------------------------------------------------
 
@@ -352,16 +575,45 @@ class SQLiteLog(SQLLog):
         if not rows:
             return self.last_seq() + 1
         with self._write_lock:
-            conn = self._writer
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                (last,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
-                conn.executemany(_INSERT, self._place(rows, last, guard, lambda after, streams: None))
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+            if self._held is not None:  # inside appending(): its transaction commits the rows
+                self._held = self._insert(rows, guard, self._held)
+                return rows[0][0]
+            with self._transaction() as head:
+                self._insert(rows, guard, head)
         return rows[0][0]
+
+    @contextmanager
+    def appending(self, known: int) -> Iterator[None]:
+        self._writable()
+        with self._write_lock, self._transaction() as head:
+            if head[0] != known:
+                raise OthersAppended(self.location, known, head[0])
+            self._held = head
+            try:
+                yield
+            finally:
+                self._held = None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[tuple[int, bytes]]:
+        """A write transaction (committed if the block ends normally), giving the last seq and its chain value."""
+        conn = self._writer
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._head_row(conn.execute(f"SELECT seq, {CHAIN} FROM events ORDER BY seq DESC LIMIT 1").fetchone())
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _insert(self, rows: Sequence[Row], guard: Collection[str] | None, head: tuple[int, bytes]) -> tuple[int, bytes]:
+        """Insert ``rows`` after ``head`` (the last seq and its chain value) in the open transaction; returns
+        the new head."""
+        stored = chained(self._place(rows, head[0], guard, lambda after, streams: None), head[1])
+        self._writer.executemany(_INSERT, stored)
+        last = stored[-1][0], stored[-1][-1]
+        self._writer.execute(_SET_META, (HEAD, head_value(*last)))
+        return last
 
     def _execute(self, sql: str, params: Sequence[object] = ()) -> None:
         with self._write_lock:
@@ -371,7 +623,12 @@ class SQLiteLog(SQLLog):
 
     def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
         with self._read_lock:
-            return self._reader.execute(sql, params).fetchall()
+            try:
+                return self._reader.execute(sql, params).fetchall()
+            except sqlite3.DatabaseError as exc:
+                if _is_damage(exc):
+                    raise _as_invalid(self.location, exc) from None
+                raise
 
     def _type_column(self, types: Sequence[str], start: int, until: int | None, stream: str | None) -> str:
         # walking the table in seq order beats the type index (and its sort) when most rows match
@@ -416,38 +673,109 @@ class SQLiteLog(SQLLog):
                 self._reader.close()
 
 
-def _check_existing(path: Path) -> None:
-    """Raise InvalidLog unless ``path`` is an empty SQLite file or an rtopt log of a readable format."""
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise InvalidLog(f"{path}: cannot open: {exc}") from None
-    try:
-        try:
-            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        except sqlite3.DatabaseError as exc:
-            raise InvalidLog(f"{path}: not an rtopt log (not an SQLite database: {exc})") from None
-        if not tables:
-            return
-        if META_TABLE not in tables:
-            raise InvalidLog(f"{path}: not an rtopt log (an SQLite database with tables {sorted(tables)})")
-        _check_format(conn, str(path))
-    finally:
-        conn.close()
+_TRIGGERS = {
+    **{
+        f"events_no_{action.lower()}": f"CREATE TRIGGER events_no_{action.lower()} BEFORE {action} ON events"
+        f" BEGIN SELECT RAISE(ABORT, 'rtopt log is append-only: {action} refused'); END"
+        for action in ("UPDATE", "DELETE")
+    },
+    # INSERT OR REPLACE deletes the row it conflicts with without firing DELETE triggers
+    "events_no_replace": "CREATE TRIGGER events_no_replace BEFORE INSERT ON events"
+    " WHEN NEW.seq <= (SELECT max(seq) FROM events) OR EXISTS (SELECT 1 FROM events WHERE id = NEW.id)"
+    " BEGIN SELECT RAISE(ABORT, 'rtopt log is append-only: REPLACE refused'); END",
+}
+_SQLITE_HEADER = b"SQLite format 3\x00"
 
 
-def _check_format(conn: sqlite3.Connection, location: str) -> None:
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    """True if SQLite found the file damaged or not a database (rather than busy, locked or misused)."""
+    return type(exc) is sqlite3.DatabaseError or getattr(exc, "sqlite_errorname", "") in (
+        "SQLITE_CORRUPT",
+        "SQLITE_NOTADB",
+    )
+
+
+def _as_invalid(location: str, exc: sqlite3.DatabaseError) -> InvalidLog:
+    return InvalidLog(f"{location}: not a readable rtopt log (SQLite reports: {exc})")
+
+
+def _is_new(path: Path) -> bool:
+    """True if ``path`` holds no log yet (missing or empty); raise InvalidLog if its first bytes show a
+    damaged or foreign file, which opening must leave alone."""
+    wal = Path(f"{path}-wal")
+    wal_size = wal.stat().st_size if wal.exists() else 0
+    size = path.stat().st_size if path.exists() else 0
+    if size == 0:
+        if wal_size:
+            raise InvalidLog(f"{path}: the file is empty but {wal.name} holds {wal_size} bytes: a damaged log")
+        return True
+    with path.open("rb") as file:
+        header = file.read(100)
+    if not header.startswith(_SQLITE_HEADER):
+        raise InvalidLog(f"{path}: not an rtopt log (not an SQLite database)")
+    page = int.from_bytes(header[16:18], "big") if len(header) >= 18 else 0
+    page = 65536 if page == 1 else page
+    if page < 512 or size % page:
+        raise InvalidLog(f"{path}: truncated or damaged: {size} bytes is not a whole number of {page}-byte pages")
+    return False
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection to ``path``; on read-only media (where SQLite cannot make the ``-shm`` file a
+    WAL file needs) the file is opened as immutable."""
+    uri = f"file:{quote(str(path.absolute()))}"
     try:
-        found = conn.execute(f"SELECT value FROM {META_TABLE} WHERE key = 'format_version'").fetchone()
+        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, check_same_thread=False)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError as exc:
+        if os.access(path.parent, os.W_OK):
+            raise InvalidLog(f"{path}: cannot open: {exc}") from None
     except sqlite3.DatabaseError as exc:
-        raise InvalidLog(f"{location}: not an rtopt log ({exc})") from None
-    check_format_version(None if found is None else found[0], location)
+        raise _as_invalid(str(path), exc) from None
+    wal = Path(f"{path}-wal")
+    if wal.exists() and wal.stat().st_size:
+        raise InvalidLog(
+            f"{path}: {wal.name} holds commits that cannot be read without write access to the folder;"
+            " copy the log with its -wal file somewhere writable"
+        )
+    return sqlite3.connect(f"{uri}?immutable=1", uri=True, check_same_thread=False)
+
+
+def _connect_writer(path: Path, synchronous: str) -> sqlite3.Connection:
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute(f"PRAGMA synchronous={synchronous.upper()}")
+    writer.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+    return writer
+
+
+def check_copy(meta: dict[str, str], location: str, last_seq: int) -> None:
+    """Raise InvalidLog if ``meta`` marks the log as a copy that never finished."""
+    if COPY not in meta:
+        return
+    copy = json.loads(meta[COPY])
+    if not copy["complete"]:
+        raise InvalidLog(
+            f"{location}: an incomplete copy of {copy['of']}: copying stopped at seq {last_seq} (of"
+            f" {copy['until']} in the source); delete it and copy again"
+        )
+
+
+@contextmanager
+def copying(target: EventLog, source: EventLog, until: int) -> Iterator[None]:
+    """Mark ``target`` as an incomplete copy of ``source`` up to seq ``until`` until the block completes."""
+    target.set_meta(COPY, json.dumps({"of": source.location, "until": until, "complete": False}))
+    yield
+    target.set_meta(COPY, json.dumps({"of": source.location, "until": until, "complete": True}))
 
 
 def check_format_version(found: str | None, location: str) -> None:
     """Raise InvalidLog unless ``found`` (the recorded format version) is one this rtopt reads."""
     if found is None:
         raise InvalidLog(f"{location}: not an rtopt log (no format_version in {META_TABLE})")
+    if not found.isdigit():
+        raise InvalidLog(f"{location}: not an rtopt log (format_version {found!r})")
     version = int(found)
     if version > FORMAT_VERSION:
         raise InvalidLog(
@@ -457,16 +785,45 @@ def check_format_version(found: str | None, location: str) -> None:
 
 
 def initial_meta(seed: int | None) -> dict[str, str]:
-    """The meta data of a new log: format version, ``seed`` (a random one when None) and creation time."""
+    """The meta data of a new log: format version, ``seed`` (a random one when None), creation time and the
+    head anchor of an empty log."""
     return {
         "format_version": str(FORMAT_VERSION),
         "seed": str(seed if seed is not None else secrets.randbits(63)),
         "created_at": repr(time.time()),
+        HEAD: head_value(0, GENESIS),
     }
 
 
-def _has_meta(conn: sqlite3.Connection) -> bool:
-    return conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (META_TABLE,)).fetchone() is not None
+def chain_existing(rows: Iterable[Row], update: Callable[[list[tuple[bytes, int]]], None]) -> str:
+    """Give every row of a format-1 log its chain value through ``update([(chain, seq), ...])`` in pages;
+    returns the head anchor."""
+    previous, last, page = GENESIS, 0, []
+    for row in rows:
+        previous, last = link(previous, row), row[0]
+        page.append((previous, last))
+        if len(page) == 2000:
+            update(page)
+            page = []
+    update(page)
+    return head_value(last, previous)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a format-1 log to the current format in one transaction: the chain column, filled."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(f"ALTER TABLE events ADD COLUMN {CHAIN} BLOB")
+        conn.execute("DROP TRIGGER events_no_update")
+        rows = conn.execute(f"{_SELECT} ORDER BY seq").fetchall()
+        head = chain_existing(rows, lambda page: conn.executemany(f"UPDATE events SET {CHAIN} = ? WHERE seq = ?", page))
+        conn.execute(_TRIGGERS["events_no_update"])
+        conn.execute(_SET_META, (HEAD, head))
+        conn.execute(f"UPDATE {META_TABLE} SET value = ? WHERE key = 'format_version'", (str(FORMAT_VERSION),))
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def _create_schema(conn: sqlite3.Connection, seed: int | None) -> None:
@@ -486,6 +843,7 @@ def _create_schema(conn: sqlite3.Connection, seed: int | None) -> None:
                 "correlation_id": str,
                 "schema_version": int,
                 "payload": bytes,
+                CHAIN: bytes,
             },
             pk="seq",
             not_null={"id", "type", "stream", "time", "recorded_at", "schema_version", "payload"},
@@ -497,17 +855,8 @@ def _create_schema(conn: sqlite3.Connection, seed: int | None) -> None:
             {"handler": str, "fingerprint": str, "seq": int, "state": bytes, "created_at": float},
             pk=("handler", "fingerprint", "seq"),
         )
-        for action in ("UPDATE", "DELETE"):
-            conn.execute(
-                f"CREATE TRIGGER events_no_{action.lower()} BEFORE {action} ON events"
-                f" BEGIN SELECT RAISE(ABORT, 'rtopt log is append-only: {action} refused'); END"
-            )
-        # INSERT OR REPLACE deletes the row it conflicts with without firing DELETE triggers
-        conn.execute(
-            "CREATE TRIGGER events_no_replace BEFORE INSERT ON events"
-            " WHEN NEW.seq <= (SELECT max(seq) FROM events) OR EXISTS (SELECT 1 FROM events WHERE id = NEW.id)"
-            " BEGIN SELECT RAISE(ABORT, 'rtopt log is append-only: REPLACE refused'); END"
-        )
+        for sql in _TRIGGERS.values():
+            conn.execute(sql)
         conn.executemany(f"INSERT INTO {META_TABLE} (key, value) VALUES (?, ?)", initial_meta(seed).items())
     except BaseException:
         conn.execute("ROLLBACK")
@@ -534,11 +883,19 @@ def shown_url(url: str) -> str:
 
 
 def open_log(
-    location: str | os.PathLike[str], *, read_only: bool = False, seed: int | None = None, synchronous: str = "NORMAL"
+    location: str | os.PathLike[str],
+    *,
+    read_only: bool = False,
+    seed: int | None = None,
+    synchronous: str = "NORMAL",
+    file_mode: int = 0o600,
+    check: bool = True,
 ) -> EventLog:
     """The log at ``location``: a PostgreSQL database for a ``postgresql://`` URL, else an SQLite file.
 
-    ``synchronous`` applies to SQLite; a PostgreSQL commit is as durable as its server is configured to be.
+    ``synchronous`` and ``file_mode`` (the permissions of a new log's files) apply to SQLite; a PostgreSQL
+    commit is as durable as its server is configured to be. ``check`` checks the last rows' hash chain and
+    the append-only triggers on opening (:meth:`EventLog.audit` checks everything).
 
     >>> open_log(":memory:", seed=1).meta()["seed"]
     '1'
@@ -546,8 +903,10 @@ def open_log(
     if is_postgres_url(location):
         from rtopt.postgres import PostgresLog  # psycopg is only needed for PostgreSQL logs
 
-        return PostgresLog.open(location, read_only=read_only, seed=seed)
-    return SQLiteLog.open(location, read_only=read_only, seed=seed, synchronous=synchronous)
+        return PostgresLog.open(location, read_only=read_only, seed=seed, check=check)
+    return SQLiteLog.open(
+        location, read_only=read_only, seed=seed, synchronous=synchronous, file_mode=file_mode, check=check
+    )
 
 
 def refuse_non_empty(log: EventLog) -> None:
@@ -566,19 +925,21 @@ def copy_rows(
     inputs_only: bool = False,
 ) -> int:
     """Append ``source``'s events (or only its inputs, numbered anew) up to ``until_seq`` (all if None) to
-    ``target``; returns how many."""
+    ``target``; returns how many. Until the last is written, ``target`` is marked as an incomplete copy,
+    which opening it refuses."""
     until = source.last_seq() if until_seq is None else until_seq
     chunk: list[Row] = []
     copied = 0
-    for row in source.inputs(1, until) if inputs_only else source.rows(1, until):
-        copied += 1
-        chunk.append((copied, *row[1:]) if inputs_only else row)
-        if len(chunk) == 5000:
-            target.append(chunk)
-            chunk = []
-            if progress is not None:
-                progress(row[0], until)
-    target.append(chunk)
+    with copying(target, source, until):
+        for row in source.inputs(1, until) if inputs_only else source.rows(1, until):
+            copied += 1
+            chunk.append((copied, *row[1:]) if inputs_only else row)
+            if len(chunk) == 5000:
+                target.append(chunk)
+                chunk = []
+                if progress is not None:
+                    progress(row[0], until)
+        target.append(chunk)
     return copied
 
 
@@ -594,7 +955,7 @@ def copy_log(
     copied. Returns the events copied.
 
     ``inputs_only`` copies only the input events, numbered 1, 2 ... in their order, for workers to derive
-    the rest anew.
+    the rest anew. A copy that stops half way is refused when opened: delete it and copy again.
 
     >>> import tempfile, pathlib
     >>> from rtopt import Engine, Feedback
@@ -612,7 +973,7 @@ def copy_log(
         refuse_non_empty(dst)
         try:
             for key, value in meta.items():
-                if key not in ("format_version", "seed", "created_at"):
+                if key not in LOG_KEYS:
                     dst.set_meta(key, value)
             copied = copy_rows(src, dst, None, progress, inputs_only)
             from rtopt.privacy import copy_keys  # the privacy module builds on this one

@@ -19,11 +19,28 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TypeVar
 
 from rtopt.errors import CommitUncertain, InvalidLog, RtoptError, StorageError, StorageUnavailable
-from rtopt.log import COLUMNS, META_TABLE, Row, SQLLog, check_format_version, initial_meta, shown_url
+from rtopt.log import (
+    _SELECT,
+    _SET_META,
+    CHAIN,
+    COLUMNS,
+    FORMAT_VERSION,
+    HEAD,
+    META_TABLE,
+    Row,
+    SQLLog,
+    chain_existing,
+    chained,
+    check_format_version,
+    head_value,
+    initial_meta,
+    shown_url,
+)
 
 try:
     import psycopg
@@ -39,8 +56,9 @@ RECONNECT_TIMEOUT_S = 30.0
 # refusals that a server gives while it starts, stops or is full: the next attempt may get in
 _PASSING_REFUSALS = ("the database system is", "too many clients", "connection slots are reserved", "terminating")
 T = TypeVar("T")
-_COPY = f"COPY events ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
-_COPY_TYPES = ["int8", "text", "text", "text", "float8", "float8", "text", "text", "int4", "bytea"]
+_COPY = f"COPY events ({', '.join(COLUMNS)}, {CHAIN}) FROM STDIN (FORMAT BINARY)"
+_COPY_TYPES = ["int8", "text", "text", "text", "float8", "float8", "text", "text", "int4", "bytea", "bytea"]
+_TRIGGERS = ["events_append_only", "events_no_truncate"]
 _SCHEMA = [
     f"CREATE TABLE {META_TABLE} (key text PRIMARY KEY, value text NOT NULL)",
     """CREATE TABLE events (
@@ -53,7 +71,8 @@ _SCHEMA = [
         causation_id text,
         correlation_id text,
         schema_version integer NOT NULL,
-        payload bytea NOT NULL)""",
+        payload bytea NOT NULL,
+        chain bytea)""",
     "CREATE INDEX events_by_stream ON events (stream, seq)",
     "CREATE INDEX events_by_type ON events (type, seq)",
     "CREATE INDEX events_inputs ON events (seq) WHERE causation_id IS NULL",
@@ -220,14 +239,16 @@ class PostgresLog(SQLLog):
         *,
         read_only: bool = False,
         seed: int | None = None,
+        check: bool = True,
         reconnect_timeout_s: float = RECONNECT_TIMEOUT_S,
     ) -> PostgresLog:
         """Open the log in the database at ``url``, creating its tables in an empty database.
 
-        A database holding other tables, or a log of a newer format, raises :class:`InvalidLog` and is
-        left as it was; so does an empty one opened ``read_only``. A server that cannot be reached within
-        ``reconnect_timeout_s`` seconds raises :class:`StorageUnavailable`, then and whenever a connection
-        breaks later.
+        A database holding other tables, a log of a newer format, a copy that never finished or (with
+        ``check``) a log whose last rows were changed outside rtopt raises :class:`InvalidLog`; so does an
+        empty database opened ``read_only``. A format-1 log opened writable is migrated to the current format.
+        A server that cannot be reached within ``reconnect_timeout_s`` seconds raises
+        :class:`StorageUnavailable`, then and whenever a connection breaks later.
         """
         location = shown_url(url)
         rng = random.Random()
@@ -239,14 +260,50 @@ class PostgresLog(SQLLog):
             except BaseException:
                 reader.close()
                 raise
-            return cls(url, None, reader, reconnect_timeout_s=reconnect_timeout_s)
-        writer = _reach(url, reconnect_timeout_s, rng)
+            log = cls(url, None, reader, reconnect_timeout_s=reconnect_timeout_s)
+        else:
+            writer = _reach(url, reconnect_timeout_s, rng)
+            try:
+                _check_existing(writer, location, create=True, seed=seed)
+            except BaseException:
+                writer.close()
+                raise
+            log = cls(url, writer, _reach(url, reconnect_timeout_s, rng), reconnect_timeout_s=reconnect_timeout_s)
         try:
-            _check_existing(writer, location, create=True, seed=seed)
+            log._inspect(check)
         except BaseException:
-            writer.close()
+            log.close()
             raise
-        return cls(url, writer, _reach(url, reconnect_timeout_s, rng), reconnect_timeout_s=reconnect_timeout_s)
+        return log
+
+    def _tables(self) -> list[str]:
+        return [r[0] for r in self._query(_TABLES)]
+
+    def _event_columns(self) -> list[str]:
+        return [
+            r[0]
+            for r in self._query(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema()"
+                " AND table_name = 'events' ORDER BY ordinal_position"
+            )
+        ]
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        with self._reader.transaction():
+            with self._read_lock:
+                self._reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            yield
+
+    def _missing_triggers(self) -> list[str]:
+        enabled = {
+            r[0]
+            for r in self._query(
+                "SELECT tgname FROM pg_trigger WHERE tgrelid = 'events'::regclass AND NOT tgisinternal"
+                " AND tgenabled <> 'D'"
+            )
+        }
+        return [name for name in _TRIGGERS if name not in enabled]
 
     # --- connections -----------------------------------------------------------------------------
 
@@ -371,14 +428,18 @@ class PostgresLog(SQLLog):
                 if tracking is not None:
                     self._move_tracker(cur, *tracking)
                 cur.execute("LOCK TABLE events IN EXCLUSIVE MODE")
-                (last,) = cur.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+                last, previous = self._head_row(
+                    cur.execute(f"SELECT seq, {CHAIN} FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+                )
                 if not rows:
                     return last + 1
                 placed = self._place(rows, last, guard, lambda after, streams: _clash(cur, after, streams))
+                stored = chained(placed, previous)
                 with cur.copy(_COPY) as copy:
                     copy.set_types(_COPY_TYPES)
-                    for row in placed:
+                    for row in stored:
                         copy.write_row(row)
+                cur.execute(_SET_META.replace("?", "%s"), (HEAD, head_value(stored[-1][0], stored[-1][-1])))
                 cur.execute(f"NOTIFY {CHANNEL}")
                 committing = True
         except psycopg.Error as exc:
@@ -470,18 +531,16 @@ def _clash(cur: psycopg.Cursor, after: int, streams: Collection[str]) -> tuple[i
     ).fetchone()
 
 
+_TABLES = "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() ORDER BY 1"
+
+
 def _check_existing(conn: psycopg.Connection, location: str, *, create: bool, seed: int | None) -> None:
     """Raise InvalidLog unless the database is empty (and then create the log's tables if ``create``) or
-    holds an rtopt log of a readable format."""
+    holds an rtopt log of a readable format (migrated to the current one if ``create``)."""
     with conn.transaction():
         if create:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-        tables = sorted(
-            r[0]
-            for r in conn.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
-            )
-        )
+        tables = [r[0] for r in conn.execute(_TABLES)]
         if not tables:
             if not create:
                 raise InvalidLog(f"{location}: no such log (the database holds no tables)")
@@ -496,3 +555,20 @@ def _check_existing(conn: psycopg.Connection, location: str, *, create: bool, se
             raise InvalidLog(f"{location}: not an rtopt log (a database with tables {tables})")
         found = conn.execute(f"SELECT value FROM {META_TABLE} WHERE key = 'format_version'").fetchone()
         check_format_version(None if found is None else found[0], location)
+        if create and int(found[0]) < FORMAT_VERSION and "events" in tables:
+            _migrate(conn)
+
+
+def _migrate(conn: psycopg.Connection) -> None:
+    """Bring a format-1 log to the current format (the chain column, filled), in the caller's transaction."""
+    conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+    conn.execute(f"ALTER TABLE events ADD COLUMN {CHAIN} bytea")
+    conn.execute("ALTER TABLE events DISABLE TRIGGER events_append_only")
+    rows = conn.execute(f"{_SELECT} ORDER BY seq").fetchall()
+    with conn.cursor() as cur:
+        update = f"UPDATE events SET {CHAIN} = %s WHERE seq = %s"
+        head = chain_existing(rows, lambda page: cur.executemany(update, page))
+    conn.execute("ALTER TABLE events ENABLE TRIGGER events_append_only")
+    set_meta = _SET_META.replace("?", "%s")
+    conn.execute(set_meta, (HEAD, head))
+    conn.execute(set_meta, ("format_version", str(FORMAT_VERSION)))

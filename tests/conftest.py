@@ -5,7 +5,8 @@ import itertools
 import os
 import random
 import socket
-from collections.abc import Iterator
+import sqlite3
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from handlers.bandits.simulation import default_variants, simulate
 from handlers.bayesopt import BayesOptHandler
 from handlers.detection import DetectionHandler, FeedbackGuard, ProtectionHandler
 from rtopt import Engine, Feedback
+from rtopt.log import _SELECT, _TRIGGERS, CHAIN, GENESIS, HEAD, chained, head_value
 from rtopt.pgserver import TemporaryServer, server_binaries
 from streams import Aggregates, Tumbling, WindowHandler, WindowPipeline
 
@@ -40,6 +42,28 @@ def derived_events(location: str | Path) -> list[tuple]:
     """The derived events of a log without their seq and recording time, sorted by id."""
     with Engine.open(location, read_only=True, handlers=[]) as engine:
         return sorted(row[1:5] + row[6:] for row in engine.log.rows() if row[6] is not None)
+
+
+def edit_log(path: Path, sql: str, params: Sequence[object] = (), *, rechain: bool = False) -> None:
+    """Run ``sql`` on the SQLite log at ``path`` with its append-only triggers dropped around it, as a program
+    other than rtopt could; with ``rechain`` also recompute the hash chain and head anchor, as a forger who
+    knows the format would."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        for name in _TRIGGERS:
+            conn.execute(f"DROP TRIGGER {name}")
+        conn.execute(sql, params)
+        if rechain:
+            stored = chained(conn.execute(f"{_SELECT} ORDER BY seq").fetchall(), GENESIS)
+            conn.executemany(f"UPDATE events SET {CHAIN} = ? WHERE seq = ?", [(row[-1], row[0]) for row in stored])
+            head = head_value(stored[-1][0], stored[-1][-1]) if stored else head_value(0, GENESIS)
+            conn.execute("UPDATE rtopt_meta SET value = ? WHERE key = ?", (head, HEAD))
+        for trigger in _TRIGGERS.values():
+            conn.execute(trigger)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
 
 
 def simulate_into(path: Path, steps: int, seed: int, variants: int = 4) -> None:

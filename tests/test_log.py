@@ -29,6 +29,7 @@ from rtopt import (
 )
 from rtopt.log import COLUMNS, EventLog, SQLiteLog, is_postgres_url
 
+INSERT = f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 GUARD = 30.0
 """Seconds after which a blocked wait gives up so a broken engine fails the test instead of hanging it."""
 
@@ -46,7 +47,7 @@ def sha256(path: Path) -> str:
 def raw_rows(path: Path) -> list[tuple]:
     conn = sqlite3.connect(path)
     try:
-        return conn.execute("SELECT * FROM events ORDER BY seq").fetchall()
+        return conn.execute(f"SELECT {', '.join(COLUMNS)} FROM events ORDER BY seq").fetchall()
     finally:
         conn.close()
 
@@ -110,7 +111,7 @@ def test_existing_rows_cannot_be_replaced(path: Path, verb: str) -> None:
     conn = sqlite3.connect(path)
     try:
         with pytest.raises(sqlite3.DatabaseError):
-            conn.execute(f"{verb} INTO events VALUES ({', '.join('?' * len(COLUMNS))})", forged)
+            conn.execute(INSERT.replace("INSERT", verb), forged)
         conn.commit()
     finally:
         conn.close()
@@ -122,9 +123,9 @@ def test_plain_insert_of_a_taken_seq_or_id_fails(path: Path) -> None:
     conn = sqlite3.connect(path)
     try:
         with pytest.raises(sqlite3.IntegrityError):
-            conn.execute(f"INSERT INTO events VALUES ({', '.join('?' * len(COLUMNS))})", before[0])
+            conn.execute(INSERT, before[0])
         with pytest.raises(sqlite3.IntegrityError):
-            conn.execute(f"INSERT INTO events VALUES ({', '.join('?' * len(COLUMNS))})", (99, *before[0][1:]))
+            conn.execute(INSERT, (99, *before[0][1:]))
         conn.commit()
     finally:
         conn.close()
@@ -195,7 +196,7 @@ def test_foreign_sqlite_gets_no_rtopt_tables(tmp_path: Path) -> None:
 def test_newer_format_is_refused_and_left_alone(path: Path, read_only: bool) -> None:
     _filled(path, 3)
     conn = sqlite3.connect(path)
-    conn.execute("UPDATE rtopt_meta SET value = '2' WHERE key = 'format_version'")
+    conn.execute("UPDATE rtopt_meta SET value = '3' WHERE key = 'format_version'")
     conn.commit()
     conn.close()
     digest = sha256(path)
@@ -208,7 +209,7 @@ def test_current_format_and_empty_file_open(tmp_path: Path) -> None:
     empty = tmp_path / "empty.sqlite"
     empty.touch()
     with Engine.open(empty, seed=5, handlers=[]) as engine:
-        assert engine.log.meta()["format_version"] == "1"
+        assert engine.log.meta()["format_version"] == "2"
         assert engine.publish(fb()).seq == 1
     with pytest.raises(InvalidLog):
         Engine.open(tmp_path / "missing.sqlite", read_only=True, handlers=[])

@@ -12,8 +12,9 @@ import pytest
 
 from rtopt import Engine, Feedback, InvalidLog, RtoptError
 from rtopt.errors import StorageError
+from rtopt.log import COLUMNS, GENESIS, HEAD, chained, head_value
 from rtopt.pgserver import TemporaryServer
-from rtopt.postgres import PostgresLog
+from rtopt.postgres import _SCHEMA, PostgresLog
 
 GUARD = 60.0
 """Seconds after which a blocked wait gives up so a broken log fails the test instead of hanging it."""
@@ -55,10 +56,10 @@ def test_a_taken_seq_or_id_is_refused(pg_url: str) -> None:
         )
     with Engine.open(pg_url, handlers=[]) as engine:
         with pytest.raises(StorageError, match="duplicate key value violates unique constraint") as refused:
-            engine.log.append([(6, *before[0][1:])], guard=())
+            engine.log.append([(6, *before[0][1 : len(COLUMNS)])], guard=())
         assert isinstance(refused.value.__cause__, psycopg.errors.UniqueViolation)
         with pytest.raises(RtoptError, match="expected to append at seq 6, got 9"):
-            engine.log.append([(9, "fresh", *before[0][2:])])
+            engine.log.append([(9, "fresh", *before[0][2 : len(COLUMNS)])])
     assert raw(pg_url, "SELECT * FROM events ORDER BY seq") == before
 
 
@@ -80,7 +81,7 @@ def test_an_empty_database_opened_read_only_is_refused_and_left_empty(pg_url: st
 
 def test_a_newer_format_is_refused(pg_url: str) -> None:
     filled(pg_url, 2)
-    raw(pg_url, "UPDATE rtopt_meta SET value = '2' WHERE key = 'format_version'")
+    raw(pg_url, "UPDATE rtopt_meta SET value = '3' WHERE key = 'format_version'")
     with pytest.raises(InvalidLog, match="newer"):
         Engine.open(pg_url, handlers=[], read_only=True)
 
@@ -148,6 +149,7 @@ def test_four_writer_processes_leave_a_gapless_log_a_follower_reads_in_order(pg_
     assert len({row[1] for row in rows}) == total
     with Engine.open(pg_url, read_only=True, handlers=[]) as engine:
         variants = [env.payload.variant_id for env in engine.read()]
+        assert engine.log.audit() is None  # each batch was chained after the place it was moved to
     assert sorted(variants) == sorted(f"{k}-{i}" for k in range(writers) for i in range(per_writer))
     for k in range(writers):  # each writer's events in the order it published them
         mine = [v for v in variants if v.startswith(f"{k}-")]
@@ -197,3 +199,65 @@ def test_a_waiting_reader_is_woken_by_another_connections_commit(pg_url: str) ->
         listening.join(GUARD)
         assert woken.is_set()
         assert not log.wait_for_change(0.0)
+
+
+# --- the hash chain ------------------------------------------------------------------------------
+
+
+def edit(url: str, sql: str) -> None:
+    """Run ``sql`` with the append-only trigger disabled, as the owner of the database could."""
+    with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
+        conn.execute("ALTER TABLE events DISABLE TRIGGER events_append_only")
+        conn.execute(sql)
+        conn.execute("ALTER TABLE events ENABLE TRIGGER events_append_only")
+
+
+def test_an_edited_row_breaks_the_chain(pg_url: str) -> None:
+    filled(pg_url, 100)
+    assert Engine.verify(pg_url, handlers=[]).ok
+    edit(pg_url, "UPDATE events SET stream = 'forged' WHERE seq = 10")
+    report = Engine.verify(pg_url, handlers=[])
+    assert (report.difference.seq, report.difference.field) == (10, "chain")
+
+
+def test_deleted_last_rows_are_found_on_open(pg_url: str) -> None:
+    filled(pg_url, 10)
+    edit(pg_url, "DELETE FROM events WHERE seq > 8")
+    with pytest.raises(InvalidLog, match="changed outside rtopt: at seq 9, head"):
+        Engine.open(pg_url, handlers=[])
+    report = Engine.verify(pg_url, handlers=[])
+    assert (report.difference.seq, report.difference.field) == (9, "head")
+
+
+def test_a_disabled_trigger_is_found_on_open(pg_url: str) -> None:
+    filled(pg_url, 10)
+    raw(pg_url, "ALTER TABLE events DISABLE TRIGGER events_append_only")
+    with pytest.raises(InvalidLog, match="events_append_only missing"):
+        Engine.open(pg_url, handlers=[], read_only=True)
+
+
+def test_a_format_1_log_migrates_when_opened_writable(pg_url: str) -> None:
+    with Engine.open(":memory:", seed=4, handlers=[]) as engine:
+        engine.publish_many([fb(i) for i in range(50)], time=1.0)
+        rows = list(engine.log.rows())
+    with psycopg.connect(pg_url, autocommit=True) as conn, conn.transaction():
+        for statement in _SCHEMA:  # the schema of format 1 had no chain column
+            conn.execute(statement.replace(",\n        chain bytea)", ")"))
+        conn.cursor().executemany(
+            "INSERT INTO rtopt_meta VALUES (%s, %s)", [("format_version", "1"), ("seed", "4"), ("created_at", "1.0")]
+        )
+        conn.cursor().executemany(f"INSERT INTO events VALUES ({', '.join(['%s'] * len(COLUMNS))})", rows)
+    with Engine.open(pg_url, read_only=True, handlers=[]) as engine:
+        assert not engine.log.chained and list(engine.log.rows()) == rows
+    assert "no hash chain" in Engine.verify(pg_url, handlers=[]).notes[0]
+    with Engine.open(pg_url, handlers=[]) as engine:
+        assert engine.log.meta()["format_version"] == "2"
+        assert engine.publish(fb(50)).seq == 51
+        everything = list(engine.log.rows())
+    stored = chained(everything, GENESIS)
+    assert raw(pg_url, "SELECT chain FROM events ORDER BY seq") == [(row[-1],) for row in stored]
+    assert raw(pg_url, f"SELECT value FROM rtopt_meta WHERE key = '{HEAD}'") == [
+        (head_value(51, stored[-1][-1]),)
+    ]
+    report = Engine.verify(pg_url, handlers=[])
+    assert report.ok and not report.notes

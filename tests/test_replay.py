@@ -7,7 +7,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from conftest import rows_without_recorded_at, sha256, simulate_into
+from conftest import edit_log, rows_without_recorded_at, sha256, simulate_into
 
 from handlers.bandits import BanditHandler
 from rtopt import ArmUpdated, ConfigurationChanged, Decision, Engine, RtoptError, default_handlers
@@ -131,10 +131,13 @@ def test_verify_reports_the_first_difference(tmp_path: Path) -> None:
         seq, payload = conn.execute(
             "SELECT seq, payload FROM events WHERE type = 'ArmUpdated' ORDER BY seq LIMIT 1 OFFSET 10"
         ).fetchone()
-        update = msgspec.msgpack.decode(payload)
-        update["reward"] = 1.0 - update["reward"]
-        conn.execute("DROP TRIGGER events_no_update")
-        conn.execute("UPDATE events SET payload = ? WHERE seq = ?", (msgspec.msgpack.encode(update), seq))
+    update = msgspec.msgpack.decode(payload)
+    update["reward"] = 1.0 - update["reward"]
+    edit = "UPDATE events SET payload = ? WHERE seq = ?"
+    edit_log(path, edit, (msgspec.msgpack.encode(update), seq))
+    report = Engine.verify(path)  # the hash chain breaks at the edited row
+    assert (report.difference.seq, report.difference.field) == (seq, "chain")
+    edit_log(path, "SELECT 1", rechain=True)  # a forger who rebuilds the chain is caught by re-derivation
     report = Engine.verify(path)
     assert not report.ok
     assert report.difference.seq == seq

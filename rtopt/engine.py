@@ -733,6 +733,8 @@ class Engine:
                     batch.append(envelope)
             if not batch:
                 return
+            # keys of new subjects are stored (and committed) before the write transaction holds other writers out
+            self._keys.prepare(envelope.payload for envelope in batch)
             try:
                 with self._log.appending(self._last_seq) if self._batch is None else nullcontext():
                     written = self._cascade(batch, recorded_at)
@@ -800,6 +802,7 @@ class Engine:
             self._forget(self._batch)
         if isinstance(error, CommitUncertain):
             self._retire_input_ids()  # the error hands them out, committed or not
+        self._keys.reload()
         self._stale = True
         if not isinstance(error, StorageUnavailable | CommitUncertain):
             with suppress(StorageError):

@@ -479,8 +479,9 @@ class SQLiteLog(SQLLog):
         self._reader = reader
         self._write_lock = threading.RLock()
         self._read_lock = self._write_lock if writer is reader else threading.Lock()
-        self._data_version = self._pragma_data_version()
         self._held: tuple[int, bytes] | None = None  # the head while appending() holds the write transaction
+        self._holder: int | None = None  # the thread inside appending(), which reads what it has written
+        self._data_version = self._pragma_data_version()
 
     # --- opening ---------------------------------------------------------------------------------
 
@@ -588,11 +589,11 @@ class SQLiteLog(SQLLog):
         with self._write_lock, self._transaction() as head:
             if head[0] != known:
                 raise OthersAppended(self.location, known, head[0])
-            self._held = head
+            self._held, self._holder = head, threading.get_ident()
             try:
                 yield
             finally:
-                self._held = None
+                self._held = self._holder = None
 
     @contextmanager
     def _transaction(self) -> Iterator[tuple[int, bytes]]:
@@ -622,9 +623,10 @@ class SQLiteLog(SQLLog):
     # --- reading ---------------------------------------------------------------------------------
 
     def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
-        with self._read_lock:
+        own = self._holder == threading.get_ident()
+        with self._write_lock if own else self._read_lock:
             try:
-                return self._reader.execute(sql, params).fetchall()
+                return (self._writer if own else self._reader).execute(sql, params).fetchall()
             except sqlite3.DatabaseError as exc:
                 if _is_damage(exc):
                     raise _as_invalid(self.location, exc) from None

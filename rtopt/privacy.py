@@ -265,6 +265,14 @@ class Keyring:
             self._by_ref[ref] = AESGCMSIV(base64.b64decode(found[0][0])) if found else None
         return self._by_ref[ref]
 
+    def reload(self) -> None:
+        """Forget what was read or made of the keys: a write that failed may have rolled back keys it stored."""
+        self._by_subject.clear()
+        self._by_ref.clear()
+        self._sealed.clear()
+        self._opened.clear()
+        self._table_ready = False
+
     # --- forgetting ------------------------------------------------------------------------------
 
     def forget(self, subject: str) -> str:

@@ -241,3 +241,25 @@ def test_a_long_user_id_seals_and_reads_back_in_every_event() -> None:
             engine.publish(feedback(user, float(t)), time=float(t))
         limits = [env.who for env in engine.read(types=["RateLimitExceeded"])]
     assert limits == [user]
+
+
+def test_a_key_stored_by_a_write_that_rolled_back_is_not_used_afterwards(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "log.sqlite"
+    with Engine.open(path, seed=3, handlers=[]) as engine:
+        log = engine.log
+        insert = log._insert
+
+        def fail(*args: object) -> None:
+            raise OSError("disk full")
+
+        # the key is made inside the write transaction, which then fails and rolls back
+        monkeypatch.setattr(engine._keys, "prepare", lambda events: None)
+        monkeypatch.setattr(log, "_insert", fail)
+        with pytest.raises(OSError, match="disk full"):
+            engine.publish(feedback("dave", 1.0), time=1.0)
+        monkeypatch.setattr(log, "_insert", insert)
+        engine.publish(feedback("dave", 2.0), time=2.0)
+    with Engine.open(path, handlers=[]) as engine:
+        assert [envelope.payload.user_id for envelope in engine.read(types=[Feedback])] == ["dave"]

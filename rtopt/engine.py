@@ -58,7 +58,7 @@ from rtopt.events import (
     validate,
 )
 from rtopt.handler import Chains, Context, Decider, Handler, HandlerSlot, Request, Suggester
-from rtopt.ids import ordered_id
+from rtopt.ids import ordered_id, prefix_of
 from rtopt.log import COLUMNS, EventLog, OthersAppended, Row, copy_rows, copying, open_log, refuse_non_empty
 from rtopt.privacy import Keyring, Privacy, copy_keys, is_pseudonym
 from rtopt.watermark import TimeBound
@@ -923,12 +923,13 @@ class Engine:
             taken |= {event_id for event_id in given if event_id in self._batch.by_id}
         defined: set[str] = set()
         accepted = []
+        numbered = self._inputs  # the input number of the last draft accepted so far
         for ticket in tickets:
             ids: set[str] = set()
             experiments: set[str] = set()
             try:
-                for draft in ticket.drafts:
-                    self._screen_draft(draft, (taken, ids), (defined, experiments))
+                for number, draft in enumerate(ticket.drafts, start=numbered + 1):
+                    self._screen_draft(draft, (taken, ids), (defined, experiments), number)
                     if draft.id is not None:
                         ids.add(draft.id)
                     if isinstance(draft.event, ExperimentDefined):
@@ -941,14 +942,30 @@ class Engine:
             taken |= ids
             defined |= experiments
             accepted.append(ticket)
+            numbered += len(ticket.drafts)
         return accepted
 
-    def _screen_draft(self, draft: Draft, taken: tuple[set[str], set[str]], defined: tuple[set[str], set[str]]) -> None:
+    def _screen_draft(
+        self,
+        draft: Draft,
+        taken: tuple[set[str], set[str]],
+        defined: tuple[set[str], set[str]],
+        number: int,
+    ) -> None:
+        """Refuse (and count) ``draft``, to be the ``number``-th input, if the engine must not record it."""
         event = draft.event
         if draft.id is not None and any(draft.id in ids for ids in taken):
             self._rejected["duplicate id"] += 1
             raise InvalidEvent(
                 f"id = {draft.id!r}: an event with this id is already in the log", field="id", value=draft.id
+            )
+        if draft.id is not None and self._generates_later(draft.id, number):
+            self._rejected["reserved id"] += 1
+            raise InvalidEvent(
+                f"id = {draft.id!r}: the engine gives this id to a later input of its own; give ids of another form"
+                " (a UUID4, or a name of your own)",
+                field="id",
+                value=draft.id,
             )
         if isinstance(event, ExperimentDefined) and self._deciders:
             self._check_definition(event, defined)
@@ -969,6 +986,11 @@ class Engine:
                 except InvalidEvent:
                     self._rejected["invalid command"] += 1
                     raise
+
+    def _generates_later(self, event_id: str, number: int) -> bool:
+        """True if ``event_id``, given to the ``number``-th input, is the id the engine generates for a later one."""
+        later = prefix_of(event_id)
+        return later > number and self._input_id(later) == event_id
 
     def _input_id(self, input_number: int) -> str:
         return ordered_id(input_number, self._input_namespace, str(input_number))

@@ -33,6 +33,7 @@ from rtopt import (
 )
 from rtopt.cli import main as cli_main
 from rtopt.events import decode_payload, encode_payload, validate
+from rtopt.ids import ordered_id
 from rtopt.log import open_log
 
 VALID = {"prompt_id": "greeting", "variant_id": "v1", "response_time_ms": 420.0, "success": True, "quality_score": 0.8}
@@ -610,3 +611,19 @@ def test_engine_calls_refuse_cleanly_and_leave_a_log_that_opens_reads_and_verifi
             else:
                 assert engine.log.last_seq() >= seq
     assert_sound(path)
+
+
+def test_an_id_the_engine_generates_for_a_later_input_is_refused_and_later_writes_go_on(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite"
+    namespace = b"rtopt/input/7/"
+    rating = {"prompt_id": "p", "variant_id": "v", "response_time_ms": 1.0, "success": True, "quality_score": 0.5}
+    with Engine.open(path, seed=7, handlers=[]) as engine:
+        fifth = ordered_id(5, namespace, "5")
+        with pytest.raises(InvalidEvent, match="later input of its own") as refused:
+            engine.publish(Feedback(**rating), id=fifth, time=1.0)
+        assert refused.value.field == "id" and engine.stats().rejected == {"reserved id": 1}
+        # the id an input gets anyway is no threat: republishing a log's inputs in order keeps their ids
+        first = engine.publish(Feedback(**rating), id=ordered_id(1, namespace, "1"), time=1.0)
+        written = [engine.publish(Feedback(**rating), time=2.0 + i) for i in range(6)]
+        assert fifth in {envelope.id for envelope in written} and first.seq == 1
+    assert Engine.verify(path).ok

@@ -10,6 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bandits.py"
 POLICIES = {"epsilon_greedy", "ucb1", "thompson", "softmax"}
 SHARED = {  # the policies each peer has

@@ -107,11 +107,13 @@ def ten_arm_regret() -> dict[str, np.ndarray]:
     }
 
 
+@pytest.mark.statistical
 def test_thompson_beats_epsilon_greedy(ten_arm_regret: dict[str, np.ndarray]) -> None:
     total = {policy: float(regret.sum()) for policy, regret in ten_arm_regret.items()}
     assert total["thompson"] < total["epsilon_greedy"]
 
 
+@pytest.mark.statistical
 def test_ucb1_beats_epsilon_greedy_once_exploration_costs_add_up() -> None:
     """Epsilon-greedy(0.1) pays 0.1 x the mean gap (0.0225) on every round, whatever it has learnt: 900 over
     40,000 rounds before any greedy mistake. UCB1's regret grows with log(rounds) instead. At 10,000 rounds
@@ -126,6 +128,7 @@ def test_ucb1_beats_epsilon_greedy_once_exploration_costs_add_up() -> None:
     assert ucb1 < exploration_floor <= greedy * 1.05
 
 
+@pytest.mark.statistical
 @pytest.mark.parametrize("policy", ["ucb1", "thompson"])
 def test_regret_grows_sublinearly(ten_arm_regret: dict[str, np.ndarray], policy: str) -> None:
     regret = ten_arm_regret[policy]
@@ -147,6 +150,7 @@ def switching_share(policy: str, seed: int, **options) -> float:
     return chosen[2_500:].count("b") / 1_500
 
 
+@pytest.mark.statistical
 @pytest.mark.parametrize("options", [{"decay": 0.99}, {"window": 300}], ids=["discounted", "sliding_window"])
 def test_non_stationary_variants_recover_when_the_best_arm_changes(options: dict) -> None:
     for policy in ("thompson", "ucb1"):
@@ -183,6 +187,7 @@ def contextual_reward(policy: str, seed: int, rounds: int = 2_500, **options) ->
     return gained / rounds
 
 
+@pytest.mark.statistical
 def test_linear_policies_beat_the_best_context_free_policy() -> None:
     for seed in (1, 2):
         context_free = max(contextual_reward(p, seed, **fast_options(p)) for p in ("thompson", "ucb1"))
@@ -190,6 +195,7 @@ def test_linear_policies_beat_the_best_context_free_policy() -> None:
         assert contextual_reward("lin_thompson", seed, propensity_draws=8) > context_free + 0.03
 
 
+@pytest.mark.statistical
 def test_gaussian_thompson_samples_the_uncertainty_of_the_mean_so_its_regret_flattens() -> None:
     means = [0.40, 0.50, 0.55, 0.60]
     arms = [f"a{i}" for i in range(4)]
@@ -428,6 +434,7 @@ def test_policy_state_exports_and_imports_as_json_through_an_event(tmp_path: Pat
         assert reopened.state("bandit", "g").arms == expected
 
 
+@pytest.mark.statistical
 def test_on_the_simulated_workload_linucb_uses_the_context_to_lower_regret() -> None:
     from handlers.bandits.simulation import VariantProfile, simulate
 

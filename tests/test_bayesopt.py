@@ -393,6 +393,7 @@ def simple_regret(name: str, method: str, seed: int, evaluations: int = 50) -> f
     return min(objective.at(s.params) for s in made) - objective.minimum
 
 
+@pytest.mark.statistical
 @pytest.mark.parametrize("name", ["branin", "hartmann6"])
 def test_gp_search_beats_random_search_on_standard_functions(name: str) -> None:
     gp = np.median([simple_regret(name, "gp", seed) for seed in range(10)])
@@ -403,6 +404,7 @@ def test_gp_search_beats_random_search_on_standard_functions(name: str) -> None:
 # --- tuning LLM parameters ---------------------------------------------------------------------------
 
 
+@pytest.mark.statistical
 def test_tuning_finds_better_llm_settings_than_random_search_with_the_same_budget() -> None:
     """Responses still fail at random (more often when hot), but quality carries no extra noise here: with
     the simulator's default quality noise (0.05) 40 evaluations do not separate the two (mean regret

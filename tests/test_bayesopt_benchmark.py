@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bayesopt.py"
 PEERS = {"optuna": "optuna-tpe", "skopt": "skopt-gp", "bayes_opt": "bayes-opt"}
 TINY = ("--seeds", "1", "--evaluations", "12", "--sizes", "12", "--problem", "branin", "--problem", "llm", "--json")

@@ -24,6 +24,7 @@ def rtopt(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "rtopt", *args], cwd=cwd, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_simulate_inspect_and_verify(tmp_path: Path) -> None:
     done = rtopt("simulate", "--steps", "600", "--variants", "3", "--seed", "4", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -125,6 +126,7 @@ def wait_for_events(log: Path, writer: subprocess.Popen) -> None:
     raise AssertionError(f"{log} got no events")
 
 
+@pytest.mark.slow
 def test_follow_prints_each_event_of_a_live_log_once(tmp_path: Path) -> None:
     log = tmp_path / "live.sqlite"
     writer = subprocess.Popen(
@@ -144,6 +146,7 @@ def test_follow_prints_each_event_of_a_live_log_once(tmp_path: Path) -> None:
         assert seqs[-1] == engine.position == 9031  # 3,000 x (decision, feedback, update) + 30 stats + definition
 
 
+@pytest.mark.slow
 def test_replay_reports_how_it_rebuilt_and_refuses_a_seq_past_the_end(tmp_path: Path) -> None:
     log = tmp_path / "r.sqlite"
     assert main(["simulate", "--steps", "300", "--seed", "1", "--log", str(log)]) == 0
@@ -161,6 +164,7 @@ def test_replay_reports_how_it_rebuilt_and_refuses_a_seq_past_the_end(tmp_path: 
     assert bad_rate.returncode == 2 and "not positive" in bad_rate.stderr
 
 
+@pytest.mark.slow
 def test_evaluate_estimates_another_policy_off_policy(tmp_path: Path) -> None:
     log = tmp_path / "e.sqlite"
     assert main(["simulate", "--steps", "1500", "--seed", "3", "--policy", "epsilon_greedy", "--log", str(log)]) == 0
@@ -181,6 +185,7 @@ def test_evaluate_estimates_another_policy_off_policy(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "always:ARM" in bad.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["ab_test", "canary"])
 def test_simulate_runs_an_ab_test_or_a_canary_and_says_how_it_ended(policy: str, tmp_path: Path) -> None:
     log = tmp_path / f"{policy}.sqlite"
@@ -314,6 +319,7 @@ def test_every_documented_policy_simulates_into_a_log_that_verifies(
     assert f"all {sum(counts.values())} events match" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_the_documented_canary_runs_on_a_fresh_log_and_verifies(tmp_path: Path) -> None:
     done = rtopt("simulate", "--policy", "canary", cwd=tmp_path)
     assert done.returncode == 0, done.stderr

@@ -79,6 +79,7 @@ def _check(engine: Engine, returned: list[list[Envelope[Any]]], delivered: list[
     assert [env.id for env in delivered] == [row[1] for row in rows]
 
 
+@pytest.mark.slow
 def test_threads_publishing_single_events(tmp_path: Path) -> None:
     with Engine.open(tmp_path / "log.sqlite", seed=1, handlers=[]) as engine:
         delivered: list[Envelope[Any]] = []

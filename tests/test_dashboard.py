@@ -202,6 +202,7 @@ def websocket_upgrade(url: str, **headers: str) -> int:
     return code
 
 
+@pytest.mark.slow
 def test_with_a_token_only_requests_carrying_it_are_served(recorded: Path) -> None:
     token, port = new_token(), free_port()
     with serving(recorded, Access.serving("127.0.0.1", port, token), port) as url:
@@ -227,6 +228,7 @@ def test_with_a_token_only_requests_carrying_it_are_served(recorded: Path) -> No
         assert websocket_upgrade(url, Cookie=f"{COOKIE}={token}") == 101  # switching protocols
 
 
+@pytest.mark.slow
 def test_a_request_for_a_host_it_does_not_serve_is_refused(recorded: Path) -> None:
     port = free_port()
     with serving(recorded, Access.serving("127.0.0.1", port), port) as url:

@@ -225,6 +225,7 @@ def null_rates() -> dict[str, float]:
     return rates
 
 
+@pytest.mark.statistical
 @pytest.mark.parametrize("kind", found_in.KINDS)
 def test_white_noise_shows_a_pattern_less_often_than_the_configured_level(kind: str, null_rates) -> None:
     assert null_rates[kind] <= 1.0 - OPTIONS.confidence

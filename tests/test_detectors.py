@@ -52,6 +52,7 @@ def test_a_drift_detector_fires_soon_after_a_unit_shift_and_rarely_before(kind) 
         assert len(detections(kind(), stationary(seed))) <= most_stationary
 
 
+@pytest.mark.statistical
 def test_calibrated_thresholds_raise_about_one_false_alarm_per_10000_values_where_defaults_raise_many() -> None:
     values = [x for seed in SEEDS for x in stationary(seed)]
     per_10k = {kind.__name__: len(detections(kind(), values)) / (len(values) / 10_000) for kind in (PageHinkley, CUSUM)}

@@ -53,6 +53,7 @@ def test_holt_and_the_regression_extend_a_straight_line_exactly() -> None:
     ],
     ids=["moving_average", "smoothing", "regression", "holt"],
 )
+@pytest.mark.statistical
 def test_one_step_intervals_cover_about_95_percent(model, series: str) -> None:
     rng = np.random.default_rng(4)
     values = rng.normal(0.0, 1.0, 1500) + (0.05 * np.arange(1500) if series == "trend" else 0.0)

@@ -65,6 +65,7 @@ def test_estimates_lie_within_their_intervals_of_the_truth(logger: str) -> None:
             assert estimate.high - estimate.low < 0.25, (target, name, estimate)
 
 
+@pytest.mark.statistical
 @pytest.mark.parametrize("logger", list(LOGGERS))
 def test_intervals_cover_the_truth_in_about_95_percent_of_trials(logger: str) -> None:
     trials = 200

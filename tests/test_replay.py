@@ -25,6 +25,7 @@ def state_bytes(engine: Engine) -> bytes:
     return msgspec.msgpack.encode(engine.state("bandit"))
 
 
+@pytest.mark.slow
 def test_what_if_with_the_same_handlers_rederives_identical_events_and_state(simulated_log: Path) -> None:
     with Engine.open(simulated_log, read_only=True) as live:
         recorded, live_state = derived_rows(live), state_bytes(live)
@@ -42,6 +43,7 @@ def test_rebuild_gives_the_live_state(simulated_log: Path) -> None:
         assert rebuilt.position == live.position
 
 
+@pytest.mark.slow
 def test_verify_remakes_every_decision(simulated_log: Path) -> None:
     report = Engine.verify(simulated_log)
     assert report.ok, report.difference
@@ -49,6 +51,7 @@ def test_verify_remakes_every_decision(simulated_log: Path) -> None:
     assert report.derived == 20_000 + 200  # an ArmUpdated per feedback, ExperimentStats every 100
 
 
+@pytest.mark.slow
 def test_same_seed_writes_the_same_log_and_another_seed_other_decisions(tmp_path: Path) -> None:
     for name, seed in (("a", 5), ("b", 5), ("c", 6)):
         simulate_into(tmp_path / f"{name}.sqlite", steps=2_000, seed=seed)
@@ -60,6 +63,7 @@ def test_same_seed_writes_the_same_log_and_another_seed_other_decisions(tmp_path
     assert arms[0] != arms[1]
 
 
+@pytest.mark.slow
 def test_what_if_leaves_the_source_byte_identical(simulated_log: Path, tmp_path: Path) -> None:
     before = sha256(simulated_log)
     strict = BanditHandler(feedback_horizon_s=1.0)

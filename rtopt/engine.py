@@ -67,6 +67,7 @@ DEFAULT_LOG = Path("event_log") / "rtopt.sqlite"
 REPLAYED_FROM = "replayed_from"  # meta key of a what-if log: the log whose inputs it replayed
 FOLLOWED = "followed"  # meta key of a log whose derived events followers appended, one input at a time
 REJECTED_FEEDBACK = FeedbackRejected.tag()
+FORGOTTEN_SUBJECT = SubjectForgotten.tag()
 HANDLERS = "handlers"  # meta key: handler name -> fingerprint of the configuration that last wrote the log
 Progress = Callable[[int, int], None]
 """Called with (events done, events in all) while long work runs."""
@@ -423,7 +424,10 @@ class Engine:
 
     def _note_handlers(self) -> None:
         """Warn when a handler runs with another configuration than the one that last wrote the log."""
-        recorded = msgspec.json.decode(self._log.meta().get(HANDLERS, "{}"))
+        try:
+            recorded = msgspec.json.decode(self._log.meta().get(HANDLERS, "{}"), type=dict[str, str])
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            recorded = {}  # unreadable: every handler's configuration counts as the first one recorded
         current = {slot.name: slot.handler.fingerprint() for slot in self._slots}
         changed = sorted(
             name for name, fingerprint in current.items() if recorded.get(name, fingerprint) != fingerprint
@@ -479,8 +483,17 @@ class Engine:
             slot.position = 0
             found = self._log.load_snapshot(slot.name, slot.handler.fingerprint(), until)
             if found is not None:
-                slot.position, blob = found
-                slot.state = msgspec.msgpack.decode(blob, type=slot.handler.state_type)
+                try:
+                    slot.state = msgspec.msgpack.decode(found[1], type=slot.handler.state_type)
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    warnings.warn(
+                        f"{self._log.location}: the {slot.name} snapshot at seq {found[0]} does not decode ({exc});"
+                        " its state is folded from the start of the log",
+                        RuntimeWarning,
+                        stacklevel=3,
+                    )
+                    continue
+                slot.position = found[0]
                 snapshots[slot.name] = slot.position
         started = wall_clock.perf_counter()
         folded = self._fold_history(self._slots, until)
@@ -784,15 +797,13 @@ class Engine:
         """Fold what another process appended up to seq ``end`` (so that the next call can go on)."""
         known = self._last_seq
         if end < known:  # events this engine saw are gone: start again from the log as it is
-            self._rebuild()
+            self._stale = True
             return
-        for slot in self._slots:
-            slot.position = known
-        try:
-            self._fold_history(self._slots, end)
-            self._last_seq, self._inputs = end, self._inputs + self._log.count_inputs(end, after=known)
-        except Exception:
-            self._rebuild()  # a failed read: start again from the log
+        if self._take_in_others(known, end):
+            try:
+                self._last_seq, self._inputs = end, self._inputs + self._log.count_inputs(end, after=known)
+            except Exception:
+                self._stale = True
 
     def _abandon(self, error: BaseException) -> None:
         """Drop what the current batch holds (if any) and reset state to the log's: now, or at the next
@@ -900,15 +911,25 @@ class Engine:
         moved = {envelope.id: msgspec.structs.replace(envelope, seq=envelope.seq + shift) for envelope in written}
         for ticket in tickets:
             ticket.envelopes = [moved[envelope.id] for envelope in ticket.envelopes]
-        theirs = self._log.rows(self._last_seq + 1, first - 1)
-        self._time_bound.advance((row[3], row[4]) for row in theirs)
-        for slot in self._slots:
-            slot.position = self._last_seq
-        try:
-            self._fold_history(self._slots, first - 1)
-        except Exception:
-            self._stale = True  # a failed read: start again from the log, which holds ours and theirs
+        self._take_in_others(self._last_seq, first - 1)
         return [moved[envelope.id] for envelope in written]
+
+    def _take_in_others(self, known: int, end: int) -> bool:
+        """Fold into the handlers and the event-time bound what other processes appended after seq ``known``
+        up to ``end``, and drop the keys read so far if one of them forgot a subject. Never raises: a failed
+        read leaves the state stale, rebuilt at the next call; returns whether it succeeded."""
+        for slot in self._slots:
+            slot.position = known
+        try:
+            theirs = [(row[2], row[3], row[4]) for row in self._log.rows(known + 1, end)]
+            self._time_bound.advance((stream, time) for _, stream, time in theirs)
+            if any(tag == FORGOTTEN_SUBJECT for tag, _, _ in theirs):
+                self._keys.reload()  # its key is gone: this engine must not seal or open with it any more
+            self._fold_history(self._slots, end)
+        except Exception:
+            self._stale = True  # start again from the log, which holds ours and theirs
+            return False
+        return True
 
     def _screen(self, tickets: list[_Ticket]) -> list[_Ticket]:
         """Fail the tickets holding an input the engine must refuse; return the others.
@@ -1400,8 +1421,8 @@ class Engine:
                 target_log = open_log(into, seed=recorded_seed)
                 refuse_non_empty(target_log)
                 try:
+                    copy_keys(src, target_log)  # first: the copy is complete once its last event is written
                     copy_rows(src, target_log, until_seq, progress)
-                    copy_keys(src, target_log)
                 finally:
                     target_log.close()
                 return cls.open(into, progress=progress)

@@ -290,7 +290,7 @@ class SQLLog(EventLog):
 
     def set_meta(self, key: str, value: str) -> None:
         self._writable()
-        if key in ("format_version", HEAD):
+        if key in LOG_KEYS - {COPY}:
             raise ValueError(f"the {key} of a log is kept by the log itself")
         self._execute(_SET_META, (key, value))
 
@@ -756,8 +756,12 @@ def check_copy(meta: dict[str, str], location: str, last_seq: int) -> None:
     """Raise InvalidLog if ``meta`` marks the log as a copy that never finished."""
     if COPY not in meta:
         return
-    copy = json.loads(meta[COPY])
-    if not copy["complete"]:
+    try:
+        copy = json.loads(meta[COPY])
+        complete = copy["complete"] is True
+    except (ValueError, TypeError, KeyError):
+        raise InvalidLog(f"{location}: its copy marker {meta[COPY]!r} is unreadable: the log is damaged") from None
+    if not complete:
         raise InvalidLog(
             f"{location}: an incomplete copy of {copy['of']}: copying stopped at seq {last_seq} (of"
             f" {copy['until']} in the source); delete it and copy again"
@@ -977,11 +981,10 @@ def copy_log(
             for key, value in meta.items():
                 if key not in LOG_KEYS:
                     dst.set_meta(key, value)
-            copied = copy_rows(src, dst, None, progress, inputs_only)
             from rtopt.privacy import copy_keys  # the privacy module builds on this one
 
-            copy_keys(src, dst)
-            return copied
+            copy_keys(src, dst)  # before the events: a copy is complete only once its last event is written
+            return copy_rows(src, dst, None, progress, inputs_only)
         finally:
             dst.close()
     finally:

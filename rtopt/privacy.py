@@ -27,7 +27,7 @@ import msgspec
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 
-from rtopt.errors import InvalidLog, ReadOnlyLog, RtoptError
+from rtopt.errors import InvalidLog, ReadOnlyLog, RtoptError, StorageError
 from rtopt.events import Event, decode_payload, encode_payload
 from rtopt.log import EventLog, SQLiteLog, SQLLog
 
@@ -186,7 +186,7 @@ class Keyring:
         """Read the keys of ``subjects`` from the table, making and storing the ones it lacks."""
         self._prepare_table()
         by_hash = {_subject_hash(subject): subject for subject in subjects}
-        hashes = list(by_hash)
+        hashes = sorted(by_hash)  # every writer inserts in one order, so two cannot deadlock on each other's rows
         for start in range(0, len(hashes), _CHUNK):
             part = hashes[start : start + _CHUNK]
             found = self._stored(part)
@@ -215,10 +215,14 @@ class Keyring:
             raise ReadOnlyLog(f"{self._log.location} is open read-only: its keys cannot change")
         if self._table_ready:
             return
-        self._log._execute(
-            f"CREATE TABLE IF NOT EXISTS {KEYS_TABLE}"
-            " (subject_hash TEXT PRIMARY KEY, ref TEXT NOT NULL UNIQUE, key TEXT NOT NULL)"
-        )
+        try:
+            self._log._execute(
+                f"CREATE TABLE IF NOT EXISTS {KEYS_TABLE}"
+                " (subject_hash TEXT PRIMARY KEY, ref TEXT NOT NULL UNIQUE, key TEXT NOT NULL)"
+            )
+        except StorageError:
+            if not _has_keys(self._log):  # else another process created it at the same moment
+                raise
         self._table_ready = True
 
     # --- reading ---------------------------------------------------------------------------------

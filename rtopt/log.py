@@ -25,7 +25,7 @@ from urllib.parse import quote
 import msgspec
 import sqlite_utils
 
-from rtopt.errors import InvalidLog, ReadOnlyLog, RtoptError
+from rtopt.errors import InvalidLog, ReadOnlyLog, RtoptError, StorageUnavailable
 
 FORMAT_VERSION = 2
 """Version 2 added the ``chain`` column and the ``head`` anchor; a version-1 log is migrated when opened writable."""
@@ -599,7 +599,10 @@ class SQLiteLog(SQLLog):
     def _transaction(self) -> Iterator[tuple[int, bytes]]:
         """A write transaction (committed if the block ends normally), giving the last seq and its chain value."""
         conn = self._writer
-        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:  # the busy timeout passed while another connection wrote
+            raise StorageUnavailable(f"{self.location}: cannot start a write ({exc}); nothing was written") from exc
         try:
             yield self._head_row(conn.execute(f"SELECT seq, {CHAIN} FROM events ORDER BY seq DESC LIMIT 1").fetchone())
         except BaseException:

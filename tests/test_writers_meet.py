@@ -3,6 +3,7 @@ durable commit is never reported failed, and damaged meta data or snapshots do n
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import msgspec
@@ -128,3 +129,19 @@ def test_damaged_meta_data_and_snapshots_leave_the_log_openable(tmp_path: Path) 
         engine.log.set_meta("copy", "{}")
     with pytest.raises(InvalidLog, match="copy marker"):
         Engine.open(path, handlers=[])
+
+
+def test_a_write_lock_held_past_the_busy_timeout_is_a_storage_error_and_nothing_is_written(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite"
+    with Engine.open(path, seed=1, handlers=[]) as engine:
+        engine.publish(rating(), time=1.0)
+        engine.log._writer.execute("PRAGMA busy_timeout = 50")
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(StorageUnavailable, match="nothing was written"):
+                engine.publish(rating(), time=2.0)
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert engine.publish(rating(), time=3.0).seq == 2

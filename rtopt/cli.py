@@ -172,6 +172,7 @@ def cmd_replay(args: argparse.Namespace, console: Console) -> int:
             )
             return 0
         diff = report.difference
+        assert diff is not None  # the report is not ok
         console.print(f"first difference at seq {diff.seq}, field {diff.field}:", markup=False)
         console.print(f"  recorded:   {diff.recorded!r}", markup=False, highlight=False, soft_wrap=True)
         console.print(f"  re-derived: {diff.rederived!r}", markup=False, highlight=False, soft_wrap=True)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Siz
 from contextlib import contextmanager, nullcontext, suppress
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 import msgspec
 import reactivex
@@ -57,7 +57,7 @@ from rtopt.events import (
     unvalidated,
     validate,
 )
-from rtopt.handler import Chains, Context, Decider, Handler, HandlerSlot, Request, Suggester
+from rtopt.handler import Chains, Context, Decider, Handler, HandlerSlot, Request, SlotOf, Suggester
 from rtopt.ids import ordered_id, prefix_of
 from rtopt.log import COLUMNS, EventLog, OthersAppended, Row, copy_rows, copying, open_log, refuse_non_empty
 from rtopt.privacy import Keyring, Privacy, copy_keys, is_pseudonym
@@ -273,8 +273,8 @@ class Engine:
         self._bus = Bus()
         self._chains = Chains()
         self._slots: list[HandlerSlot] = []
-        self._deciders: list[HandlerSlot] = []
-        self._suggesters: list[HandlerSlot] = []
+        self._deciders: list[SlotOf[Decider]] = []
+        self._suggesters: list[SlotOf[Suggester]] = []
         self._write_lock = threading.RLock()
         self._queue_lock = threading.Lock()
         self._queue: list[_Ticket] = []
@@ -408,9 +408,9 @@ class Engine:
         slot = HandlerSlot(handler, self.seed)
         self._slots.append(slot)
         if isinstance(handler, Decider):
-            self._deciders.append(slot)
+            self._deciders.append(cast(SlotOf[Decider], slot))
         if isinstance(handler, Suggester):
-            self._suggesters.append(slot)
+            self._suggesters.append(cast(SlotOf[Suggester], slot))
         self._chains.add(slot)
         return slot
 
@@ -730,6 +730,7 @@ class Engine:
                     seq += 1
                     inputs += 1
                     event = draft.event
+                    assert draft.stream is not None and draft.time is not None  # _draft or the command filled them
                     envelope = Envelope(
                         seq,
                         draft.id or self._input_id(inputs),
@@ -1034,7 +1035,7 @@ class Engine:
 
     # --- commands --------------------------------------------------------------------------------
 
-    def _decider_for(self, experiment: str) -> HandlerSlot | None:
+    def _decider_for(self, experiment: str) -> SlotOf[Decider] | None:
         return next((s for s in self._deciders if s.handler.has_experiment(s.state, experiment)), None)
 
     def _check_definition(self, definition: ExperimentDefined, defined: tuple[set[str], set[str]]) -> None:
@@ -1210,7 +1211,7 @@ class Engine:
             definition = StudyDefined(
                 study=name,
                 space=dimensions,
-                direction=direction,
+                direction=cast(Literal["maximize", "minimize"], direction),  # StudyDefined checks the value
                 method=method,
                 kernel=kernel,
                 acquisition=acquisition,
@@ -1279,7 +1280,7 @@ class Engine:
                 )
             return self._commit_now([Draft(event, study, when, None, suggestion_id)])[0]
 
-    def _suggester_for(self, study: str) -> HandlerSlot | None:
+    def _suggester_for(self, study: str) -> SlotOf[Suggester] | None:
         return next((s for s in self._suggesters if s.handler.has_study(s.state, study)), None)
 
     def _runs_method(self, method: str) -> bool:
@@ -1418,6 +1419,7 @@ class Engine:
         try:
             recorded_seed = int(src.meta()["seed"])
             if handlers is None:
+                assert into is not None  # a rebuild without a copy returned above
                 target_log = open_log(into, seed=recorded_seed)
                 refuse_non_empty(target_log)
                 try:
@@ -1556,8 +1558,9 @@ class Engine:
             else:
                 damage = src.audit()
                 if damage is not None:
-                    difference = Difference(*damage)
-                    return VerifyReport(events=src.last_seq(), derived=derived, decisions=0, difference=difference)
+                    return VerifyReport(
+                        events=src.last_seq(), derived=derived, decisions=0, difference=Difference(*damage)
+                    )
             replayed = REPLAYED_FROM in meta
             if replayed:
                 notes.append(
@@ -1614,7 +1617,7 @@ def _derived_difference(recorded: EventLog, rederived: EventLog, keys: Keyring) 
     for event_id in sorted(left.keys() | right.keys()):
         a, b = left.get(event_id), right.get(event_id)
         if a is None or b is None:
-            seq = (a or b)[0]
+            seq = (a or right[event_id])[0]
             return Difference(seq, "id", a and event_id, b and event_id)
         for index, name in enumerate(COLUMNS):
             if name not in ("seq", "recorded_at") and _differs(index, a, b, keys):

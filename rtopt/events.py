@@ -16,7 +16,7 @@ import reprlib
 import threading
 from collections.abc import Iterator
 from importlib.metadata import entry_points
-from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Literal, TypeVar, cast
 
 import msgspec
 import numpy as np
@@ -86,7 +86,13 @@ def unvalidated() -> contextlib.AbstractContextManager[None]:
     return _Unvalidated()
 
 
-class _EventMeta(type(msgspec.Struct)):  # type: ignore[misc]
+if TYPE_CHECKING:
+    _StructMeta = msgspec.StructMeta
+else:  # msgspec 0.19 does not export its metaclass
+    _StructMeta = type(msgspec.Struct)
+
+
+class _EventMeta(_StructMeta):
     """Metaclass that validates an event when Python code constructs it, and gives back the event as the log
     will store it (see :func:`validate`)."""
 
@@ -178,13 +184,13 @@ def _takes_float(info: msgspec.inspect.Type) -> bool:
 def _schema(cls: type[S]) -> tuple[msgspec.msgpack.Decoder[S], tuple[str, ...]]:
     """The strict decoder of ``cls`` and its fields whose values may contain floats: msgpack stores NaN and
     infinity, so these are checked for finiteness on top of decoding."""
-    fields = msgspec.inspect.type_info(cls).fields
+    fields = cast(msgspec.inspect.StructType, msgspec.inspect.type_info(cls)).fields
     return msgspec.msgpack.Decoder(cls), tuple(f.name for f in fields if _takes_float(f.type))
 
 
 def _has_non_finite(value: object) -> bool:
     try:  # the usual case, a flat list or mapping of numbers: a NaN or an infinity makes their sum one too
-        if math.isfinite(sum(value.values() if type(value) is dict else value, 0.0)):  # type: ignore[attr-defined]
+        if math.isfinite(sum(value.values() if type(value) is dict else value, 0.0)):  # type: ignore[call-overload]
             return False
     except (TypeError, ValueError, ArithmeticError):
         pass  # not only numbers (or a sum too large): look at each item

@@ -52,8 +52,8 @@ class Partition(NamedTuple):
     True
     """
 
-    index: int
-    count: int
+    index: int  # type: ignore[assignment]  # the field shadows tuple.index, as a NamedTuple field may
+    count: int  # type: ignore[assignment]  # the field shadows tuple.count, as a NamedTuple field may
 
     @classmethod
     def parse(cls, text: str) -> Partition:
@@ -148,8 +148,9 @@ class Follower:
         seqs = {snapshot[0] if snapshot else 0 for snapshot in found}
         if not self._slots or len(seqs) != 1 or seqs == {0}:
             return 0
-        for slot, (_, blob) in zip(self._slots, found, strict=True):
-            slot.state = msgspec.msgpack.decode(blob, type=slot.handler.state_type)
+        for slot, snapshot in zip(self._slots, found, strict=True):
+            assert snapshot is not None  # every chain has one: seqs holds a single seq, not 0
+            slot.state = msgspec.msgpack.decode(snapshot[1], type=slot.handler.state_type)
         return seqs.pop()
 
     def _save_snapshots(self) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, Generic, NamedTuple, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 import numpy as np
@@ -21,6 +21,9 @@ from reactivex.subject import Subject
 from rtopt.errors import InvalidEvent, RtoptError
 from rtopt.events import Decision, Envelope, Event, HandlerFailed, Suggested, unvalidated, validate
 from rtopt.ids import ordered_id, prefix_of
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 S = TypeVar("S")
 MAX_CASCADE_DEPTH = 32
@@ -37,7 +40,7 @@ class _DigestSeed(ISpawnableSeedSequence):
         self.words = np.frombuffer(digest, np.uint64)
         self.spawned = 0
 
-    def generate_state(self, n_words: int, dtype: type = np.uint32) -> np.ndarray:
+    def generate_state(self, n_words: int, dtype: npt.DTypeLike = np.uint32) -> np.ndarray:
         words = self.words if np.dtype(dtype) == np.uint64 else self.words.view(np.uint32)
         return words[:n_words]
 
@@ -58,7 +61,8 @@ def seeded_generator(seed: int, key: str) -> np.random.Generator:
     True
     """
     digest = hashlib.blake2b(f"{seed}/{key}".encode(), digest_size=32).digest()
-    return np.random.Generator(np.random.PCG64(_DigestSeed(digest)))
+    # numpy's stub names only SeedSequence, but PCG64 takes any ISeedSequence
+    return np.random.Generator(np.random.PCG64(_DigestSeed(digest)))  # type: ignore[arg-type]
 
 
 class Context:
@@ -213,7 +217,7 @@ class Derived(NamedTuple):
 
     cause: Envelope[Any]
     handler: str
-    index: int
+    index: int  # type: ignore[assignment]  # the field shadows tuple.index, as a NamedTuple field may
     event: Event
 
     def event_id(self) -> str:
@@ -286,6 +290,19 @@ class HandlerSlot:
         return HandlerFailed(
             handler=self.name, event_type=envelope.type, error_type=type(exc).__name__, message=str(exc)[:2000]
         )
+
+
+Role = TypeVar("Role", covariant=True)
+
+
+class SlotOf(Protocol[Role]):
+    """A :class:`HandlerSlot` whose handler plays ``Role`` as well (``SlotOf[Decider]``, ``SlotOf[Suggester]``)."""
+
+    @property
+    def handler(self) -> Role: ...
+
+    @property
+    def state(self) -> Any: ...
 
 
 def fold_operator(

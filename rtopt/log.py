@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeGuard, cast
 from urllib.parse import quote
 
 import msgspec
@@ -421,7 +421,7 @@ class SQLLog(EventLog):
         for *row, stored in self._pages(start, None, [], [], 2000, _SELECT_CHAINED):
             if row[0] != expected:
                 return Damage(expected, "seq", row[0], expected)
-            previous = link(previous, row)
+            previous = link(previous, cast(Row, row))
             if stored is None or bytes(stored) != previous:
                 return Damage(expected, CHAIN, stored and bytes(stored).hex(), previous.hex())
             expected += 1
@@ -595,10 +595,16 @@ class SQLiteLog(SQLLog):
             finally:
                 self._held = self._holder = None
 
+    @property
+    def _write_connection(self) -> sqlite3.Connection:
+        """The writer's connection: only a writable log writes (see ``_writable``)."""
+        assert self._writer is not None, f"{self.location} is open read-only"
+        return self._writer
+
     @contextmanager
     def _transaction(self) -> Iterator[tuple[int, bytes]]:
         """A write transaction (committed if the block ends normally), giving the last seq and its chain value."""
-        conn = self._writer
+        conn = self._write_connection
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:  # the busy timeout passed while another connection wrote
@@ -614,14 +620,14 @@ class SQLiteLog(SQLLog):
         """Insert ``rows`` after ``head`` (the last seq and its chain value) in the open transaction; returns
         the new head."""
         stored = chained(self._place(rows, head[0], guard, lambda after, streams: None), head[1])
-        self._writer.executemany(_INSERT, stored)
+        self._write_connection.executemany(_INSERT, stored)
         last = stored[-1][0], stored[-1][-1]
-        self._writer.execute(_SET_META, (HEAD, head_value(*last)))
+        self._write_connection.execute(_SET_META, (HEAD, head_value(*last)))
         return last
 
     def _execute(self, sql: str, params: Sequence[object] = ()) -> None:
         with self._write_lock:
-            self._writer.execute(sql, params)
+            self._write_connection.execute(sql, params)
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -629,7 +635,7 @@ class SQLiteLog(SQLLog):
         own = self._holder == threading.get_ident()
         with self._write_lock if own else self._read_lock:
             try:
-                return (self._writer if own else self._reader).execute(sql, params).fetchall()
+                return (self._write_connection if own else self._reader).execute(sql, params).fetchall()
             except sqlite3.DatabaseError as exc:
                 if _is_damage(exc):
                     raise _as_invalid(self.location, exc) from None
@@ -804,7 +810,7 @@ def initial_meta(seed: int | None) -> dict[str, str]:
     }
 
 
-def chain_existing(rows: Iterable[Row], update: Callable[[list[tuple[bytes, int]]], None]) -> str:
+def chain_existing(rows: Iterable[Row], update: Callable[[list[tuple[bytes, int]]], object]) -> str:
     """Give every row of a format-1 log its chain value through ``update([(chain, seq), ...])`` in pages;
     returns the head anchor."""
     previous, last, page = GENESIS, 0, []
@@ -839,8 +845,8 @@ def _create_schema(conn: sqlite3.Connection, seed: int | None) -> None:
     db = sqlite_utils.Database(conn)
     conn.execute("BEGIN IMMEDIATE")
     try:
-        db[META_TABLE].create({"key": str, "value": str}, pk="key")
-        db["events"].create(
+        db.table(META_TABLE).create({"key": str, "value": str}, pk="key")
+        db.table("events").create(
             {
                 "seq": int,
                 "id": str,
@@ -857,10 +863,10 @@ def _create_schema(conn: sqlite3.Connection, seed: int | None) -> None:
             pk="seq",
             not_null={"id", "type", "stream", "time", "recorded_at", "schema_version", "payload"},
         )
-        db["events"].create_index(["id"], unique=True, index_name="events_by_id")
-        db["events"].create_index(["stream", "seq"], index_name="events_by_stream")
-        db["events"].create_index(["type", "seq"], index_name="events_by_type")
-        db["snapshots"].create(
+        db.table("events").create_index(["id"], unique=True, index_name="events_by_id")
+        db.table("events").create_index(["stream", "seq"], index_name="events_by_stream")
+        db.table("events").create_index(["type", "seq"], index_name="events_by_type")
+        db.table("snapshots").create(
             {"handler": str, "fingerprint": str, "seq": int, "state": bytes, "created_at": float},
             pk=("handler", "fingerprint", "seq"),
         )
@@ -873,7 +879,7 @@ def _create_schema(conn: sqlite3.Connection, seed: int | None) -> None:
     conn.execute("COMMIT")
 
 
-def is_postgres_url(location: object) -> bool:
+def is_postgres_url(location: object) -> TypeGuard[str]:
     """True if ``location`` names a PostgreSQL database rather than an SQLite file.
 
     >>> is_postgres_url("postgresql://app@db:5432/rtopt"), is_postgres_url("event_log/rtopt.sqlite")

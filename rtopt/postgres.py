@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from rtopt.errors import CommitUncertain, InvalidLog, RtoptError, StorageError, StorageUnavailable
 from rtopt.log import (
@@ -154,7 +154,9 @@ def _connect(url: str, timeout: float) -> psycopg.Connection:
     """
     try:
         given = conninfo_to_dict(url)
-        limit = {} if "connect_timeout" in given else {"connect_timeout": min(max(2, math.ceil(timeout)), 10)}
+        limit: dict[str, Any] = (  # keyword arguments of psycopg.connect
+            {} if "connect_timeout" in given else {"connect_timeout": min(max(2, math.ceil(timeout)), 10)}
+        )
         return psycopg.connect(url, autocommit=True, **limit)
     except psycopg.Error as exc:
         text = _said(exc)
@@ -464,15 +466,17 @@ class PostgresLog(SQLLog):
         found = conn.execute(f"SELECT position FROM {TRACKING_TABLE} WHERE name = %s", (name,)).fetchone()
         if found is None or found[0] != position:
             return None
-        return conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM events").fetchone()[0]
+        after = conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM events").fetchone()
+        assert after is not None  # an aggregate without GROUP BY returns one row
+        return after[0]
 
     def _move_tracker(self, cur: psycopg.Cursor, tracker: str, previous: int, position: int) -> None:
         cur.execute(
             f"INSERT INTO {TRACKING_TABLE} (name, position) VALUES (%s, 0) ON CONFLICT (name) DO NOTHING", (tracker,)
         )
-        (current,) = cur.execute(
-            f"SELECT position FROM {TRACKING_TABLE} WHERE name = %s FOR UPDATE", (tracker,)
-        ).fetchone()
+        found = cur.execute(f"SELECT position FROM {TRACKING_TABLE} WHERE name = %s FOR UPDATE", (tracker,)).fetchone()
+        assert found is not None  # inserted just above if it was missing
+        (current,) = found
         if current != previous:
             raise RtoptError(
                 f"{self.location}: tracker {tracker!r} is at seq {current}, not {previous}: another process"
@@ -555,6 +559,7 @@ def _check_existing(conn: psycopg.Connection, location: str, *, create: bool, se
             raise InvalidLog(f"{location}: not an rtopt log (a database with tables {tables})")
         found = conn.execute(f"SELECT value FROM {META_TABLE} WHERE key = 'format_version'").fetchone()
         check_format_version(None if found is None else found[0], location)
+        assert found is not None  # check_format_version refuses a log without a format version
         if create and int(found[0]) < FORMAT_VERSION and "events" in tables:
             _migrate(conn)
 

@@ -6,30 +6,13 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-import msgspec
 import pytest
+from test_log_integrity import FeedbackCounter
 
 import rtopt.engine
 import rtopt.privacy
-from rtopt import Engine, Feedback, Handler, InvalidEvent, InvalidLog, RtoptError, StorageUnavailable
+from rtopt import Engine, Feedback, InvalidEvent, InvalidLog, RtoptError, StorageUnavailable
 from rtopt.log import copy_log
-
-
-class Tally(msgspec.Struct):
-    n: int = 0
-
-
-class CountFeedback(Handler[Tally]):
-    name = "count"
-    accepts = (Feedback,)
-    state_type = Tally
-
-    def initial_state(self) -> Tally:
-        return Tally()
-
-    def apply(self, state: Tally, envelope: object, ctx: object) -> tuple[Tally, list]:
-        state.n += 1
-        return state, []
 
 
 def rating(user: str | None = None, prompt: str = "p") -> Feedback:
@@ -72,8 +55,8 @@ def test_one_engine_bounds_event_time_by_what_another_appended(tmp_path: Path) -
 
 
 def test_a_durable_commit_whose_follow_up_read_fails_is_acknowledged_and_folded_once(pg_url: str) -> None:
-    with Engine.open(pg_url, seed=1, handlers=[CountFeedback()]) as first, Engine.open(
-        pg_url, handlers=[CountFeedback()]
+    with Engine.open(pg_url, seed=1, handlers=[FeedbackCounter()]) as first, Engine.open(
+        pg_url, handlers=[FeedbackCounter()]
     ) as second:
         first.publish(rating(prompt="a"), time=1.0)
         rows, failed = second.log.rows, []
@@ -88,7 +71,7 @@ def test_a_durable_commit_whose_follow_up_read_fails_is_acknowledged_and_folded_
         acknowledged = second.publish(rating(prompt="b"), time=2.0)
         assert failed and acknowledged.seq == 2
         second.publish(rating(prompt="b"), time=3.0)
-        assert second.state("count").n == 3 == len(list(second.read(types=[Feedback])))
+        assert second.state("feedback_counter").feedback == 3 == len(list(second.read(types=[Feedback])))
 
 
 def test_keys_are_copied_before_the_events_so_an_interrupted_copy_holds_no_unreadable_values(
@@ -115,16 +98,18 @@ def test_keys_are_copied_before_the_events_so_an_interrupted_copy_holds_no_unrea
 
 def test_damaged_meta_data_and_snapshots_leave_the_log_openable(tmp_path: Path) -> None:
     path = tmp_path / "log.sqlite"
-    with Engine.open(path, seed=1, handlers=[CountFeedback()]) as engine:
+    with Engine.open(path, seed=1, handlers=[FeedbackCounter()]) as engine:
         engine.publish(rating(), time=1.0)
         engine.publish(rating(), time=2.0)
         for key in ("seed", "created_at", "format_version"):
             with pytest.raises(ValueError, match="kept by the log itself"):
                 engine.log.set_meta(key, "x")
         engine.log.set_meta("handlers", "not json")
-        engine.log.save_snapshot("count", CountFeedback().fingerprint(), 2, b"\xc1garbage")
-    with pytest.warns(RuntimeWarning, match="does not decode"), Engine.open(path, handlers=[CountFeedback()]) as engine:
-        assert engine.state("count").n == 2
+        engine.log.save_snapshot("feedback_counter", FeedbackCounter().fingerprint(), 2, b"\xc1garbage")
+    with pytest.warns(RuntimeWarning, match="does not decode"):
+        engine = Engine.open(path, handlers=[FeedbackCounter()])
+    with engine:
+        assert engine.state("feedback_counter").feedback == 2
     with Engine.open(path, handlers=[]) as engine:
         engine.log.set_meta("copy", "{}")
     with pytest.raises(InvalidLog, match="copy marker"):

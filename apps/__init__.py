@@ -1,5 +1,6 @@
 """Front-ends built on rtopt's public API: the live dashboard (``dashboard(engine_or_path)`` in Jupyter,
-``rtopt dashboard LOG`` in a browser) and its data layer (:mod:`apps.data`); the Panel app is :mod:`apps.ui`.
+``rtopt dashboard LOG`` in a browser) and its data layer (:mod:`rtopt.apps.data`); the Panel app is
+:mod:`rtopt.apps.ui`.
 
 The dashboard's names load Panel and HoloViews on first use, so that importing the package (as the
 ``rtopt`` command line does for ``rtopt dashboard``) stays quick.
@@ -8,7 +9,7 @@ The dashboard's names load Panel and HoloViews on first use, so that importing t
 import importlib
 from typing import Any
 
-from apps.data import EngineFeed, LogModel, LogTail
+from rtopt.apps.data import EngineFeed, LogModel, LogTail
 
 __all__ = ["Dashboard", "EngineFeed", "LogModel", "LogTail", "dashboard", "serve"]
 
@@ -19,4 +20,4 @@ _LAZY = ("Dashboard", "dashboard", "serve")
 def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module 'apps' has no attribute {name!r}")
-    return getattr(importlib.import_module("apps.ui"), name)
+    return getattr(importlib.import_module("rtopt.apps.ui"), name)

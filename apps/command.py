@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from rich.console import Console
+from rtopt.apps.access import TOKEN_PATTERN, Access, host_name, is_loopback, new_token, resolved, url_of
 
-from apps.access import TOKEN_PATTERN, Access, host_name, is_loopback, new_token, resolved, url_of
 from rtopt.cli import UsageError, between, non_blank, positive
 from rtopt.errors import RtoptError
 
@@ -98,7 +98,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def run_command(args: argparse.Namespace, console: Console) -> int:
     """Serve until interrupted."""
-    from apps.ui import serve  # Panel loads slowly: only when the command runs
+    from rtopt.apps.ui import serve  # Panel loads slowly: only when the command runs
 
     token = new_token() if args.generate_token else args.token
     access = Access.serving(args.address, args.port, token, also=args.allow_host)

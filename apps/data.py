@@ -21,10 +21,9 @@ from typing import Any, ClassVar
 import msgspec
 import numpy as np
 import pandas as pd
-
-from handlers.bandits import EvidenceDiscounted, ExperimentStats
-from handlers.bayesopt import StudyCompleted
-from handlers.detection import (
+from rtopt.handlers.bandits import EvidenceDiscounted, ExperimentStats
+from rtopt.handlers.bayesopt import StudyCompleted
+from rtopt.handlers.detection import (
     AnomalyDetected,
     ConfigurationCaptured,
     DriftDetected,
@@ -35,7 +34,7 @@ from handlers.detection import (
     RateLimitExceeded,
     ThresholdBreached,
 )
-from handlers.experiments import (
+from rtopt.handlers.experiments import (
     CanaryAdvanced,
     CanaryRolledBack,
     ExperimentAnalysed,
@@ -48,6 +47,8 @@ from handlers.experiments import (
     SampleRatioMismatch,
     WinnerPromoted,
 )
+from rtopt.streams import WindowClosed, WindowUpdated
+
 from rtopt import (
     Decision,
     Engine,
@@ -61,7 +62,6 @@ from rtopt import (
     StudyDefined,
     Suggested,
 )
-from streams import WindowClosed, WindowUpdated
 
 DEFAULT_BUCKET_S = 60.0
 MAX_POINTS = 400
@@ -295,7 +295,7 @@ class ArmPosteriors(View):
     """The latest statistics of each bandit experiment: per arm, pulls, the mean reward with its 95 %
     credible interval and the probability of being best (from ``ExperimentStats`` events).
 
-    >>> from handlers.bandits import ArmSummary
+    >>> from rtopt.handlers.bandits import ArmSummary
     >>> posteriors = ArmPosteriors()
     >>> arm = ArmSummary("active", pulls=9, rewards=9, mean=0.6, low=0.3, high=0.85, p_best=0.7)
     >>> stats = ExperimentStats("greeting", decisions=9, rewards=9, exploration_rate=0.1, arms={"v1": arm})

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from rtopt.handlers.bandits import BanditState, statistics
+from rtopt.handlers.bandits.ope import always, evaluate, rounds_from_log, uniform
+from rtopt.handlers.experiments import ExperimentsState
 
-from handlers.bandits import BanditState, statistics
-from handlers.bandits.ope import always, evaluate, rounds_from_log, uniform
-from handlers.experiments import ExperimentsState
 from rtopt import Engine
 
 ARM_COLUMNS = ["experiment", "arm", "status", "pulls", "rewards", "mean", "low", "high", "p_best"]
@@ -80,7 +80,7 @@ def policy_estimates(engine: Engine, experiment: str) -> pd.DataFrame:
     """What the logged policy earned per decision, and what uniform choice and each arm alone would have
     earned on the same decisions (self-normalised IPS with 95 % intervals), one row per policy.
 
-    >>> from handlers.bandits import BanditHandler
+    >>> from rtopt.handlers.bandits import BanditHandler
     >>> with Engine.open(":memory:", seed=1, handlers=[BanditHandler()]) as engine:
     ...     _ = engine.define_experiment("g", arms=["a", "b"], policy="epsilon_greedy", epsilon=1.0, time=0.0)
     ...     for i in range(200):

@@ -22,9 +22,8 @@ import holoviews.plotting.bokeh
 import pandas as pd
 import panel as pn
 from bokeh.server.server import Server
-
-from apps.access import Access, guard, is_loopback, url_of
-from apps.data import (
+from rtopt.apps.access import Access, guard, is_loopback, url_of
+from rtopt.apps.data import (
     READ_CHUNK,
     AlertFeed,
     Allocation,
@@ -40,7 +39,8 @@ from apps.data import (
     Studies,
     View,
 )
-from apps.replay import policy_estimates, state_at
+from rtopt.apps.replay import policy_estimates, state_at
+
 from rtopt import Engine, RtoptError
 
 hv.extension("bokeh", logo=False)

@@ -10,7 +10,7 @@ softmax, which MABWiser has and River has not) the script measures, over ``--rou
 averaged over ``--seeds`` seeds:
 
 - **rtopt**: ``Engine.open`` on a temporary SQLite file (WAL, the default ``durability="process"``: every
-  event is committed before the call returns) with ``handlers.bandits.BanditHandler``, the experiment
+  event is committed before the call returns) with ``rtopt.handlers.bandits.BanditHandler``, the experiment
   defined by ``define_experiment``, then per round ``engine.decide`` and ``engine.feedback`` (success
   drawn from the table, ``quality_score`` 1.0 on success and 0.0 otherwise, so the binary reward is the
   table's value); the experiment keeps rtopt's default options except the policy's own hyper-parameter;
@@ -75,8 +75,8 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+from rtopt.handlers.bandits import BanditHandler
 
-from handlers.bandits import BanditHandler
 from rtopt import Engine
 
 SEED = 20_260_101

@@ -12,7 +12,7 @@ each minimised:
 Methods, each with 10 initial points then model-guided ones, ``--evaluations`` evaluations per run and
 ``--seeds`` seeds:
 
-- **rtopt**: ``Engine.open(":memory:")`` with ``handlers.bayesopt.BayesOptHandler``, ``define_study``
+- **rtopt**: ``Engine.open(":memory:")`` with ``rtopt.handlers.bayesopt.BayesOptHandler``, ``define_study``
   with its defaults (Matérn 5/2 ARD, log-EI, a Latin hypercube of 10), then ``suggest`` and ``tell``;
 - **rtopt-random**: the same study with ``method="random"``: the budget spent on uniform draws;
 - **optuna-tpe**: ``optuna.samplers.TPESampler(seed=...)`` (10 startup trials) through ask and tell;
@@ -51,14 +51,14 @@ from collections.abc import Callable, Sequence  # noqa: E402
 
 import msgspec  # noqa: E402
 import numpy as np  # noqa: E402
+from rtopt.handlers.bayesopt import BayesOptHandler  # noqa: E402
+from rtopt.handlers.bayesopt.gp import fit_hyperparameters, standardise  # noqa: E402
+from rtopt.handlers.bayesopt.handler import training_set  # noqa: E402
+from rtopt.handlers.bayesopt.kernels import make_kernel  # noqa: E402
+from rtopt.handlers.bayesopt.objectives import OBJECTIVES  # noqa: E402
+from rtopt.handlers.bayesopt.options import parse_study  # noqa: E402
+from rtopt.handlers.bayesopt.simulation import LLM_SPACE, TASKS  # noqa: E402
 
-from handlers.bayesopt import BayesOptHandler  # noqa: E402
-from handlers.bayesopt.gp import fit_hyperparameters, standardise  # noqa: E402
-from handlers.bayesopt.handler import training_set  # noqa: E402
-from handlers.bayesopt.kernels import make_kernel  # noqa: E402
-from handlers.bayesopt.objectives import OBJECTIVES  # noqa: E402
-from handlers.bayesopt.options import parse_study  # noqa: E402
-from handlers.bayesopt.simulation import LLM_SPACE, TASKS  # noqa: E402
 from rtopt import Engine  # noqa: E402
 
 INITIAL = 10

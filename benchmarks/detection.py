@@ -28,8 +28,7 @@ from typing import Any
 import numpy as np
 from river import anomaly, drift
 from river import stats as river_stats
-
-from handlers.detection import ADWIN, CUSUM, MAD, IQRFences, PageHinkley, ZScore
+from rtopt.handlers.detection import ADWIN, CUSUM, MAD, IQRFences, PageHinkley, ZScore
 
 CHANGE = 10_000
 WINDOW = 100

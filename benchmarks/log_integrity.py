@@ -36,7 +36,7 @@ _UNCHAINED = f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' 
 
 SECOND_WRITER = """
 import json, sys, time
-from handlers.bandits import BanditHandler
+from rtopt.handlers.bandits import BanditHandler
 from rtopt import Engine, Feedback, RtoptError
 
 path, seconds = sys.argv[1], float(sys.argv[2])

@@ -38,9 +38,9 @@ from typing import Any
 import psycopg
 from rich.console import Console
 from rich.table import Table
+from rtopt.handlers.bandits import BanditHandler
+from rtopt.handlers.bandits.simulation import default_variants, simulate
 
-from handlers.bandits import BanditHandler
-from handlers.bandits.simulation import default_variants, simulate
 from rtopt import Engine, Feedback
 from rtopt.events import encode_payload
 from rtopt.follower import Follower

@@ -44,11 +44,11 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rtopt.handlers.bandits import BanditHandler
+from rtopt.streams import Aggregates, Sliding, Tumbling, WindowHandler, WindowPipeline
 
-from handlers.bandits import BanditHandler
 from rtopt import Decision, Draft, Engine, Feedback
 from rtopt.log import COLUMNS, Row, SQLiteLog
-from streams import Aggregates, Sliding, Tumbling, WindowHandler, WindowPipeline
 
 BATCH = 1_000
 SEED = 20_260_101

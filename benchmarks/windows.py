@@ -21,9 +21,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from rtopt.streams import Aggregates, Sliding, Tumbling, WindowPipeline
 
 from rtopt import Envelope, Feedback
-from streams import Aggregates, Sliding, Tumbling, WindowPipeline
 
 KEYS = 100
 MINUTE = 60.0

@@ -7,10 +7,10 @@ from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import msgspec
+from rtopt.handlers.protection import FeedbackGuard
+from rtopt.streams.horizon import Horizon
 
-from handlers.protection import FeedbackGuard
 from rtopt import Event, Feedback, FeedbackRejected
-from streams.horizon import Horizon
 
 DEFAULT_MAX_PENDING = 100_000
 
@@ -104,7 +104,7 @@ class DecisionLedger(msgspec.Struct, Generic[P]):
 class MatchesFeedback:
     """For handlers whose decisions wait for feedback: the horizon within which feedback is matched, how many
     recent decisions are remembered for it (``max_pending``), and an optional
-    :class:`~handlers.protection.FeedbackGuard` whose flagged feedback is rejected (``FLAGGED``).
+    :class:`~rtopt.handlers.protection.FeedbackGuard` whose flagged feedback is rejected (``FLAGGED``).
 
     >>> MatchesFeedback(feedback_horizon_s=60.0, max_pending=1_000).config()
     {'feedback_horizon_s': 60.0, 'max_pending': 1000}

@@ -16,8 +16,8 @@ from typing import Annotated, Any, ClassVar
 
 import msgspec
 from msgspec import Meta
+from rtopt.handlers.checked import Checked
 
-from handlers.checked import Checked
 from rtopt import Context, Envelope, Event, Feedback, Handler
 from rtopt.events import Count, Name, UnitInterval
 

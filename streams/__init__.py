@@ -3,14 +3,14 @@
 Everything here reads event time only, so a live run and a replay of its log give the same results.
 """
 
-from streams.aggregates import Aggregates, FieldStats, Summary
-from streams.dedup import Deduplicator
-from streams.events import WindowClosed, WindowUpdated
-from streams.gapfill import Point, fill_gaps
-from streams.handler import WindowHandler
-from streams.operators import deduplicated, windowed
-from streams.sketch import DDSketch
-from streams.windows import Counting, Session, Sliding, Tumbling, WindowPipeline
+from rtopt.streams.aggregates import Aggregates, FieldStats, Summary
+from rtopt.streams.dedup import Deduplicator
+from rtopt.streams.events import WindowClosed, WindowUpdated
+from rtopt.streams.gapfill import Point, fill_gaps
+from rtopt.streams.handler import WindowHandler
+from rtopt.streams.operators import deduplicated, windowed
+from rtopt.streams.sketch import DDSketch
+from rtopt.streams.windows import Counting, Session, Sliding, Tumbling, WindowPipeline
 
 __all__ = [
     "Aggregates",

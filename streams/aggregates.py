@@ -3,7 +3,7 @@
 Statistics: ``count``, ``sum``, ``mean``, ``min``, ``max``, ``var`` and ``std`` (Welford; sample
 variance, 0 for one value), ``rate`` (values per second of the window) and percentiles ``pNN`` (``p50``,
 ``p90``, ``p95``, ``p99`` ...). Percentiles are exact (numpy's linear interpolation) while a window
-holds at most ``exact_limit`` values and come from a :class:`~streams.sketch.DDSketch` beyond, within
+holds at most ``exact_limit`` values and come from a :class:`~rtopt.streams.sketch.DDSketch` beyond, within
 its relative error. Every aggregate merges with another of the same spec, so sliding windows are built
 from panes.
 
@@ -22,8 +22,7 @@ from typing import Any
 
 import msgspec
 import numpy as np
-
-from streams.sketch import DDSketch
+from rtopt.streams.sketch import DDSketch
 
 STATISTICS = ("count", "sum", "mean", "min", "max", "var", "std", "rate")
 _PERCENTILE = re.compile(r"^p(\d{1,2}(?:\.\d+)?)$")

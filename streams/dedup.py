@@ -6,9 +6,9 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
+from rtopt.streams.horizon import Horizon
 
 from rtopt import Envelope
-from streams.horizon import Horizon
 
 
 class SeenKeys(msgspec.Struct):

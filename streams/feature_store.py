@@ -5,7 +5,7 @@
   missing reads per feature. It only knows the event time its caller passes as ``now``: never the wall
   clock.
 - :class:`FeatureStoreHandler` is the handler chain that fills a store from
-  :class:`~streams.events.WindowClosed` and :class:`~streams.events.WindowUpdated` events: a configured
+  :class:`~rtopt.streams.events.WindowClosed` and :class:`~rtopt.streams.events.WindowUpdated` events: a configured
   mapping says which ``(pipeline, aggregate)`` of a window becomes which feature; the entity is the
   window's key and the value's time is the window's end. Its state is a msgspec struct, so it is
   snapshotted, and replay rebuilds it byte for byte.
@@ -29,13 +29,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import msgspec
+from rtopt.streams.events import WindowClosed, WindowUpdated
+from rtopt.streams.features import FeatureSchema
 
 from rtopt.engine import Engine
 from rtopt.errors import InvalidEvent
 from rtopt.events import Envelope, Event
 from rtopt.handler import Context, Handler
-from streams.events import WindowClosed, WindowUpdated
-from streams.features import FeatureSchema
 
 DEFAULT_TTL_S = 300.0
 
@@ -459,10 +459,10 @@ def request_context(
     decision can be evaluated and replayed with exactly the features it saw. ``handler`` names the
     :class:`FeatureStoreHandler`; the other arguments are those of :meth:`EntityFeatures.vector` (stale
     values count as missing unless ``use_stale``; ``extra`` adds request-time values such as
-    :func:`streams.features.time_features`).
+    :func:`rtopt.streams.features.time_features`).
 
     >>> from rtopt import Engine
-    >>> from streams.features import FeatureSpec
+    >>> from rtopt.streams.features import FeatureSpec
     >>> schema = FeatureSchema([FeatureSpec("latency_1m", "continuous", default=500.0)])
     >>> handler = FeatureStoreHandler({"latency_1m": ("latency_1min", "response_time_ms.mean")}, default_ttl=60.0)
     >>> with Engine.open(":memory:", seed=1, handlers=[handler]) as engine:

@@ -5,18 +5,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from rtopt.streams.windows import PipelineState, WindowPipeline
+
 from rtopt import Context, Envelope, Event, Handler
-from streams.windows import PipelineState, WindowPipeline
 
 
 class WindowHandler(Handler[PipelineState]):
-    """Runs a :class:`~streams.windows.WindowPipeline` inside an engine, under the pipeline's name.
+    """Runs a :class:`~rtopt.streams.windows.WindowPipeline` inside an engine, under the pipeline's name.
 
     Each window result is appended as a WindowClosed / WindowUpdated event caused by the event that moved
     the watermark past it; replaying the log re-derives the same windows.
 
     >>> from rtopt import Engine, Feedback
-    >>> from streams import Aggregates, Tumbling, WindowPipeline
+    >>> from rtopt.streams import Aggregates, Tumbling, WindowPipeline
     >>> pipeline = WindowPipeline("latency_1min", Tumbling(60.0), Aggregates({"response_time_ms": ("p50",)}))
     >>> with Engine.open(":memory:", seed=1, handlers=[WindowHandler(pipeline)]) as engine:
     ...     for t, ms in ((5.0, 100.0), (30.0, 300.0), (61.0, 80.0)):

@@ -8,10 +8,10 @@ from typing import Any
 import reactivex
 from reactivex import Observable
 from reactivex.abc import ObserverBase, SchedulerBase
+from rtopt.streams.dedup import Deduplicator
+from rtopt.streams.windows import WindowPipeline
 
 from rtopt import Envelope, Event
-from streams.dedup import Deduplicator
-from streams.windows import WindowPipeline
 
 
 def windowed(pipeline: WindowPipeline) -> Callable[[Observable[Envelope[Any]]], Observable[Event]]:
@@ -19,7 +19,7 @@ def windowed(pipeline: WindowPipeline) -> Callable[[Observable[Envelope[Any]]], 
 
     >>> import reactivex
     >>> from rtopt import Engine, Feedback
-    >>> from streams import Aggregates, Counting, WindowPipeline
+    >>> from rtopt.streams import Aggregates, Counting, WindowPipeline
     >>> with Engine.open(":memory:", seed=1, handlers=[]) as engine:
     ...     for ms in (100.0, 200.0, 300.0):
     ...         _ = engine.publish(Feedback(prompt_id="g", variant_id="v1", response_time_ms=ms, success=True,

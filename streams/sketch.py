@@ -9,7 +9,7 @@ about 7M updates/s here) but track one quantile each with the P-square algorithm
 t-digest merges but has no worst-case error bound. DDSketch merges exactly, bounds the relative error of
 every quantile, and the ``ddsketch`` package is pure Python too (about 0.56 us per value here, with no
 msgspec encoding), so it is written here as a msgspec Struct of bucket counts. Small windows never reach
-it: they keep exact values (see :mod:`streams.aggregates`).
+it: they keep exact values (see :mod:`rtopt.streams.aggregates`).
 """
 
 from __future__ import annotations

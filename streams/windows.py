@@ -1,14 +1,14 @@
 """Keyed windows over event time, with watermarks and a declared policy for late events.
 
 A :class:`WindowPipeline` is a fold ``(state, envelope) -> window results``: the same code runs inside an
-engine (:class:`streams.handler.WindowHandler`), as an Rx operator (:func:`streams.operators.windowed`)
+engine (:class:`rtopt.streams.handler.WindowHandler`), as an Rx operator (:func:`rtopt.streams.operators.windowed`)
 and over a replayed log. It reads event time only, never the wall clock.
 
 Watermark: the largest event time seen minus ``out_of_orderness``. A time window ``[start, end)`` closes,
-emitting :class:`~streams.events.WindowClosed`, when the watermark reaches ``end``; a session closes when
+emitting :class:`~rtopt.streams.events.WindowClosed`, when the watermark reaches ``end``; a session closes when
 the watermark reaches its last event time plus the gap. An event whose window has already closed is
 late: with ``late="drop"`` it is dropped and counted; with ``late="update"`` the window is reopened and
-re-emitted as :class:`~streams.events.WindowUpdated`, for up to ``allowed_lateness`` seconds of watermark
+re-emitted as :class:`~rtopt.streams.events.WindowUpdated`, for up to ``allowed_lateness`` seconds of watermark
 after the window's end (later than that it is dropped and counted). At the end of a finite stream,
 :meth:`WindowPipeline.flush` closes every window still open.
 """
@@ -22,10 +22,10 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import msgspec
+from rtopt.streams.aggregates import Aggregates, Summary
+from rtopt.streams.events import WindowClosed, WindowUpdated
 
 from rtopt import Envelope, Event, Feedback
-from streams.aggregates import Aggregates, Summary
-from streams.events import WindowClosed, WindowUpdated
 
 
 class Tumbling(msgspec.Struct, frozen=True):

@@ -10,15 +10,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from rtopt.handlers.bandits import BanditHandler
+from rtopt.handlers.bandits.simulation import default_variants, simulate
+from rtopt.handlers.bayesopt import BayesOptHandler
+from rtopt.handlers.detection import DetectionHandler, FeedbackGuard, ProtectionHandler
+from rtopt.streams import Aggregates, Tumbling, WindowHandler, WindowPipeline
 
-from handlers.bandits import BanditHandler
-from handlers.bandits.simulation import default_variants, simulate
-from handlers.bayesopt import BayesOptHandler
-from handlers.detection import DetectionHandler, FeedbackGuard, ProtectionHandler
 from rtopt import Engine, Feedback
 from rtopt.log import _SELECT, _TRIGGERS, CHAIN, GENESIS, HEAD, chained, head_value
 from rtopt.pgserver import TemporaryServer, server_binaries
-from streams import Aggregates, Tumbling, WindowHandler, WindowPipeline
 
 
 def free_port() -> int:

@@ -10,8 +10,7 @@ import msgspec
 import pandas as pd
 import pytest
 from conftest import simulate_into
-
-from apps.data import (
+from rtopt.apps.data import (
     AlertFeed,
     Allocation,
     ArmPosteriors,
@@ -26,10 +25,10 @@ from apps.data import (
     Responses,
     Studies,
 )
-from apps.replay import state_at
-from handlers.bandits import ArmSummary, EvidenceDiscounted, ExperimentStats
-from handlers.bayesopt import StudyCompleted
-from handlers.detection import (
+from rtopt.apps.replay import state_at
+from rtopt.handlers.bandits import ArmSummary, EvidenceDiscounted, ExperimentStats
+from rtopt.handlers.bayesopt import StudyCompleted
+from rtopt.handlers.detection import (
     AnomalyDetected,
     ConfigurationCaptured,
     DriftDetected,
@@ -41,7 +40,9 @@ from handlers.detection import (
     Recommendation,
     ThresholdBreached,
 )
-from handlers.experiments import ExperimentAnalysed, ExperimentPaused, VariantComparison
+from rtopt.handlers.experiments import ExperimentAnalysed, ExperimentPaused, VariantComparison
+from rtopt.streams import WindowClosed, WindowUpdated
+
 from rtopt import (
     Decision,
     Dimension,
@@ -55,7 +56,6 @@ from rtopt import (
     StudyDefined,
     Suggested,
 )
-from streams import WindowClosed, WindowUpdated
 
 
 def feedback(variant: str, latency: float, *, success: bool = True, quality: float = 0.5, cost: float = 0.0):

@@ -8,9 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy import stats
-
-from handlers.bandits import (
+from rtopt.handlers.bandits import (
     ArmAdded,
     ArmPaused,
     ArmResumed,
@@ -24,6 +22,8 @@ from handlers.bandits import (
     export_policy_state,
     import_policy_state,
 )
+from scipy import stats
+
 from rtopt import ArmUpdated, Context, Decision, Engine, Envelope, ExperimentDefined, Feedback, InvalidEvent, Request
 
 _ids = itertools.count()
@@ -436,7 +436,7 @@ def test_policy_state_exports_and_imports_as_json_through_an_event(tmp_path: Pat
 
 @pytest.mark.statistical
 def test_on_the_simulated_workload_linucb_uses_the_context_to_lower_regret() -> None:
-    from handlers.bandits.simulation import VariantProfile, simulate
+    from rtopt.handlers.bandits.simulation import VariantProfile, simulate
 
     def variant(name: str, quality: float, long_prompt_shift: float) -> VariantProfile:
         return VariantProfile(name, 0.97, quality, 600.0, 200.0, 0.002, long_prompt_shift=long_prompt_shift)

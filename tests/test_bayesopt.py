@@ -9,21 +9,21 @@ from pathlib import Path
 import msgspec
 import numpy as np
 import pytest
-from scipy import optimize, stats
-
-from handlers.bayesopt import BayesOptHandler, Space, StudyCompleted, SurrogateFitted, recommend
-from handlers.bayesopt.acquisition import (
+from rtopt.handlers.bayesopt import BayesOptHandler, Space, StudyCompleted, SurrogateFitted, recommend
+from rtopt.handlers.bayesopt.acquisition import (
     Acquisition,
     expected_improvement,
     log_expected_improvement,
     probability_of_improvement,
 )
-from handlers.bayesopt.gp import GaussianProcess, fit_hyperparameters, negative_log_likelihood
-from handlers.bayesopt.handler import training_set
-from handlers.bayesopt.kernels import RBF, Matern32, Matern52, Polynomial
-from handlers.bayesopt.objectives import OBJECTIVES
-from handlers.bayesopt.options import StudyOptions
-from handlers.bayesopt.simulation import TASKS, tune
+from rtopt.handlers.bayesopt.gp import GaussianProcess, fit_hyperparameters, negative_log_likelihood
+from rtopt.handlers.bayesopt.handler import training_set
+from rtopt.handlers.bayesopt.kernels import RBF, Matern32, Matern52, Polynomial
+from rtopt.handlers.bayesopt.objectives import OBJECTIVES
+from rtopt.handlers.bayesopt.options import StudyOptions
+from rtopt.handlers.bayesopt.simulation import TASKS, tune
+from scipy import optimize, stats
+
 from rtopt import Dimension, Engine, InvalidEvent, Observed, Suggested
 from rtopt.cli import main
 
@@ -442,7 +442,8 @@ def test_the_readme_bayesian_optimisation_example_runs() -> None:
 
 
 def test_feedback_naming_a_suggestion_is_observed_as_its_composite_reward(tmp_path: Path) -> None:
-    from handlers.bandits.rewards import RewardOptions, reward
+    from rtopt.handlers.bandits.rewards import RewardOptions, reward
+
     from rtopt import Feedback
 
     path = tmp_path / "fed.sqlite"
@@ -506,7 +507,7 @@ def test_extreme_observations_are_refused_at_tell_and_cannot_break_suggestions(t
 
 
 def test_standardised_targets_stay_finite_and_keep_the_order_of_ordinary_values() -> None:
-    from handlers.bayesopt.gp import standardise
+    from rtopt.handlers.bayesopt.gp import standardise
 
     for values in ([0.5, 0.6, 0.7, 0.8, 1e300], [1.7e308, -1.7e308, 1.7e308, 0.5], [0.5, 0.5, 0.5, -1e308]):
         targets, offset, scale = standardise(np.array(values))
@@ -519,7 +520,8 @@ def test_standardised_targets_stay_finite_and_keep_the_order_of_ordinary_values(
 
 
 def test_a_model_that_fails_names_its_study(monkeypatch: pytest.MonkeyPatch) -> None:
-    from handlers.bayesopt import handler as bayesopt_handler
+    from rtopt.handlers.bayesopt import handler as bayesopt_handler
+
     from rtopt import RtoptError
 
     with engine() as eng:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from rtopt.handlers.bandits import BanditHandler
+from rtopt.handlers.bayesopt import BayesOptHandler
+from rtopt.handlers.experiments import ExperimentHandler
 
-from handlers.bandits import BanditHandler
-from handlers.bayesopt import BayesOptHandler
-from handlers.experiments import ExperimentHandler
 from rtopt import ArmUpdated, Engine, FeedbackRejected, InvalidEvent
 
 NOW = 1.7e9

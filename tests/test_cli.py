@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from conftest import rows_without_recorded_at, sha256
+from rtopt.handlers.bandits.simulation import default_variants
 
-from handlers.bandits.simulation import default_variants
 from rtopt import Engine, RtoptError
 from rtopt.cli import main
 
@@ -276,10 +276,10 @@ def test_a_bad_argument_is_refused_before_any_log_is_touched(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    import apps.ui
+    import rtopt.apps.ui
 
     monkeypatch.chdir(logs_in_place)
-    monkeypatch.setattr(apps.ui, "serve", lambda *args, **kwargs: pytest.fail("the dashboard was served"))
+    monkeypatch.setattr(rtopt.apps.ui, "serve", lambda *args, **kwargs: pytest.fail("the dashboard was served"))
     before = digests(logs_in_place)
     with pytest.raises(SystemExit) as exited:
         main(command)

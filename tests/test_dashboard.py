@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import rtopt.apps.ui
 from bokeh.models import GlyphRenderer, Plot
 from conftest import free_port, simulate_into, write_monitored_log
-
-import apps.ui
-from apps.access import COOKIE, Access, new_token
-from apps.data import (
+from rtopt.apps.access import COOKIE, Access, new_token
+from rtopt.apps.data import (
     AlertFeed,
     ArmPosteriors,
     Detections,
@@ -34,8 +33,9 @@ from apps.data import (
     Responses,
     Studies,
 )
-from apps.ui import Dashboard, dashboard_server
-from handlers.bandits.simulation import default_variants, simulate
+from rtopt.apps.ui import Dashboard, dashboard_server
+from rtopt.handlers.bandits.simulation import default_variants, simulate
+
 from rtopt import Engine, RtoptError
 from rtopt.cli import main
 
@@ -249,7 +249,7 @@ def test_served_from_python_beyond_this_machine_the_dashboard_asks_for_a_token(r
 def served_with(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """What ``rtopt dashboard`` asks apps.ui.serve for, without binding any address."""
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(apps.ui, "serve", lambda log, **options: calls.append({"log": log, **options}))
+    monkeypatch.setattr(rtopt.apps.ui, "serve", lambda log, **options: calls.append({"log": log, **options}))
     return calls
 
 

@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 
 import pytest
 from conftest import free_port, write_monitored_log
+from rtopt.handlers.bandits.simulation import default_variants, simulate
 
-from handlers.bandits.simulation import default_variants, simulate
 from rtopt import Engine
 
 if TYPE_CHECKING:

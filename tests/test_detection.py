@@ -10,13 +10,13 @@ from pathlib import Path
 import msgspec
 import numpy as np
 import pytest
+from rtopt.handlers.bandits import BanditHandler
+from rtopt.handlers.detection import DetectionHandler, DetectionOptions, PatternOptions
+from rtopt.handlers.detection import patterns as found_in
+from rtopt.handlers.experiments import ExperimentHandler
+from rtopt.streams import Aggregates, Tumbling, WindowClosed, WindowHandler, WindowPipeline, WindowUpdated
 
-from handlers.bandits import BanditHandler
-from handlers.detection import DetectionHandler, DetectionOptions, PatternOptions
-from handlers.detection import patterns as found_in
-from handlers.experiments import ExperimentHandler
 from rtopt import Context, Engine, Envelope, Feedback, InvalidEvent
-from streams import Aggregates, Tumbling, WindowClosed, WindowHandler, WindowPipeline, WindowUpdated
 
 DROP_AT = 3600.0  # event time when arm b's quality drops from 0.85 to 0.5
 MINUTES = 90
@@ -327,7 +327,7 @@ def test_a_breach_can_start_an_ab_test_over_the_variants_seen() -> None:
 
 
 def test_a_failing_success_rate_can_start_a_bayesian_study_that_replays(tmp_path: Path) -> None:
-    from handlers.bayesopt import BayesOptHandler
+    from rtopt.handlers.bayesopt import BayesOptHandler
 
     pipeline = WindowPipeline(
         "success", Tumbling(60.0), Aggregates({"success": ("mean",)}), key=("prompt_id", "variant_id")

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from river.drift import ADWIN as RiverADWIN
 from river.drift import PageHinkley as RiverPageHinkley
+from rtopt.handlers.detection import ADWIN, CUSUM, MAD, IQRFences, Mahalanobis, PageHinkley, ZScore
 from scipy import spatial, stats
 
-from handlers.detection import ADWIN, CUSUM, MAD, IQRFences, Mahalanobis, PageHinkley, ZScore
 from rtopt import InvalidEvent
 
 SEEDS = range(5)

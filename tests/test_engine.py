@@ -9,8 +9,8 @@ from typing import Any, ClassVar
 
 import msgspec
 import pytest
+from rtopt.handlers.bandits import BanditHandler
 
-from handlers.bandits import BanditHandler
 from rtopt import (
     ArmUpdated,
     Context,

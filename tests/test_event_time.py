@@ -7,9 +7,9 @@ import time as wall_clock
 from pathlib import Path
 
 import pytest
+from rtopt.handlers.bandits import BanditHandler
+from rtopt.handlers.experiments import ExperimentHandler
 
-from handlers.bandits import BanditHandler
-from handlers.experiments import ExperimentHandler
 from rtopt import ArmUpdated, Engine, Feedback, FeedbackRejected, InvalidEvent
 
 DAY = 86_400.0

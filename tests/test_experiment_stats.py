@@ -12,9 +12,7 @@ import math
 import msgspec
 import numpy as np
 import pytest
-from scipy import integrate, stats
-
-from handlers.experiments import (
+from rtopt.handlers.experiments import (
     Comparison,
     MixtureSPRT,
     Moments,
@@ -34,6 +32,8 @@ from handlers.experiments import (
     welch_ttest_from_stats,
     wilson_interval,
 )
+from scipy import integrate, stats
+
 from rtopt import InvalidEvent
 
 ALTERNATIVES = ("two-sided", "greater", "less")

@@ -12,12 +12,10 @@ from typing import Any
 import msgspec
 import numpy as np
 import pytest
-from scipy import stats as scipy_stats
-
-from handlers.bandits import BanditHandler
-from handlers.bandits.options import BanditOptions
-from handlers.bandits.rewards import reward
-from handlers.experiments import (
+from rtopt.handlers.bandits import BanditHandler
+from rtopt.handlers.bandits.options import BanditOptions
+from rtopt.handlers.bandits.rewards import reward
+from rtopt.handlers.experiments import (
     AllocationUpdated,
     CanaryAdvanced,
     CanaryRolledBack,
@@ -38,6 +36,8 @@ from handlers.experiments import (
     two_proportion_ztest,
     welch_ttest,
 )
+from scipy import stats as scipy_stats
+
 from rtopt import Decision, Engine, Envelope, Feedback, FeedbackRejected, InvalidEvent
 
 T0 = 1_767_000_000.0

@@ -7,11 +7,9 @@ from pathlib import Path
 
 import msgspec
 import pytest
-
-from handlers.bandits import BanditHandler
-from rtopt import Decision, Engine, InvalidEvent
-from streams.events import WindowClosed, WindowUpdated
-from streams.feature_store import (
+from rtopt.handlers.bandits import BanditHandler
+from rtopt.streams.events import WindowClosed, WindowUpdated
+from rtopt.streams.feature_store import (
     EntityFeatures,
     FeatureStoreHandler,
     FeatureTable,
@@ -21,7 +19,9 @@ from streams.feature_store import (
     StoredFeature,
     request_context,
 )
-from streams.features import FeatureSchema, FeatureSpec, time_features
+from rtopt.streams.features import FeatureSchema, FeatureSpec, time_features
+
+from rtopt import Decision, Engine, InvalidEvent
 
 FEATURES = {
     "window_1min_avg_latency": ("latency_1min", "response_time_ms.mean"),
@@ -382,9 +382,10 @@ def test_decide_records_the_feature_vector(tmp_path: Path) -> None:
 
 def test_features_from_a_live_window_pipeline(tmp_path: Path) -> None:
     """Feedback -> WindowHandler -> WindowClosed (derived) -> FeatureStoreHandler, in one commit, and replay."""
+    from rtopt.streams import Aggregates, Tumbling, WindowPipeline
+    from rtopt.streams.handler import WindowHandler
+
     from rtopt import Feedback
-    from streams import Aggregates, Tumbling, WindowPipeline
-    from streams.handler import WindowHandler
 
     def handlers() -> list:
         pipeline = WindowPipeline("latency_1min", Tumbling(60.0), Aggregates({"response_time_ms": ("mean",)}))

@@ -8,9 +8,7 @@ from datetime import UTC, datetime
 import msgspec
 import numpy as np
 import pytest
-
-from rtopt import InvalidEvent
-from streams.features import (
+from rtopt.streams.features import (
     Binner,
     BusinessHours,
     FeatureSchema,
@@ -28,6 +26,8 @@ from streams.features import (
     is_weekend,
     time_features,
 )
+
+from rtopt import InvalidEvent
 
 
 def ts(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> float:

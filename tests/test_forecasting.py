@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from rtopt.handlers.detection import Ensemble, ExponentialSmoothing, Holt, LinearTrend, MovingAverage
+from rtopt.handlers.detection.forecasting import Errors
 from scipy import stats
 
-from handlers.detection import Ensemble, ExponentialSmoothing, Holt, LinearTrend, MovingAverage
-from handlers.detection.forecasting import Errors
 from rtopt import InvalidEvent
 
 

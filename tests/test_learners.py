@@ -9,9 +9,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 import pytest
-from scipy import stats
-
-from handlers.learners import (
+from rtopt.handlers.learners import (
     FTRL,
     SGD,
     AdaGrad,
@@ -27,6 +25,8 @@ from handlers.learners import (
     parameters,
     replay_tail,
 )
+from scipy import stats
+
 from rtopt import Engine, InvalidEvent
 
 TRUE_WEIGHTS = {"f0": 2.0, "f1": -3.0, "f2": 1.5, "f3": -2.0}

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from handlers.bandits import BanditHandler
-from handlers.bandits.ope import (
+from rtopt.handlers.bandits import BanditHandler
+from rtopt.handlers.bandits.ope import (
     Estimate,
     LoggedRound,
     TargetPolicy,
@@ -22,7 +21,8 @@ from handlers.bandits.ope import (
     target_probabilities,
     uniform,
 )
-from handlers.bandits.simulation import default_variants, simulate
+from rtopt.handlers.bandits.simulation import default_variants, simulate
+
 from rtopt import Engine, Feedback
 
 ARMS = ["a1", "a2", "a3", "a4", "a5"]

@@ -6,9 +6,8 @@ import math
 
 import numpy as np
 import pytest
-
-from handlers.bandits.simulation import LONG_PROMPT_SHARE, default_variants, simulate
-from handlers.pareto import (
+from rtopt.handlers.bandits.simulation import LONG_PROMPT_SHARE, default_variants, simulate
+from rtopt.handlers.pareto import (
     Candidate,
     NoFeasibleCandidate,
     choose,
@@ -17,6 +16,7 @@ from handlers.pareto import (
     pareto_front,
     scores,
 )
+
 from rtopt import Engine, Feedback
 
 

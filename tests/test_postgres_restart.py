@@ -15,8 +15,8 @@ from pathlib import Path
 import psycopg
 import pytest
 from conftest import derived_events, simulate_into
+from rtopt.handlers.bandits import BanditHandler
 
-from handlers.bandits import BanditHandler
 from rtopt import CommitUncertain, Engine, Feedback, InvalidEvent, StorageUnavailable
 from rtopt.follower import Follower
 from rtopt.log import copy_log

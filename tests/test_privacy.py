@@ -12,9 +12,9 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from rtopt.handlers.experiments import ExperimentHandler
+from rtopt.handlers.protection import FeedbackGuard, ProtectionHandler
 
-from handlers.experiments import ExperimentHandler
-from handlers.protection import FeedbackGuard, ProtectionHandler
 from rtopt import Decision, Engine, Feedback, Privacy, RtoptError, SubjectForgotten, registered_types
 from rtopt.cli import main
 from rtopt.log import copy_log, copy_rows

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from rtopt.handlers.bandits import BanditHandler
+from rtopt.handlers.experiments import ExperimentHandler
+from rtopt.handlers.protection import FeedbackGuard, ProtectionHandler
 
-from handlers.bandits import BanditHandler
-from handlers.experiments import ExperimentHandler
-from handlers.protection import FeedbackGuard, ProtectionHandler
 from rtopt import Engine, Feedback, InvalidEvent
 
 

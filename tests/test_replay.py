@@ -8,8 +8,8 @@ from pathlib import Path
 import msgspec
 import pytest
 from conftest import edit_log, rows_without_recorded_at, sha256, simulate_into
+from rtopt.handlers.bandits import BanditHandler
 
-from handlers.bandits import BanditHandler
 from rtopt import ArmUpdated, ConfigurationChanged, Decision, Engine, RtoptError, default_handlers
 
 

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rtopt.handlers.bandits import BanditHandler
+from rtopt.handlers.bayesopt import BayesOptHandler
 
-from handlers.bandits import BanditHandler
-from handlers.bayesopt import BayesOptHandler
 from rtopt import (
     Draft,
     Engine,

@@ -7,9 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from rtopt import Engine, Envelope, Feedback
-from streams import (
+from rtopt.streams import (
     Aggregates,
     Counting,
     Deduplicator,
@@ -22,6 +20,8 @@ from streams import (
     WindowUpdated,
     fill_gaps,
 )
+
+from rtopt import Engine, Envelope, Feedback
 
 _ids = itertools.count()
 

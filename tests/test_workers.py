@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 from conftest import derived_events
+from rtopt.handlers.bandits import BanditHandler
+from rtopt.handlers.bandits.simulation import default_variants, simulate
 
-from handlers.bandits import BanditHandler
-from handlers.bandits.simulation import default_variants, simulate
 from rtopt import Draft, Engine, InvalidEvent, RtoptError, default_handlers
 from rtopt.cli import main
 from rtopt.engine import envelope_from_row

@@ -1,6 +1,6 @@
 """Bandit policies that choose among prompt variants and learn from feedback."""
 
-from handlers.bandits.events import (
+from rtopt.handlers.bandits.events import (
     ArmAdded,
     ArmPaused,
     ArmResumed,
@@ -10,10 +10,10 @@ from handlers.bandits.events import (
     ExperimentStats,
     PolicyStateImported,
 )
-from handlers.bandits.handler import BanditHandler, BanditState, ExperimentState, statistics
-from handlers.bandits.options import BanditOptions
-from handlers.bandits.policies import ArmState, Choice, choose
-from handlers.bandits.transfer import export_policy_state, import_policy_state
+from rtopt.handlers.bandits.handler import BanditHandler, BanditState, ExperimentState, statistics
+from rtopt.handlers.bandits.options import BanditOptions
+from rtopt.handlers.bandits.policies import ArmState, Choice, choose
+from rtopt.handlers.bandits.transfer import export_policy_state, import_policy_state
 
 __all__ = [
     "ArmAdded",

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rtopt.handlers.bandits.ope import TargetPolicy, always, evaluate, rounds_from_log, uniform
 
-from handlers.bandits.ope import TargetPolicy, always, evaluate, rounds_from_log, uniform
 from rtopt import Engine, InvalidEvent
 from rtopt.cli import checked, positive
 

@@ -62,7 +62,7 @@ class ExperimentStats(Event, frozen=True):
 class PolicyStateImported(Event, frozen=True):
     """Arms' statistics brought into an experiment from JSON (a warm start, or a policy moved between logs).
 
-    ``arms`` is the JSON of ``{arm: ArmState}`` as :func:`handlers.bandits.export_policy_state` writes it.
+    ``arms`` is the JSON of ``{arm: ArmState}`` as :func:`rtopt.handlers.bandits.export_policy_state` writes it.
     """
 
     experiment: Name

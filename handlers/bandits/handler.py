@@ -7,9 +7,8 @@ from typing import Any, ClassVar
 
 import msgspec
 import numpy as np
-
-from handlers.bandits import policies
-from handlers.bandits.events import (
+from rtopt.handlers.bandits import policies
+from rtopt.handlers.bandits.events import (
     ArmAdded,
     ArmChanged,
     ArmPaused,
@@ -20,12 +19,13 @@ from handlers.bandits.events import (
     ExperimentStats,
     PolicyStateImported,
 )
-from handlers.bandits.options import CONTEXTUAL, POLICY_OPTIONS, BanditOptions, parse_options
-from handlers.bandits.policies import ACTIVE, PAUSED, RETIRED, ArmState
-from handlers.bandits.rewards import reward
-from handlers.bandits.transfer import decode_arms
-from handlers.ledger import DUPLICATE, AwaitingFeedback, DecisionLedger, MatchesFeedback
-from handlers.protection import FeedbackGuard
+from rtopt.handlers.bandits.options import CONTEXTUAL, POLICY_OPTIONS, BanditOptions, parse_options
+from rtopt.handlers.bandits.policies import ACTIVE, PAUSED, RETIRED, ArmState
+from rtopt.handlers.bandits.rewards import reward
+from rtopt.handlers.bandits.transfer import decode_arms
+from rtopt.handlers.ledger import DUPLICATE, AwaitingFeedback, DecisionLedger, MatchesFeedback
+from rtopt.handlers.protection import FeedbackGuard
+
 from rtopt import (
     ArmUpdated,
     Context,
@@ -82,15 +82,15 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
 
     Policies: ``epsilon_greedy``, ``ucb1``, ``thompson`` (Beta-Bernoulli), ``thompson_gaussian``
     (Normal-Inverse-Gamma), ``softmax``, and the contextual ``linucb`` and ``lin_thompson``; their options
-    are :class:`~handlers.bandits.options.BanditOptions`. Arms join, pause, resume and retire at run time
-    through :mod:`handlers.bandits.events`.
+    are :class:`~rtopt.handlers.bandits.options.BanditOptions`. Arms join, pause, resume and retire at run time
+    through :mod:`rtopt.handlers.bandits.events`.
 
     Feedback is matched to its decision by ``decision_id`` within ``feedback_horizon_s`` seconds of event
     time, among the last ``max_pending`` decisions (older ones are evicted, counted in the ledger's
     ``evicted``). Feedback for an unknown or expired decision, a second feedback for one decision, or feedback
     whose prompt and variant do not match its decision is rejected with a ``FeedbackRejected`` event and
     never changes what the policy learnt. Feedback that names no decision is not a bandit observation and
-    is left to other handlers. With a ``guard`` (:class:`~handlers.protection.FeedbackGuard`)
+    is left to other handlers. With a ``guard`` (:class:`~rtopt.handlers.protection.FeedbackGuard`)
     every Feedback is judged by it, and feedback it flags is rejected too.
 
     >>> from rtopt import Engine

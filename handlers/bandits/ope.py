@@ -176,7 +176,7 @@ def rounds_from_log(engine: Engine, experiment: str) -> BanditLog:
     target that favours arms the policy has all but abandoned is underestimated (the effective sample size
     shows it).
 
-    >>> from handlers.bandits import BanditHandler
+    >>> from rtopt.handlers.bandits import BanditHandler
     >>> with Engine.open(":memory:", seed=1, handlers=[BanditHandler()]) as engine:
     ...     _ = engine.define_experiment("g", arms=["a", "b"], time=0.0)
     ...     d = engine.decide("g", time=1.0)

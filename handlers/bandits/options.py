@@ -7,9 +7,9 @@ from typing import Annotated
 
 import msgspec
 from msgspec import Meta
+from rtopt.handlers.bandits.rewards import REWARD_OPTIONS, RewardOptions
+from rtopt.handlers.options import typed_options
 
-from handlers.bandits.rewards import REWARD_OPTIONS, RewardOptions
-from handlers.options import typed_options
 from rtopt import ExperimentDefined, InvalidEvent
 
 Positive = Annotated[float, Meta(gt=0.0)]
@@ -32,7 +32,7 @@ NON_STATIONARY_OPTIONS = frozenset({"decay", "window", "idle_half_life_s"})
 
 class BanditOptions(RewardOptions, frozen=True, forbid_unknown_fields=True):
     """Every option a bandit experiment can set; each policy reads those that concern it. The reward
-    options are those of :class:`~handlers.bandits.rewards.RewardOptions`.
+    options are those of :class:`~rtopt.handlers.bandits.rewards.RewardOptions`.
 
     Non-stationary arms (non-contextual policies): ``decay`` discounts past rewards by that factor at each
     new one; ``window`` keeps only the last rewards of the experiment; ``idle_half_life_s`` halves the

@@ -23,8 +23,8 @@ from collections.abc import Sequence
 
 import msgspec
 import numpy as np
+from rtopt.handlers.bandits.options import BanditOptions
 
-from handlers.bandits.options import BanditOptions
 from rtopt.handler import Context
 
 ACTIVE, PAUSED, RETIRED = "active", "paused", "retired"

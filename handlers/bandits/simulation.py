@@ -21,19 +21,19 @@ import msgspec
 import numpy as np
 from rich.console import Console
 from rich.table import Table
-from scipy import stats
-
-from handlers.bandits.events import ArmSummary
-from handlers.bandits.handler import statistics
-from handlers.bandits.options import CONTEXTUAL, POLICY_OPTIONS
-from handlers.experiments.events import (
+from rtopt.handlers.bandits.events import ArmSummary
+from rtopt.handlers.bandits.handler import statistics
+from rtopt.handlers.bandits.options import CONTEXTUAL, POLICY_OPTIONS
+from rtopt.handlers.experiments.events import (
     CanaryRolledBack,
     ExperimentCompleted,
     ExperimentConcluded,
     ExperimentPaused,
 )
-from handlers.experiments.options import CANARY
-from handlers.experiments.options import POLICIES as AB_POLICIES
+from rtopt.handlers.experiments.options import CANARY
+from rtopt.handlers.experiments.options import POLICIES as AB_POLICIES
+from scipy import stats
+
 from rtopt import Decision, Engine
 from rtopt.cli import UsageError, between, log_seed, positive, progress_bar, replace_log
 from rtopt.log import is_postgres_url, open_log, refuse_non_empty, shown_url

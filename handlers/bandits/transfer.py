@@ -1,22 +1,22 @@
 """Policy state as JSON: export an experiment's arms from one engine and import them into another.
 
-The import is itself an event (:class:`~handlers.bandits.events.PolicyStateImported`), so the state it
+The import is itself an event (:class:`~rtopt.handlers.bandits.events.PolicyStateImported`), so the state it
 brings in is rebuilt by replay like any other.
 """
 
 from __future__ import annotations
 
 import msgspec
+from rtopt.handlers.bandits.events import PolicyStateImported
+from rtopt.handlers.bandits.policies import ArmState
 
-from handlers.bandits.events import PolicyStateImported
-from handlers.bandits.policies import ArmState
 from rtopt import Engine, Envelope, InvalidEvent
 
 
 def export_policy_state(engine: Engine, experiment: str, handler: str = "bandit") -> str:
     """The JSON of ``experiment``'s arms (their statistics and status) in ``engine``.
 
-    >>> from handlers.bandits import BanditHandler
+    >>> from rtopt.handlers.bandits import BanditHandler
     >>> with Engine.open(":memory:", seed=1, handlers=[BanditHandler()]) as source, \\
     ...      Engine.open(":memory:", seed=2, handlers=[BanditHandler()]) as target:
     ...     _ = source.define_experiment("g", arms=["a", "b"], policy="thompson")

@@ -1,9 +1,9 @@
 """Bayesian optimisation of parameters (an LLM's temperature, top_p, max_tokens ...) as studies of events."""
 
-from handlers.bayesopt.events import StudyCompleted, SurrogateFitted
-from handlers.bayesopt.handler import BayesOptHandler, BayesOptState, StudyState, recommend
-from handlers.bayesopt.options import StudyOptions
-from handlers.bayesopt.space import Space
+from rtopt.handlers.bayesopt.events import StudyCompleted, SurrogateFitted
+from rtopt.handlers.bayesopt.handler import BayesOptHandler, BayesOptState, StudyState, recommend
+from rtopt.handlers.bayesopt.options import StudyOptions
+from rtopt.handlers.bayesopt.space import Space
 
 __all__ = [
     "BayesOptHandler",

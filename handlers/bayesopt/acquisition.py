@@ -11,9 +11,8 @@ import math
 from collections.abc import Callable
 
 import numpy as np
+from rtopt.handlers.bayesopt.gp import GaussianProcess
 from scipy import optimize, special
-
-from handlers.bayesopt.gp import GaussianProcess
 
 ACQUISITIONS = ("ei", "ucb", "pi")
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)

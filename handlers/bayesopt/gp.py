@@ -13,10 +13,9 @@ import functools
 import math
 
 import numpy as np
+from rtopt.handlers.bayesopt.kernels import Kernel
 from scipy import linalg, optimize
 from threadpoolctl import ThreadpoolController
-
-from handlers.bayesopt.kernels import Kernel
 
 LOG_NOISE_BOUNDS = (math.log(1e-6), math.log(1.0))
 OUTLIER_FENCE = 10.0  # interquartile ranges beyond the quartiles where a target's outliers are moved
@@ -80,7 +79,7 @@ class GaussianProcess:
     observed at the rows of ``x``; the last ``believed`` rows hold the model's own predictions, taken as
     exact (see :meth:`believe`).
 
-    >>> from handlers.bayesopt.kernels import RBF
+    >>> from rtopt.handlers.bayesopt.kernels import RBF
     >>> gp = GaussianProcess(RBF(1), np.array([0.0, 0.0, math.log(1e-6)]), np.array([[0.5]]), np.array([1.0]))
     >>> mean, var = gp.predict(np.array([[0.5]]))
     >>> round(float(mean[0]), 4), round(float(var[0]), 4)

@@ -9,15 +9,15 @@ from typing import Any, ClassVar
 
 import msgspec
 import numpy as np
+from rtopt.handlers.bandits.rewards import reward
+from rtopt.handlers.bayesopt.acquisition import Acquisition, maximize
+from rtopt.handlers.bayesopt.events import StudyCompleted, SurrogateFitted
+from rtopt.handlers.bayesopt.gp import GaussianProcess, fit_hyperparameters, one_blas_thread, standardise
+from rtopt.handlers.bayesopt.kernels import make_kernel
+from rtopt.handlers.bayesopt.options import METHODS, StudyOptions, parse_study
+from rtopt.handlers.bayesopt.space import Space
 from scipy.stats import qmc
 
-from handlers.bandits.rewards import reward
-from handlers.bayesopt.acquisition import Acquisition, maximize
-from handlers.bayesopt.events import StudyCompleted, SurrogateFitted
-from handlers.bayesopt.gp import GaussianProcess, fit_hyperparameters, one_blas_thread, standardise
-from handlers.bayesopt.kernels import make_kernel
-from handlers.bayesopt.options import METHODS, StudyOptions, parse_study
-from handlers.bayesopt.space import Space
 from rtopt import (
     Context,
     Envelope,
@@ -76,7 +76,7 @@ class BayesOptState(msgspec.Struct):
 
 @dataclass
 class Model:
-    """A GP on a study's (bounded) observations, standardised (:func:`~handlers.bayesopt.gp.standardise`):
+    """A GP on a study's (bounded) observations, standardised (:func:`~rtopt.handlers.bayesopt.gp.standardise`):
     ``y = (sign * value - offset) / scale``, outliers moved to their fence."""
 
     gp: GaussianProcess
@@ -142,7 +142,7 @@ class BayesOptHandler(Handler[BayesOptState]):
     the unit cube with standardised targets, hyperparameters by maximum marginal likelihood, and the
     next points where the acquisition (``ei``, ``ucb`` or ``pi``) is largest; the first ``n_initial``
     suggestions follow a Latin hypercube. Method ``random``: uniform draws, a baseline. Options are
-    :class:`~handlers.bayesopt.options.StudyOptions`. Points suggested together, or still waiting for
+    :class:`~rtopt.handlers.bayesopt.options.StudyOptions`. Points suggested together, or still waiting for
     their value, are spread by believing the model's prediction at them (Kriging believer).
 
     >>> from rtopt import Engine

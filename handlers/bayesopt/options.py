@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from msgspec import Meta
+from rtopt.handlers.bandits.rewards import RewardOptions
+from rtopt.handlers.bayesopt.acquisition import ACQUISITIONS
+from rtopt.handlers.bayesopt.kernels import KERNEL_NAMES
+from rtopt.handlers.bayesopt.space import Space
+from rtopt.handlers.options import typed_options
 
-from handlers.bandits.rewards import RewardOptions
-from handlers.bayesopt.acquisition import ACQUISITIONS
-from handlers.bayesopt.kernels import KERNEL_NAMES
-from handlers.bayesopt.space import Space
-from handlers.options import typed_options
 from rtopt import InvalidEvent, StudyDefined
 
 METHODS = ("gp", "random")
@@ -41,7 +41,7 @@ class StudyOptions(RewardOptions, frozen=True, forbid_unknown_fields=True):
     is forgotten (a value told for it later is refused).
 
     Feedback that names a suggestion (``metadata["suggestion_id"]``) is observed as its reward: the
-    options of :class:`~handlers.bandits.rewards.RewardOptions` (composite by default) say how.
+    options of :class:`~rtopt.handlers.bandits.rewards.RewardOptions` (composite by default) say how.
 
     >>> StudyOptions().max_points
     250

@@ -20,10 +20,10 @@ import msgspec
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+from rtopt.handlers.bandits.rewards import RewardOptions, reward
+from rtopt.handlers.bayesopt.handler import recommend
 from scipy import optimize
 
-from handlers.bandits.rewards import RewardOptions, reward
-from handlers.bayesopt.handler import recommend
 from rtopt import Engine, Feedback
 from rtopt.cli import log_seed, non_negative, positive, replace_log
 

@@ -1,9 +1,9 @@
 """Detection and response: drift and anomaly detectors, performance patterns, threshold-driven actions,
 forecasts and feedback protection, each detection an event."""
 
-from handlers.detection.anomaly import MAD, IQRFences, Mahalanobis, ZScore
-from handlers.detection.drift import ADWIN, CUSUM, PageHinkley
-from handlers.detection.events import (
+from rtopt.handlers.detection.anomaly import MAD, IQRFences, Mahalanobis, ZScore
+from rtopt.handlers.detection.drift import ADWIN, CUSUM, PageHinkley
+from rtopt.handlers.detection.events import (
     AnomalyDetected,
     ConfigurationCaptured,
     Correlation,
@@ -14,7 +14,7 @@ from handlers.detection.events import (
     Recommendation,
     ThresholdBreached,
 )
-from handlers.detection.forecasting import (
+from rtopt.handlers.detection.forecasting import (
     Ensemble,
     ExponentialSmoothing,
     Holt,
@@ -22,10 +22,10 @@ from handlers.detection.forecasting import (
     MovingAverage,
     Prediction,
 )
-from handlers.detection.handler import DetectionHandler, DetectionState
-from handlers.detection.options import DetectionOptions
-from handlers.detection.patterns import PatternOptions
-from handlers.protection import FeedbackFlagged, FeedbackGuard, ProtectionHandler, RateLimitExceeded
+from rtopt.handlers.detection.handler import DetectionHandler, DetectionState
+from rtopt.handlers.detection.options import DetectionOptions
+from rtopt.handlers.detection.patterns import PatternOptions
+from rtopt.handlers.protection import FeedbackFlagged, FeedbackGuard, ProtectionHandler, RateLimitExceeded
 
 __all__ = [
     "ADWIN",

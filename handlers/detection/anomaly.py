@@ -24,9 +24,9 @@ import msgspec
 import numpy as np
 from msgspec import Meta
 from river._river_rust.stats import RsRollingQuantile as RollingQuantile  # River's rolling quantile (Rust)
+from rtopt.handlers.checked import Checked, at_most
 from scipy import stats
 
-from handlers.checked import Checked, at_most
 from rtopt import InvalidEvent
 
 Positive = Annotated[float, Meta(gt=0.0)]

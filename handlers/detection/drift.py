@@ -21,8 +21,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 from river._river_rust.drift import AdaptiveWindowing  # the Rust core behind river.drift.ADWIN
-
-from handlers.checked import Checked
+from rtopt.handlers.checked import Checked
 
 Positive = Annotated[float, Meta(gt=0.0)]
 NonNegative = Annotated[float, Meta(ge=0.0)]

@@ -21,9 +21,8 @@ from typing import Annotated
 import msgspec
 import numpy as np
 from msgspec import Meta
+from rtopt.handlers.checked import Checked
 from scipy import stats
-
-from handlers.checked import Checked
 
 Smoothing = Annotated[float, Meta(gt=0.0, le=1.0)]
 Level = Annotated[float, Meta(gt=0.0, lt=1.0)]

@@ -12,12 +12,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-
-from handlers.bandits.events import EvidenceDiscounted
-from handlers.detection import patterns
-from handlers.detection.anomaly import MAD, IQRFences, Mahalanobis, ZScore
-from handlers.detection.drift import ADWIN, CUSUM, PageHinkley
-from handlers.detection.events import (
+from rtopt.handlers.bandits.events import EvidenceDiscounted
+from rtopt.handlers.detection import patterns
+from rtopt.handlers.detection.anomaly import MAD, IQRFences, Mahalanobis, ZScore
+from rtopt.handlers.detection.drift import ADWIN, CUSUM, PageHinkley
+from rtopt.handlers.detection.events import (
     AnomalyDetected,
     ConfigurationCaptured,
     DriftDetected,
@@ -26,11 +25,12 @@ from handlers.detection.events import (
     PatternDetected,
     ThresholdBreached,
 )
-from handlers.detection.forecasting import Ensemble
-from handlers.detection.options import DetectionOptions
-from handlers.detection.thresholds import breaches, relative_gap
+from rtopt.handlers.detection.forecasting import Ensemble
+from rtopt.handlers.detection.options import DetectionOptions
+from rtopt.handlers.detection.thresholds import breaches, relative_gap
+from rtopt.streams.events import WindowClosed, WindowUpdated
+
 from rtopt import Context, Envelope, Event, ExperimentDefined, Handler, StudyDefined
-from streams.events import WindowClosed, WindowUpdated
 
 ANOMALY_DETECTORS = {"zscore": ZScore, "iqr": IQRFences, "mad": MAD}
 CALIBRATED_CONFIDENCE = 0.9999  # Page-Hinkley and CUSUM: one false alarm per ~10,000 stationary windows
@@ -127,10 +127,10 @@ class DetectionState(msgspec.Struct):
 class DetectionHandler(Handler[DetectionState]):
     """Watches window results and derives DriftDetected, AnomalyDetected, PatternDetected, ThresholdBreached
     and Forecast events, and the responses: OptimizationAction, EvidenceDiscounted (read by the bandit
-    handler) and ConfigurationCaptured. Settings: :class:`~handlers.detection.options.DetectionOptions`.
+    handler) and ConfigurationCaptured. Settings: :class:`~rtopt.handlers.detection.options.DetectionOptions`.
 
     >>> from rtopt import Engine, Feedback
-    >>> from streams import Aggregates, Tumbling, WindowHandler, WindowPipeline
+    >>> from rtopt.streams import Aggregates, Tumbling, WindowHandler, WindowPipeline
     >>> pipeline = WindowPipeline("quality", Tumbling(60.0), Aggregates({"quality_score": ("mean",)}))
     >>> with Engine.open(":memory:", seed=1, handlers=[WindowHandler(pipeline), DetectionHandler()]) as engine:
     ...     for minute in range(40):

@@ -6,10 +6,10 @@ from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
+from rtopt.handlers.checked import Checked, at_most
+from rtopt.handlers.detection.drift import CUSUM_THRESHOLD, PAGE_HINKLEY_THRESHOLD
+from rtopt.handlers.detection.patterns import PatternOptions
 
-from handlers.checked import Checked, at_most
-from handlers.detection.drift import CUSUM_THRESHOLD, PAGE_HINKLEY_THRESHOLD
-from handlers.detection.patterns import PatternOptions
 from rtopt import Dimension
 
 DriftName = Literal["adwin", "page_hinkley", "cusum"]

@@ -23,10 +23,9 @@ from typing import Annotated
 import msgspec
 import numpy as np
 from msgspec import Meta
+from rtopt.handlers.checked import Checked
+from rtopt.handlers.detection.events import Correlation, Recommendation
 from scipy import stats
-
-from handlers.checked import Checked
-from handlers.detection.events import Correlation, Recommendation
 
 DEGRADATION, IMPROVEMENT, OSCILLATION, PLATEAU, ANOMALY = (
     "degradation",

@@ -1,7 +1,7 @@
 """Experiments: A/B and multi-variant tests and canary rollouts of prompt variants, and the statistics that
 judge them."""
 
-from handlers.experiments.events import (
+from rtopt.handlers.experiments.events import (
     AllocationUpdated,
     CanaryAdvanced,
     CanaryRolledBack,
@@ -21,10 +21,10 @@ from handlers.experiments.events import (
     Verdict,
     WinnerPromoted,
 )
-from handlers.experiments.handler import ExperimentHandler
-from handlers.experiments.options import ExperimentOptions
-from handlers.experiments.state import ArmStats, Experiment, ExperimentsState
-from handlers.experiments.stats import (
+from rtopt.handlers.experiments.handler import ExperimentHandler
+from rtopt.handlers.experiments.options import ExperimentOptions
+from rtopt.handlers.experiments.state import ArmStats, Experiment, ExperimentsState
+from rtopt.handlers.experiments.stats import (
     Adjustment,
     Comparison,
     Cuped,

@@ -3,7 +3,7 @@ variant against the control, the sample-ratio check, the guardrails and the stop
 
 Everything here reads sufficient statistics (counts, Welford means and squared deviations, co-moments,
 latency sketches), so an analysis costs the same after a hundred feedback or a million; the numbers are
-those :mod:`handlers.experiments.stats` gives on the raw data, up to rounding.
+those :mod:`rtopt.handlers.experiments.stats` gives on the raw data, up to rounding.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from handlers.experiments.events import (
+from rtopt.handlers.experiments.events import (
     CupedResult,
     ExperimentAnalysed,
     ExperimentConcluded,
@@ -21,14 +21,15 @@ from handlers.experiments.events import (
     VariantStats,
     Verdict,
 )
-from handlers.experiments.state import ArmStats, CoMoments, Experiment, Welford
-from handlers.experiments.stats import (
+from rtopt.handlers.experiments.state import ArmStats, CoMoments, Experiment, Welford
+from rtopt.handlers.experiments.stats import (
     Comparison,
     holm,
     sample_ratio_mismatch,
     two_proportion_ztest,
     welch_ttest_from_stats,
 )
+
 from rtopt import InvalidEvent
 
 VARIANT_WINS, CONTROL_WINS, NO_DIFFERENCE, SRM_OUTCOME = (

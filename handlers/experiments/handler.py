@@ -12,9 +12,8 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import msgspec
-
-from handlers.bandits.rewards import reward
-from handlers.experiments.analysis import (
+from rtopt.handlers.bandits.rewards import reward
+from rtopt.handlers.experiments.analysis import (
     VARIANT_WINS,
     Breach,
     analyse,
@@ -24,8 +23,8 @@ from handlers.experiments.analysis import (
     relative,
     welch,
 )
-from handlers.experiments.assignment import pick, position, thompson_allocation
-from handlers.experiments.events import (
+from rtopt.handlers.experiments.assignment import pick, position, thompson_allocation
+from rtopt.handlers.experiments.events import (
     CANARY_EVENTS,
     DERIVED_ONLY,
     LIFECYCLE_EVENTS,
@@ -40,8 +39,8 @@ from handlers.experiments.events import (
     SampleRatioMismatch,
     WinnerPromoted,
 )
-from handlers.experiments.lifecycle import a, legal, screen_event
-from handlers.experiments.options import (
+from rtopt.handlers.experiments.lifecycle import a, legal, screen_event
+from rtopt.handlers.experiments.options import (
     CANARY,
     POLICIES,
     allocation_kind,
@@ -49,7 +48,7 @@ from handlers.experiments.options import (
     check_definition,
     initial_weights,
 )
-from handlers.experiments.state import (
+from rtopt.handlers.experiments.state import (
     ARCHIVED,
     COMPLETED,
     DRAFT,
@@ -61,8 +60,9 @@ from handlers.experiments.state import (
     PendingDecision,
     Transition,
 )
-from handlers.experiments.stats import MixtureSPRT, Moments
-from handlers.ledger import MatchesFeedback
+from rtopt.handlers.experiments.stats import MixtureSPRT, Moments
+from rtopt.handlers.ledger import MatchesFeedback
+
 from rtopt import (
     ClockTicked,
     Context,
@@ -83,14 +83,14 @@ TRANSITION_EVENTS = (*LIFECYCLE_EVENTS, *CANARY_EVENTS)
 class ExperimentHandler(MatchesFeedback, Handler[ExperimentsState]):
     """Runs A/B tests (policy ``ab_test``) and canary rollouts (policy ``canary``): assigns units to
     variants, learns from the feedback on its decisions, analyses, guards, stops and promotes, every step
-    an event. Options: :class:`~handlers.experiments.options.ExperimentOptions`.
+    an event. Options: :class:`~rtopt.handlers.experiments.options.ExperimentOptions`.
 
     Feedback is matched to its decision by ``decision_id`` within ``feedback_horizon_s`` seconds of event
     time, among the last ``max_pending`` decisions (older ones are evicted, counted in the ledger's
     ``evicted``); feedback on one of its experiments for an unknown or expired decision, a second feedback for a
     decision, or feedback whose variant does not match its decision is rejected with a
     ``FeedbackRejected`` event. Feedback that names no decision is not an observation of the test. With a
-    ``guard`` (:class:`~handlers.protection.FeedbackGuard`) every Feedback is judged by it, and feedback it
+    ``guard`` (:class:`~rtopt.handlers.protection.FeedbackGuard`) every Feedback is judged by it, and feedback it
     flags is rejected too.
 
     Decisions: a draft or archived experiment refuses them (InvalidEvent); a paused one serves its control

@@ -11,7 +11,7 @@ control and a *completed* one its winner (the control if none), with propensity 
 
 from __future__ import annotations
 
-from handlers.experiments.events import (
+from rtopt.handlers.experiments.events import (
     CANARY_EVENTS,
     DERIVED_ONLY,
     LIFECYCLE_EVENTS,
@@ -23,8 +23,9 @@ from handlers.experiments.events import (
     ExperimentResumed,
     ExperimentStarted,
 )
-from handlers.experiments.options import CANARY
-from handlers.experiments.state import ARCHIVED, COMPLETED, DRAFT, PAUSED, RUNNING, Experiment, ExperimentsState
+from rtopt.handlers.experiments.options import CANARY
+from rtopt.handlers.experiments.state import ARCHIVED, COMPLETED, DRAFT, PAUSED, RUNNING, Experiment, ExperimentsState
+
 from rtopt import Event, InvalidEvent
 
 

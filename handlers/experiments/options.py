@@ -12,10 +12,10 @@ import math
 from typing import Annotated, Literal
 
 from msgspec import Meta
+from rtopt.handlers.bandits.options import BanditOptions
+from rtopt.handlers.bandits.rewards import REWARD_OPTIONS, RewardOptions
+from rtopt.handlers.options import typed_options
 
-from handlers.bandits.options import BanditOptions
-from handlers.bandits.rewards import REWARD_OPTIONS, RewardOptions
-from handlers.options import typed_options
 from rtopt import ExperimentDefined, InvalidEvent
 
 Positive = Annotated[float, Meta(gt=0.0)]
@@ -80,7 +80,7 @@ class ExperimentOptions(RewardOptions, frozen=True, forbid_unknown_fields=True):
     ``adaptive_draws`` draws of Beta posteriors of the reward (rewards as fractional successes).
 
     Learning: ``metric`` is the quantity tested with Welch's t-test and the mSPRT (``"reward"``, the
-    composite reward of :func:`handlers.bandits.rewards.reward` under the ``reward`` / ``w_*`` options, by
+    composite reward of :func:`rtopt.handlers.bandits.rewards.reward` under the ``reward`` / ``w_*`` options, by
     default quality when successful and 0 otherwise; or ``"quality"``); ``conversion`` is the binary
     outcome of the two-proportion z-test (``"success"``, or ``"reward"``: reward > ``reward_threshold``).
     ``covariate`` names the ``Feedback.metadata`` key holding a pre-period value of the metric for the
@@ -150,7 +150,7 @@ class ExperimentOptions(RewardOptions, frozen=True, forbid_unknown_fields=True):
     step_min_feedback: AtLeastOne = 100
 
     def reward_options(self) -> BanditOptions:
-        """The options :func:`handlers.bandits.rewards.reward` reads."""
+        """The options :func:`rtopt.handlers.bandits.rewards.reward` reads."""
         return BanditOptions(
             reward=self.reward,
             quality_threshold=self.quality_threshold,

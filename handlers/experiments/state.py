@@ -5,12 +5,11 @@ from __future__ import annotations
 import math
 
 import msgspec
-
-from handlers.experiments.options import ExperimentOptions
-from handlers.experiments.stats import MixtureSPRT
-from handlers.ledger import AwaitingFeedback, DecisionLedger
-from handlers.protection import FeedbackGuard
-from streams.sketch import DDSketch
+from rtopt.handlers.experiments.options import ExperimentOptions
+from rtopt.handlers.experiments.stats import MixtureSPRT
+from rtopt.handlers.ledger import AwaitingFeedback, DecisionLedger
+from rtopt.handlers.protection import FeedbackGuard
+from rtopt.streams.sketch import DDSketch
 
 DRAFT, RUNNING, PAUSED, COMPLETED, ARCHIVED = "draft", "running", "paused", "completed", "archived"
 SKETCH_ACCURACY = 0.01  # relative error of the per-arm latency quantiles

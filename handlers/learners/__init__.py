@@ -1,6 +1,6 @@
 """Online learners (FTRL-Proximal, SGD, AdaGrad) with progressive validation and a versioned model registry."""
 
-from handlers.learners.events import (
+from rtopt.handlers.learners.events import (
     ChallengerStarted,
     Example,
     ExampleBatch,
@@ -9,10 +9,10 @@ from handlers.learners.events import (
     ModelPromoted,
     ModelRolledBack,
 )
-from handlers.learners.handler import LearnerHandler, LearnersState, ModelState
-from handlers.learners.linear import FTRL, SGD, AdaGrad, Learner
-from handlers.learners.metrics import Progressive
-from handlers.learners.registry import parameters, replay_tail, restore
+from rtopt.handlers.learners.handler import LearnerHandler, LearnersState, ModelState
+from rtopt.handlers.learners.linear import FTRL, SGD, AdaGrad, Learner
+from rtopt.handlers.learners.metrics import Progressive
+from rtopt.handlers.learners.registry import parameters, replay_tail, restore
 
 __all__ = [
     "FTRL",

@@ -7,8 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-
-from handlers.learners.events import (
+from rtopt.handlers.learners.events import (
     ChallengerStarted,
     Example,
     ExampleBatch,
@@ -17,10 +16,11 @@ from handlers.learners.events import (
     ModelPromoted,
     ModelRolledBack,
 )
-from handlers.learners.linear import FTRL, LEARNERS, Learner
-from handlers.learners.metrics import Progressive
-from handlers.learners.registry import parameters, restore
-from handlers.options import typed_options
+from rtopt.handlers.learners.linear import FTRL, LEARNERS, Learner
+from rtopt.handlers.learners.metrics import Progressive
+from rtopt.handlers.learners.registry import parameters, restore
+from rtopt.handlers.options import typed_options
+
 from rtopt import Context, Envelope, Event, Handler, InvalidEvent
 
 STATE_FIELDS = frozenset({"z", "n", "w", "g2"})  # what a learner learns, as opposed to its options
@@ -87,7 +87,7 @@ class LearnerHandler(Handler[LearnersState]):
     champion/challenger promotion and rollback.
 
     >>> from rtopt import Engine
-    >>> from handlers.learners.events import Example, LearnerDefined
+    >>> from rtopt.handlers.learners.events import Example, LearnerDefined
     >>> with Engine.open(":memory:", seed=1, handlers=[LearnerHandler()]) as engine:
     ...     _ = engine.publish(LearnerDefined(model="m", learner="sgd", options={"learning_rate": 0.1},
     ...                                       checkpoint_every=2), time=0.0)

@@ -11,9 +11,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import msgspec
+from rtopt.handlers.learners.events import Example, ExampleBatch, ModelCheckpointed
+from rtopt.handlers.learners.linear import Learner
 
-from handlers.learners.events import Example, ExampleBatch, ModelCheckpointed
-from handlers.learners.linear import Learner
 from rtopt import Envelope
 
 _DECODER = msgspec.json.Decoder(Learner)
@@ -22,7 +22,7 @@ _DECODER = msgspec.json.Decoder(Learner)
 def parameters(learner: Learner) -> str:
     """The checkpointed form of ``learner``.
 
-    >>> from handlers.learners.linear import SGD
+    >>> from rtopt.handlers.learners.linear import SGD
     >>> parameters(SGD(learning_rate=0.1, w={"x": 2.0}))
     '{"type":"sgd","loss":"squared","learning_rate":0.1,"l2":0.0,"w":{"x":2.0}}'
     """
@@ -32,7 +32,7 @@ def parameters(learner: Learner) -> str:
 def restore(checkpoint: ModelCheckpointed | str) -> Learner:
     """The learner a checkpoint (or its parameters) holds.
 
-    >>> from handlers.learners.linear import SGD
+    >>> from rtopt.handlers.learners.linear import SGD
     >>> restore(parameters(SGD(w={"x": 2.0}))) == SGD(w={"x": 2.0})
     True
     """

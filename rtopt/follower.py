@@ -22,11 +22,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
-from rtopt.engine import FOLLOWED, default_handlers, envelope_from_row, envelope_row
+from rtopt.engine import default_handlers
 from rtopt.errors import InvalidEvent
 from rtopt.handler import Chains, Handler, HandlerSlot
 from rtopt.log import Row
 from rtopt.privacy import Keyring
+from rtopt.replay import FOLLOWED
+from rtopt.rows import envelope_from_row, envelope_row
 
 if TYPE_CHECKING:
     from rtopt.postgres import PostgresLog

@@ -21,11 +21,11 @@ from rtopt.handlers.bandits.simulation import default_variants, simulate
 
 from rtopt import Draft, Engine, InvalidEvent, RtoptError, default_handlers
 from rtopt.cli import main
-from rtopt.engine import envelope_from_row
 from rtopt.follower import Follower, Partition, partition_of
 from rtopt.log import copy_log
 from rtopt.pgserver import TemporaryServer
 from rtopt.postgres import PostgresLog
+from rtopt.rows import envelope_from_row
 
 GUARD = 120.0
 """Seconds after which a wait gives up, so a broken worker fails the test instead of hanging it."""

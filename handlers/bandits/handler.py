@@ -117,6 +117,7 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
     )
     state_type = BanditState
     policies: ClassVar[tuple[str, ...]] = tuple(POLICY_OPTIONS)
+    answers: ClassVar[dict[str, tuple[str, ...]]] = {"decide": policies}
     version = 7
 
     def initial_state(self) -> BanditState:
@@ -142,16 +143,14 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
             if unknown:
                 raise InvalidEvent(f"arms: {unknown} are not arms of {event.experiment!r}", field="arms", value=unknown)
 
-    def has_experiment(self, state: BanditState, experiment: str) -> bool:
-        return experiment in state.experiments
+    def knows(self, state: BanditState, command: str, target: str) -> bool:
+        return target in state.experiments
 
-    def decide(
-        self,
-        state: BanditState,
-        experiment: str,
-        ctx: Context,
-        request: Request,
-    ) -> Decision:
+    def settled(self, state: BanditState, command: str, answer_id: str) -> bool:
+        return False  # a second feedback on a decision is not refused: the fold rejects it, as an event
+
+    def answer(self, state: BanditState, command: str, target: str, ctx: Context, request: Request) -> list[Decision]:
+        experiment = target
         exp = state.experiments[experiment]
         candidates = _candidates(exp, experiment, request.available)
         if request.slots > len(candidates):
@@ -166,7 +165,7 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
             choice = self._choose(exp, [exp.arms[arm] for arm in remaining], ctx, vector)
             slate.append(remaining.pop(choice.index))
             choices.append(choice)
-        return Decision(
+        decision = Decision(
             experiment=experiment,
             arm=slate[0],
             policy=exp.policy,
@@ -178,6 +177,7 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
             slate=slate if request.slots > 1 else [],
             slate_propensities=[c.propensity for c in choices] if request.slots > 1 else [],
         )
+        return [decision]
 
     @staticmethod
     def _choose(exp: ExperimentState, arms: list[ArmState], ctx: Context, vector: np.ndarray | None) -> policies.Choice:

@@ -1,7 +1,7 @@
 """What the log's integrity costs, and what a refused second SQLite writer costs the first, in one run.
 
 1. Raw appends into SQLite logs, the same Feedback rows (msgpack-encoded) in batches of 1,000 rows and of
-   1 row: :meth:`rtopt.log.SQLiteLog.append` (each row hash-chained to the one before, the head anchor
+   1 row: :meth:`rtopt.storage.sqlite.SQLiteLog.append` (each row hash-chained to the one before, the head anchor
    written in the same transaction) against the append of format 1 (the same transaction without the
    chain and the anchor), run on a log of the same schema, three times each in turn, best of three; the
    ratio is chained / unchained.
@@ -29,7 +29,8 @@ from rich.table import Table
 
 from rtopt import Engine, Feedback, RtoptError
 from rtopt.events import encode_payload
-from rtopt.log import COLUMNS, Row, SQLiteLog
+from rtopt.storage.interface import COLUMNS, Row
+from rtopt.storage.sqlite import SQLiteLog
 
 REPEATS = 3
 _UNCHAINED = f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"

@@ -27,7 +27,9 @@ from rtopt import (
     ReadOnlyLog,
     RtoptError,
 )
-from rtopt.log import COLUMNS, EventLog, SQLiteLog, is_postgres_url
+from rtopt.storage.factory import is_postgres_url
+from rtopt.storage.interface import COLUMNS, EventLog
+from rtopt.storage.sqlite import SQLiteLog
 
 INSERT = f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 GUARD = 30.0

@@ -21,7 +21,9 @@ import pytest
 from conftest import edit_log, sha256
 
 from rtopt import Context, Engine, Envelope, Event, Feedback, Handler, InvalidLog, ReadOnlyLog, RtoptError
-from rtopt.log import _TRIGGERS, CHAIN, COLUMNS, COPY, GENESIS, HEAD, TAIL_CHECKED, copy_log, link
+from rtopt.copying import copy_log
+from rtopt.storage.interface import CHAIN, COLUMNS, COPY, GENESIS, HEAD, TAIL_CHECKED, link
+from rtopt.storage.sqlite import _TRIGGERS
 
 GUARD = 60.0
 """Seconds after which a blocked wait gives up so a broken log fails the test instead of hanging it."""

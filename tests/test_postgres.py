@@ -1,5 +1,5 @@
 """The PostgreSQL log: immutability in the database, refusing foreign databases, several writer processes at
-once (gapless seq in commit order), engines on disjoint streams, and waking followers with NOTIFY."""
+once (gapless seq in commit order), engines on disjoint streams, and waking workers with NOTIFY."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 
 from rtopt import Engine, Feedback, InvalidLog, RtoptError
 from rtopt.errors import StorageError
-from rtopt.log import COLUMNS, GENESIS, HEAD, chained, head_value
 from rtopt.pgserver import TemporaryServer
-from rtopt.postgres import _SCHEMA, PostgresLog
+from rtopt.storage.interface import COLUMNS, GENESIS, HEAD, chained, head_value
+from rtopt.storage.postgres import _SCHEMA, PostgresLog
 
 GUARD = 60.0
 """Seconds after which a blocked wait gives up so a broken log fails the test instead of hanging it."""

@@ -123,7 +123,8 @@ class EventLog(ABC):
         The rows are numbered to continue :meth:`last_seq` as the writer last saw it. When another process
         committed in between, a :attr:`shared` log moves the batch after those events if ``guard`` is
         given and none of them is on a stream in ``guard`` (the streams whose state the batch was derived
-        from); otherwise it raises and writes nothing.
+        from); otherwise it raises :class:`~rtopt.errors.WriteConflict` and writes nothing, as it does for an
+        event id already in the log.
         """
 
     @abstractmethod
@@ -180,8 +181,9 @@ class EventLog(ABC):
     @contextmanager
     def appending(self, known: int) -> Iterator[None]:
         """Keep other writers out for the block, having checked that the log still ends at seq ``known``
-        (else raise :class:`OthersAppended`, before the caller derives anything); appends inside the block
-        commit when it ends. A :attr:`shared` log keeps nobody out: its appends go after what others committed.
+        (else raise :class:`~rtopt.errors.OthersAppended`, before the caller derives anything); appends
+        inside the block commit when it ends. A :attr:`shared` log keeps nobody out: its appends go after
+        what others committed.
         """
         yield
 

@@ -41,7 +41,8 @@ _SET_META = (
 
 
 class SQLLog(EventLog):
-    """What the SQL logs share: the queries of reading, and how a batch is placed after other writers'.
+    """What the SQL logs share: the queries of reading, how a batch is placed after other writers', and how a
+    tracker moves.
 
     Subclasses run SQL written with ``?`` placeholders through :meth:`_query` and :meth:`_execute`.
     """

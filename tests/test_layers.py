@@ -10,6 +10,7 @@ an indirect one can, so checking every direct import checks them all.
 from __future__ import annotations
 
 import ast
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import pytest
@@ -106,7 +107,7 @@ def storage_violations(name: str, source: str) -> list[str]:
         parts = module.split(".")
         if parts[:2] == ["rtopt", "storage"] and len(parts) > 2:
             if parts[2] in STORAGE_RANKS and STORAGE_RANKS[parts[2]] >= STORAGE_RANKS[name]:
-                found.append(f"rtopt/storage/{name}.py:{line}: imports {module}, not below it")
+                found.append(f"rtopt/storage/{name}.py:{line}: imports {'.'.join(parts[:3])}, not below it")
         elif parts[0] == "rtopt" and parts[:2] not in (["rtopt", "errors"], ["rtopt", "storage"]):
             found.append(f"rtopt/storage/{name}.py:{line}: imports {module}; storage builds on rtopt.errors alone")
     return found
@@ -144,12 +145,23 @@ def kernel_imports() -> dict[str, set[str]]:
         modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     graph = {}
     for name, path in modules.items():
-        imported = {module for _, module in imported_modules(ast.parse(path.read_text())) if module in modules}
-        graph[name] = imported - {name}
+        imported = {module_of(imported, modules) for _, imported in imported_modules(ast.parse(path.read_text()))}
+        graph[name] = {module for module in imported if module is not None and module != name}
     return graph
 
 
-def cycle_in(graph: dict[str, set[str]]) -> list[str] | None:
+def module_of(name: str, modules: Collection[str]) -> str | None:
+    """The module of ``modules`` that the imported ``name`` (a module, or a name in one) is in, None outside them.
+
+    >>> module_of("rtopt.storage.factory.open_log", {"rtopt", "rtopt.storage.factory"}), module_of("numpy", {"rtopt"})
+    ('rtopt.storage.factory', None)
+    """
+    while name and name not in modules:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def cycle_in(graph: Mapping[str, Collection[str]]) -> list[str] | None:
     """A cycle of ``graph`` as the list of its nodes (the first one repeated at the end), or None."""
     done: set[str] = set()
 

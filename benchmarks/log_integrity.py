@@ -27,7 +27,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from rtopt import Engine, Feedback, RtoptError
+from rtopt import Engine, Feedback, WriteConflict
 from rtopt.events import encode_payload
 from rtopt.storage.interface import COLUMNS, Row
 from rtopt.storage.sqlite import SQLiteLog
@@ -38,7 +38,7 @@ _UNCHAINED = f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' 
 SECOND_WRITER = """
 import json, sys, time
 from rtopt.handlers.bandits import BanditHandler
-from rtopt import Engine, Feedback, RtoptError
+from rtopt import Engine, Feedback, WriteConflict
 
 path, seconds = sys.argv[1], float(sys.argv[2])
 accepted = refused = 0
@@ -50,7 +50,7 @@ with Engine.open(path, handlers=[BanditHandler()]) as engine:
             engine.publish(Feedback(prompt_id="b", variant_id="v", response_time_ms=1.0, success=True,
                                     quality_score=0.5))
             accepted += 1
-        except RtoptError:
+        except WriteConflict:
             refused += 1
 print(json.dumps({"accepted": accepted, "refused": refused}), flush=True)
 """
@@ -102,7 +102,7 @@ def first_writer_rate(path: Path, seconds: float) -> float:
                     Feedback(prompt_id="a", variant_id="v", response_time_ms=1.0, success=True, quality_score=0.5)
                 )
                 published += 1
-            except RtoptError:
+            except WriteConflict:
                 pass
         return published / (time.perf_counter() - started)
 

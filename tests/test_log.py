@@ -26,6 +26,7 @@ from rtopt import (
     InvalidLog,
     ReadOnlyLog,
     RtoptError,
+    WriteConflict,
 )
 from rtopt.storage.factory import is_postgres_url
 from rtopt.storage.interface import COLUMNS, EventLog
@@ -494,7 +495,7 @@ def test_many_threads_mixing_duplicates_and_fresh_ids(location: str) -> None:
 def test_second_writer_on_the_same_file_cannot_leave_a_gap(path: Path) -> None:
     with Engine.open(path, seed=1, handlers=[]) as first, Engine.open(path, seed=1, handlers=[]) as second:
         assert first.publish(fb(0)).seq == 1
-        with pytest.raises(RtoptError, match="another process"):
+        with pytest.raises(WriteConflict, match="another process"):
             second.publish(fb(1))
         # the stale writer re-read the log and continues after it
         assert second.publish(fb(2)).seq == 2

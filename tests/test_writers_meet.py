@@ -11,7 +11,7 @@ from test_log_integrity import FeedbackCounter
 
 import rtopt.copying
 import rtopt.engine
-from rtopt import Engine, Feedback, InvalidEvent, InvalidLog, RtoptError, StorageUnavailable
+from rtopt import Engine, Feedback, InvalidEvent, InvalidLog, StorageUnavailable, WriteConflict
 from rtopt.copying import copy_log
 
 
@@ -26,7 +26,7 @@ def publish_past_the_other_writer(engine: Engine, event: Feedback, time: float) 
     what the other one appended."""
     try:
         engine.publish(event, time=time)
-    except RtoptError as exc:
+    except WriteConflict as exc:
         assert "another process" in str(exc)
         engine.publish(event, time=time)
 

@@ -15,6 +15,7 @@ from rtopt.errors import (
     StorageError,
     StorageUnavailable,
     UnknownEventType,
+    WriteConflict,
 )
 from rtopt.events import (
     ArmUpdated,
@@ -75,6 +76,7 @@ __all__ = [
     "Suggested",
     "UnknownEventType",
     "VerifyReport",
+    "WriteConflict",
     "default_handlers",
     "event_type",
     "registered_types",

@@ -38,10 +38,11 @@ from rtopt.events import (
     validate,
 )
 from rtopt.handler import Context, Handler
-from rtopt.log import EventLog, open_log
 from rtopt.privacy import Keyring, Privacy
 from rtopt.replay import Progress, Rebuilt, VerifyReport, note_configurations, replay_log, verify_log
 from rtopt.rows import envelope_from_row, follow
+from rtopt.storage.factory import open_log
+from rtopt.storage.interface import EventLog
 from rtopt.watermark import TimeBound
 from rtopt.writer import Draft, Limits, Writer
 
@@ -566,7 +567,7 @@ class Engine:
         What-if (``handlers`` given): only the source's input events are fed, in their original groups,
         through ``handlers`` into ``into`` (default in memory), deriving everything anew.
         """
-        return replay_log(cls, source, into, handlers, until_seq, seed=seed, progress=progress)
+        return replay_log(cls.open, source, into, handlers, until_seq, seed=seed, progress=progress)
 
     @classmethod
     def verify(
@@ -579,4 +580,4 @@ class Engine:
         """Check the hash chain of ``source`` row by row, then re-derive every derived event and re-make every
         decision and suggestion; report the first difference (a broken link as field ``chain``)."""
         chains = default_handlers() if handlers is None else handlers
-        return verify_log(cls, source, chains, progress=progress)
+        return verify_log(cls.open, source, chains, progress=progress)

@@ -20,21 +20,19 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
-from rtopt.commands import DECIDE, SUGGEST, Command, command_of
+from rtopt.commands import DECIDE, SUGGEST, Command, Commands, command_of
+from rtopt.copying import copy_rows, copying, refuse_non_empty
 from rtopt.errors import RtoptError
 from rtopt.events import Envelope, Event, encode_payload
 from rtopt.handler import Handler, HandlerSlot
-from rtopt.log import COLUMNS, EventLog, Row, copy_rows, copying, open_log, refuse_non_empty
 from rtopt.privacy import Keyring, Privacy, copy_keys, is_pseudonym
 from rtopt.rows import envelope_from_row
-
-if TYPE_CHECKING:
-    from rtopt.engine import Engine
-    from rtopt.writer import Writer
+from rtopt.storage.factory import open_log
+from rtopt.storage.interface import COLUMNS, EventLog, Row
 
 REPLAYED_FROM = "replayed_from"  # meta key of a what-if log: the log whose inputs it replayed
 FOLLOWED = "followed"  # meta key of a log whose derived events followers appended, one input at a time
@@ -44,6 +42,32 @@ Progress = Callable[[int, int], None]
 Check = Callable[[Command[Any], Envelope[Any], "Event | None"], None]
 """Called by :func:`refeed` with each recorded answer event and the event re-made in its place (None if the
 answer re-made is shorter)."""
+
+
+class Target(Protocol):
+    """What :func:`refeed` feeds a log's inputs through: an engine's write path (:class:`rtopt.writer.Writer`)."""
+
+    seed: int
+    commands: Commands
+
+    def recommit(self, envelopes: list[Envelope[Any]]) -> list[Envelope[Any]]:
+        """Commit inputs recorded in another log as one group."""
+        ...
+
+
+class Opened(Protocol):
+    """What :func:`replay_log` and :func:`verify_log` need of the engine they open (an :class:`rtopt.Engine`)."""
+
+    @property
+    def log(self) -> EventLog: ...
+
+    @property
+    def writer(self) -> Target: ...
+
+    def close(self) -> None: ...
+
+
+E = TypeVar("E", bound=Opened)
 
 
 class ConfigurationChanged(UserWarning):
@@ -181,7 +205,7 @@ def _fold_into(slots: Sequence[HandlerSlot], batch: list[Envelope[Any]]) -> None
 
 
 def refeed(
-    writer: Writer,
+    writer: Target,
     source: EventLog,
     until_seq: int | None,
     *,
@@ -228,7 +252,7 @@ def refeed(
 
 
 def replay_log(
-    engine: type[Engine],
+    open_engine: Callable[..., E],
     source: str | Path,
     into: str | Path | None,
     handlers: Sequence[Handler[Any]] | None,
@@ -236,10 +260,10 @@ def replay_log(
     *,
     seed: int | None,
     progress: Progress | None,
-) -> Engine:
-    """:meth:`Engine.replay`, opening the result with ``engine``."""
+) -> E:
+    """:meth:`rtopt.Engine.replay`, opening engines with ``open_engine`` (:meth:`rtopt.Engine.open`)."""
     if handlers is None and into is None:
-        return engine.open(source, read_only=True, until_seq=until_seq, progress=progress)
+        return open_engine(source, read_only=True, until_seq=until_seq, progress=progress)
     src = open_log(source, read_only=True)
     try:
         recorded_seed = int(src.meta()["seed"])
@@ -252,8 +276,8 @@ def replay_log(
                 copy_rows(src, target_log, until_seq, progress)
             finally:
                 target_log.close()
-            return engine.open(into, progress=progress)
-        target = engine.open(
+            return open_engine(into, progress=progress)
+        target = open_engine(
             ":memory:" if into is None else into, seed=recorded_seed if seed is None else seed, handlers=handlers
         )
         refuse_non_empty(target.log)
@@ -270,9 +294,13 @@ def replay_log(
 
 
 def verify_log(
-    engine: type[Engine], source: str | Path, handlers: Sequence[Handler[Any]], *, progress: Progress | None
+    open_engine: Callable[..., Opened],
+    source: str | Path,
+    handlers: Sequence[Handler[Any]],
+    *,
+    progress: Progress | None,
 ) -> VerifyReport:
-    """:meth:`Engine.verify`, re-deriving with ``handlers`` in an engine opened with ``engine``."""
+    """:meth:`rtopt.Engine.verify`, re-deriving with ``handlers`` in an engine opened with ``open_engine``."""
     src = open_log(source, read_only=True, check=False)
     mismatches: list[Difference] = []
     answers: Counter[str] = Counter()
@@ -314,13 +342,13 @@ def verify_log(
                 f"this log is a what-if replay of {meta[REPLAYED_FROM]}: its decisions were made on the state of "
                 "that log, so they are taken as recorded, not re-made"
             )
-        target = engine.open(
+        target = open_engine(
             ":memory:",
             seed=int(meta["seed"]),
             handlers=handlers,
             privacy=False,  # re-derived values are compared with what the log's values read as
         )
-        with target:
+        try:
             refeed(target.writer, src, None, progress=progress, check=None if replayed else check)
             compare = _derived_difference if FOLLOWED in meta else _first_difference
             difference = mismatches[0] if mismatches else compare(src, target.log, Keyring(src))
@@ -338,6 +366,8 @@ def verify_log(
                 notes=notes,
                 suggestions=answers[SUGGEST.name],
             )
+        finally:
+            target.close()
     finally:
         src.close()
 

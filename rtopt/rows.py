@@ -12,8 +12,8 @@ import msgspec
 
 from rtopt.errors import InvalidLog
 from rtopt.events import Envelope, decode_payload, encode_payload
-from rtopt.log import EventLog, Row
 from rtopt.privacy import Keyring
+from rtopt.storage.interface import EventLog, Row
 
 
 def envelope_from_row(row: Row, keys: Keyring | None = None) -> Envelope[Any]:

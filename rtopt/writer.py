@@ -38,7 +38,15 @@ import msgspec
 
 from rtopt.bus import Bus
 from rtopt.commands import Command, Commands
-from rtopt.errors import CommitUncertain, InvalidEvent, ReadOnlyLog, RtoptError, StorageError, StorageUnavailable
+from rtopt.errors import (
+    CommitUncertain,
+    InvalidEvent,
+    OthersAppended,
+    ReadOnlyLog,
+    RtoptError,
+    StorageError,
+    StorageUnavailable,
+)
 from rtopt.events import (
     Envelope,
     Event,
@@ -50,10 +58,10 @@ from rtopt.events import (
 )
 from rtopt.handler import Chains, Handler, HandlerSlot
 from rtopt.ids import ordered_id, prefix_of
-from rtopt.log import EventLog, OthersAppended, Row
 from rtopt.privacy import Keyring
 from rtopt.replay import Progress, Rebuilt, fold_history, rebuild
 from rtopt.rows import envelope_row
+from rtopt.storage.interface import EventLog, Row
 from rtopt.watermark import TimeBound
 
 REJECTED_FEEDBACK = FeedbackRejected.tag()

@@ -48,7 +48,14 @@ class SuggestRequest(msgspec.Struct, frozen=True):
 class Command(Generic[Q]):
     """A kind of command: the engine method that asks it (``name``), the event type that defines its targets
     (``defines``) and the one each event of an answer is (``makes``), the fields both name the target and
-    the way of answering by (``target``, ``way``), and what one event of an answer is called (``noun``)."""
+    the way of answering by (``target``, ``way``), and what one event of an answer is called (``noun``).
+
+    A recorded answer tells the request it answered, which replay asks again:
+
+    >>> recorded = Decision(experiment="g", arm="a", policy="ucb1", propensity=0.5, candidates=["a", "b"], unit="u")
+    >>> DECIDE.request_of(recorded)
+    Request(context=None, available=['a', 'b'], unit='u', slots=1)
+    """
 
     name: ClassVar[str]
     target: ClassVar[str]

@@ -5,7 +5,7 @@ The kernel: event schemas, the append-only log, the bus and the :class:`Engine`.
 """
 
 from rtopt.commands import Answerer, Request, SuggestRequest
-from rtopt.engine import Engine, EngineStats, default_handlers
+from rtopt.engine import Engine, default_handlers
 from rtopt.errors import (
     CommitUncertain,
     InvalidEvent,
@@ -38,7 +38,7 @@ from rtopt.events import (
 from rtopt.handler import Context, Handler
 from rtopt.privacy import Privacy
 from rtopt.replay import ConfigurationChanged, Rebuilt, VerifyReport
-from rtopt.writer import Draft, Limits
+from rtopt.writer import Draft, EngineStats, Limits
 
 __all__ = [
     "Answerer",

@@ -14,7 +14,6 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Literal, cast
 
-import msgspec
 import reactivex
 from reactivex.abc import DisposableBase
 
@@ -44,23 +43,11 @@ from rtopt.rows import envelope_from_row, follow
 from rtopt.storage.factory import open_log
 from rtopt.storage.interface import EventLog
 from rtopt.watermark import TimeBound
-from rtopt.writer import Draft, Limits, Writer
+from rtopt.writer import Draft, EngineStats, Limits, Writer
 
 DEFAULT_LOG = Path("event_log") / "rtopt.sqlite"
 SET_BY_DECISION = frozenset({"prompt_id", "variant_id", "decision_id"})
 """Feedback fields that ``Engine.feedback`` takes from the decision."""
-
-
-class EngineStats(msgspec.Struct, frozen=True):
-    """Counters of what the engine accepted, derived and rejected since it was opened."""
-
-    last_seq: int
-    published: int
-    derived: int
-    rejected: dict[str, int]
-    handler_failures: dict[str, int]
-    observer_errors: int
-    clamped_times: int = 0
 
 
 def default_handlers() -> list[Handler[Any]]:
@@ -534,16 +521,7 @@ class Engine:
 
     def stats(self) -> EngineStats:
         """What this engine published, derived and rejected since it was opened."""
-        writer = self._writer
-        return EngineStats(
-            last_seq=writer.last_seq,
-            published=writer.counts["published"],
-            derived=writer.counts["derived"],
-            rejected=dict(writer.rejected),
-            handler_failures={slot.name: slot.failures for slot in writer.slots if slot.failures},
-            observer_errors=writer.bus.observer_errors,
-            clamped_times=writer.time_bound.clamped,
-        )
+        return self._writer.stats()
 
     # --- replay ----------------------------------------------------------------------------------
 

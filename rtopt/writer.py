@@ -101,6 +101,18 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_batch: Positive = 10_000
 
 
+class EngineStats(msgspec.Struct, frozen=True):
+    """Counters of what the engine accepted, derived and rejected since it was opened."""
+
+    last_seq: int
+    published: int
+    derived: int
+    rejected: dict[str, int]
+    handler_failures: dict[str, int]
+    observer_errors: int
+    clamped_times: int = 0
+
+
 class _Ticket:
     __slots__ = ("done", "drafts", "envelopes", "error")
 
@@ -503,6 +515,18 @@ class Writer:
                 self.bus.emit(self._to_dispatch.popleft())
         finally:
             self._dispatching = False
+
+    def stats(self) -> EngineStats:
+        """What this writer published, derived and rejected since it was made."""
+        return EngineStats(
+            last_seq=self.last_seq,
+            published=self.counts["published"],
+            derived=self.counts["derived"],
+            rejected=dict(self.rejected),
+            handler_failures={slot.name: slot.failures for slot in self.slots if slot.failures},
+            observer_errors=self.bus.observer_errors,
+            clamped_times=self.time_bound.clamped,
+        )
 
     def close(self) -> None:
         """Commit what is waiting, complete every observer and release the log."""

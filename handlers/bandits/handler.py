@@ -90,8 +90,8 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
 
     Policies: those registered in :data:`~rtopt.handlers.bandits.policies.POLICIES` (``epsilon_greedy``,
     ``ucb1``, ``thompson``, ``thompson_gaussian``, ``softmax``, ``linucb``, ``lin_thompson`` ...); their
-    options are :class:`~rtopt.handlers.bandits.options.BanditOptions`. Arms join, pause, resume and retire at run time
-    through :mod:`rtopt.handlers.bandits.events`.
+    options are :class:`~rtopt.handlers.bandits.options.BanditOptions`. Arms join, pause, resume and retire
+    at run time through :mod:`rtopt.handlers.bandits.events`.
 
     Feedback is matched to its decision by ``decision_id`` within ``feedback_horizon_s`` seconds of event
     time, among the last ``max_pending`` decisions (older ones are evicted, counted in the ledger's
@@ -168,7 +168,8 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
                 field="slots",
                 value=request.slots,
             )
-        rule, turn = POLICIES[exp.policy], Turn(exp.options, ctx, exp.decisions, _context_vector(exp, request.context))
+        vector = _context_vector(exp, request.context)
+        rule, turn = POLICIES[exp.policy], Turn(exp.options, ctx, exp.decisions, vector)
         remaining, slate, choices = list(candidates), [], []
         for _ in range(request.slots):  # each slot is chosen, with exploration, among the arms left
             choice = rule.choose([exp.arms[arm] for arm in remaining], turn)

@@ -116,7 +116,7 @@ def tie_break(ctx: Context, indices: Sequence[int]) -> int:
     return int(indices[0]) if len(indices) == 1 else int(indices[int(ctx.rng.integers(len(indices)))])
 
 
-def best_indices(scores: Sequence[float]) -> list[int]:
+def best_indices(scores: Sequence[float] | np.ndarray) -> list[int]:
     """The indices of the highest score (all of them when tied)."""
     top = max(scores)
     return [i for i, score in enumerate(scores) if score == top]

@@ -75,6 +75,7 @@ from rtopt import (
     Handler,
     InvalidEvent,
     Request,
+    handles,
 )
 
 TRANSITION_EVENTS = (*LIFECYCLE_EVENTS, *CANARY_EVENTS)
@@ -111,7 +112,6 @@ class ExperimentHandler(MatchesFeedback, Handler[ExperimentsState]):
     """
 
     name = "experiments"
-    accepts = (ExperimentDefined, Decision, Feedback, ClockTicked, *LIFECYCLE_EVENTS, *CANARY_EVENTS, *DERIVED_ONLY)
     state_type = ExperimentsState
     policies: ClassVar[tuple[str, ...]] = POLICIES
     version = 7
@@ -187,25 +187,49 @@ class ExperimentHandler(MatchesFeedback, Handler[ExperimentsState]):
 
     # --- the fold ----------------------------------------------------------------------------------
 
-    def apply(
+    @handles(Feedback)
+    def _feedback(
+        self, state: ExperimentsState, envelope: Envelope[Feedback], ctx: Context
+    ) -> tuple[ExperimentsState, Sequence[Event]]:
+        return state, self._learn(state, envelope, envelope.payload, ctx)
+
+    @handles(Decision)
+    def _decision(
+        self, state: ExperimentsState, envelope: Envelope[Decision], ctx: Context
+    ) -> tuple[ExperimentsState, Sequence[Event]]:
+        _record(self, state, envelope, envelope.payload)
+        return state, ()
+
+    @handles(ClockTicked)
+    def _ticked(
+        self, state: ExperimentsState, envelope: Envelope[ClockTicked], ctx: Context
+    ) -> tuple[ExperimentsState, Sequence[Event]]:
+        return state, _end_overdue(state, envelope.time)
+
+    @handles(ExperimentDefined)
+    def _defined(
+        self, state: ExperimentsState, envelope: Envelope[ExperimentDefined], ctx: Context
+    ) -> tuple[ExperimentsState, Sequence[Event]]:
+        event = envelope.payload
+        if event.policy in POLICIES and event.experiment not in state.experiments:
+            return state, self._define(state, event, envelope.time)
+        return state, ()
+
+    @handles(*TRANSITION_EVENTS)
+    def _transitioned(
         self, state: ExperimentsState, envelope: Envelope[Any], ctx: Context
     ) -> tuple[ExperimentsState, Sequence[Event]]:
         event = envelope.payload
-        if isinstance(event, Feedback):
-            return state, self._learn(state, envelope, event, ctx)
-        if isinstance(event, Decision):
-            _record(self, state, envelope, event)
-            return state, ()
-        if isinstance(event, ClockTicked):
-            return state, _end_overdue(state, envelope.time)
-        if isinstance(event, ExperimentDefined):
-            if event.policy in POLICIES and event.experiment not in state.experiments:
-                return state, self._define(state, event, envelope.time)
-            return state, ()
-        if isinstance(event, TRANSITION_EVENTS):
-            exp = state.experiments.get(event.experiment)
-            if exp is not None and legal(exp, event):
-                return state, self._transition(exp, event, envelope.time)
+        exp = state.experiments.get(event.experiment)
+        if exp is not None and legal(exp, event):
+            return state, self._transition(exp, event, envelope.time)
+        return state, ()
+
+    @handles(*DERIVED_ONLY)
+    def _derived_only(
+        self, state: ExperimentsState, envelope: Envelope[Any], ctx: Context
+    ) -> tuple[ExperimentsState, Sequence[Event]]:
+        """Taken so that :meth:`screen` refuses them as inputs; what they record is in the state already."""
         return state, ()
 
     def _define(self, state: ExperimentsState, event: ExperimentDefined, now: float) -> Sequence[Event]:

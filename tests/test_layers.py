@@ -36,7 +36,6 @@ def imported_modules(tree: ast.AST) -> list[tuple[int, str]]:
         if isinstance(node, ast.Import):
             found.extend((node.lineno, alias.name) for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.append((node.lineno, node.module))
             found.extend((node.lineno, f"{node.module}.{alias.name}") for alias in node.names)
     return found
 
@@ -45,14 +44,13 @@ def violations(folder: str, source: str, path: str) -> list[str]:
     """Each import of ``source`` (a module in ``folder``) that breaks the layers, as ``path:line: message``."""
     own = FOLDERS[folder]
     found = []
-    for line, module in imported_modules(ast.parse(source)):
-        top = module.split(".")[0]
-        if top in OLD_NAMES:
-            found.append(f"{path}:{line}: imports {module}; the installed name is rtopt.{module}")
+    for line, name in imported_modules(ast.parse(source)):
+        if name.split(".")[0] in OLD_NAMES:
+            found.append(f"{path}:{line}: imports {name}; the installed name is rtopt.{name}")
             continue
-        layer = layer_of(module)
+        layer = layer_of(name)
         if layer is not None and layer > own:
-            found.append(f"{path}:{line}: {folder} (layer {own}) imports {module} (layer {layer})")
+            found.append(f"{path}:{line}: {folder} (layer {own}) imports {name} (layer {layer})")
     return found
 
 

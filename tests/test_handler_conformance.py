@@ -314,3 +314,61 @@ def test_check_handler_catches_outputs_that_depend_on_unrelated_inputs() -> None
     check_handler(Broken(), interleaved)
     with pytest.raises(AssertionError, match=r"^check 'same seed same outputs' failed .* at event 1 .*grouped by key"):
         check_handler(Broken(), interleaved, unrelated_by=lambda event: event.prompt_id)
+
+
+# --- the protocol ---------------------------------------------------------------------------------
+
+
+class CountsByApply(Handler[Seen]):
+    """A handler that declares no fold and overrides apply for every type in accepts."""
+
+    name = "broken"
+    accepts = (Feedback,)
+    state_type = Seen
+
+    def initial_state(self) -> Seen:
+        return Seen()
+
+    def apply(self, state: Seen, envelope: Envelope[Any], ctx: Context) -> tuple[Seen, Sequence[Event]]:
+        state.n += 1
+        return state, [Counted(n=state.n, at=envelope.time)]
+
+
+def test_a_handler_that_only_overrides_apply_folds_as_one_with_declared_folds() -> None:
+    check_handler(CountsByApply(), some_feedback())
+    with (
+        Engine.open(":memory:", seed=1, handlers=[CountsByApply()]) as by_apply,
+        Engine.open(":memory:", seed=1, handlers=[Broken()]) as declared,
+    ):
+        for engine in (by_apply, declared):
+            for event in some_feedback(3):
+                engine.publish(event, time=1.0)
+        assert [e.payload for e in by_apply.read()] == [e.payload for e in declared.read()]
+        assert by_apply.state("broken").n == declared.state("broken").n == 3
+
+
+def test_declared_folds_give_accepts_and_apply() -> None:
+    assert Broken.accepts == (Feedback,)
+    assert set(BanditHandler.accepts) >= {Feedback, ArmAdded, ArmRetired, EvidenceDiscounted}
+    envelope = Envelope(1, "e1", "Feedback", "g", 2.0, 2.0, None, None, 1, some_feedback(1)[0])
+    state, out = Broken().apply(Seen(), envelope, Context(2.0, "e1", 0))
+    assert (state.n, out) == (1, [Counted(n=1, at=2.0)])
+
+
+def test_a_fold_declared_twice_or_beside_apply_is_refused() -> None:
+    with pytest.raises(TypeError, match="_a and _b both fold Feedback"):
+
+        class Twice(Broken):
+            @handles(Feedback)
+            def _a(self, state: Seen, envelope: Envelope[Any], ctx: Context) -> tuple[Seen, Sequence[Event]]:
+                return state, ()
+
+            @handles(Feedback)
+            def _b(self, state: Seen, envelope: Envelope[Any], ctx: Context) -> tuple[Seen, Sequence[Event]]:
+                return state, ()
+
+    with pytest.raises(TypeError, match="declare folds with @handles or override apply, not both"):
+
+        class Both(Broken):
+            def apply(self, state: Seen, envelope: Envelope[Any], ctx: Context) -> tuple[Seen, Sequence[Event]]:
+                return state, ()

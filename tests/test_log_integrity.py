@@ -20,7 +20,7 @@ import msgspec
 import pytest
 from conftest import edit_log, sha256
 
-from rtopt import Context, Engine, Envelope, Event, Feedback, Handler, InvalidLog, ReadOnlyLog, RtoptError
+from rtopt import Context, Engine, Envelope, Event, Feedback, Handler, InvalidLog, ReadOnlyLog, RtoptError, handles
 from rtopt.log import _TRIGGERS, CHAIN, COLUMNS, COPY, GENESIS, HEAD, TAIL_CHECKED, copy_log, link
 
 GUARD = 60.0
@@ -442,13 +442,13 @@ FOLDS: list[int] = []
 
 class FeedbackCounter(Handler[Counted]):
     name = "feedback_counter"
-    accepts = (Feedback,)
     state_type = Counted
 
     def initial_state(self) -> Counted:
         return Counted()
 
-    def apply(self, state: Counted, envelope: Envelope[Any], ctx: Context) -> tuple[Counted, Sequence[Event]]:
+    @handles(Feedback)
+    def _count(self, state: Counted, envelope: Envelope[Any], ctx: Context) -> tuple[Counted, Sequence[Event]]:
         FOLDS.append(envelope.seq)
         state.feedback += 1
         return state, []

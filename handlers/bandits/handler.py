@@ -248,13 +248,25 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
                     exp.arms[name] = imported
         return state, ()
 
-    @handles(ArmAdded, ArmPaused, ArmResumed, ArmRetired)
-    def _arm_changed(
-        self, state: BanditState, envelope: Envelope[ArmChanged], ctx: Context
+    @handles(ArmAdded)
+    def _arm_added(
+        self, state: BanditState, envelope: Envelope[ArmAdded], ctx: Context
     ) -> tuple[BanditState, Sequence[Event]]:
         exp = state.experiments.get(envelope.payload.experiment)
         if exp is not None:
-            _change_arm(exp, envelope.payload)
+            exp.arms.setdefault(envelope.payload.arm, ArmState())
+        return state, ()
+
+    @handles(ArmPaused, ArmResumed, ArmRetired)
+    def _arm_status_changed(
+        self, state: BanditState, envelope: Envelope[ArmChanged], ctx: Context
+    ) -> tuple[BanditState, Sequence[Event]]:
+        event = envelope.payload
+        exp = state.experiments.get(event.experiment)
+        arm = None if exp is None else exp.arms.get(event.arm)
+        allowed, status = _TRANSITIONS[type(event)]
+        if arm is not None and arm.status in allowed:
+            arm.status = status
         return state, ()
 
     def _learn(self, state: BanditState, envelope: Envelope[Any], feedback: Feedback, ctx: Context) -> Sequence[Event]:
@@ -433,13 +445,3 @@ def _check_arm_change(state: BanditState, event: ArmChanged) -> None:
             field="arm",
             value=event.arm,
         )
-
-
-def _change_arm(exp: ExperimentState, event: Event) -> None:
-    if isinstance(event, ArmAdded):
-        exp.arms.setdefault(event.arm, ArmState())
-        return
-    arm = exp.arms.get(event.arm)
-    allowed, status = _TRANSITIONS[type(event)]
-    if arm is not None and arm.status in allowed:
-        arm.status = status

@@ -120,9 +120,9 @@ class Handler(Generic[S]):
     :meth:`initial_state`, and declare a fold per event type with :func:`handles`: a method
     ``(state, envelope, ctx) -> (state, derived events)`` that may update ``state`` in place and returns the
     state to keep. ``accepts`` is the declared types unless the class sets it (a handler whose types are
-    known per instance annotates it in the class, sets it in ``__init__`` and declares folds for a base type of
-    them). A handler that
-    declares no fold overrides :meth:`apply` instead, which then folds every type in ``accepts``.
+    known per instance annotates it in the class, sets it in ``__init__`` and declares folds for a base type
+    of them). A handler that declares no fold overrides :meth:`apply` instead, which then folds every type in
+    ``accepts``.
 
     >>> import msgspec
     >>> from rtopt.events import Feedback
@@ -144,7 +144,7 @@ class Handler(Generic[S]):
     accepts: ClassVar[tuple[type[Event], ...]]
     state_type: ClassVar[Any]
     parts: ClassVar[str | None] = None  # the field of the state that maps a key to its part, for view(state, key)
-    folds: ClassVar[Mapping[type[Event], str]] = {}  # event type -> name of the method declared its fold
+    folds: ClassVar[Mapping[type[Event], str]] = {}  # event type -> name of the method declared as its fold
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -147,16 +147,16 @@ def _fold(
     run = _Run()
     for index in range(start, len(inputs)) if order is None else order:
         batch = [msgspec.structs.replace(inputs[index], seq=seq + 1)]
-        for _ in range(MAX_CASCADE_DEPTH + 1):
-            if not batch:
-                break
+        for _ in range(MAX_CASCADE_DEPTH):  # as deep as the engine lets events derive from each other
             run.log.extend(batch)
             run.origin.extend([index] * len(batch))
             seq += len(batch)
             derived = slot.fold_batch(batch)
             batch = [item.envelope(seq + i, item.cause.time) for i, item in enumerate(derived, start=1)]
+            if not batch:
+                break
             run.derived.setdefault(index, []).extend(_comparable(envelope) for envelope in batch)
-        else:
+        if batch:
             _fail(OUTPUTS, handler.name, index, inputs, f"derived events kept deriving past depth {MAX_CASCADE_DEPTH}")
         run.states[index] = _encode(handler.name, slot.state, index, inputs)
     return run

@@ -35,7 +35,7 @@ from rtopt.events import (
     event_type,
     registered_types,
 )
-from rtopt.handler import Context, Handler
+from rtopt.handler import Context, Handler, handles
 from rtopt.privacy import Privacy
 from rtopt.replay import ConfigurationChanged, Rebuilt, VerifyReport
 from rtopt.writer import Draft, EngineStats, Limits
@@ -79,5 +79,6 @@ __all__ = [
     "WriteConflict",
     "default_handlers",
     "event_type",
+    "handles",
     "registered_types",
 ]

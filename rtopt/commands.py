@@ -15,7 +15,7 @@ arguments and asks, and handlers that answer it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast, runtime_checkable
 
 import msgspec
@@ -149,7 +149,7 @@ class Answerer(Protocol):
     True
     """
 
-    answers: ClassVar[Mapping[str, tuple[str, ...]]]
+    answers: ClassVar[Mapping[str, Collection[str]]]
     """The ways (policies, methods) this handler runs, by command name."""
 
     def knows(self, state: Any, command: str, target: str) -> bool:

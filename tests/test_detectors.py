@@ -3,6 +3,7 @@ closed forms and River as oracles, and bad parameters."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import msgspec
@@ -146,13 +147,16 @@ def test_adwin_reports_the_cut_and_the_means_on_either_side() -> None:
 
 def test_a_detector_decoded_from_a_snapshot_goes_on_as_if_never_stopped() -> None:
     values = step_stream(6)
-    for kind, options in ((ADWIN, {"replayable": True}), (PageHinkley, {}), (CUSUM, {})):
-        whole = detections(kind(**options), values)
+    kinds = ((ADWIN, {"replayable": True}), (PageHinkley, {}), (CUSUM, {}), (CUSUM, {"sigma": 1.0}))
+    for (kind, options), stop in itertools.product(kinds, (5_000, 10_003)):
+        never_stopped = kind(**options)
+        whole = detections(never_stopped, values)
         first = kind(**options)
-        head = detections(first, values[:10_003])
+        head = detections(first, values[:stop])
         copy = msgspec.msgpack.decode(msgspec.msgpack.encode(first), type=kind)
-        tail = [i + 10_003 for i in detections(copy, values[10_003:])]
-        assert head + tail == whole, kind.__name__
+        assert msgspec.to_builtins(copy) == msgspec.to_builtins(first), (kind.__name__, stop)
+        tail = [i + stop for i in detections(copy, values[stop:])]
+        assert head + tail == whole, (kind.__name__, stop)
 
 
 @pytest.mark.parametrize(

@@ -225,6 +225,8 @@ class CUSUM(Checked):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.n:  # decoded mid-stream (a snapshot): the reference is the one encoded
+            return
         if self.target is not None:
             self.level = self.target
         if self.sigma is not None:

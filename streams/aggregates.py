@@ -1,15 +1,11 @@
 """Mergeable streaming aggregates: several statistics of several fields in one pass.
 
-Statistics: ``count``, ``sum``, ``mean``, ``min``, ``max``, ``var`` and ``std`` (Welford; sample
+Statistics: ``count``, ``sum``, ``mean``, ``min``, ``max``, ``var`` and ``std`` (running moments; sample
 variance, 0 for one value), ``rate`` (values per second of the window) and percentiles ``pNN`` (``p50``,
 ``p90``, ``p95``, ``p99`` ...). Percentiles are exact (numpy's linear interpolation) while a window
 holds at most ``exact_limit`` values and come from a :class:`~rtopt.streams.sketch.DDSketch` beyond, within
 its relative error. Every aggregate merges with another of the same spec, so sliding windows are built
 from panes.
-
-References: B. P. Welford (1962), "Note on a method for calculating corrected sums of squares and
-products"; T. F. Chan, G. H. Golub and R. J. LeVeque (1979), "Updating formulae and a pairwise algorithm
-for computing sample variances" (the merge).
 """
 
 from __future__ import annotations
@@ -22,6 +18,7 @@ from typing import Any
 
 import msgspec
 import numpy as np
+from rtopt.streams.moments import RunningMoments
 from rtopt.streams.sketch import DDSketch
 
 STATISTICS = ("count", "sum", "mean", "min", "max", "var", "std", "rate")
@@ -33,24 +30,19 @@ def _is_statistic(name: str) -> bool:
     return name in STATISTICS or _PERCENTILE.match(name) is not None
 
 
-class FieldStats(msgspec.Struct):
-    """Running statistics of one field: count, sum, extremes, Welford moments, values or a sketch."""
+class FieldStats(RunningMoments, array_like=False):
+    """Running statistics of one field: its moments (count, mean, squared deviations), sum and extremes, and
+    its values or a sketch of them."""
 
-    n: int = 0
     total: float = 0.0
-    mean: float = 0.0
-    m2: float = 0.0
     low: float = math.inf
     high: float = -math.inf
     values: list[float] | None = None
     sketch: DDSketch | None = None
 
     def add(self, x: float, keep_values: bool, exact_limit: int, alpha: float) -> None:
-        self.n += 1
+        self.update(x)
         self.total += x
-        delta = x - self.mean
-        self.mean += delta / self.n
-        self.m2 += delta * (x - self.mean)
         if x < self.low:
             self.low = x
         if x > self.high:
@@ -74,11 +66,7 @@ class FieldStats(msgspec.Struct):
         """Fold ``other``'s values into these statistics."""
         if other.n == 0:
             return
-        n = self.n + other.n
-        delta = other.mean - self.mean
-        self.m2 += other.m2 + delta * delta * self.n * other.n / n
-        self.mean += delta * other.n / n
-        self.n = n
+        super().merge(other)
         self.total += other.total
         self.low = min(self.low, other.low)
         self.high = max(self.high, other.high)
@@ -109,7 +97,7 @@ class FieldStats(msgspec.Struct):
         if name == "max":
             return self.high
         if name in ("var", "std"):
-            var = self.m2 / (self.n - 1) if self.n > 1 else 0.0
+            var = self.variance()
             return math.sqrt(max(var, 0.0)) if name == "std" else max(var, 0.0)
         if name == "rate":
             return self.n / duration if duration > 0 else float(self.n)

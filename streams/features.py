@@ -6,8 +6,8 @@ contextual policy reads (and a :class:`~rtopt.events.Decision` records as its ``
 - calendar features of an event time (seconds since the epoch, **UTC**): :func:`cyclical_hour`,
   :func:`cyclical_day_of_week`, :func:`is_weekend`, :class:`BusinessHours` / :func:`is_business_hours`,
   and :func:`time_features`, which bundles them;
-- online scalers learnt from a stream one value at a time: :class:`OnlineZScore` (Welford's running mean
-  and variance) and :class:`OnlineMinMax`;
+- online scalers learnt from a stream one value at a time: :class:`OnlineZScore` (running mean and
+  variance) and :class:`OnlineMinMax`;
 - encoders: :class:`OneHot` (fixed vocabulary with an explicit "other" bucket), :class:`Interactions` /
   :func:`interactions` (products of named numeric features) and :class:`Binner` (explicit bin edges,
   :func:`numpy.digitize` semantics);
@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import msgspec
 import numpy as np
+from rtopt.streams.moments import RunningMoments
 
 from rtopt.errors import InvalidEvent
 
@@ -214,21 +215,18 @@ def time_features(t: float, business_hours: BusinessHours = DEFAULT_BUSINESS_HOU
 # --- online scalers -------------------------------------------------------------------------------
 
 
-class OnlineZScore(msgspec.Struct):
-    """Standardises values with a running mean and variance: ``(x - mean) / std``.
+class OnlineZScore(RunningMoments, array_like=False):
+    """Standardises values with their running mean and variance: ``(x - mean) / std``.
 
-    ``learn_one`` updates the statistics with Welford's algorithm (numerically stable, one pass);
-    ``transform_one`` scales with what was learnt so far and learns nothing. ``ddof`` is the delta degrees
-    of freedom of the variance (0: population variance, as :func:`numpy.std`'s default; 1: sample
-    variance). Before any value, or while the variance is zero (a constant stream), the z-score is 0.0.
-
-    Reference: B. P. Welford (1962), "Note on a method for calculating corrected sums of squares and
-    products", Technometrics 4(3); D. Knuth, TAOCP vol. 2, §4.2.2.
+    ``learn_one`` takes a value into the running moments; ``transform_one`` scales with what was learnt so
+    far and learns nothing. ``ddof`` is the delta degrees of freedom of the variance (0: population
+    variance, as :func:`numpy.std`'s default; 1: sample variance). Before any value, or while the variance
+    is zero (a constant stream), the z-score is 0.0.
 
     >>> scaler = OnlineZScore()
     >>> for x in [2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]:
     ...     scaler.learn_one(x)
-    >>> scaler.mean, scaler.std, scaler.transform_one(9.0)
+    >>> scaler.mean, scaler.std(), scaler.transform_one(9.0)
     (5.0, 2.0, 2.0)
     >>> constant = OnlineZScore()
     >>> constant.learn_one(3.0); constant.learn_one(3.0)
@@ -236,34 +234,26 @@ class OnlineZScore(msgspec.Struct):
     0.0
     """
 
-    n: int = 0
-    mean: float = 0.0
-    m2: float = 0.0
     ddof: int = 0
     name: str = "x"
 
     def learn_one(self, x: float) -> None:
-        """Fold ``x`` into the running mean and sum of squared deviations."""
-        value = _number(x, self.name)
-        self.n += 1
-        delta = value - self.mean
-        self.mean += delta / self.n
-        self.m2 += delta * (value - self.mean)
+        """Take ``x`` into the running moments."""
+        self.update(_number(x, self.name))
 
-    @property
-    def variance(self) -> float:
-        """The variance of the values learnt, ``m2 / (n - ddof)``; 0.0 while ``n <= ddof``."""
-        return self.m2 / (self.n - self.ddof) if self.n > self.ddof else 0.0
+    def variance(self, ddof: int | None = None) -> float:
+        """The variance of the values learnt, ``m2 / (n - ddof)`` with this scaler's ``ddof`` unless given;
+        0.0 while ``n <= ddof``."""
+        return super().variance(self.ddof if ddof is None else ddof)
 
-    @property
-    def std(self) -> float:
-        """The standard deviation of the values learnt."""
-        return math.sqrt(self.variance)
+    def std(self, ddof: int | None = None) -> float:
+        """The standard deviation of the values learnt (this scaler's ``ddof`` unless given)."""
+        return math.sqrt(self.variance(ddof))
 
     def transform_one(self, x: float) -> float:
         """``(x - mean) / std`` with the statistics so far; 0.0 when the variance is zero."""
         value = _number(x, self.name)
-        variance = self.variance
+        variance = self.variance()
         if variance <= 0.0:
             return 0.0
         return (value - self.mean) / math.sqrt(variance)

@@ -15,7 +15,6 @@ import pytest
 from rtopt.handlers.experiments import (
     Comparison,
     MixtureSPRT,
-    Moments,
     bonferroni,
     cuped,
     holm,
@@ -32,6 +31,7 @@ from rtopt.handlers.experiments import (
     welch_ttest_from_stats,
     wilson_interval,
 )
+from rtopt.streams.moments import RunningMoments
 from scipy import integrate, stats
 
 from rtopt import InvalidEvent
@@ -401,12 +401,12 @@ def test_msprt_state_merges_batches_exactly_and_survives_a_snapshot() -> None:
         test.update(control=values[0, end - 200 : end], treatment=values[1, end - 200 : end])
     assert test.control.n == test.treatment.n == 600
     assert test.control.mean == pytest.approx(values[0].mean(), rel=1e-14)
-    assert test.control.variance == pytest.approx(values[0].var(ddof=1), rel=1e-9)
+    assert test.control.variance() == pytest.approx(values[0].var(ddof=1), rel=1e-9)
     assert test.difference == pytest.approx(values[1].mean() - values[0].mean(), abs=1e-9)
-    one_by_one = Moments()
+    one_by_one = RunningMoments()
     for value in values[1]:
-        one_by_one = one_by_one.merge(Moments.of([value]))
-    assert one_by_one.variance == pytest.approx(values[1].var(ddof=1), rel=1e-9)
+        one_by_one.merge(RunningMoments.of([value]))
+    assert one_by_one.variance() == pytest.approx(values[1].var(ddof=1), rel=1e-9)
 
     restored = msgspec.msgpack.decode(msgspec.msgpack.encode(test), type=MixtureSPRT)
     assert restored == test
@@ -429,7 +429,7 @@ def test_msprt_p_value_is_the_running_minimum_and_waits_for_two_observations_per
     for _ in range(20):
         test.update(control=rng.normal(0.0, 1.0, 50), treatment=rng.normal(0.0, 1.0, 50))
         assert test.p_value == lowest
-    variance = test.control.variance / test.control.n + test.treatment.variance / test.treatment.n
+    variance = test.control.variance() / test.control.n + test.treatment.variance() / test.treatment.n
     assert msprt_p_value(test.difference, variance, 1.0) > 10 * lowest
     assert test.stop
     assert test.rejected_at == 22  # still the first rejection

@@ -29,6 +29,7 @@ from rtopt.handlers.detection.forecasting import Ensemble
 from rtopt.handlers.detection.options import DetectionOptions
 from rtopt.handlers.detection.thresholds import breaches, relative_gap
 from rtopt.streams.events import WindowClosed, WindowUpdated
+from rtopt.streams.moments import RunningMoments
 
 from rtopt import Context, Envelope, Event, ExperimentDefined, Handler, StudyDefined
 
@@ -78,9 +79,7 @@ class MetricState(msgspec.Struct):
     cusum: CUSUM | None = None
     anomaly: ZScore | IQRFences | MAD | None = None
     windows: int = 0
-    spread_n: int = 0
-    spread_mean: float = 0.0
-    spread_m2: float = 0.0
+    spread: RunningMoments = msgspec.field(default_factory=RunningMoments)
     values: list[float] = msgspec.field(default_factory=list)
     starts: list[float] = msgspec.field(default_factory=list)
     ends: list[float] = msgspec.field(default_factory=list)
@@ -92,9 +91,9 @@ class MetricState(msgspec.Struct):
 
     def scale(self) -> float | None:
         """The standard deviation of the first windows (None while fewer than two, or no spread)."""
-        if self.spread_n < 2 or self.spread_m2 <= 0.0:
+        if self.spread.n < 2 or self.spread.m2 <= 0.0:
             return None
-        return (self.spread_m2 / (self.spread_n - 1)) ** 0.5
+        return self.spread.variance() ** 0.5
 
 
 class JointState(msgspec.Struct):
@@ -145,7 +144,7 @@ class DetectionHandler(Handler[DetectionState]):
     name = "detection"
     accepts = (WindowClosed, WindowUpdated)
     state_type = DetectionState
-    version = 2
+    version = 3
 
     def __init__(self, options: DetectionOptions | None = None) -> None:
         self.options = options if options is not None else DetectionOptions()
@@ -220,11 +219,8 @@ class DetectionHandler(Handler[DetectionState]):
         for series, item in ((watched.values, value), (watched.starts, window.start), (watched.ends, window.end)):
             series.append(item)
             del series[:-keep]
-        if watched.spread_n < options.warmup:
-            watched.spread_n += 1
-            delta = value - watched.spread_mean
-            watched.spread_mean += delta / watched.spread_n
-            watched.spread_m2 += delta * (value - watched.spread_mean)
+        if watched.spread.n < options.warmup:
+            watched.spread.update(value)
         scale = watched.scale()
         fired = []
         if watched.adwin is not None and watched.adwin.update(value):
@@ -236,7 +232,7 @@ class DetectionHandler(Handler[DetectionState]):
         if (
             watched.page_hinkley is not None
             and scale is not None
-            and watched.spread_n >= options.warmup
+            and watched.spread.n >= options.warmup
             and watched.page_hinkley.update(value / scale)
         ):
             fired.append(("page_hinkley", watched.page_hinkley, watched.page_hinkley.direction, CALIBRATED_CONFIDENCE))

@@ -36,6 +36,7 @@ from typing import Literal
 import msgspec
 import numpy as np
 from numpy.typing import ArrayLike
+from rtopt.streams.moments import RunningMoments
 from scipy import special
 
 from rtopt import InvalidEvent
@@ -140,48 +141,6 @@ class Cuped(msgspec.Struct, frozen=True):
         return outcome - self.theta * (covariate - self.covariate_mean)
 
 
-class Moments(msgspec.Struct, frozen=True):
-    """Count, mean and sum of squared deviations (``m2``) of a sample; batches merge exactly.
-
-    Merging follows Chan, Golub and LeVeque (1979), "Updating formulae and a pairwise algorithm for
-    computing sample variances", which stays accurate where the sum of squares would cancel.
-
-    >>> moments = Moments.of([1.0, 2.0]).merge(Moments.of([3.0, 4.0, 5.0]))
-    >>> moments.n, moments.mean, moments.variance
-    (5, 3.0, 2.5)
-    """
-
-    n: int = 0
-    mean: float = 0.0
-    m2: float = 0.0
-
-    @classmethod
-    def of(cls, values: ArrayLike) -> Moments:
-        """The moments of a batch of values."""
-        array = np.asarray(values, dtype=float).ravel()
-        if array.size == 0:
-            return cls()
-        mean = float(array.mean())
-        return cls(n=int(array.size), mean=mean, m2=float(np.square(array - mean).sum()))
-
-    def merge(self, other: Moments) -> Moments:
-        """The moments of both samples together."""
-        if other.n == 0:
-            return self
-        if self.n == 0:
-            return other
-        n = self.n + other.n
-        delta = other.mean - self.mean
-        return Moments(
-            n=n, mean=self.mean + delta * other.n / n, m2=self.m2 + other.m2 + delta * delta * self.n * other.n / n
-        )
-
-    @property
-    def variance(self) -> float:
-        """Unbiased sample variance (``ddof=1``); 0 below two observations."""
-        return self.m2 / (self.n - 1) if self.n > 1 else 0.0
-
-
 class MixtureSPRT(msgspec.Struct, forbid_unknown_fields=True):
     """Always-valid p-value of the mixture sequential probability ratio test for a difference in means.
 
@@ -212,8 +171,8 @@ class MixtureSPRT(msgspec.Struct, forbid_unknown_fields=True):
     tau2: float
     alpha: float = 0.05
     null: float = 0.0
-    control: Moments = Moments()
-    treatment: Moments = Moments()
+    control: RunningMoments = msgspec.field(default_factory=RunningMoments)
+    treatment: RunningMoments = msgspec.field(default_factory=RunningMoments)
     p_value: float = 1.0
     rejected_at: int | None = None
 
@@ -239,11 +198,11 @@ class MixtureSPRT(msgspec.Struct, forbid_unknown_fields=True):
         The p-value moves only once each arm has two observations and the difference has a positive
         variance; ``rejected_at`` records the total number of observations at the first rejection.
         """
-        self.control = self.control.merge(Moments.of(_finite_array("control", control)))
-        self.treatment = self.treatment.merge(Moments.of(_finite_array("treatment", treatment)))
+        self.control.merge(RunningMoments.of(_finite_array("control", control)))
+        self.treatment.merge(RunningMoments.of(_finite_array("treatment", treatment)))
         if self.control.n < 2 or self.treatment.n < 2:
             return self.p_value
-        variance = self.control.variance / self.control.n + self.treatment.variance / self.treatment.n
+        variance = self.control.variance() / self.control.n + self.treatment.variance() / self.treatment.n
         if variance > 0.0:
             self.p_value = min(self.p_value, msprt_p_value(self.difference, variance, self.tau2, self.null))
             if self.stop and self.rejected_at is None:

@@ -109,9 +109,10 @@ class DetectionHandler(Handler[DetectionState]):
             anomaly = self.anomaly.observe(watched, metric, value)
             if anomaly is not None:
                 events += response.anomaly(watched.anomalies, window, anomaly)
-        joint = self.joint.observe(state, window) if options.joint_anomalies else None
-        if joint is not None:
-            events += response.anomaly(joint[0].alert, window, joint[1])
+        found_together = self.joint.observe(state, window) if options.joint_anomalies else None
+        if found_together is not None:
+            joint, anomaly = found_together
+            events += response.anomaly(joint.alert, window, anomaly)
         for metric, watched in metrics.items():
             found = self.patterns.observe(metrics, metric, window)
             if found is not None:

@@ -23,6 +23,7 @@ from rtopt.errors import (
     StorageError,
     StorageUnavailable,
     UnknownEventType,
+    WriteConflict,
 )
 from rtopt.events import (
     ArmUpdated,
@@ -81,6 +82,7 @@ __all__ = [
     "Suggester",
     "UnknownEventType",
     "VerifyReport",
+    "WriteConflict",
     "default_handlers",
     "event_type",
     "registered_types",

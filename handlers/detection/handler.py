@@ -72,23 +72,47 @@ class DetectionHandler(Handler[DetectionState]):
     def apply(
         self, state: DetectionState, envelope: Envelope[Any], ctx: Context
     ) -> tuple[DetectionState, Sequence[Event]]:
+        if isinstance(envelope.payload, WindowUpdated):
+            return self._revised(state, envelope, ctx)
+        return self._closed(state, envelope, ctx)
+
+    def _closed(
+        self, state: DetectionState, envelope: Envelope[WindowClosed], ctx: Context
+    ) -> tuple[DetectionState, Sequence[Event]]:
+        """A window's results: what they show and the events that calls for."""
         window = envelope.payload
-        if not self.options.watches(window.pipeline):
+        metrics = self._metrics(state, window)
+        if metrics is None:
             return state, ()
+        events = self._detect_and_respond(state, metrics, window, ctx.time)
+        return state, events if ctx.derives else ()
+
+    def _revised(
+        self, state: DetectionState, envelope: Envelope[WindowUpdated], ctx: Context
+    ) -> tuple[DetectionState, Sequence[Event]]:
+        """A late revision of a window: the values patterns see change; the detectors keep the first."""
+        window = envelope.payload
+        metrics = self._metrics(state, window)
+        if metrics is None:
+            return state, ()
+        state.revisions += 1
+        for metric, value in window.values.items():
+            if metric in metrics:
+                metrics[metric].revise(window.start, value)
+        return state, ()
+
+    def _metrics(self, state: DetectionState, window: WindowClosed) -> dict[str, MetricState] | None:
+        """The metrics watched for the window's key (None if its pipeline is not watched); a key
+        ``experiment/variant`` adds the variant to those seen of the experiment."""
+        if not self.options.watches(window.pipeline):
+            return None
         metrics = state.pipelines.setdefault(window.pipeline, {}).setdefault(window.key, {})
         if "/" in window.key:
             experiment, variant = window.key.split("/", 1)
             variants = state.variants.setdefault(experiment, [])
             if variant not in variants:
                 variants.append(variant)
-        if isinstance(window, WindowUpdated):
-            state.revisions += 1
-            for metric, value in window.values.items():
-                if metric in metrics:
-                    metrics[metric].revise(window.start, value)
-            return state, ()
-        events = self._detect_and_respond(state, metrics, window, ctx.time)
-        return state, events if ctx.derives else ()
+        return metrics
 
     def _detect_and_respond(
         self, state: DetectionState, metrics: dict[str, MetricState], window: WindowClosed, now: float

@@ -43,7 +43,7 @@ from rtopt.events import (
     event_type,
     registered_types,
 )
-from rtopt.handler import Context, Decider, Handler, Request, Suggester
+from rtopt.handler import Context, Decider, Handler, Request, Suggester, handles
 from rtopt.privacy import Privacy
 
 __all__ = [
@@ -85,5 +85,6 @@ __all__ = [
     "WriteConflict",
     "default_handlers",
     "event_type",
+    "handles",
     "registered_types",
 ]

@@ -30,6 +30,7 @@ from rtopt import (
     InvalidLog,
     ReadOnlyLog,
     WriteConflict,
+    handles,
 )
 from rtopt.copying import copy_log
 from rtopt.storage.interface import CHAIN, COLUMNS, COPY, GENESIS, HEAD, TAIL_CHECKED, link
@@ -454,13 +455,13 @@ FOLDS: list[int] = []
 
 class FeedbackCounter(Handler[Counted]):
     name = "feedback_counter"
-    accepts = (Feedback,)
     state_type = Counted
 
     def initial_state(self) -> Counted:
         return Counted()
 
-    def apply(self, state: Counted, envelope: Envelope[Any], ctx: Context) -> tuple[Counted, Sequence[Event]]:
+    @handles(Feedback)
+    def _count(self, state: Counted, envelope: Envelope[Any], ctx: Context) -> tuple[Counted, Sequence[Event]]:
         FOLDS.append(envelope.seq)
         state.feedback += 1
         return state, []

@@ -27,7 +27,7 @@ from rtopt.handlers.detection.response import Response
 from rtopt.handlers.detection.state import DetectionState, MetricState
 from rtopt.streams.events import WindowClosed, WindowUpdated
 
-from rtopt import Context, Envelope, Event, Handler
+from rtopt import Context, Envelope, Event, Handler, handles
 
 
 class DetectionHandler(Handler[DetectionState]):
@@ -49,7 +49,6 @@ class DetectionHandler(Handler[DetectionState]):
     """
 
     name = "detection"
-    accepts = (WindowClosed, WindowUpdated)
     state_type = DetectionState
     version = 3
 
@@ -69,13 +68,7 @@ class DetectionHandler(Handler[DetectionState]):
     def initial_state(self) -> DetectionState:
         return DetectionState()
 
-    def apply(
-        self, state: DetectionState, envelope: Envelope[Any], ctx: Context
-    ) -> tuple[DetectionState, Sequence[Event]]:
-        if isinstance(envelope.payload, WindowUpdated):
-            return self._revised(state, envelope, ctx)
-        return self._closed(state, envelope, ctx)
-
+    @handles(WindowClosed)
     def _closed(
         self, state: DetectionState, envelope: Envelope[WindowClosed], ctx: Context
     ) -> tuple[DetectionState, Sequence[Event]]:
@@ -87,6 +80,7 @@ class DetectionHandler(Handler[DetectionState]):
         events = self._detect_and_respond(state, metrics, window, ctx.time)
         return state, events if ctx.derives else ()
 
+    @handles(WindowUpdated)
     def _revised(
         self, state: DetectionState, envelope: Envelope[WindowUpdated], ctx: Context
     ) -> tuple[DetectionState, Sequence[Event]]:

@@ -25,7 +25,6 @@ from rtopt.errors import (
     UnknownEventType,
 )
 from rtopt.events import (
-    ArmUpdated,
     ClockTicked,
     Decision,
     Dimension,
@@ -46,7 +45,6 @@ from rtopt.handler import Context, Decider, Handler, Request, Suggester
 from rtopt.privacy import Privacy
 
 __all__ = [
-    "ArmUpdated",
     "ClockTicked",
     "CommitUncertain",
     "ConfigurationChanged",

@@ -3,7 +3,18 @@
 Every event type is a frozen, tagged ``msgspec.Struct``. Subclassing :class:`Event` registers the type
 under its tag (the class name), so handler packages add their own event types without touching the
 kernel. Constraints are declared once, as ``msgspec.Meta`` annotations, and are checked both when an
-event is constructed in Python and when it is decoded from the log or from JSON.
+event is constructed in Python and when it is decoded from the log or from JSON. An event type whose
+schema changes raises its ``schema_version``; :mod:`rtopt.upcasting` turns older payloads into it.
+
+The event types defined here are the kernel's: the engine itself produces, reads or routes each of them.
+:class:`Feedback` (recorded by ``engine.feedback``), :class:`ExperimentDefined` and :class:`Decision`
+(``define_experiment`` and ``decide``: the engine screens definitions and re-makes decisions on verify),
+:class:`StudyDefined`, :class:`Suggested` and :class:`Observed` (``define_study``, ``suggest``, ``tell``,
+likewise), :class:`ClockTicked` (``tick``), :class:`SubjectForgotten` (``forget``),
+:class:`HandlerFailed` (a fold that raised) and :class:`FeedbackRejected` (counted in the engine's
+statistics). Events that only a handler derives or reads live with that handler, in its ``events``
+module (``ArmUpdated`` in :mod:`rtopt.handlers.bandits.events`, windows in :mod:`rtopt.streams.events`
+...); they keep their tag wherever their class lives, so moving one changes no log.
 """
 
 from __future__ import annotations
@@ -395,6 +406,9 @@ class Envelope(msgspec.Struct, Generic[E], frozen=True):
 class Feedback(Event, frozen=True):
     """What a user or an evaluator reported about one LLM response.
 
+    ``prompt_id`` is the experiment and ``variant_id`` the arm that served the response (a
+    :class:`Decision`'s ``experiment`` and ``arm``); ``decision_id`` names that decision, when there was one.
+
     >>> Feedback(prompt_id="greeting", variant_id="v1", response_time_ms=420.0, success=True,
     ...          quality_score=0.8).quality_score
     0.8
@@ -438,6 +452,8 @@ class ExperimentDefined(Event, frozen=True):
 class Decision(Event, frozen=True):
     """An arm chosen for one request, with what is needed to evaluate it off-policy later.
 
+    The feedback on it names ``experiment`` as its ``prompt_id`` and ``arm`` as its ``variant_id``.
+
     ``propensity`` is the probability the policy had of choosing ``arm`` among ``candidates`` given
     ``context`` (the feature vector used, if any); ``explored`` says the arm was not the one with the best
     estimate at the time; ``unit`` is the user or session the decision was for, when the caller named one.
@@ -458,21 +474,6 @@ class Decision(Event, frozen=True):
 
     stream_field: ClassVar[str] = "experiment"
     personal_fields: ClassVar[tuple[str, ...]] = ("unit",)
-
-
-class ArmUpdated(Event, frozen=True):
-    """A policy learnt ``reward`` for ``arm``; ``posterior`` holds the arm's parameters afterwards and
-    ``parts`` what the reward was computed from."""
-
-    experiment: Name
-    arm: Name
-    reward: float
-    pulls: Count
-    posterior: dict[str, float]
-    decision_id: str | None = None
-    parts: dict[str, float] = {}
-
-    stream_field: ClassVar[str] = "experiment"
 
 
 class ClockTicked(Event, frozen=True):

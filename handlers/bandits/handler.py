@@ -15,6 +15,7 @@ from rtopt.handlers.bandits.events import (
     ArmResumed,
     ArmRetired,
     ArmSummary,
+    ArmUpdated,
     EvidenceDiscounted,
     ExperimentStats,
     PolicyStateImported,
@@ -27,7 +28,6 @@ from rtopt.handlers.ledger import DUPLICATE, AwaitingFeedback, DecisionLedger, M
 from rtopt.handlers.protection import FeedbackGuard
 
 from rtopt import (
-    ArmUpdated,
     Context,
     Decision,
     Envelope,

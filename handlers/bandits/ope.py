@@ -31,9 +31,10 @@ from typing import Literal
 
 import msgspec
 import numpy as np
+from rtopt.handlers.bandits.events import ArmUpdated
 from scipy import stats
 
-from rtopt import ArmUpdated, Decision, Engine, ExperimentDefined
+from rtopt import Decision, Engine, ExperimentDefined
 
 TargetPolicy = Callable[[Mapping[str, float] | None, Sequence[str]], Mapping[str, float]]
 """``policy(context, candidates)`` -> the probability of each candidate arm (arms left out have 0).

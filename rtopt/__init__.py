@@ -23,6 +23,7 @@ from rtopt.errors import (
     StorageError,
     StorageUnavailable,
     UnknownEventType,
+    UnreadableSchemaVersion,
 )
 from rtopt.events import (
     ClockTicked,
@@ -78,6 +79,7 @@ __all__ = [
     "Suggested",
     "Suggester",
     "UnknownEventType",
+    "UnreadableSchemaVersion",
     "VerifyReport",
     "default_handlers",
     "event_type",

@@ -23,9 +23,8 @@ import contextlib
 import functools
 import math
 import re
-import reprlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Literal, TypeVar, cast
 
@@ -33,7 +32,8 @@ import msgspec
 import numpy as np
 from msgspec import Meta
 
-from rtopt.errors import InvalidEvent, UnknownEventType
+from rtopt.errors import InvalidEvent, UnknownEventType, UnreadableSchemaVersion, short_repr
+from rtopt.upcasting import upcast
 
 UnitInterval = Annotated[float, Meta(ge=0.0, le=1.0)]
 NonNegative = Annotated[float, Meta(ge=0.0)]
@@ -42,7 +42,8 @@ Name = Annotated[str, Meta(min_length=1, max_length=200)]
 OptionValue = bool | int | float | str | list[str]
 
 _REGISTRY: dict[str, type[Event]] = {}
-_PAYLOAD_DECODERS: dict[str, msgspec.msgpack.Decoder[Event]] = {}
+_PAYLOAD_DECODERS: dict[str, tuple[Callable[[bytes], Event], int]] = {}
+"""Per tag: the strict decoding function of its registered class and the schema version the class is at."""
 _PATH_FIELD = re.compile(r"(?:at|in) `\$\.([A-Za-z_][A-Za-z0-9_]*)")
 _ARGUMENT_FIELD = re.compile(r"argument '([^']+)'", re.IGNORECASE)
 _UNSTORABLE = (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError)
@@ -59,19 +60,6 @@ def _python_scalar(value: object) -> object:
 
 
 _MSGPACK_ENCODER = msgspec.msgpack.Encoder(enc_hook=_python_scalar)
-_SHORT = reprlib.Repr()
-_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong, _SHORT.maxlevel = 240, 120, 60, 3
-
-
-def short_repr(value: object) -> str:
-    """``repr(value)``, shortened for an error message: long strings and deep or long containers are cut.
-
-    >>> short_repr("x" * 1000)[:8], len(short_repr("x" * 1000)) < 250
-    ("'xxxxxxx", True)
-    """
-    return _SHORT.repr(value)
-
-
 _construction = threading.local()
 
 
@@ -339,12 +327,29 @@ def encode_payload(event: Event) -> bytes:
     return _MSGPACK_ENCODER.encode(event)
 
 
-def decode_payload(tag: str, data: bytes) -> Event:
-    """Decode a payload stored under ``tag`` (constraints are checked by msgspec)."""
-    decoder = _PAYLOAD_DECODERS.get(tag)
-    if decoder is None:
-        decoder = _PAYLOAD_DECODERS[tag] = _schema(event_type(tag))[0]
-    return decoder.decode(data)
+def decode_payload(tag: str, data: bytes, version: int | None = None) -> Event:
+    """Decode a payload stored under ``tag`` at schema ``version`` (the type's current one if None) as the
+    current version of its type (constraints are checked by msgspec).
+
+    An older payload is upcast first (see :mod:`rtopt.upcasting`); one that cannot be raises
+    :class:`~rtopt.errors.UnreadableSchemaVersion`.
+    """
+    known = _PAYLOAD_DECODERS.get(tag)
+    if known is None:
+        cls = event_type(tag)
+        known = _PAYLOAD_DECODERS[tag] = (_schema(cls)[0].decode, cls.schema_version)
+    decode, current = known
+    if version == current or version is None:
+        return decode(data)
+    payload = msgspec.msgpack.decode(data, type=dict[str, Any])
+    payload.pop("type", None)
+    upcast_payload = upcast(tag, payload, version, current)
+    try:
+        return decode(_MSGPACK_ENCODER.encode({"type": tag, **upcast_payload}))
+    except msgspec.ValidationError as exc:
+        raise UnreadableSchemaVersion(
+            f"{tag}: the payload upcast from schema version {version} to {current} does not fit the type: {exc}"
+        ) from None
 
 
 def event_from_dict(data: dict[str, Any]) -> Event:

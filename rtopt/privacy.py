@@ -227,9 +227,10 @@ class Keyring:
 
     # --- reading ---------------------------------------------------------------------------------
 
-    def decode(self, tag: str, data: bytes) -> Event:
-        """The event stored as ``data`` under ``tag``, its sealed values opened (or pseudonyms if forgotten)."""
-        event = decode_payload(tag, data)
+    def decode(self, tag: str, data: bytes, version: int | None = None) -> Event:
+        """The event stored as ``data`` under ``tag`` at schema ``version`` (see
+        :func:`~rtopt.events.decode_payload`), its sealed values opened (or pseudonyms if forgotten)."""
+        event = decode_payload(tag, data, version)
         if _SEALED_BYTES not in data:
             return event
         changes: dict[str, Any] = {}

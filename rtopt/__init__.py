@@ -16,6 +16,7 @@ from rtopt.engine import (
 )
 from rtopt.errors import (
     CommitUncertain,
+    InvalidArgument,
     InvalidEvent,
     InvalidLog,
     ReadOnlyLog,
@@ -63,6 +64,7 @@ __all__ = [
     "FeedbackRejected",
     "Handler",
     "HandlerFailed",
+    "InvalidArgument",
     "InvalidEvent",
     "InvalidLog",
     "Limits",

@@ -25,6 +25,7 @@ from urllib.parse import quote
 import msgspec
 import sqlite_utils
 
+from rtopt.arguments import invalid, one_of
 from rtopt.errors import InvalidLog, ReadOnlyLog, RtoptError, StorageUnavailable
 
 FORMAT_VERSION = 2
@@ -291,7 +292,7 @@ class SQLLog(EventLog):
     def set_meta(self, key: str, value: str) -> None:
         self._writable()
         if key in LOG_KEYS - {COPY}:
-            raise ValueError(f"the {key} of a log is kept by the log itself")
+            raise invalid("key", key, "kept by the log itself")
         self._execute(_SET_META, (key, value))
 
     def save_snapshot(self, handler: str, fingerprint: str, seq: int, state: bytes) -> None:
@@ -506,8 +507,7 @@ class SQLiteLog(SQLLog):
         log opened writable is migrated to the current format.
         """
         location = str(location)
-        if synchronous.upper() not in {"NORMAL", "FULL"}:
-            raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', not {synchronous!r}")
+        one_of("synchronous", synchronous.upper(), ("NORMAL", "FULL"))
         if location == ":memory:":
             if read_only:
                 raise ReadOnlyLog("an in-memory log cannot be opened read-only: it would always be empty")

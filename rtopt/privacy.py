@@ -27,6 +27,7 @@ import msgspec
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 
+from rtopt.arguments import invalid
 from rtopt.errors import InvalidLog, ReadOnlyLog, RtoptError, StorageError
 from rtopt.events import Event, decode_payload, encode_payload
 from rtopt.log import EventLog, SQLiteLog, SQLLog
@@ -60,7 +61,7 @@ class Privacy(msgspec.Struct, frozen=True):
             return setting
         if isinstance(setting, bool):
             return cls(seal=setting)
-        raise ValueError(f"privacy = {setting!r}: must be True, False or a Privacy")
+        raise invalid("privacy", setting, "must be True, False or a Privacy")
 
 
 def is_pseudonym(value: object) -> bool:

@@ -44,8 +44,7 @@ def upcaster(tag: str, version: int) -> Callable[[Upcaster], Upcaster]:
         known = _UPCASTERS.get((tag, version))
         if known is not None and (known.__module__, known.__qualname__) != (function.__module__, function.__qualname__):
             raise TypeError(
-                f"{tag}: the upcaster from schema version {version} is already "
-                f"{known.__module__}.{known.__qualname__}"
+                f"{tag}: the upcaster from schema version {version} is already {known.__module__}.{known.__qualname__}"
             )
         _UPCASTERS[(tag, version)] = function
         return function

@@ -28,7 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from rtopt.engine import Engine
-from rtopt.errors import InvalidEvent, InvalidLog, RtoptError
+from rtopt.errors import InvalidArgument, InvalidLog, RtoptError
 from rtopt.events import Envelope
 from rtopt.follower import WHOLE, Follower, Partition
 from rtopt.log import SQLiteLog, copy_log, is_postgres_url
@@ -227,13 +227,13 @@ def cmd_worker(args: argparse.Namespace, console: Console) -> int:
 
 
 def checked(read: Callable[[str], T]) -> Callable[[str], T]:
-    """An argparse type that reads the text with ``read``, whose :class:`InvalidEvent` becomes argparse's
+    """An argparse type that reads the text with ``read``, whose :class:`InvalidArgument` becomes argparse's
     error (naming the option and the value)."""
 
     def parse(text: str) -> T:
         try:
             return read(text)
-        except InvalidEvent as exc:
+        except InvalidArgument as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
     return parse

@@ -25,6 +25,7 @@ from rtopt.errors import (
     StorageUnavailable,
     UnknownEventType,
     UnreadableSchemaVersion,
+    WriteConflict,
 )
 from rtopt.events import (
     ClockTicked,
@@ -43,7 +44,7 @@ from rtopt.events import (
     event_type,
     registered_types,
 )
-from rtopt.handler import Context, Decider, Handler, Request, Suggester
+from rtopt.handler import Context, Decider, Handler, Request, Suggester, handles
 from rtopt.privacy import Privacy
 
 __all__ = [
@@ -83,7 +84,9 @@ __all__ = [
     "UnknownEventType",
     "UnreadableSchemaVersion",
     "VerifyReport",
+    "WriteConflict",
     "default_handlers",
     "event_type",
+    "handles",
     "registered_types",
 ]

@@ -36,7 +36,7 @@ from rtopt.arguments import invalid, non_empty
 from rtopt.engine import Engine
 from rtopt.errors import InvalidArgument
 from rtopt.events import Envelope, Event
-from rtopt.handler import Context, Handler
+from rtopt.handler import Context, Handler, handles
 
 DEFAULT_TTL_S = 300.0
 
@@ -374,7 +374,6 @@ class FeatureStoreHandler(Handler[FeatureTable]):
     """
 
     name: ClassVar[str] = "features"
-    accepts = (WindowClosed, WindowUpdated)
     state_type = FeatureTable
     version = 1
 
@@ -412,7 +411,10 @@ class FeatureStoreHandler(Handler[FeatureTable]):
     def initial_state(self) -> FeatureTable:
         return FeatureTable()
 
-    def apply(self, state: FeatureTable, envelope: Envelope[Any], ctx: Context) -> tuple[FeatureTable, Sequence[Event]]:
+    @handles(WindowClosed, WindowUpdated)
+    def _window(
+        self, state: FeatureTable, envelope: Envelope[WindowClosed | WindowUpdated], ctx: Context
+    ) -> tuple[FeatureTable, Sequence[Event]]:
         window = envelope.payload
         routes = self._routes.get(window.pipeline)
         if routes:

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 from rtopt.handlers.bandits.events import ArmSummary
 from rtopt.handlers.bandits.handler import statistics
-from rtopt.handlers.bandits.options import CONTEXTUAL, POLICY_OPTIONS
+from rtopt.handlers.bandits.policies import POLICIES
 from rtopt.handlers.experiments.events import (
     CanaryRolledBack,
     ExperimentCompleted,
@@ -153,7 +153,7 @@ def simulate(
     whole("steps", steps)
     rng = np.random.default_rng([seed, 1])
     start_seq, started = engine.position, wall_clock.perf_counter()
-    if policy in CONTEXTUAL:
+    if policy in POLICIES and POLICIES[policy].contextual:
         options.setdefault("features", list(CONTEXT_FEATURES))
     ab_test = policy in AB_POLICIES
     if ab_test:
@@ -265,11 +265,12 @@ def register_command(commands: argparse._SubParsersAction) -> None:
         "latency and cost are hidden; write every event to a fresh log and print pulls, rewards, credible "
         "intervals, probabilities of being best and regret.",
     )
+    contextual = [name for name, rule in POLICIES.items() if rule.contextual]
     sim.add_argument(
         "--policy",
-        choices=[*POLICY_OPTIONS, *AB_POLICIES],
+        choices=[*POLICIES, *AB_POLICIES],
         default="thompson",
-        help="the policy (default thompson); linucb and lin_thompson read each request's context (whether the "
+        help=f"the policy (default thompson); {' and '.join(contextual)} read each request's context (whether the "
         "prompt is long), on which the best variant depends; ab_test runs an A/B test over simulated users "
         "(the first variant is the control) and canary a rollout of the second variant",
     )

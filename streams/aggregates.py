@@ -21,6 +21,8 @@ import numpy as np
 from rtopt.streams.moments import RunningMoments
 from rtopt.streams.sketch import DDSketch
 
+from rtopt.arguments import invalid, non_empty, whole
+
 STATISTICS = ("count", "sum", "mean", "min", "max", "var", "std", "rate")
 _PERCENTILE = re.compile(r"^p(\d{1,2}(?:\.\d+)?)$")
 Extractor = Callable[[Any], float | bool | None]
@@ -137,10 +139,8 @@ class Aggregates:
         exact_limit: int = 1024,
         alpha: float = 0.01,
     ) -> None:
-        if not fields:
-            raise ValueError("aggregates need at least one field")
-        if exact_limit < 1:
-            raise ValueError(f"exact_limit must be at least 1, not {exact_limit}")
+        non_empty("fields", fields)
+        whole("exact_limit", exact_limit)
         self.exact_limit = exact_limit
         self.alpha = alpha
         self._fields: list[tuple[str, Extractor, tuple[str, ...], bool]] = []
@@ -152,7 +152,7 @@ class Aggregates:
             statistics = tuple(statistics)
             unknown = [s for s in statistics if not _is_statistic(s)]
             if unknown or not statistics:
-                raise ValueError(f"{name}: unknown statistics {unknown} (known: {STATISTICS} and pNN)")
+                raise invalid(f"fields[{name!r}]", spec, f"unknown statistics {unknown} (known: {STATISTICS} and pNN)")
             extract = operator.attrgetter(source) if isinstance(source, str) else source
             keep_values = any(_PERCENTILE.match(s) for s in statistics)
             self._fields.append((name, extract, statistics, keep_values))

@@ -14,7 +14,7 @@ from river.drift import PageHinkley as RiverPageHinkley
 from rtopt.handlers.detection import ADWIN, CUSUM, MAD, IQRFences, Mahalanobis, PageHinkley, ZScore
 from scipy import spatial, stats
 
-from rtopt import InvalidEvent
+from rtopt import InvalidArgument, InvalidEvent
 
 SEEDS = range(5)
 CHANGE = 10_000
@@ -235,9 +235,9 @@ def test_mahalanobis_flags_a_point_off_the_correlation_that_each_metric_alone_fi
 
 
 def test_mahalanobis_refuses_a_vector_of_the_wrong_size() -> None:
-    with pytest.raises(InvalidEvent) as raised:
+    with pytest.raises(InvalidArgument) as raised:
         Mahalanobis(dimensions=3).update([1.0, 2.0])
-    assert raised.value.field == "x"
+    assert (raised.value.argument, raised.value.value) == ("x", [1.0, 2.0])
 
 
 def test_the_mad_of_windows_of_every_size_is_scipys() -> None:

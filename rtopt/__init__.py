@@ -8,6 +8,7 @@ from rtopt.commands import Answerer, Request, SuggestRequest
 from rtopt.engine import Engine, default_handlers
 from rtopt.errors import (
     CommitUncertain,
+    InvalidArgument,
     InvalidEvent,
     InvalidLog,
     ReadOnlyLog,
@@ -15,10 +16,10 @@ from rtopt.errors import (
     StorageError,
     StorageUnavailable,
     UnknownEventType,
+    UnreadableSchemaVersion,
     WriteConflict,
 )
 from rtopt.events import (
-    ArmUpdated,
     ClockTicked,
     Decision,
     Dimension,
@@ -42,7 +43,6 @@ from rtopt.writer import Draft, EngineStats, Limits
 
 __all__ = [
     "Answerer",
-    "ArmUpdated",
     "ClockTicked",
     "CommitUncertain",
     "ConfigurationChanged",
@@ -59,6 +59,7 @@ __all__ = [
     "FeedbackRejected",
     "Handler",
     "HandlerFailed",
+    "InvalidArgument",
     "InvalidEvent",
     "InvalidLog",
     "Limits",
@@ -75,6 +76,7 @@ __all__ = [
     "SuggestRequest",
     "Suggested",
     "UnknownEventType",
+    "UnreadableSchemaVersion",
     "VerifyReport",
     "WriteConflict",
     "default_handlers",

@@ -17,8 +17,9 @@ from typing import Any, Literal, cast
 import reactivex
 from reactivex.abc import DisposableBase
 
+from rtopt.arguments import invalid, one_of
 from rtopt.commands import DECIDE, SUGGEST, Command, Request, SuggestRequest
-from rtopt.errors import InvalidEvent, RtoptError
+from rtopt.errors import InvalidEvent, RtoptError, short_repr
 from rtopt.events import (
     HANDLER_ENTRY_POINTS,
     ClockTicked,
@@ -32,7 +33,6 @@ from rtopt.events import (
     StudyDefined,
     SubjectForgotten,
     Suggested,
-    short_repr,
     unvalidated,
     validate,
 )
@@ -138,10 +138,9 @@ class Engine:
         A new SQLite log's files get the permissions ``file_mode`` (owner only by default: events may hold
         user ids and session data).
         """
-        if durability not in ("process", "power"):
-            raise ValueError(f"durability must be 'process' or 'power', not {durability!r}")
+        one_of("durability", durability, ("process", "power"))
         if limits is not None and not isinstance(limits, Limits):
-            raise InvalidEvent(f"limits = {short_repr(limits)}: must be an rtopt.Limits", field="limits", value=limits)
+            raise invalid("limits", limits, "must be an rtopt.Limits")
         limits = None if limits is None else validate(limits)
         time_bound = TimeBound(max_time_ahead_s, future_time)
         log = open_log(

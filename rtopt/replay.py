@@ -373,12 +373,15 @@ def verify_log(
 
 
 def _differs(index: int, recorded: Row, rederived: Row, keys: Keyring) -> bool:
-    """True when column ``index`` of two rows differs; payloads are compared by what they read as."""
-    if recorded[index] == rederived[index]:
+    """True when column ``index`` of two rows differs; payloads are compared by what they read as, each
+    upcast from the schema version of its row (so versions differ only through the payloads)."""
+    if recorded[index] == rederived[index] or COLUMNS[index] == "schema_version":
         return False
     if COLUMNS[index] != "payload":
         return True
-    return not _same_payload(keys.decode(recorded[2], recorded[9]), keys.decode(rederived[2], rederived[9]))
+    return not _same_payload(
+        keys.decode(recorded[2], recorded[9], recorded[8]), keys.decode(rederived[2], rederived[9], rederived[8])
+    )
 
 
 def _derived_difference(recorded: EventLog, rederived: EventLog, keys: Keyring) -> Difference | None:
@@ -421,8 +424,8 @@ def _first_difference(recorded: EventLog, rederived: EventLog, keys: Keyring) ->
                     return Difference(
                         a[0],
                         name,
-                        msgspec.to_builtins(keys.decode(a[2], a[9])),
-                        msgspec.to_builtins(keys.decode(b[2], b[9])),
+                        msgspec.to_builtins(keys.decode(a[2], a[9], a[8])),
+                        msgspec.to_builtins(keys.decode(b[2], b[9], b[8])),
                     )
                 return Difference(min(a[0], b[0]), name, a[index], b[index])  # a missing row shows as a seq gap
     end_a, end_b = recorded.last_seq(), rederived.last_seq()

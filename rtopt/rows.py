@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from rtopt.errors import InvalidLog
+from rtopt.errors import InvalidLog, UnreadableSchemaVersion
 from rtopt.events import Envelope, decode_payload, encode_payload
 from rtopt.privacy import Keyring
 from rtopt.storage.interface import EventLog, Row
@@ -20,9 +20,11 @@ def envelope_from_row(row: Row, keys: Keyring | None = None) -> Envelope[Any]:
     """Decode a stored row into its envelope, opening its sealed values with ``keys``."""
     seq, event_id, tag, stream, time, recorded_at, causation_id, correlation_id, version, payload = row
     try:
-        event = decode_payload(tag, payload) if keys is None else keys.decode(tag, payload)
+        event = decode_payload(tag, payload, version) if keys is None else keys.decode(tag, payload, version)
     except msgspec.DecodeError as exc:
         raise InvalidLog(f"seq {seq}: its {tag} payload cannot be decoded ({exc}): the log is damaged") from None
+    except UnreadableSchemaVersion as exc:
+        raise UnreadableSchemaVersion(f"seq {seq}: {exc}") from None
     return Envelope(
         seq,
         event_id,

@@ -46,6 +46,7 @@ from rtopt.errors import (
     RtoptError,
     StorageError,
     StorageUnavailable,
+    short_repr,
 )
 from rtopt.events import (
     Envelope,
@@ -53,7 +54,6 @@ from rtopt.events import (
     FeedbackRejected,
     SubjectForgotten,
     decode_payload,
-    short_repr,
     validate,
 )
 from rtopt.handler import Chains, Handler, HandlerSlot
@@ -683,7 +683,7 @@ class Writer:
             envelope = batch.by_id[event_id]
             return envelope.type, envelope.payload
         row = self.log.get(event_id)
-        return None if row is None else (row[2], decode_payload(row[2], row[9]))
+        return None if row is None else (row[2], decode_payload(row[2], row[9], row[8]))
 
     def recorded_answer(self, command: Command[Any], answer_id: str) -> tuple[str, Any]:
         """``answer_id`` and the committed event it names, an event of an answer to ``command``; another id is

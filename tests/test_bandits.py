@@ -15,6 +15,7 @@ from rtopt.handlers.bandits import (
     ArmResumed,
     ArmRetired,
     ArmState,
+    ArmUpdated,
     BanditHandler,
     BanditOptions,
     EvidenceDiscounted,
@@ -25,7 +26,7 @@ from rtopt.handlers.bandits import (
 )
 from scipy import stats
 
-from rtopt import ArmUpdated, Context, Decision, Engine, Envelope, ExperimentDefined, Feedback, InvalidEvent, Request
+from rtopt import Context, Decision, Engine, Envelope, ExperimentDefined, Feedback, InvalidEvent, Request
 
 _ids = itertools.count()
 

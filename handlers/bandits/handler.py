@@ -14,6 +14,7 @@ from rtopt.handlers.bandits.events import (
     ArmResumed,
     ArmRetired,
     ArmSummary,
+    ArmUpdated,
     EvidenceDiscounted,
     ExperimentStats,
     PolicyStateImported,
@@ -35,7 +36,6 @@ from rtopt.handlers.ledger import DUPLICATE, AwaitingFeedback, DecisionLedger, M
 from rtopt.handlers.protection import FeedbackGuard
 
 from rtopt import (
-    ArmUpdated,
     Context,
     Decision,
     Envelope,

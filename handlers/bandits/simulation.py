@@ -35,6 +35,7 @@ from rtopt.handlers.experiments.options import POLICIES as AB_POLICIES
 from scipy import stats
 
 from rtopt import Decision, Engine
+from rtopt.arguments import in_range, whole
 from rtopt.cli import UsageError, between, log_seed, positive, progress_bar, replace_log
 from rtopt.copying import refuse_non_empty
 from rtopt.storage.factory import is_postgres_url, open_log
@@ -89,8 +90,7 @@ def default_variants(count: int, seed: int) -> list[VariantProfile]:
     >>> [v.name for v in default_variants(3, seed=1)]
     ['v1', 'v2', 'v3']
     """
-    if not 2 <= count <= 26:
-        raise ValueError(f"variants must be between 2 and 26, not {count}")
+    in_range("count", count, 2, 26)
     rng = np.random.default_rng([seed, 0])
     quality = np.linspace(0.62, 0.80, count)
     rng.shuffle(quality)
@@ -150,8 +150,7 @@ def simulate(
 ) -> SimulationReport:
     """Serve ``steps`` requests through ``engine`` with ``policy`` (and its ``options``) and report pulls,
     rewards and regret per variant."""
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, not {steps}")
+    whole("steps", steps)
     rng = np.random.default_rng([seed, 1])
     start_seq, started = engine.position, wall_clock.perf_counter()
     if policy in POLICIES and POLICIES[policy].contextual:

@@ -19,7 +19,7 @@ from rtopt.apps.views.decisions import Allocation, ArmPosteriors, ExperimentTest
 from rtopt.apps.views.detection import Detections, Forecasts, Responses
 from rtopt.apps.views.overview import AlertFeed, EventRate, FeedbackMetrics
 from rtopt.apps.views.studies import Studies
-from rtopt.apps.views.view import DEFAULT_BUCKET_S, EVERY, View, ViewFold
+from rtopt.apps.views.view import DEFAULT_BUCKET_S, View, ViewFold
 
 from rtopt import Engine, Envelope, InvalidLog
 
@@ -67,12 +67,7 @@ class LogModel:
         self.last_seq = 0
         self.first_time: float | None = None
         self.last_time: float | None = None
-        self._every: list[tuple[int, ViewFold]] = []
-        self._by_tag: dict[str, list[tuple[int, ViewFold]]] = {}
-        for index, view in enumerate(self.views):
-            for tag, fold in view.fold_table().items():
-                folds = self._every if tag == EVERY else self._by_tag.setdefault(tag, [])
-                folds.append((index, fold))
+        self._folds: dict[str, list[tuple[int, ViewFold]]] = {}  # type tag -> (view's index, its fold), as met
 
     @property
     def events_seen(self) -> int:
@@ -82,20 +77,28 @@ class LogModel:
     def add(self, envelopes: Iterable[Envelope[Any]]) -> int:
         """Fold ``envelopes`` (in seq order, each seq once) into the counts and the views reading their type;
         returns how many there were."""
-        every, by_tag, states = self._every, self._by_tag, self.states
+        folds_by_tag, states, counts = self._folds, self.states, self.counts
+        first = last = None
         folded = 0
-        for envelope in envelopes:
+        for last in envelopes:
             folded += 1
-            self.counts[envelope.type] += 1
-            for index, fold in every:
-                states[index] = fold(states[index], envelope)
-            for index, fold in by_tag.get(envelope.type, ()):
-                states[index] = fold(states[index], envelope)
-            self.last_seq = envelope.seq
-            if self.first_time is None:
-                self.first_time = envelope.time
-            self.last_time = envelope.time
+            counts[last.type] += 1
+            folds = folds_by_tag.get(last.type)
+            if folds is None:
+                folds = folds_by_tag[last.type] = self._folds_of(last.type)
+            for index, fold in folds:
+                states[index] = fold(states[index], last)
+            if first is None:
+                first = last
+        if first is not None and last is not None:
+            self.first_time = first.time if self.first_time is None else self.first_time
+            self.last_seq, self.last_time = last.seq, last.time
         return folded
+
+    def _folds_of(self, tag: str) -> list[tuple[int, ViewFold]]:
+        """The folds of the views that read events of type ``tag``, with each view's index."""
+        folds = ((index, view.fold_of(tag)) for index, view in enumerate(self.views))
+        return [(index, fold) for index, fold in folds if fold is not None]
 
     def shown(self) -> list[View[Any]]:
         """The views that have events of their types to show."""

@@ -67,6 +67,7 @@ class View(Generic[S]):
 
     title: ClassVar[str] = ""
     folds: ClassVar[Mapping[type[Event], str]] = {}  # event type -> name of the method declared its fold
+    fold_names: ClassVar[Mapping[str, str]] = {}  # the same by type tag
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -75,6 +76,7 @@ class View(Generic[S]):
             for event_type in getattr(member, "__rtopt_handles__", ()):
                 folds[event_type] = attribute
         cls.folds = folds
+        cls.fold_names = {event_type.tag(): method for event_type, method in folds.items()}
 
     def __init__(self, bucket_s: float = DEFAULT_BUCKET_S) -> None:
         self.bucket_s = bucket_s
@@ -94,16 +96,15 @@ class View(Generic[S]):
         reads others only to put them beside these."""
         return cls.tags()
 
-    def fold_table(self) -> dict[str, ViewFold]:
-        """The fold of each event type the view reads, by tag (:data:`EVERY` for one that reads all)."""
-        return {event_type.tag(): getattr(self, method) for event_type, method in self.folds.items()}
+    def fold_of(self, tag: str) -> ViewFold | None:
+        """The fold of events of type ``tag`` (None if the view does not read them)."""
+        method = self.fold_names.get(tag) or self.fold_names.get(EVERY)
+        return None if method is None else getattr(self, method)
 
     def fold(self, state: S, envelopes: Iterable[Envelope[Any]]) -> S:
         """``state`` with ``envelopes`` (in seq order) folded in."""
-        table = self.fold_table()
-        every = table.get(EVERY)
         for envelope in envelopes:
-            fold = every or table.get(envelope.type)
+            fold = self.fold_of(envelope.type)
             if fold is not None:
                 state = fold(state, envelope)
         return state

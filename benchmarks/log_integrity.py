@@ -1,7 +1,7 @@
 """What the log's integrity costs, and what a refused second SQLite writer costs the first, in one run.
 
 1. Raw appends into SQLite logs, the same Feedback rows (msgpack-encoded) in batches of 1,000 rows and of
-   1 row: :meth:`rtopt.log.SQLiteLog.append` (each row hash-chained to the one before, the head anchor
+   1 row: :meth:`rtopt.storage.sqlite.SQLiteLog.append` (each row hash-chained to the one before, the head anchor
    written in the same transaction) against the append of format 1 (the same transaction without the
    chain and the anchor), run on a log of the same schema, three times each in turn, best of three; the
    ratio is chained / unchained.
@@ -27,9 +27,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from rtopt import Engine, Feedback, RtoptError
+from rtopt import Engine, Feedback, WriteConflict
 from rtopt.events import encode_payload
-from rtopt.log import COLUMNS, Row, SQLiteLog
+from rtopt.storage.interface import COLUMNS, Row
+from rtopt.storage.sqlite import SQLiteLog
 
 REPEATS = 3
 _UNCHAINED = f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
@@ -37,7 +38,7 @@ _UNCHAINED = f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' 
 SECOND_WRITER = """
 import json, sys, time
 from rtopt.handlers.bandits import BanditHandler
-from rtopt import Engine, Feedback, RtoptError
+from rtopt import Engine, Feedback, WriteConflict
 
 path, seconds = sys.argv[1], float(sys.argv[2])
 accepted = refused = 0
@@ -49,7 +50,7 @@ with Engine.open(path, handlers=[BanditHandler()]) as engine:
             engine.publish(Feedback(prompt_id="b", variant_id="v", response_time_ms=1.0, success=True,
                                     quality_score=0.5))
             accepted += 1
-        except RtoptError:
+        except WriteConflict:
             refused += 1
 print(json.dumps({"accepted": accepted, "refused": refused}), flush=True)
 """
@@ -101,7 +102,7 @@ def first_writer_rate(path: Path, seconds: float) -> float:
                     Feedback(prompt_id="a", variant_id="v", response_time_ms=1.0, success=True, quality_score=0.5)
                 )
                 published += 1
-            except RtoptError:
+            except WriteConflict:
                 pass
         return published / (time.perf_counter() - started)
 

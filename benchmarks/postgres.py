@@ -5,13 +5,13 @@ and every figure is measured against it or against SQLite files in the same run,
 Feedback event each, msgpack-encoded) in transactions of ``--batch`` rows:
 
 1. SQLite: plain ``sqlite3`` ``executemany`` into a fresh log's events table (the SQLite limit), and
-   :meth:`rtopt.log.SQLiteLog.append`;
+   :meth:`rtopt.storage.sqlite.SQLiteLog.append`;
 2. raw psycopg into a table with the events table's columns and indexes (no lock, no trigger):
    ``executemany`` and ``COPY ... (FORMAT BINARY)``;
-3. :meth:`rtopt.postgres.PostgresLog.append` (table lock, seq after the last committed one, COPY, NOTIFY)
+3. :meth:`rtopt.storage.postgres.PostgresLog.append` (table lock, seq after the last committed one, COPY, NOTIFY)
    from 1, 2 and 4 writer processes at once, each appending its share, while this process tails the log
    by seq and counts every event it sees (a missed or repeated seq is reported);
-4. a :class:`rtopt.follower.Follower` running the Thompson bandit chain over the inputs of a simulated
+4. a :class:`rtopt.worker.Worker` running the Thompson bandit chain over the inputs of a simulated
    workload (decisions and their feedback): inputs read and events derived per second;
 5. wake-up latency: a reader blocked in ``wait_for_change`` while another connection appends one event;
    the time from the append's return to the reader waking, p50 and p99.
@@ -42,11 +42,13 @@ from rtopt.handlers.bandits import BanditHandler
 from rtopt.handlers.bandits.simulation import default_variants, simulate
 
 from rtopt import Engine, Feedback
+from rtopt.copying import copy_log
 from rtopt.events import encode_payload
-from rtopt.follower import Follower
-from rtopt.log import COLUMNS, Row, SQLiteLog, copy_log
 from rtopt.pgserver import TemporaryServer
-from rtopt.postgres import PostgresLog
+from rtopt.storage.interface import COLUMNS, Row
+from rtopt.storage.postgres import PostgresLog
+from rtopt.storage.sqlite import SQLiteLog
+from rtopt.worker import Worker
 
 WRITERS = (1, 2, 4)
 TARGETS = {
@@ -188,19 +190,19 @@ def measure_writers(url: str, writers: int, rows: list[Row], batch: int) -> dict
     return {f"append_{writers}_writers_events_per_s": rate(len(rows), ended - started), f"missed_{writers}": wrong}
 
 
-def measure_follower(url: str, steps: int, directory: Path) -> dict[str, float]:
-    """Inputs/s and derived events/s of a follower running the bandit chain over a simulated workload."""
+def measure_worker(url: str, steps: int, directory: Path) -> dict[str, float]:
+    """Inputs/s and derived events/s of a worker running the bandit chain over a simulated workload."""
     source = directory / "workload.sqlite"
     with Engine.open(source, seed=3, handlers=[BanditHandler()]) as engine:
         simulate(engine, steps, default_variants(4, 3), 3)
     copy_log(source, url, inputs_only=True)
-    with Follower.open(url, [BanditHandler()], batch=1000) as follower:
+    with Worker.open(url, [BanditHandler()], batch=1000) as worker:
         started = time.perf_counter()
-        follower.run(drain=True)
+        worker.run(drain=True)
         seconds = time.perf_counter() - started
         return {
-            "follower_inputs_per_s": rate(follower.processed, seconds),
-            "follower_derived_per_s": rate(follower.derived, seconds),
+            "worker_inputs_per_s": rate(worker.processed, seconds),
+            "worker_derived_per_s": rate(worker.derived, seconds),
         }
 
 
@@ -258,7 +260,7 @@ def run(events: int, batch: int, steps: int, rounds: int, server: str | None = N
             found = measure_writers(database(f"writers_{writers}"), writers, rows, batch)
             missed += int(found.pop(f"missed_{writers}"))
             figures.update(found)
-        figures.update(measure_follower(database("follower"), steps, directory))
+        figures.update(measure_worker(database("worker"), steps, directory))
         figures.update(measure_wake(database("wake"), rounds))
     one = figures["append_1_writers_events_per_s"]
     ratios = {
@@ -271,7 +273,7 @@ def run(events: int, batch: int, steps: int, rounds: int, server: str | None = N
     checked = {**ratios, "missed_or_repeated_events": missed, "wake_p99_ms": figures["wake_p99_ms"]}
     status = {name: "PASS" if meets(checked[name], *target) else "MISS" for name, target in TARGETS.items()}
     return {
-        "sizes": {"events": events, "batch": batch, "follower_steps": steps, "wake_rounds": rounds},
+        "sizes": {"events": events, "batch": batch, "worker_steps": steps, "wake_rounds": rounds},
         "figures": figures,
         "ratios": ratios,
         "missed_or_repeated_events": missed,
@@ -306,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000, help="rows each measurement writes (default 100000)")
     parser.add_argument("--batch", type=int, default=1000, help="rows per transaction (default 1000)")
-    parser.add_argument("--steps", type=int, default=5000, help="simulated requests the follower runs (default 5000)")
+    parser.add_argument("--steps", type=int, default=5000, help="simulated requests the worker runs (default 5000)")
     parser.add_argument("--rounds", type=int, default=500, help="wake-up latency samples (default 500)")
     parser.add_argument(
         "--server", default=None, help="a superuser's URL of a PostgreSQL server to create the databases on "

@@ -31,8 +31,8 @@ from pathlib import Path
 
 from rtopt import Engine, Feedback
 from rtopt.events import decode_payload, encode_payload
-from rtopt.log import open_log
 from rtopt.privacy import Keyring
+from rtopt.storage.factory import open_log
 
 BATCH = 1_000
 SEED = 7

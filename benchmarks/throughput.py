@@ -5,7 +5,7 @@ temporary directory:
 
 1. raw limit: plain ``sqlite3`` ``executemany`` of the very rows step 2 wrote while it was timed (the
    Feedback events and the ArmUpdated events derived from them, read back from its log) into a fresh log
-   created by :meth:`rtopt.log.SQLiteLog.open`, in 1,000-row ``BEGIN IMMEDIATE``/``COMMIT`` transactions;
+   created by :meth:`rtopt.storage.sqlite.SQLiteLog.open`, in 1,000-row ``BEGIN IMMEDIATE``/``COMMIT`` transactions;
 2. ``Engine.publish_many`` of Feedback on pending decisions (the Thompson bandit chain learns from each
    and derives an ArmUpdated), 1,000 events a call, with one counting subscriber; each feedback batch
    follows the batch of the 1,000 Decision events it answers (published untimed, or made one by one with
@@ -48,7 +48,8 @@ from rtopt.handlers.bandits import BanditHandler
 from rtopt.streams import Aggregates, Sliding, Tumbling, WindowHandler, WindowPipeline
 
 from rtopt import Decision, Draft, Engine, Feedback
-from rtopt.log import COLUMNS, Row, SQLiteLog
+from rtopt.storage.interface import COLUMNS, Row
+from rtopt.storage.sqlite import SQLiteLog
 
 BATCH = 1_000
 SEED = 20_260_101

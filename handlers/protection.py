@@ -18,7 +18,7 @@ import msgspec
 from msgspec import Meta
 from rtopt.handlers.checked import Checked
 
-from rtopt import Context, Envelope, Event, Feedback, Handler
+from rtopt import Context, Envelope, Event, Feedback, Handler, handles
 from rtopt.events import Count, Name, UnitInterval
 
 Seconds = Annotated[float, Meta(gt=0.0)]
@@ -201,7 +201,6 @@ class ProtectionHandler(Handler[FeedbackGuard]):
     """
 
     name = "protection"
-    accepts = (Feedback,)
     state_type = FeedbackGuard
     version = 2  # a user's RateLimitExceeded goes on its feedback's stream, not on one named after the user
 
@@ -214,8 +213,9 @@ class ProtectionHandler(Handler[FeedbackGuard]):
     def initial_state(self) -> FeedbackGuard:
         return self.guard.copy()
 
-    def apply(
-        self, state: FeedbackGuard, envelope: Envelope[Any], ctx: Context
+    @handles(Feedback)
+    def _judge(
+        self, state: FeedbackGuard, envelope: Envelope[Feedback], ctx: Context
     ) -> tuple[FeedbackGuard, Sequence[Event]]:
         feedback = envelope.payload
         reasons = state.check(feedback, envelope.time)

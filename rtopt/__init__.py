@@ -23,6 +23,7 @@ from rtopt.errors import (
     StorageError,
     StorageUnavailable,
     UnknownEventType,
+    WriteConflict,
 )
 from rtopt.events import (
     ArmUpdated,
@@ -42,7 +43,7 @@ from rtopt.events import (
     event_type,
     registered_types,
 )
-from rtopt.handler import Context, Decider, Handler, Request, Suggester
+from rtopt.handler import Context, Decider, Handler, Request, Suggester, handles
 from rtopt.privacy import Privacy
 
 __all__ = [
@@ -81,7 +82,9 @@ __all__ = [
     "Suggester",
     "UnknownEventType",
     "VerifyReport",
+    "WriteConflict",
     "default_handlers",
     "event_type",
+    "handles",
     "registered_types",
 ]

@@ -27,11 +27,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from rtopt.copying import copy_log
 from rtopt.engine import Engine
 from rtopt.errors import InvalidEvent, InvalidLog, RtoptError
 from rtopt.events import Envelope
-from rtopt.follower import WHOLE, Follower, Partition
-from rtopt.log import SQLiteLog, copy_log, is_postgres_url
+from rtopt.storage.factory import is_postgres_url
+from rtopt.storage.sqlite import SQLiteLog
+from rtopt.worker import WHOLE, Partition, Worker
 
 COMMAND_ENTRY_POINTS = "rtopt.commands"
 STATE_LINES = 40
@@ -212,14 +214,14 @@ def cmd_worker(args: argparse.Namespace, console: Console) -> int:
     """Run the handler chains of one partition over a shared PostgreSQL log."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with Follower.open(
+    with Worker.open(
         args.log, name=args.name, partition=args.partition, batch=args.batch, snapshot_every=args.snapshot_every
-    ) as follower:
+    ) as worker:
         with suppress(KeyboardInterrupt):
-            follower.run(drain=args.drain, stop=stop, idle_timeout=args.idle_timeout)
+            worker.run(drain=args.drain, stop=stop, idle_timeout=args.idle_timeout)
         console.print(
-            f"{follower.tracker}: resumed from seq {follower.resumed_from}, processed {follower.processed} inputs"
-            f" and derived {follower.derived} events; inputs read up to seq {follower.position}",
+            f"{worker.tracker}: resumed from seq {worker.resumed_from}, processed {worker.processed} inputs"
+            f" and derived {worker.derived} events; inputs read up to seq {worker.position}",
             markup=False,
             soft_wrap=True,
         )

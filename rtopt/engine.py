@@ -28,10 +28,12 @@ import reactivex
 from reactivex.abc import DisposableBase
 
 from rtopt.bus import Bus
+from rtopt.copying import copy_rows, copying, refuse_non_empty
 from rtopt.errors import (
     CommitUncertain,
     InvalidEvent,
     InvalidLog,
+    OthersAppended,
     ReadOnlyLog,
     RtoptError,
     StorageError,
@@ -59,8 +61,9 @@ from rtopt.events import (
 )
 from rtopt.handler import Chains, Context, Decider, Handler, HandlerSlot, Request, SlotOf, Suggester
 from rtopt.ids import ordered_id, prefix_of
-from rtopt.log import COLUMNS, EventLog, OthersAppended, Row, copy_rows, copying, open_log, refuse_non_empty
 from rtopt.privacy import Keyring, Privacy, copy_keys, is_pseudonym
+from rtopt.storage.factory import open_log
+from rtopt.storage.interface import COLUMNS, EventLog, Row
 from rtopt.watermark import TimeBound
 
 DEFAULT_LOG = Path("event_log") / "rtopt.sqlite"

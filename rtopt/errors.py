@@ -34,7 +34,7 @@ class UnknownEventType(RtoptError):
 
 
 class StorageError(RtoptError):
-    """The database behind a log failed or refused an operation; the driver's error is the ``__cause__``.
+    """The database behind a log failed or refused an operation; the driver's error, if any, is the ``__cause__``.
 
     Unless a subclass says otherwise, nothing of the operation was written.
     """
@@ -43,6 +43,33 @@ class StorageError(RtoptError):
 class StorageUnavailable(StorageError):
     """The database server could not be reached, even after reconnecting for the log's
     ``reconnect_timeout_s``; nothing was written. The engine goes on once the server is back."""
+
+
+class WriteConflict(StorageError):
+    """Another writer took what a write needed first: the seq it would append at, an event id, a stream
+    the batch was derived without, or the tracking position it would move; nothing was written.
+
+    The message names what conflicted. Reading the log again and deriving anew resolves it.
+
+    >>> isinstance(WriteConflict("tracker 'worker:0/1' is at seq 50, not 0"), StorageError)
+    True
+    """
+
+
+class OthersAppended(WriteConflict):
+    """Another process appended to a log that one process alone may write, before this one derived
+    anything: nothing was written; ``end`` is the log's last seq.
+
+    >>> OthersAppended("log.sqlite", 4, 9).end
+    9
+    """
+
+    def __init__(self, location: str, known: int, end: int) -> None:
+        super().__init__(
+            f"{location}: expected to append at seq {known + 1}, but seqs up to {end} are taken;"
+            " another process is writing to this log; nothing was written"
+        )
+        self.end = end
 
 
 class CommitUncertain(StorageError):

@@ -1,14 +1,16 @@
 """Handlers: pure folds over events, wrapped by the kernel into Rx operators.
 
-A handler is ``apply(state, envelope, ctx) -> (state, derived events)``. The same fold runs live and in
-replay; it sees only event time (``ctx.time``) and a random generator seeded from the engine seed and the
-event id (``ctx.rng``), never the wall clock or a global generator.
+A handler declares one fold per event type it takes (:func:`handles`); a fold is
+``(state, envelope, ctx) -> (state, derived events)``. It may update ``state`` in place and returns the state
+to keep. The same fold runs live and in replay; it sees only event time (``ctx.time``) and a random
+generator seeded from the engine seed and the event id (``ctx.rng``), never the wall clock or a global
+generator. :func:`rtopt.testing.check_handler` checks a handler against these rules.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 import msgspec
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
 S = TypeVar("S")
+F = TypeVar("F", bound=Callable[..., Any])
 MAX_CASCADE_DEPTH = 32
 DERIVED_NAMESPACE = b"rtopt/derived/"
 
@@ -94,11 +97,32 @@ class Context:
         return self._rng
 
 
+Fold = Callable[[Any, Envelope[Any], Context], tuple[Any, Sequence[Event]]]
+
+
+def handles(*types: type[Event]) -> Callable[[F], F]:
+    """Declare the decorated :class:`Handler` method the fold of events of ``types`` (and of their
+    subclasses, for a handler whose ``accepts`` names them)."""
+    if not types or not all(isinstance(t, type) and issubclass(t, Event) for t in types):
+        raise TypeError(f"handles takes event types, not {types!r}")
+
+    def declare(method: F) -> F:
+        method.__rtopt_handles__ = (*getattr(method, "__rtopt_handles__", ()), *types)  # type: ignore[attr-defined]
+        return method
+
+    return declare
+
+
 class Handler(Generic[S]):
     """Base class of handler chains: a named fold over the event types in ``accepts``.
 
-    Subclasses set ``name``, ``accepts`` and ``state_type`` (a msgspec-encodable type, used for
-    snapshots) and implement :meth:`initial_state` and :meth:`apply`.
+    Subclasses set ``name`` and ``state_type`` (a msgspec-encodable type, used for snapshots), implement
+    :meth:`initial_state`, and declare a fold per event type with :func:`handles`: a method
+    ``(state, envelope, ctx) -> (state, derived events)`` that may update ``state`` in place and returns the
+    state to keep. ``accepts`` is the declared types unless the class sets it (a handler whose types are
+    known per instance annotates it in the class, sets it in ``__init__`` and declares folds for a base type
+    of them). A handler that declares no fold overrides :meth:`apply` instead, which then folds every type in
+    ``accepts``.
 
     >>> import msgspec
     >>> from rtopt.events import Feedback
@@ -106,28 +130,64 @@ class Handler(Generic[S]):
     ...     n: int = 0
     >>> class CountFeedback(Handler[Counter]):
     ...     name = "count"
-    ...     accepts = (Feedback,)
     ...     state_type = Counter
     ...     def initial_state(self): return Counter()
-    ...     def apply(self, state, envelope, ctx):
+    ...     @handles(Feedback)
+    ...     def count(self, state, envelope, ctx):
     ...         state.n += 1
     ...         return state, []
-    >>> CountFeedback().initial_state()
-    Counter(n=0)
+    >>> (CountFeedback.accepts, CountFeedback().initial_state())
+    ((<class 'rtopt.events.Feedback'>,), Counter(n=0))
     """
 
     name: ClassVar[str]
     accepts: ClassVar[tuple[type[Event], ...]]
     state_type: ClassVar[Any]
     parts: ClassVar[str | None] = None  # the field of the state that maps a key to its part, for view(state, key)
+    folds: ClassVar[Mapping[type[Event], str]] = {}  # event type -> name of the method declared as its fold
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        folds = dict(cls.folds)
+        declared_here: dict[type[Event], str] = {}
+        for attribute, member in vars(cls).items():
+            for event_type in getattr(member, "__rtopt_handles__", ()):
+                if event_type in declared_here:
+                    both = f"{declared_here[event_type]} and {attribute}"
+                    raise TypeError(f"{cls.__qualname__}: {both} both fold {event_type.__name__}")
+                declared_here[event_type] = folds[event_type] = attribute
+        cls.folds = folds
+        if folds and cls.apply is not Handler.apply:
+            raise TypeError(f"{cls.__qualname__}: declare folds with @handles or override apply, not both")
+        if declared_here and "accepts" not in vars(cls) and "accepts" not in vars(cls).get("__annotations__", {}):
+            cls.accepts = tuple(folds)
 
     def initial_state(self) -> S:
         """The state before any event."""
         raise NotImplementedError
 
+    def fold_table(self) -> dict[str, Fold]:
+        """The fold of every accepted event type, by its tag: the declared method of the type or of its
+        nearest base, or :meth:`apply` for a handler that declares none."""
+        if not self.folds:
+            return {event_type.tag(): self.apply for event_type in self.accepts}
+        table: dict[str, Fold] = {}
+        for event_type in self.accepts:
+            method = next((self.folds[t] for t in event_type.__mro__ if t in self.folds), None)
+            if method is None:
+                raise TypeError(f"the {self.name} handler accepts {event_type.__name__} but declares no fold for it")
+            table[event_type.tag()] = getattr(self, method)
+        return table
+
     def apply(self, state: S, envelope: Envelope[Any], ctx: Context) -> tuple[S, Sequence[Event]]:
-        """Fold one event into ``state``; return the new state and the events it derives."""
-        raise NotImplementedError
+        """Fold one event into ``state`` (updating it in place or not); return the state to keep and the
+        events it derives. By default the fold declared for the event's type."""
+        for event_type in type(envelope.payload).__mro__:
+            method = self.folds.get(event_type)
+            if method is not None:
+                fold: Fold = getattr(self, method)
+                return fold(state, envelope, ctx)
+        raise TypeError(f"the {self.name} handler declares no fold for {envelope.type}")
 
     def screen(self, state: S, event: Event) -> None:
         """Raise InvalidEvent if ``event``, published as an input, must be refused in ``state``.
@@ -250,7 +310,8 @@ class HandlerSlot:
         self.handler = handler
         self.name = handler.name
         self.seed = seed
-        self.accepted = frozenset(t.tag() for t in handler.accepts)
+        self.folds = handler.fold_table()
+        self.accepted = frozenset(self.folds)
         self.state = handler.initial_state()
         self.position = 0
         self.failures = 0
@@ -262,15 +323,16 @@ class HandlerSlot:
         fails validation. With ``keep`` False (rebuilding state from events whose outputs are already in
         the log) outputs are neither validated nor returned; the fold itself runs the same either way.
         """
-        handler, accepted, seed = self.handler, self.accepted, self.seed
+        folds, seed = self.folds, self.seed
         state = self.state
         derived: list[Derived] = []
         with unvalidated():
             for envelope in batch:
-                if envelope.type not in accepted:
+                fold = folds.get(envelope.type)
+                if fold is None:
                     continue
                 try:
-                    state, events = handler.apply(state, envelope, Context(envelope.time, envelope.id, seed, keep))
+                    state, events = fold(state, envelope, Context(envelope.time, envelope.id, seed, keep))
                 except Exception as exc:
                     self.failures += 1
                     events = [self._failure(envelope, exc)]

@@ -29,7 +29,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 
 from rtopt.errors import InvalidLog, ReadOnlyLog, RtoptError, StorageError
 from rtopt.events import Event, decode_payload, encode_payload
-from rtopt.log import EventLog, SQLiteLog, SQLLog
+from rtopt.storage.interface import EventLog
+from rtopt.storage.sql import SQLLog
+from rtopt.storage.sqlite import SQLiteLog
 
 KEYS_TABLE = "rtopt_subject_keys"
 SEALED = "sealed:1:"
@@ -105,7 +107,7 @@ class Keyring:
     """The subjects' keys of one log: seals events on their way into it and opens them on their way out.
 
     >>> from rtopt import Feedback
-    >>> from rtopt.log import open_log
+    >>> from rtopt.storage.factory import open_log
     >>> keys = Keyring(open_log(":memory:", seed=1))
     >>> fb = Feedback(prompt_id="p", variant_id="v", response_time_ms=1.0, success=True, quality_score=1.0,
     ...               user_id="u1")

@@ -35,7 +35,7 @@ from rtopt.streams.features import FeatureSchema
 from rtopt.engine import Engine
 from rtopt.errors import InvalidEvent
 from rtopt.events import Envelope, Event
-from rtopt.handler import Context, Handler
+from rtopt.handler import Context, Handler, handles
 
 DEFAULT_TTL_S = 300.0
 
@@ -371,7 +371,6 @@ class FeatureStoreHandler(Handler[FeatureTable]):
     """
 
     name: ClassVar[str] = "features"
-    accepts = (WindowClosed, WindowUpdated)
     state_type = FeatureTable
     version = 1
 
@@ -410,7 +409,10 @@ class FeatureStoreHandler(Handler[FeatureTable]):
     def initial_state(self) -> FeatureTable:
         return FeatureTable()
 
-    def apply(self, state: FeatureTable, envelope: Envelope[Any], ctx: Context) -> tuple[FeatureTable, Sequence[Event]]:
+    @handles(WindowClosed, WindowUpdated)
+    def _window(
+        self, state: FeatureTable, envelope: Envelope[WindowClosed | WindowUpdated], ctx: Context
+    ) -> tuple[FeatureTable, Sequence[Event]]:
         window = envelope.payload
         routes = self._routes.get(window.pipeline)
         if routes:

@@ -7,7 +7,7 @@ from typing import Any
 
 from rtopt.streams.windows import PipelineState, WindowPipeline
 
-from rtopt import Context, Envelope, Event, Handler
+from rtopt import Context, Envelope, Event, Handler, handles
 
 
 class WindowHandler(Handler[PipelineState]):
@@ -28,6 +28,7 @@ class WindowHandler(Handler[PipelineState]):
     """
 
     state_type = PipelineState
+    accepts: tuple[type[Event], ...]  # the pipeline's types
 
     def __init__(self, pipeline: WindowPipeline) -> None:
         self.pipeline = pipeline
@@ -40,7 +41,8 @@ class WindowHandler(Handler[PipelineState]):
     def initial_state(self) -> PipelineState:
         return self.pipeline.initial_state()
 
-    def apply(
+    @handles(Event)
+    def _step(
         self, state: PipelineState, envelope: Envelope[Any], ctx: Context
     ) -> tuple[PipelineState, Sequence[Event]]:
         return state, self.pipeline.step(state, envelope)

@@ -17,8 +17,10 @@ from rtopt.handlers.detection import DetectionHandler, FeedbackGuard, Protection
 from rtopt.streams import Aggregates, Tumbling, WindowHandler, WindowPipeline
 
 from rtopt import Engine, Feedback
-from rtopt.log import _SELECT, _TRIGGERS, CHAIN, GENESIS, HEAD, chained, head_value
 from rtopt.pgserver import TemporaryServer, server_binaries
+from rtopt.storage.interface import CHAIN, GENESIS, HEAD, chained, head_value
+from rtopt.storage.sql import _SELECT
+from rtopt.storage.sqlite import _TRIGGERS
 
 
 def free_port() -> int:

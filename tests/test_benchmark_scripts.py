@@ -90,8 +90,8 @@ POSTGRES_FIGURES = {
     "append_1_writers_events_per_s",
     "append_2_writers_events_per_s",
     "append_4_writers_events_per_s",
-    "follower_inputs_per_s",
-    "follower_derived_per_s",
+    "worker_inputs_per_s",
+    "worker_derived_per_s",
     "wake_p50_ms",
     "wake_p99_ms",
 }

@@ -24,6 +24,7 @@ from rtopt import (
     HandlerFailed,
     InvalidEvent,
     RtoptError,
+    handles,
 )
 
 
@@ -45,13 +46,13 @@ class PingPong(Handler[Count]):
     """Answers every ping with a pong, and fails on ping number 13."""
 
     name = "pingpong"
-    accepts = (Pinged,)
     state_type = Count
 
     def initial_state(self) -> Count:
         return Count()
 
-    def apply(self, state: Count, envelope: Envelope[Any], ctx: Context) -> tuple[Count, Sequence[Event]]:
+    @handles(Pinged)
+    def _ping(self, state: Count, envelope: Envelope[Any], ctx: Context) -> tuple[Count, Sequence[Event]]:
         state.pings += 1
         if envelope.payload.n == 13:
             raise ValueError("unlucky ping")
@@ -62,13 +63,13 @@ class PongCounter(Handler[Count]):
     """Folds the pongs another handler derived."""
 
     name = "pongs"
-    accepts = (Ponged,)
     state_type = Count
 
     def initial_state(self) -> Count:
         return Count()
 
-    def apply(self, state: Count, envelope: Envelope[Any], ctx: Context) -> tuple[Count, Sequence[Event]]:
+    @handles(Ponged)
+    def _pong(self, state: Count, envelope: Envelope[Any], ctx: Context) -> tuple[Count, Sequence[Event]]:
         state.pings += 1
         return state, []
 
@@ -273,13 +274,13 @@ class EmitsInvalid(Handler[Count]):
     """Derives an invalid event on every third ping, after counting it."""
 
     name = "emits_invalid"
-    accepts = (Pinged,)
     state_type = Count
 
     def initial_state(self) -> Count:
         return Count()
 
-    def apply(self, state: Count, envelope: Envelope[Any], ctx: Context) -> tuple[Count, Sequence[Event]]:
+    @handles(Pinged)
+    def _ping(self, state: Count, envelope: Envelope[Any], ctx: Context) -> tuple[Count, Sequence[Event]]:
         bad = Broken(ratio=float("nan") if envelope.payload.n % 3 == 0 else 0.5)
         state.pings += 1
         return state, [bad]

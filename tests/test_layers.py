@@ -10,6 +10,7 @@ an indirect one can, so checking every direct import checks them all.
 from __future__ import annotations
 
 import ast
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,6 @@ def imported_modules(tree: ast.AST) -> list[tuple[int, str]]:
         if isinstance(node, ast.Import):
             found.extend((node.lineno, alias.name) for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.append((node.lineno, node.module))
             found.extend((node.lineno, f"{node.module}.{alias.name}") for alias in node.names)
     return found
 
@@ -45,14 +45,13 @@ def violations(folder: str, source: str, path: str) -> list[str]:
     """Each import of ``source`` (a module in ``folder``) that breaks the layers, as ``path:line: message``."""
     own = FOLDERS[folder]
     found = []
-    for line, module in imported_modules(ast.parse(source)):
-        top = module.split(".")[0]
-        if top in OLD_NAMES:
-            found.append(f"{path}:{line}: imports {module}; the installed name is rtopt.{module}")
+    for line, name in imported_modules(ast.parse(source)):
+        if name.split(".")[0] in OLD_NAMES:
+            found.append(f"{path}:{line}: imports {name}; the installed name is rtopt.{name}")
             continue
-        layer = layer_of(module)
+        layer = layer_of(name)
         if layer is not None and layer > own:
-            found.append(f"{path}:{line}: {folder} (layer {own}) imports {module} (layer {layer})")
+            found.append(f"{path}:{line}: {folder} (layer {own}) imports {name} (layer {layer})")
     return found
 
 
@@ -95,3 +94,101 @@ def test_an_import_up_a_layer_is_found(folder: str, source: str, expected: str) 
 )
 def test_imports_down_or_within_a_layer_pass(folder: str, source: str) -> None:
     assert violations(folder, source, "x.py") == []
+
+
+# storage, from the bottom: a module imports only storage modules of a lower rank, and of the rest of rtopt only errors
+STORAGE_RANKS = {"interface": 0, "sql": 1, "sqlite": 2, "postgres": 2, "factory": 3}
+
+
+def storage_violations(name: str, source: str) -> list[str]:
+    """Each import of the storage module ``name`` that reaches up or sideways, or out of storage."""
+    found = []
+    for line, module in imported_modules(ast.parse(source)):
+        parts = module.split(".")
+        if parts[:2] == ["rtopt", "storage"] and len(parts) > 2:
+            if parts[2] in STORAGE_RANKS and STORAGE_RANKS[parts[2]] >= STORAGE_RANKS[name]:
+                found.append(f"rtopt/storage/{name}.py:{line}: imports {'.'.join(parts[:3])}, not below it")
+        elif parts[0] == "rtopt" and parts[:2] not in (["rtopt", "errors"], ["rtopt", "storage"]):
+            found.append(f"rtopt/storage/{name}.py:{line}: imports {module}; storage builds on rtopt.errors alone")
+    return found
+
+
+def test_storage_modules_import_only_those_below_them() -> None:
+    paths = sorted((ROOT / "rtopt" / "storage").glob("*.py"))
+    assert {path.stem for path in paths} == {*STORAGE_RANKS, "__init__"}
+    found = [
+        problem
+        for path in paths
+        if path.stem in STORAGE_RANKS
+        for problem in storage_violations(path.stem, path.read_text())
+    ]
+    assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize(
+    ("name", "source", "expected"),
+    [
+        ("sql", "from rtopt.storage.factory import open_log", "imports rtopt.storage.factory, not below it"),
+        ("sqlite", "from rtopt.storage.postgres import PostgresLog", "not below it"),
+        ("interface", "def f():\n    from rtopt.privacy import Keyring", "storage builds on rtopt.errors alone"),
+    ],
+)
+def test_a_storage_import_up_or_out_is_found(name: str, source: str, expected: str) -> None:
+    assert any(expected in problem for problem in storage_violations(name, source))
+
+
+def kernel_imports() -> dict[str, set[str]]:
+    """Each kernel module and the kernel modules it imports (``TYPE_CHECKING`` and function-level ones included)."""
+    modules = {}
+    for path in (ROOT / "rtopt").rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in modules.items():
+        imported = {module_of(imported, modules) for _, imported in imported_modules(ast.parse(path.read_text()))}
+        graph[name] = {module for module in imported if module is not None and module != name}
+    return graph
+
+
+def module_of(name: str, modules: Collection[str]) -> str | None:
+    """The module of ``modules`` that the imported ``name`` (a module, or a name in one) is in, None outside them.
+
+    >>> module_of("rtopt.storage.factory.open_log", {"rtopt", "rtopt.storage.factory"}), module_of("numpy", {"rtopt"})
+    ('rtopt.storage.factory', None)
+    """
+    while name and name not in modules:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def cycle_in(graph: Mapping[str, Collection[str]]) -> list[str] | None:
+    """A cycle of ``graph`` as the list of its nodes (the first one repeated at the end), or None."""
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        if node in path:
+            return [*path[path.index(node) :], node]
+        if node in done:
+            return None
+        for target in sorted(graph.get(node, ())):
+            found = visit(target, [*path, node])
+            if found:
+                return found
+        done.add(node)
+        return None
+
+    for node in sorted(graph):
+        found = visit(node, [])
+        if found:
+            return found
+    return None
+
+
+def test_kernel_modules_import_each_other_without_a_cycle() -> None:
+    found = cycle_in(kernel_imports())
+    assert found is None, " -> ".join(found or [])
+
+
+def test_a_cycle_is_found() -> None:
+    assert cycle_in({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert cycle_in({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None

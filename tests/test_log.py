@@ -26,8 +26,11 @@ from rtopt import (
     InvalidLog,
     ReadOnlyLog,
     RtoptError,
+    WriteConflict,
 )
-from rtopt.log import COLUMNS, EventLog, SQLiteLog, is_postgres_url
+from rtopt.storage.factory import is_postgres_url
+from rtopt.storage.interface import COLUMNS, EventLog
+from rtopt.storage.sqlite import SQLiteLog
 
 INSERT = f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 GUARD = 30.0
@@ -492,7 +495,7 @@ def test_many_threads_mixing_duplicates_and_fresh_ids(location: str) -> None:
 def test_second_writer_on_the_same_file_cannot_leave_a_gap(path: Path) -> None:
     with Engine.open(path, seed=1, handlers=[]) as first, Engine.open(path, seed=1, handlers=[]) as second:
         assert first.publish(fb(0)).seq == 1
-        with pytest.raises(RtoptError, match="another process"):
+        with pytest.raises(WriteConflict, match="another process"):
             second.publish(fb(1))
         # the stale writer re-read the log and continues after it
         assert second.publish(fb(2)).seq == 2

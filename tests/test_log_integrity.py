@@ -20,8 +20,21 @@ import msgspec
 import pytest
 from conftest import edit_log, sha256
 
-from rtopt import Context, Engine, Envelope, Event, Feedback, Handler, InvalidLog, ReadOnlyLog, RtoptError
-from rtopt.log import _TRIGGERS, CHAIN, COLUMNS, COPY, GENESIS, HEAD, TAIL_CHECKED, copy_log, link
+from rtopt import (
+    Context,
+    Engine,
+    Envelope,
+    Event,
+    Feedback,
+    Handler,
+    InvalidLog,
+    ReadOnlyLog,
+    WriteConflict,
+    handles,
+)
+from rtopt.copying import copy_log
+from rtopt.storage.interface import CHAIN, COLUMNS, COPY, GENESIS, HEAD, TAIL_CHECKED, link
+from rtopt.storage.sqlite import _TRIGGERS
 
 GUARD = 60.0
 """Seconds after which a blocked wait gives up so a broken log fails the test instead of hanging it."""
@@ -442,13 +455,13 @@ FOLDS: list[int] = []
 
 class FeedbackCounter(Handler[Counted]):
     name = "feedback_counter"
-    accepts = (Feedback,)
     state_type = Counted
 
     def initial_state(self) -> Counted:
         return Counted()
 
-    def apply(self, state: Counted, envelope: Envelope[Any], ctx: Context) -> tuple[Counted, Sequence[Event]]:
+    @handles(Feedback)
+    def _count(self, state: Counted, envelope: Envelope[Any], ctx: Context) -> tuple[Counted, Sequence[Event]]:
         FOLDS.append(envelope.seq)
         state.feedback += 1
         return state, []
@@ -477,7 +490,7 @@ def test_a_refused_writer_does_not_rebuild_and_goes_on_after_the_others(
         monkeypatch.setattr(second, "_rebuild", lambda: pytest.fail("a refused publish rebuilt the state"))
         FOLDS.clear()
         first.publish_many([fb(i) for i in range(3)])
-        with pytest.raises(RtoptError, match="another process is writing to this log"):
+        with pytest.raises(WriteConflict, match="another process is writing to this log"):
             second.publish(fb(9))
         assert second.rebuilt is rebuilt
         assert second.state("feedback_counter").feedback == 3  # it folded the others' events, once each
@@ -507,7 +520,7 @@ def test_the_first_writer_keeps_going_while_a_second_is_refused(tmp_path: Path) 
                 try:
                     first.publish(fb(written, "a"))
                     written += 1
-                except RtoptError:  # the second writer committed in between
+                except WriteConflict:  # the second writer committed in between
                     refused["first"] += 1
             done.set()
 
@@ -516,7 +529,7 @@ def test_the_first_writer_keeps_going_while_a_second_is_refused(tmp_path: Path) 
         while not done.wait(0) and len(accepted) + refused["second"] < 100 * total:
             try:
                 accepted.append(second.publish(fb(0, "b")).seq)
-            except RtoptError:
+            except WriteConflict:
                 refused["second"] += 1
         thread.join(GUARD)
         assert done.is_set()

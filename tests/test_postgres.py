@@ -1,5 +1,5 @@
 """The PostgreSQL log: immutability in the database, refusing foreign databases, several writer processes at
-once (gapless seq in commit order), engines on disjoint streams, and waking followers with NOTIFY."""
+once (gapless seq in commit order), engines on disjoint streams, and waking workers with NOTIFY."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import threading
 import psycopg
 import pytest
 
-from rtopt import Engine, Feedback, InvalidLog, RtoptError
+from rtopt import Engine, Feedback, InvalidLog, RtoptError, WriteConflict
 from rtopt.errors import StorageError
-from rtopt.log import COLUMNS, GENESIS, HEAD, chained, head_value
 from rtopt.pgserver import TemporaryServer
-from rtopt.postgres import _SCHEMA, PostgresLog
+from rtopt.storage.interface import COLUMNS, GENESIS, HEAD, chained, head_value
+from rtopt.storage.postgres import _SCHEMA, PostgresLog
 
 GUARD = 60.0
 """Seconds after which a blocked wait gives up so a broken log fails the test instead of hanging it."""
@@ -58,7 +58,7 @@ def test_a_taken_seq_or_id_is_refused(pg_url: str) -> None:
         with pytest.raises(StorageError, match="duplicate key value violates unique constraint") as refused:
             engine.log.append([(6, *before[0][1 : len(COLUMNS)])], guard=())
         assert isinstance(refused.value.__cause__, psycopg.errors.UniqueViolation)
-        with pytest.raises(RtoptError, match="expected to append at seq 6, got 9"):
+        with pytest.raises(WriteConflict, match="expected to append at seq 6, got 9"):
             engine.log.append([(9, "fresh", *before[0][2 : len(COLUMNS)])])
     assert raw(pg_url, "SELECT * FROM events ORDER BY seq") == before
 
@@ -175,7 +175,7 @@ def test_engines_on_disjoint_streams_share_a_log_and_a_clash_writes_nothing(pg_u
         assert sum(arm.pulls for arm in right.state("bandit", "left").arms.values()) == 4
         left.publish(fb(0, "left"), "left", time=8.0)
         last = left.log.last_seq()
-        with pytest.raises(RtoptError, match=f"stream 'left' got seq {last} from another process"):
+        with pytest.raises(WriteConflict, match=f"stream 'left' got seq {last} from another process"):
             right.publish(fb(1, "left"), "left", time=9.0)
         assert right.log.last_seq() == last
         # the refused engine re-read the log and can write again

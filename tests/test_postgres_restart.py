@@ -18,10 +18,10 @@ from conftest import derived_events, simulate_into
 from rtopt.handlers.bandits import BanditHandler
 
 from rtopt import CommitUncertain, Engine, Feedback, InvalidEvent, StorageUnavailable
-from rtopt.follower import Follower
-from rtopt.log import copy_log
+from rtopt.copying import copy_log
 from rtopt.pgserver import TemporaryServer, server_binaries
-from rtopt.postgres import PostgresLog
+from rtopt.storage.postgres import PostgresLog
+from rtopt.worker import Worker
 
 pytestmark = pytest.mark.postgres
 
@@ -305,31 +305,31 @@ def test_four_writer_processes_go_on_after_a_restart_and_lose_nothing_acknowledg
         assert [seq for _, seq in pairs] == sorted(seq for _, seq in pairs)
 
 
-def test_a_follower_whose_write_met_the_outage_derives_each_input_once_after_it(
+def test_a_worker_whose_write_met_the_outage_derives_each_input_once_after_it(
     server: TemporaryServer, url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reference = tmp_path / "reference.sqlite"
     simulate_into(reference, steps=150, seed=3, variants=3)
     copy_log(reference, url, inputs_only=True)
-    with Follower.open(url, batch=50) as follower:
-        assert follower.step() == 50
-        follower.log.reconnect_timeout_s = SHORT
-        write = follower.log.append_tracked
+    with Worker.open(url, batch=50) as worker:
+        assert worker.step() == 50
+        worker.log.reconnect_timeout_s = SHORT
+        write = worker.log.append_tracked
 
         def write_after_the_server_stopped(*args: object) -> int:
-            monkeypatch.setattr(follower.log, "append_tracked", write)
+            monkeypatch.setattr(worker.log, "append_tracked", write)
             server.halt()
             return write(*args)
 
-        monkeypatch.setattr(follower.log, "append_tracked", write_after_the_server_stopped)
+        monkeypatch.setattr(worker.log, "append_tracked", write_after_the_server_stopped)
         try:
             with pytest.raises(StorageUnavailable):
-                follower.step()  # the chains folded 50 inputs whose derived events were not written
+                worker.step()  # the chains folded 50 inputs whose derived events were not written
             with pytest.raises(StorageUnavailable):
-                follower.step()
+                worker.step()
         finally:
             server.start()
-        follower.run(drain=True)
+        worker.run(drain=True)
     assert derived_events(url) == derived_events(reference)
 
 

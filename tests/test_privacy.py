@@ -17,7 +17,7 @@ from rtopt.handlers.protection import FeedbackGuard, ProtectionHandler
 
 from rtopt import Decision, Engine, Feedback, Privacy, RtoptError, SubjectForgotten, registered_types
 from rtopt.cli import main
-from rtopt.log import copy_log, copy_rows
+from rtopt.copying import copy_log, copy_rows
 from rtopt.privacy import KEYS_TABLE, is_pseudonym
 
 

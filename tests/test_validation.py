@@ -34,7 +34,7 @@ from rtopt import (
 from rtopt.cli import main as cli_main
 from rtopt.events import decode_payload, encode_payload, validate
 from rtopt.ids import ordered_id
-from rtopt.log import open_log
+from rtopt.storage.factory import open_log
 
 VALID = {"prompt_id": "greeting", "variant_id": "v1", "response_time_ms": 420.0, "success": True, "quality_score": 0.8}
 NAN = float("nan")

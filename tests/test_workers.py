@@ -1,4 +1,4 @@
-"""Followers and partitioned workers on a shared PostgreSQL log: writers publish inputs only, workers derive.
+"""Workers on a shared PostgreSQL log, one or partitioned: writers publish inputs only, workers derive.
 
 The reference is one engine that derived everything itself, in-process, into an SQLite log: workers given
 the same inputs must derive the same events, whatever the number of partitions, and a worker killed with
@@ -19,13 +19,13 @@ from conftest import derived_events
 from rtopt.handlers.bandits import BanditHandler
 from rtopt.handlers.bandits.simulation import default_variants, simulate
 
-from rtopt import Draft, Engine, InvalidEvent, RtoptError, default_handlers
+from rtopt import Draft, Engine, InvalidEvent, WriteConflict, default_handlers
 from rtopt.cli import main
+from rtopt.copying import copy_log
 from rtopt.engine import envelope_from_row
-from rtopt.follower import Follower, Partition, partition_of
-from rtopt.log import copy_log
 from rtopt.pgserver import TemporaryServer
-from rtopt.postgres import PostgresLog
+from rtopt.storage.postgres import PostgresLog
+from rtopt.worker import Partition, Worker, partition_of
 
 GUARD = 120.0
 """Seconds after which a wait gives up, so a broken worker fails the test instead of hanging it."""
@@ -93,6 +93,18 @@ def test_partitioned_workers_derive_what_one_engine_derives(reference: Path, pg_
         assert [row[0] for row in engine.log.rows()] == list(range(1, last_input + len(expected) + 1))
 
 
+def test_partitioned_workers_on_an_sqlite_log_derive_what_one_engine_derives(reference: Path, tmp_path: Path) -> None:
+    path = tmp_path / "inputs.sqlite"
+    last_input = publish_inputs(reference, str(path))
+    for partition in ("1/2", "0/2"):  # one after the other: an SQLite log has one writer at a time
+        with Worker.open(str(path), partition=partition, batch=97) as one:
+            one.run(drain=True)
+            assert one.position == last_input == one.log.tracked(f"worker:{partition}")
+    assert derived_events(path) == derived_events(reference)
+    report = Engine.verify(path)
+    assert report.ok, report.difference
+
+
 def test_a_worker_killed_mid_stream_resumes_exactly_once(
     reference: Path, pg_server: TemporaryServer, pg_url: str
 ) -> None:
@@ -129,33 +141,33 @@ def test_a_worker_killed_mid_stream_resumes_exactly_once(
     assert derived_events(pg_url) == derived_events(reference)
 
 
-def test_two_followers_under_one_name_cannot_both_advance(reference: Path, pg_url: str) -> None:
+def test_two_workers_under_one_name_cannot_both_advance(reference: Path, pg_url: str) -> None:
     publish_inputs(reference, pg_url)
-    with Follower.open(pg_url, batch=50) as first, Follower.open(pg_url, batch=50) as second:
+    with Worker.open(pg_url, batch=50) as first, Worker.open(pg_url, batch=50) as second:
         assert first.step() == 50
         before = first.log.last_seq()
-        with pytest.raises(RtoptError, match="tracker 'worker:0/1' is at seq 50, not 0"):
+        with pytest.raises(WriteConflict, match="tracker 'worker:0/1' is at seq 50, not 0"):
             second.step()
         assert second.log.last_seq() == before
         assert first.step() == 50
 
 
-def test_a_follower_whose_write_fails_derives_each_input_once_when_it_goes_on(
+def test_a_worker_whose_write_fails_derives_each_input_once_when_it_goes_on(
     reference: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     publish_inputs(reference, pg_url)
-    with Follower.open(pg_url, batch=50) as follower:
-        assert follower.step() == 50
-        write = follower.log.append_tracked
+    with Worker.open(pg_url, batch=50) as worker:
+        assert worker.step() == 50
+        write = worker.log.append_tracked
 
         def fails_once(*args: object) -> None:
-            monkeypatch.setattr(follower.log, "append_tracked", write)
+            monkeypatch.setattr(worker.log, "append_tracked", write)
             raise OSError("connection lost")
 
-        monkeypatch.setattr(follower.log, "append_tracked", fails_once)
+        monkeypatch.setattr(worker.log, "append_tracked", fails_once)
         with pytest.raises(OSError, match="connection lost"):
-            follower.step()
-        follower.run(drain=True)
+            worker.step()
+        worker.run(drain=True)
     assert derived_events(pg_url) == derived_events(reference)
 
 
@@ -249,10 +261,10 @@ def test_copy_command_copies_into_postgresql_and_back(reference: Path, pg_url: s
 
 
 @pytest.mark.parametrize(("option", "value"), [("batch", 0), ("snapshot_every", -5), ("batch", 2.5), ("batch", True)])
-def test_a_follower_refuses_bad_sizes_naming_them(pg_url: str, option: str, value: object) -> None:
+def test_a_worker_refuses_bad_sizes_naming_them(pg_url: str, option: str, value: object) -> None:
     Engine.open(pg_url, seed=1, handlers=[]).close()
     with pytest.raises(InvalidEvent, match=f"{option} = {value!r}: must be a whole number") as info:
-        Follower.open(pg_url, [], **{option: value})
+        Worker.open(pg_url, [], **{option: value})
     assert info.value.field == option and info.value.value == value
     with Engine.open(pg_url, read_only=True, handlers=[]) as engine:
         assert "followed" not in engine.log.meta()

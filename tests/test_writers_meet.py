@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from test_log_integrity import FeedbackCounter
 
+import rtopt.copying
 import rtopt.engine
-import rtopt.privacy
-from rtopt import Engine, Feedback, InvalidEvent, InvalidLog, RtoptError, StorageUnavailable
-from rtopt.log import copy_log
+from rtopt import Engine, Feedback, InvalidEvent, InvalidLog, StorageUnavailable, WriteConflict
+from rtopt.copying import copy_log
 
 
 def rating(user: str | None = None, prompt: str = "p") -> Feedback:
@@ -26,7 +26,7 @@ def publish_past_the_other_writer(engine: Engine, event: Feedback, time: float) 
     what the other one appended."""
     try:
         engine.publish(event, time=time)
-    except RtoptError as exc:
+    except WriteConflict as exc:
         assert "another process" in str(exc)
         engine.publish(event, time=time)
 
@@ -84,7 +84,7 @@ def test_keys_are_copied_before_the_events_so_an_interrupted_copy_holds_no_unrea
     def interrupted(*args: object) -> int:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(rtopt.privacy, "copy_keys", interrupted)
+    monkeypatch.setattr(rtopt.copying, "copy_keys", interrupted)
     monkeypatch.setattr(rtopt.engine, "copy_keys", interrupted)
     for target, copy in (
         (tmp_path / "copy.sqlite", lambda target: copy_log(source, target)),

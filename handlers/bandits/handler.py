@@ -38,6 +38,7 @@ from rtopt import (
     Handler,
     InvalidEvent,
     Request,
+    handles,
 )
 
 STATS_DRAWS = 2_000
@@ -104,17 +105,6 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
     """
 
     name = "bandit"
-    accepts = (
-        ExperimentDefined,
-        Decision,
-        Feedback,
-        ArmAdded,
-        ArmPaused,
-        ArmResumed,
-        ArmRetired,
-        PolicyStateImported,
-        EvidenceDiscounted,
-    )
     state_type = BanditState
     policies: ClassVar[tuple[str, ...]] = tuple(POLICY_OPTIONS)
     version = 7
@@ -195,46 +185,88 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
 
     # --- the fold ----------------------------------------------------------------------------------
 
-    def apply(self, state: BanditState, envelope: Envelope[Any], ctx: Context) -> tuple[BanditState, Sequence[Event]]:
+    @handles(Feedback)
+    def _feedback(
+        self, state: BanditState, envelope: Envelope[Feedback], ctx: Context
+    ) -> tuple[BanditState, Sequence[Event]]:
+        return state, self._learn(state, envelope, envelope.payload, ctx)
+
+    @handles(Decision)
+    def _decision(
+        self, state: BanditState, envelope: Envelope[Decision], ctx: Context
+    ) -> tuple[BanditState, Sequence[Event]]:
         event = envelope.payload
-        if isinstance(event, Feedback):
-            return state, self._learn(state, envelope, event, ctx)
-        if isinstance(event, Decision):
-            exp = state.experiments.get(event.experiment)
-            shown = event.slate or (event.arm,)
-            if exp is not None and all(arm in exp.arms for arm in shown):
-                exp.decisions += 1
-                exp.explored += event.explored
-                for arm in shown:
-                    exp.arms[arm].pulls += 1
-                vector = _context_vector(exp, event.context) if exp.policy in CONTEXTUAL else None
-                self.await_feedback(
-                    state.ledger,
-                    envelope.id,
-                    PendingDecision(
-                        event.experiment,
-                        event.arm,
-                        envelope.time,
-                        None if vector is None else vector.tolist(),
-                        list(event.slate) if event.slate else None,
-                    ),
-                )
-            return state, ()
-        if isinstance(event, ExperimentDefined):
-            if event.experiment not in state.experiments and event.policy in self.policies:
-                state.experiments[event.experiment] = ExperimentState(
-                    policy=event.policy, options=parse_options(event), arms={arm: ArmState() for arm in event.arms}
-                )
-            return state, ()
         exp = state.experiments.get(event.experiment)
-        if exp is not None and isinstance(event, EvidenceDiscounted):
-            _discount(exp, event.factor)
-        elif exp is not None and isinstance(event, PolicyStateImported):
-            for name, imported in decode_arms(event).items():
+        shown = event.slate or (event.arm,)
+        if exp is not None and all(arm in exp.arms for arm in shown):
+            exp.decisions += 1
+            exp.explored += event.explored
+            for arm in shown:
+                exp.arms[arm].pulls += 1
+            vector = _context_vector(exp, event.context) if exp.policy in CONTEXTUAL else None
+            self.await_feedback(
+                state.ledger,
+                envelope.id,
+                PendingDecision(
+                    event.experiment,
+                    event.arm,
+                    envelope.time,
+                    None if vector is None else vector.tolist(),
+                    list(event.slate) if event.slate else None,
+                ),
+            )
+        return state, ()
+
+    @handles(ExperimentDefined)
+    def _defined(
+        self, state: BanditState, envelope: Envelope[ExperimentDefined], ctx: Context
+    ) -> tuple[BanditState, Sequence[Event]]:
+        event = envelope.payload
+        if event.experiment not in state.experiments and event.policy in self.policies:
+            state.experiments[event.experiment] = ExperimentState(
+                policy=event.policy, options=parse_options(event), arms={arm: ArmState() for arm in event.arms}
+            )
+        return state, ()
+
+    @handles(EvidenceDiscounted)
+    def _discounted(
+        self, state: BanditState, envelope: Envelope[EvidenceDiscounted], ctx: Context
+    ) -> tuple[BanditState, Sequence[Event]]:
+        exp = state.experiments.get(envelope.payload.experiment)
+        if exp is not None:
+            _discount(exp, envelope.payload.factor)
+        return state, ()
+
+    @handles(PolicyStateImported)
+    def _imported(
+        self, state: BanditState, envelope: Envelope[PolicyStateImported], ctx: Context
+    ) -> tuple[BanditState, Sequence[Event]]:
+        exp = state.experiments.get(envelope.payload.experiment)
+        if exp is not None:
+            for name, imported in decode_arms(envelope.payload).items():
                 if name in exp.arms:
                     exp.arms[name] = imported
-        elif exp is not None:
-            _change_arm(exp, event)
+        return state, ()
+
+    @handles(ArmAdded)
+    def _arm_added(
+        self, state: BanditState, envelope: Envelope[ArmAdded], ctx: Context
+    ) -> tuple[BanditState, Sequence[Event]]:
+        exp = state.experiments.get(envelope.payload.experiment)
+        if exp is not None:
+            exp.arms.setdefault(envelope.payload.arm, ArmState())
+        return state, ()
+
+    @handles(ArmPaused, ArmResumed, ArmRetired)
+    def _arm_status_changed(
+        self, state: BanditState, envelope: Envelope[ArmChanged], ctx: Context
+    ) -> tuple[BanditState, Sequence[Event]]:
+        event = envelope.payload
+        exp = state.experiments.get(event.experiment)
+        arm = None if exp is None else exp.arms.get(event.arm)
+        allowed, status = _TRANSITIONS[type(event)]
+        if arm is not None and arm.status in allowed:
+            arm.status = status
         return state, ()
 
     def _learn(self, state: BanditState, envelope: Envelope[Any], feedback: Feedback, ctx: Context) -> Sequence[Event]:
@@ -413,13 +445,3 @@ def _check_arm_change(state: BanditState, event: ArmChanged) -> None:
             field="arm",
             value=event.arm,
         )
-
-
-def _change_arm(exp: ExperimentState, event: Event) -> None:
-    if isinstance(event, ArmAdded):
-        exp.arms.setdefault(event.arm, ArmState())
-        return
-    arm = exp.arms.get(event.arm)
-    allowed, status = _TRANSITIONS[type(event)]
-    if arm is not None and arm.status in allowed:
-        arm.status = status

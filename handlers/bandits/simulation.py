@@ -36,7 +36,9 @@ from scipy import stats
 
 from rtopt import Decision, Engine
 from rtopt.cli import UsageError, between, log_seed, positive, progress_bar, replace_log
-from rtopt.log import is_postgres_url, open_log, refuse_non_empty, shown_url
+from rtopt.copying import refuse_non_empty
+from rtopt.storage.factory import is_postgres_url, open_log
+from rtopt.storage.interface import shown_url
 
 SIMULATION_START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 DEMO_LOG = Path("event_log") / "demo.sqlite"

@@ -30,6 +30,7 @@ from rtopt import (
     RtoptError,
     StudyDefined,
     Suggested,
+    handles,
 )
 from rtopt.events import ParamValue
 from rtopt.handler import seeded_generator
@@ -156,7 +157,6 @@ class BayesOptHandler(Handler[BayesOptState]):
     """
 
     name = "bayesopt"
-    accepts = (StudyDefined, Suggested, Observed, Feedback)
     version = 4
     state_type = BayesOptState
     parts = "studies"
@@ -287,25 +287,40 @@ class BayesOptHandler(Handler[BayesOptState]):
 
     # --- the fold ----------------------------------------------------------------------------------
 
-    def apply(
-        self, state: BayesOptState, envelope: Envelope[Any], ctx: Context
+    @handles(StudyDefined)
+    def _defined(
+        self, state: BayesOptState, envelope: Envelope[StudyDefined], ctx: Context
     ) -> tuple[BayesOptState, Sequence[Event]]:
         event = envelope.payload
-        if isinstance(event, StudyDefined):
-            if event.method in self.methods and event.study not in state.studies:
-                study = StudyState(definition=event, definition_id=envelope.id)
-                self._parsed(study)  # checks the definition before the study is added
-                state.studies[event.study] = study
-            return state, ()
-        if isinstance(event, Feedback):
-            return state, self._feedback(state, event)
-        study = state.studies.get(event.study)
+        if event.method in self.methods and event.study not in state.studies:
+            study = StudyState(definition=event, definition_id=envelope.id)
+            self._parsed(study)  # checks the definition before the study is added
+            state.studies[event.study] = study
+        return state, ()
+
+    @handles(Feedback)
+    def _told_by_feedback(
+        self, state: BayesOptState, envelope: Envelope[Feedback], ctx: Context
+    ) -> tuple[BayesOptState, Sequence[Event]]:
+        return state, self._feedback(state, envelope.payload)
+
+    @handles(Suggested)
+    def _suggestion(
+        self, state: BayesOptState, envelope: Envelope[Suggested], ctx: Context
+    ) -> tuple[BayesOptState, Sequence[Event]]:
+        study = state.studies.get(envelope.payload.study)
         if study is None:
             return state, ()
-        if isinstance(event, Suggested):
-            return state, self._suggested(study, envelope, event, ctx)
-        point = study.pending.pop(event.suggestion_id, None)
-        if point is None:
+        return state, self._suggested(study, envelope, envelope.payload, ctx)
+
+    @handles(Observed)
+    def _observation(
+        self, state: BayesOptState, envelope: Envelope[Observed], ctx: Context
+    ) -> tuple[BayesOptState, Sequence[Event]]:
+        event = envelope.payload
+        study = state.studies.get(event.study)
+        point = None if study is None else study.pending.pop(event.suggestion_id, None)
+        if study is None or point is None:
             return state, ()
         return state, self._observed(study, point, event, ctx)
 

@@ -25,9 +25,7 @@ from rtopt.handlers.experiments.analysis import (
 )
 from rtopt.handlers.experiments.assignment import pick, position, thompson_allocation
 from rtopt.handlers.experiments.events import (
-    CANARY_EVENTS,
     DERIVED_ONLY,
-    LIFECYCLE_EVENTS,
     AllocationUpdated,
     CanaryAdvanced,
     CanaryRolledBack,
@@ -39,7 +37,7 @@ from rtopt.handlers.experiments.events import (
     SampleRatioMismatch,
     WinnerPromoted,
 )
-from rtopt.handlers.experiments.lifecycle import a, legal, screen_event
+from rtopt.handlers.experiments.lifecycle import TRANSITIONS, a, legal, screen_event
 from rtopt.handlers.experiments.options import (
     CANARY,
     POLICIES,
@@ -75,9 +73,8 @@ from rtopt import (
     Handler,
     InvalidEvent,
     Request,
+    handles,
 )
-
-TRANSITION_EVENTS = (*LIFECYCLE_EVENTS, *CANARY_EVENTS)
 
 
 class ExperimentHandler(MatchesFeedback, Handler[ExperimentsState]):
@@ -111,7 +108,6 @@ class ExperimentHandler(MatchesFeedback, Handler[ExperimentsState]):
     """
 
     name = "experiments"
-    accepts = (ExperimentDefined, Decision, Feedback, ClockTicked, *LIFECYCLE_EVENTS, *CANARY_EVENTS, *DERIVED_ONLY)
     state_type = ExperimentsState
     policies: ClassVar[tuple[str, ...]] = POLICIES
     version = 7
@@ -187,25 +183,90 @@ class ExperimentHandler(MatchesFeedback, Handler[ExperimentsState]):
 
     # --- the fold ----------------------------------------------------------------------------------
 
-    def apply(
+    @handles(Feedback)
+    def _feedback(
+        self, state: ExperimentsState, envelope: Envelope[Feedback], ctx: Context
+    ) -> tuple[ExperimentsState, Sequence[Event]]:
+        return state, self._learn(state, envelope, envelope.payload, ctx)
+
+    @handles(Decision)
+    def _decision(
+        self, state: ExperimentsState, envelope: Envelope[Decision], ctx: Context
+    ) -> tuple[ExperimentsState, Sequence[Event]]:
+        _record(self, state, envelope, envelope.payload)
+        return state, ()
+
+    @handles(ClockTicked)
+    def _ticked(
+        self, state: ExperimentsState, envelope: Envelope[ClockTicked], ctx: Context
+    ) -> tuple[ExperimentsState, Sequence[Event]]:
+        return state, _end_overdue(state, envelope.time)
+
+    @handles(ExperimentDefined)
+    def _defined(
+        self, state: ExperimentsState, envelope: Envelope[ExperimentDefined], ctx: Context
+    ) -> tuple[ExperimentsState, Sequence[Event]]:
+        event = envelope.payload
+        if event.policy in POLICIES and event.experiment not in state.experiments:
+            return state, self._define(state, event, envelope.time)
+        return state, ()
+
+    @handles(ExperimentStarted)
+    def _started(
+        self, state: ExperimentsState, envelope: Envelope[ExperimentStarted], ctx: Context
+    ) -> tuple[ExperimentsState, Sequence[Event]]:
+        event = envelope.payload
+        exp = _changed(state, event)
+        if exp is None:
+            return state, ()
+        return state, self._start(event.experiment, exp, envelope.time, event.reason or "started")
+
+    @handles(ExperimentPaused, ExperimentResumed, ExperimentArchived)
+    def _status_changed(
         self, state: ExperimentsState, envelope: Envelope[Any], ctx: Context
     ) -> tuple[ExperimentsState, Sequence[Event]]:
         event = envelope.payload
-        if isinstance(event, Feedback):
-            return state, self._learn(state, envelope, event, ctx)
-        if isinstance(event, Decision):
-            _record(self, state, envelope, event)
+        exp = _changed(state, event)
+        if exp is not None:
+            _, status, done = TRANSITIONS[type(event)]
+            exp.set_status(status, envelope.time, event.reason or done)
+        return state, ()
+
+    @handles(ExperimentCompleted)
+    def _completed(
+        self, state: ExperimentsState, envelope: Envelope[ExperimentCompleted], ctx: Context
+    ) -> tuple[ExperimentsState, Sequence[Event]]:
+        event = envelope.payload
+        exp = _changed(state, event)
+        if exp is not None:
+            exp.winner = event.winner
+            exp.outcome = exp.outcome or "completed by hand"
+            exp.set_status(COMPLETED, envelope.time, event.reason or "completed")
+        return state, ()
+
+    @handles(CanaryAdvanced)
+    def _advanced(
+        self, state: ExperimentsState, envelope: Envelope[CanaryAdvanced], ctx: Context
+    ) -> tuple[ExperimentsState, Sequence[Event]]:
+        event = envelope.payload
+        exp = _changed(state, event)
+        return state, () if exp is None else _advance_to(event.experiment, exp, event.step, envelope.time)
+
+    @handles(CanaryRolledBack)
+    def _rolled_back(
+        self, state: ExperimentsState, envelope: Envelope[CanaryRolledBack], ctx: Context
+    ) -> tuple[ExperimentsState, Sequence[Event]]:
+        event = envelope.payload
+        exp = _changed(state, event)
+        if exp is None:
             return state, ()
-        if isinstance(event, ClockTicked):
-            return state, _end_overdue(state, envelope.time)
-        if isinstance(event, ExperimentDefined):
-            if event.policy in POLICIES and event.experiment not in state.experiments:
-                return state, self._define(state, event, envelope.time)
-            return state, ()
-        if isinstance(event, TRANSITION_EVENTS):
-            exp = state.experiments.get(event.experiment)
-            if exp is not None and legal(exp, event):
-                return state, self._transition(exp, event, envelope.time)
+        return state, _roll_back(event.experiment, exp, envelope.time, event.reason or "rolled back by hand")
+
+    @handles(*DERIVED_ONLY)
+    def _derived_only(
+        self, state: ExperimentsState, envelope: Envelope[Any], ctx: Context
+    ) -> tuple[ExperimentsState, Sequence[Event]]:
+        """Taken so that :meth:`screen` refuses them as inputs; what they record is in the state already."""
         return state, ()
 
     def _define(self, state: ExperimentsState, event: ExperimentDefined, now: float) -> Sequence[Event]:
@@ -257,27 +318,6 @@ class ExperimentHandler(MatchesFeedback, Handler[ExperimentsState]):
             *_advance_to(name, exp, 1, now),
         ]
 
-    def _transition(self, exp: Experiment, event: Event, now: float) -> Sequence[Event]:
-        """An input lifecycle or canary event, legal where ``exp`` stands: make the change it asks for."""
-        name = event.experiment
-        if isinstance(event, ExperimentStarted):
-            return self._start(name, exp, now, event.reason or "started")
-        if isinstance(event, CanaryAdvanced):
-            return _advance_to(name, exp, event.step, now)
-        if isinstance(event, CanaryRolledBack):
-            return _roll_back(name, exp, now, event.reason or "rolled back by hand")
-        if isinstance(event, ExperimentCompleted):
-            exp.winner = event.winner
-            exp.outcome = exp.outcome or "completed by hand"
-            exp.set_status(COMPLETED, now, event.reason or "completed")
-        elif isinstance(event, ExperimentPaused):
-            exp.set_status(PAUSED, now, event.reason or "paused")
-        elif isinstance(event, ExperimentResumed):
-            exp.set_status(RUNNING, now, event.reason or "resumed")
-        elif isinstance(event, ExperimentArchived):
-            exp.set_status(ARCHIVED, now, event.reason or "archived")
-        return ()
-
     # --- learning ----------------------------------------------------------------------------------
 
     def _learn(
@@ -302,6 +342,12 @@ class ExperimentHandler(MatchesFeedback, Handler[ExperimentsState]):
         exp = state.experiments[pending.experiment]
         _observe(exp, pending, feedback)
         return _after_feedback(pending.experiment, exp, pending.arm, envelope.time, ctx)
+
+
+def _changed(state: ExperimentsState, event: Event) -> Experiment | None:
+    """The experiment a lifecycle or canary event changes, if the change is legal where it stands."""
+    exp = state.experiments.get(event.experiment)
+    return exp if exp is not None and legal(exp, event) else None
 
 
 # --- decisions ------------------------------------------------------------------------------------

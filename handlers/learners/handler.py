@@ -4,7 +4,6 @@ versions, champion/challenger promotion and rollback as events."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import msgspec
 from rtopt.handlers.learners.events import (
@@ -21,7 +20,7 @@ from rtopt.handlers.learners.metrics import Progressive
 from rtopt.handlers.learners.registry import parameters, restore
 from rtopt.handlers.options import typed_options
 
-from rtopt import Context, Envelope, Event, Handler, InvalidEvent
+from rtopt import Context, Envelope, Event, Handler, InvalidEvent, handles
 
 STATE_FIELDS = frozenset({"z", "n", "w", "g2"})  # what a learner learns, as opposed to its options
 
@@ -99,7 +98,6 @@ class LearnerHandler(Handler[LearnersState]):
     """
 
     name = "learners"
-    accepts = (LearnerDefined, ChallengerStarted, Example, ExampleBatch, ModelRolledBack)
     state_type = LearnersState
     parts = "models"
 
@@ -126,29 +124,45 @@ class LearnerHandler(Handler[LearnersState]):
         elif isinstance(event, Example | ExampleBatch):
             _check_examples(model, event)
 
-    def apply(
-        self, state: LearnersState, envelope: Envelope[Any], ctx: Context
+    @handles(LearnerDefined)
+    def _defined(
+        self, state: LearnersState, envelope: Envelope[LearnerDefined], ctx: Context
     ) -> tuple[LearnersState, Sequence[Event]]:
         event = envelope.payload
-        if isinstance(event, LearnerDefined):
-            if event.model not in state.models:
-                state.models[event.model] = ModelState(event, Contender.fresh(make_learner(event)))
-            return state, ()
+        if event.model not in state.models:
+            state.models[event.model] = ModelState(event, Contender.fresh(make_learner(event)))
+        return state, ()
+
+    @handles(ChallengerStarted)
+    def _challenged(
+        self, state: LearnersState, envelope: Envelope[ChallengerStarted], ctx: Context
+    ) -> tuple[LearnersState, Sequence[Event]]:
+        event = envelope.payload
         model = state.models.get(event.model)
-        if model is None:
-            return state, ()
-        if isinstance(event, ChallengerStarted):
+        if model is not None:
             model.challenge, model.challenger = event, Contender.fresh(make_learner(event))
             model.shadow = Progressive(classification=model.champion.metrics.classification)
-        elif isinstance(event, ModelRolledBack):
-            if event.version in model.versions:
-                model.champion.learner = restore(model.versions[event.version])
-                model.version = event.version
-        elif isinstance(event, Example):
-            return state, self._learn(model, [event.features], [event.label], ctx)
-        else:
-            return state, self._learn(model, event.features, event.labels, ctx)
         return state, ()
+
+    @handles(ModelRolledBack)
+    def _rolled_back(
+        self, state: LearnersState, envelope: Envelope[ModelRolledBack], ctx: Context
+    ) -> tuple[LearnersState, Sequence[Event]]:
+        event = envelope.payload
+        model = state.models.get(event.model)
+        if model is not None and event.version in model.versions:
+            model.champion.learner = restore(model.versions[event.version])
+            model.version = event.version
+        return state, ()
+
+    @handles(Example, ExampleBatch)
+    def _examples(
+        self, state: LearnersState, envelope: Envelope[Example | ExampleBatch], ctx: Context
+    ) -> tuple[LearnersState, Sequence[Event]]:
+        model = state.models.get(envelope.payload.model)
+        if model is None:
+            return state, ()
+        return state, self._learn(model, *_rows(envelope.payload), ctx)
 
     @staticmethod
     def _learn(
@@ -170,9 +184,15 @@ class LearnerHandler(Handler[LearnersState]):
         return derived if ctx.derives else []
 
 
+def _rows(event: Example | ExampleBatch) -> tuple[list[dict[str, float]], list[float]]:
+    """The feature vectors of an example or a batch, and their labels."""
+    if isinstance(event, Example):
+        return [event.features], [event.label]
+    return event.features, event.labels
+
+
 def _check_examples(model: ModelState, event: Example | ExampleBatch) -> None:
-    rows = [event.features] if isinstance(event, Example) else event.features
-    labels = [event.label] if isinstance(event, Example) else event.labels
+    rows, labels = _rows(event)
     if len(rows) != len(labels):
         raise InvalidEvent(f"labels: {len(labels)} for {len(rows)} feature vectors", field="labels", value=labels)
     schema = set(model.definition.features)

@@ -3,14 +3,15 @@
 Every append takes ``LOCK TABLE events IN EXCLUSIVE MODE`` (which blocks other appends, not reads), reads
 the last seq and numbers its batch after it, so seqs are gapless and in commit order: a reader paging by
 seq never skips an event that commits late. Each commit sends a NOTIFY on :data:`CHANNEL`, which
-:meth:`PostgresLog.wait_for_change` listens for. Followers record how far they got in a tracking table,
+:meth:`PostgresLog.wait_for_change` listens for. Workers record how far they got in the tracking table,
 in the same transaction as the events they derive (:meth:`PostgresLog.append_tracked`).
 
 A connection that breaks (the server restarted, the network dropped) is made anew, with :class:`Backoff`,
 for up to ``reconnect_timeout_s`` seconds; reads run again, as does a write that broke before its COMMIT
 was sent. A write that broke during its COMMIT looks its first event id up once reconnected: found, it
 committed; absent (and the broken session ended), it runs again. Driver errors reach callers as
-:class:`~rtopt.errors.StorageError` and its subclasses.
+:class:`~rtopt.errors.StorageError` and its subclasses; a unique or serialization violation on the events or
+tracking table (another writer took the id, the seq or the position first) as :class:`~rtopt.errors.WriteConflict`.
 """
 
 from __future__ import annotations
@@ -23,23 +24,17 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from rtopt.errors import CommitUncertain, InvalidLog, RtoptError, StorageError, StorageUnavailable
-from rtopt.log import (
+from rtopt.errors import CommitUncertain, InvalidLog, RtoptError, StorageError, StorageUnavailable, WriteConflict
+from rtopt.storage.interface import CHAIN, COLUMNS, FORMAT_VERSION, HEAD, Row, chained, head_value, shown_url
+from rtopt.storage.sql import (
     _SELECT,
     _SET_META,
-    CHAIN,
-    COLUMNS,
-    FORMAT_VERSION,
-    HEAD,
     META_TABLE,
-    Row,
+    TRACKING_TABLE,
     SQLLog,
     chain_existing,
-    chained,
     check_format_version,
-    head_value,
     initial_meta,
-    shown_url,
 )
 
 try:
@@ -49,7 +44,6 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     raise RtoptError("a PostgreSQL log needs psycopg: pip install 'rtopt[postgres]'") from exc
 
 CHANNEL = "rtopt_events"
-TRACKING_TABLE = "rtopt_tracking"
 SCHEMA_LOCK = 0x7270_7409  # advisory lock held while a process creates the tables
 RECONNECT_TIMEOUT_S = 30.0
 """Seconds a log keeps trying to reach its server again before it gives up with StorageUnavailable."""
@@ -342,6 +336,11 @@ class PostgresLog(SQLLog):
         except psycopg.Error as exc:
             if _is_broken(conn, exc):
                 raise _Lost(_said(exc)) from exc
+            if _is_conflict(exc):
+                raise WriteConflict(
+                    f"{self.location}: another writer came first on table {exc.diag.table_name}"
+                    f" ({exc.diag.constraint_name or exc.sqlstate}): {_said(exc)}; nothing was written"
+                ) from exc
             raise StorageError(f"{self.location}: {_said(exc)}") from exc
 
     def _backoff(self) -> Backoff:
@@ -373,18 +372,8 @@ class PostgresLog(SQLLog):
         return self._write(rows, guard)
 
     def append_tracked(self, rows: Sequence[Row], tracker: str, previous: int, position: int) -> int:
-        """Append ``rows`` after whatever is committed and move ``tracker`` from ``previous`` to ``position``,
-        in one transaction; returns the seq the first row got (the next free seq when ``rows`` is empty).
-
-        Raises, writing nothing, when ``tracker`` is not at ``previous``: another process advanced it.
-        """
         self._writable()
         return self._write(rows, (), (tracker, previous, position))
-
-    def tracked(self, tracker: str) -> int:
-        """The position ``tracker`` has reached (0 if it never recorded one)."""
-        found = self._query(f"SELECT position FROM {TRACKING_TABLE} WHERE name = ?", (tracker,))
-        return found[0][0] if found else 0
 
     def _write(
         self, rows: Sequence[Row], guard: Collection[str] | None, tracking: tuple[str, int, int] | None = None
@@ -428,7 +417,7 @@ class PostgresLog(SQLLog):
             with conn.transaction():
                 cur = conn.cursor()
                 if tracking is not None:
-                    self._move_tracker(cur, *tracking)
+                    self._move_tracker(lambda sql, params: _first(cur, sql, params), *tracking, lock=" FOR UPDATE")
                 cur.execute("LOCK TABLE events IN EXCLUSIVE MODE")
                 last, previous = self._head_row(
                     cur.execute(f"SELECT seq, {CHAIN} FROM events ORDER BY seq DESC LIMIT 1").fetchone()
@@ -470,20 +459,6 @@ class PostgresLog(SQLLog):
         assert after is not None  # an aggregate without GROUP BY returns one row
         return after[0]
 
-    def _move_tracker(self, cur: psycopg.Cursor, tracker: str, previous: int, position: int) -> None:
-        cur.execute(
-            f"INSERT INTO {TRACKING_TABLE} (name, position) VALUES (%s, 0) ON CONFLICT (name) DO NOTHING", (tracker,)
-        )
-        found = cur.execute(f"SELECT position FROM {TRACKING_TABLE} WHERE name = %s FOR UPDATE", (tracker,)).fetchone()
-        assert found is not None  # inserted just above if it was missing
-        (current,) = found
-        if current != previous:
-            raise RtoptError(
-                f"{self.location}: tracker {tracker!r} is at seq {current}, not {previous}: another process"
-                " follows the log under the same name"
-            )
-        cur.execute(f"UPDATE {TRACKING_TABLE} SET position = %s WHERE name = %s", (position, tracker))
-
     # --- reading ---------------------------------------------------------------------------------
 
     def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
@@ -516,6 +491,20 @@ def _run(conn: psycopg.Connection, sql: str, params: Sequence[object]) -> None:
 
 def _fetch(conn: psycopg.Connection, sql: str, params: Sequence[object]) -> list[tuple]:
     return conn.execute(sql, params).fetchall()
+
+
+def _first(cur: psycopg.Cursor, sql: str, params: Sequence[object]) -> tuple | None:
+    """The first row ``sql`` (written with ``?`` placeholders) gives on ``cur``, None if it gives none."""
+    cur.execute(sql.replace("?", "%s"), params)
+    return cur.fetchone() if cur.description else None
+
+
+def _is_conflict(exc: psycopg.Error) -> bool:
+    """True if ``exc`` says another transaction took first what this one wrote: a serialization failure, or
+    a unique violation on the events or the tracking table."""
+    return exc.sqlstate == "40001" or (
+        exc.sqlstate == "23505" and exc.diag.table_name in ("events", TRACKING_TABLE)
+    )
 
 
 def _notified(listener: psycopg.Connection, timeout: float) -> bool:

@@ -1,15 +1,15 @@
-"""Followers: processes that tail a shared log and run the handler chains on the inputs others append.
+"""Workers: processes that tail a shared log and run the handler chains on the inputs others append.
 
-Writers publish input events only (an engine opened with ``handlers=[]``); followers derive. A follower
-reads the inputs in seq order, keeps those of its partition's streams, folds each through its chains as
-an engine does (one input, then everything derived from it) and appends what they derived together with
-its new position in one transaction. Killed at any point, it resumes from the position of its last
-transaction: nothing is derived twice, nothing is lost. On start it rebuilds its state from its newest
-snapshot (taken every so many seqs), running its chains again over the inputs from there up to that
-position and throwing their output away.
+Writers publish input events only (an engine opened with ``handlers=[]``); workers derive. A worker reads
+the inputs in seq order, keeps those of its partition's streams, folds each through its chains as an
+engine does (one input, then everything derived from it) and appends what they derived together with its
+new position in one transaction (the log's tracking tier). Killed at any point, it resumes from the
+position of its last transaction: nothing is derived twice, nothing is lost. On start it rebuilds its
+state from its newest snapshot (taken every so many seqs), running its chains again over the inputs from
+there up to that position and throwing their output away.
 
-Decisions and learning are per stream, so N followers, each taking the streams whose name hashes to its
-partition, together derive the same events as one follower taking them all.
+Decisions and learning are per stream, so N workers, each taking the streams whose name hashes to its
+partition, together derive the same events as one worker taking them all.
 """
 
 from __future__ import annotations
@@ -18,18 +18,16 @@ import hashlib
 import threading
 import time as wall_clock
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 
 from rtopt.engine import FOLLOWED, default_handlers, envelope_from_row, envelope_row
 from rtopt.errors import InvalidEvent
 from rtopt.handler import Chains, Handler, HandlerSlot
-from rtopt.log import Row
 from rtopt.privacy import Keyring
-
-if TYPE_CHECKING:
-    from rtopt.postgres import PostgresLog
+from rtopt.storage.factory import open_log
+from rtopt.storage.interface import EventLog, Row
 
 DEFAULT_NAME = "worker"
 
@@ -81,19 +79,19 @@ WHOLE = Partition(0, 1)
 """The partition of every stream."""
 
 
-class Follower:
+class Worker:
     """Runs handler chains over the inputs of a shared log, recording its progress under ``name`` and its
     partition, in the same transactions as the events it derives.
 
-    >>> follower = Follower.open("postgresql://postgres@127.0.0.1/rtopt", partition="0/2")  # doctest: +SKIP
-    >>> follower.run(drain=True)  # doctest: +SKIP
-    >>> follower.position, follower.processed, follower.derived  # doctest: +SKIP
+    >>> worker = Worker.open("postgresql://postgres@127.0.0.1/rtopt", partition="0/2")  # doctest: +SKIP
+    >>> worker.run(drain=True)  # doctest: +SKIP
+    >>> worker.position, worker.processed, worker.derived  # doctest: +SKIP
     (6021, 2001, 1010)
     """
 
     def __init__(
         self,
-        log: PostgresLog,
+        log: EventLog,
         handlers: Sequence[Handler[Any]],
         *,
         name: str = DEFAULT_NAME,
@@ -162,21 +160,20 @@ class Follower:
     @classmethod
     def open(
         cls,
-        url: str,
+        location: str,
         handlers: Sequence[Handler[Any]] | None = None,
         *,
         name: str = DEFAULT_NAME,
         partition: Partition | str = WHOLE,
         batch: int = 500,
         snapshot_every: int = 20_000,
-    ) -> Follower:
-        """Follow the log at ``url`` with ``handlers`` (default: every installed handler), storing the
-        chains' states every ``snapshot_every`` seqs so that a restart folds only what came after."""
+    ) -> Worker:
+        """Work on the log at ``location`` (a PostgreSQL URL, or an SQLite file) with ``handlers`` (default:
+        every installed handler), storing the chains' states every ``snapshot_every`` seqs so that a restart
+        folds only what came after."""
         if isinstance(partition, str):
             partition = Partition.parse(partition)
-        from rtopt.postgres import PostgresLog  # psycopg is only needed for PostgreSQL logs
-
-        log = PostgresLog.open(url)
+        log = open_log(location)
         try:
             chains = default_handlers() if handlers is None else handlers
             return cls(log, chains, name=name, partition=partition, batch=batch, snapshot_every=snapshot_every)
@@ -225,9 +222,9 @@ class Follower:
         stop: threading.Event | None = None,
         idle_timeout: float | None = None,
         poll_interval: float = 1.0,
-        progress: Callable[[Follower], None] | None = None,
+        progress: Callable[[Worker], None] | None = None,
     ) -> None:
-        """Follow the log: with ``drain`` until every input committed so far is processed, else until ``stop``
+        """Work on the log: with ``drain`` until every input committed so far is processed, else until ``stop``
         is set or no input arrives for ``idle_timeout`` seconds."""
         idle_since = wall_clock.monotonic()
         while stop is None or not stop.is_set():
@@ -244,7 +241,7 @@ class Follower:
         """Release the log."""
         self.log.close()
 
-    def __enter__(self) -> Follower:
+    def __enter__(self) -> Worker:
         return self
 
     def __exit__(self, *exc: object) -> None:

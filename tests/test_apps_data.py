@@ -16,7 +16,6 @@ from rtopt.apps.views.detection import Detections, Forecasts, Responses
 from rtopt.apps.views.overview import AlertFeed, EventRate, FeedbackMetrics
 from rtopt.apps.views.sources import EngineFeed, LogModel, LogTail
 from rtopt.apps.views.studies import Studies
-from rtopt.apps.views.view import handles
 from rtopt.handlers.bandits import ArmSummary, EvidenceDiscounted, ExperimentStats
 from rtopt.handlers.bayesopt import StudyCompleted
 from rtopt.handlers.detection import (
@@ -588,8 +587,3 @@ def test_an_emptied_model_folds_anew_with_the_same_views(crafted: Engine) -> Non
     assert emptied.views == model.views and emptied.events_seen == 0 and emptied.frame(AlertFeed).empty
     emptied.add(crafted.read())
     assert emptied.frame(AlertFeed)["type"].tolist() == model.frame(AlertFeed)["type"].tolist() == ["FeedbackRejected"]
-
-
-def test_a_view_fold_is_declared_for_event_types_only() -> None:
-    with pytest.raises(TypeError, match="handles takes event types, not"):
-        handles(dict)  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 import pandas as pd
-from rtopt.apps.views.view import MAX_POINTS, View, handles, merge_factor
+from rtopt.apps.views.view import MAX_POINTS, View, merge_factor
 from rtopt.handlers.bandits import ExperimentStats
 from rtopt.handlers.experiments import (
     CanaryAdvanced,
@@ -22,7 +22,7 @@ from rtopt.handlers.experiments import (
     ExperimentStarted,
 )
 
-from rtopt import Decision, Envelope
+from rtopt import Decision, Envelope, handles
 
 DecisionCounts = dict[str, dict[int, Counter[str]]]  # experiment -> bucket -> arm -> decisions
 LatestStats = dict[str, tuple[float, ExperimentStats]]  # experiment -> (event time, its latest statistics)

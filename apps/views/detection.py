@@ -8,7 +8,7 @@ from collections import defaultdict, deque
 from typing import Any, ClassVar
 
 import pandas as pd
-from rtopt.apps.views.view import DEFAULT_BUCKET_S, MAX_POINTS, View, handles
+from rtopt.apps.views.view import DEFAULT_BUCKET_S, MAX_POINTS, View
 from rtopt.handlers.bandits import EvidenceDiscounted
 from rtopt.handlers.detection import (
     AnomalyDetected,
@@ -21,7 +21,7 @@ from rtopt.handlers.detection import (
 )
 from rtopt.streams import WindowClosed, WindowUpdated
 
-from rtopt import Envelope
+from rtopt import Envelope, handles
 
 AlertEvent = DriftDetected | AnomalyDetected | PatternDetected | ThresholdBreached
 Alerts = dict[tuple[str, str, str, str, int], tuple[int, float, AlertEvent]]  # alert -> (seq, time, its last report)

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import msgspec
 import numpy as np
 import pandas as pd
-from rtopt.apps.views.view import DEFAULT_BUCKET_S, MAX_POINTS, View, handles, merge_factor
+from rtopt.apps.views.view import DEFAULT_BUCKET_S, MAX_POINTS, View, merge_factor
 from rtopt.handlers.detection import FeedbackFlagged, RateLimitExceeded
 from rtopt.handlers.experiments import (
     CanaryRolledBack,
@@ -19,7 +19,7 @@ from rtopt.handlers.experiments import (
     WinnerPromoted,
 )
 
-from rtopt import Envelope, Event, Feedback, FeedbackRejected, HandlerFailed
+from rtopt import Envelope, Event, Feedback, FeedbackRejected, HandlerFailed, handles
 
 
 class EventRate(View[Counter[int]]):

@@ -7,10 +7,10 @@ from collections import defaultdict, deque
 from typing import Any, ClassVar
 
 import pandas as pd
-from rtopt.apps.views.view import DEFAULT_BUCKET_S, MAX_POINTS, View, handles, merge_factor
+from rtopt.apps.views.view import DEFAULT_BUCKET_S, MAX_POINTS, View, merge_factor
 from rtopt.handlers.bayesopt import StudyCompleted
 
-from rtopt import Envelope, Observed, StudyDefined, Suggested
+from rtopt import Envelope, Observed, StudyDefined, Suggested, handles
 
 
 def _parameters(params: dict[str, Any]) -> str:

@@ -17,7 +17,6 @@ import pandas as pd
 from rtopt import Envelope, Event
 
 S = TypeVar("S")
-F = TypeVar("F", bound=Callable[..., Any])
 ViewFold = Callable[[Any, Envelope[Any]], Any]
 
 DEFAULT_BUCKET_S = 60.0
@@ -34,23 +33,11 @@ def merge_factor(buckets: int, max_points: int) -> int:
     return max(1, math.ceil(buckets / max_points))
 
 
-def handles(*types: type[Event]) -> Callable[[F], F]:
-    """Declare the decorated :class:`View` method the fold of events of ``types`` (``Event``: of every type)."""
-    if not types or not all(isinstance(t, type) and issubclass(t, Event) for t in types):
-        raise TypeError(f"handles takes event types, not {types!r}")
-
-    def declare(method: F) -> F:
-        method.__rtopt_handles__ = (*getattr(method, "__rtopt_handles__", ()), *types)  # type: ignore[attr-defined]
-        return method
-
-    return declare
-
-
 class View(Generic[S]):
     """A live aggregate of a log for the dashboard: a fold per event type it reads (declared with
     :func:`handles`) from :meth:`initial_state`, and frame methods that give the state as tables.
 
-    >>> from rtopt import Feedback
+    >>> from rtopt import Feedback, handles
     >>> class Variants(View[set]):
     ...     def initial_state(self): return set()
     ...     @handles(Feedback)

@@ -7,6 +7,7 @@ ever read twice.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections import Counter, deque
@@ -78,22 +79,23 @@ class LogModel:
         """Fold ``envelopes`` (in seq order, each seq once) into the counts and the views reading their type;
         returns how many there were."""
         folds_by_tag, states, counts = self._folds, self.states, self.counts
-        first = last = None
-        folded = 0
-        for last in envelopes:
-            folded += 1
+        before = self.events_seen
+        remaining = iter(envelopes)
+        first = next(remaining, None)
+        if first is None:
+            return 0
+        if self.first_time is None:
+            self.first_time = first.time
+        last = first
+        for last in itertools.chain((first,), remaining):
             counts[last.type] += 1
             folds = folds_by_tag.get(last.type)
             if folds is None:
                 folds = folds_by_tag[last.type] = self._folds_of(last.type)
             for index, fold in folds:
                 states[index] = fold(states[index], last)
-            if first is None:
-                first = last
-        if first is not None and last is not None:
-            self.first_time = first.time if self.first_time is None else self.first_time
-            self.last_seq, self.last_time = last.seq, last.time
-        return folded
+        self.last_seq, self.last_time = last.seq, last.time
+        return self.events_seen - before
 
     def _folds_of(self, tag: str) -> list[tuple[int, ViewFold]]:
         """The folds of the views that read events of type ``tag``, with each view's index."""

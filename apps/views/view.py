@@ -34,8 +34,9 @@ def merge_factor(buckets: int, max_points: int) -> int:
 
 
 class View(Generic[S]):
-    """A live aggregate of a log for the dashboard: a fold per event type it reads (declared with
-    :func:`handles`) from :meth:`initial_state`, and frame methods that give the state as tables.
+    """A live aggregate of a log for the dashboard: a fold per event type it reads, declared with
+    :func:`rtopt.handles` as a handler's are, from :meth:`initial_state`, and frame methods that give the state
+    as tables.
 
     >>> from rtopt import Feedback, handles
     >>> class Variants(View[set]):
@@ -47,13 +48,13 @@ class View(Generic[S]):
     ...     def frame(self, state): return pd.DataFrame({"variant": sorted(state)})
     >>> fb = Feedback(prompt_id="p", variant_id="v1", response_time_ms=1.0, success=True, quality_score=0.5)
     >>> view = Variants()
-    >>> sorted(view.tags()), view.frame(view.fold(view.initial_state(), [Envelope(1, "id", "Feedback", "p", 0.0,
-    ...                                             0.0, None, None, 1, fb)]))["variant"].tolist()
+    >>> state = view.fold(view.initial_state(), [Envelope(1, "id", "Feedback", "p", 0.0, 0.0, None, None, 1, fb)])
+    >>> sorted(view.tags()), view.frame(state)["variant"].tolist()
     (['Feedback'], ['v1'])
     """
 
     title: ClassVar[str] = ""
-    folds: ClassVar[Mapping[type[Event], str]] = {}  # event type -> name of the method declared its fold
+    folds: ClassVar[Mapping[type[Event], str]] = {}  # event type -> name of the method declared as its fold
     fold_names: ClassVar[Mapping[str, str]] = {}  # the same by type tag
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 from rtopt.apps import LogTail
-from rtopt.handlers.bandits import ArmSummary, ExperimentStats
+from rtopt.handlers.bandits import ArmSummary, ArmUpdated, ExperimentStats
 
-from rtopt import ArmUpdated, Decision, Draft, Engine, Feedback
+from rtopt import Decision, Draft, Engine, Feedback
 
 ARMS = ("v1", "v2", "v3", "v4")
 START = 1_767_225_600.0

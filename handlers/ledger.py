@@ -11,6 +11,7 @@ from rtopt.handlers.protection import FeedbackGuard
 from rtopt.streams.horizon import Horizon
 
 from rtopt import Event, Feedback, FeedbackRejected
+from rtopt.arguments import positive, whole
 
 DEFAULT_MAX_PENDING = 100_000
 
@@ -116,10 +117,8 @@ class MatchesFeedback:
         guard: FeedbackGuard | None = None,
         max_pending: int = DEFAULT_MAX_PENDING,
     ) -> None:
-        if not feedback_horizon_s > 0:
-            raise ValueError(f"feedback_horizon_s must be positive, not {feedback_horizon_s!r}")
-        if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
-            raise ValueError(f"max_pending must be a whole number of at least 1, not {max_pending!r}")
+        positive("feedback_horizon_s", feedback_horizon_s)
+        whole("max_pending", max_pending)
         self.feedback_horizon_s = feedback_horizon_s
         self.guard = guard
         self.max_pending = max_pending

@@ -23,6 +23,7 @@ import msgspec
 import numpy as np
 
 from rtopt import Engine, Feedback
+from rtopt.arguments import invalid, non_empty
 
 OBJECTIVES = ("quality", "cost", "latency")
 
@@ -67,7 +68,7 @@ def _objectives(candidates: Sequence[Candidate]) -> np.ndarray:
     values = np.array([(-c.quality, c.cost_usd, c.latency_ms) for c in candidates], dtype=float).reshape(-1, 3)
     bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
     if bad.size:
-        raise ValueError(f"candidate {candidates[int(bad[0])]!r} has a value that is not a finite number")
+        raise invalid(f"candidates[{int(bad[0])}]", candidates[int(bad[0])], "has a value that is not a finite number")
     return values
 
 
@@ -112,10 +113,10 @@ def pareto_front(candidates: Sequence[Candidate]) -> list[Candidate]:
 def _check_weights(weights: Mapping[str, float]) -> np.ndarray:
     unknown = sorted(set(weights) - set(OBJECTIVES))
     if unknown:
-        raise ValueError(f"weights name unknown objectives {unknown}: use {list(OBJECTIVES)}")
+        raise invalid("weights", dict(weights), f"names unknown objectives {unknown}: use {list(OBJECTIVES)}")
     w = np.array([float(weights.get(name, 0.0)) for name in OBJECTIVES])
     if not np.all(np.isfinite(w) & (w >= 0.0)) or w.sum() <= 0.0:
-        raise ValueError(f"weights must be finite, non-negative and not all zero, not {dict(weights)!r}")
+        raise invalid("weights", dict(weights), "must be finite, non-negative and not all zero")
     return w / w.sum()
 
 
@@ -187,8 +188,7 @@ def choose(
     ('large', 'small')
     """
     w = _check_weights(weights)
-    if not candidates:
-        raise ValueError("no candidates to choose from")
+    non_empty("candidates", candidates)
     feasible = _feasible(candidates, budget_cap, latency_sla, min_quality)
     scored = scores(feasible, dict(zip(OBJECTIVES, w, strict=True)))
     front = _front_mask(_objectives(feasible))
@@ -232,7 +232,7 @@ def observed_candidates(
     else:
         match = _PERCENTILE.fullmatch(latency)
         if match is None or not 0.0 <= float(match.group(1)) <= 100.0:
-            raise ValueError(f"latency must be 'mean' or a percentile such as 'p95', not {latency!r}")
+            raise invalid("latency", latency, "must be 'mean' or a percentile such as 'p95'")
         q = float(match.group(1))
 
         def summarise(values: list[float]) -> float:

@@ -16,6 +16,7 @@ from rtopt.engine import (
 )
 from rtopt.errors import (
     CommitUncertain,
+    InvalidArgument,
     InvalidEvent,
     InvalidLog,
     ReadOnlyLog,
@@ -23,10 +24,10 @@ from rtopt.errors import (
     StorageError,
     StorageUnavailable,
     UnknownEventType,
+    UnreadableSchemaVersion,
     WriteConflict,
 )
 from rtopt.events import (
-    ArmUpdated,
     ClockTicked,
     Decision,
     Dimension,
@@ -47,7 +48,6 @@ from rtopt.handler import Context, Decider, Handler, Request, Suggester, handles
 from rtopt.privacy import Privacy
 
 __all__ = [
-    "ArmUpdated",
     "ClockTicked",
     "CommitUncertain",
     "ConfigurationChanged",
@@ -65,6 +65,7 @@ __all__ = [
     "FeedbackRejected",
     "Handler",
     "HandlerFailed",
+    "InvalidArgument",
     "InvalidEvent",
     "InvalidLog",
     "Limits",
@@ -81,6 +82,7 @@ __all__ = [
     "Suggested",
     "Suggester",
     "UnknownEventType",
+    "UnreadableSchemaVersion",
     "VerifyReport",
     "WriteConflict",
     "default_handlers",

@@ -29,7 +29,7 @@ from rich.table import Table
 
 from rtopt.copying import copy_log
 from rtopt.engine import Engine
-from rtopt.errors import InvalidEvent, InvalidLog, RtoptError
+from rtopt.errors import InvalidArgument, InvalidLog, RtoptError
 from rtopt.events import Envelope
 from rtopt.storage.factory import is_postgres_url
 from rtopt.storage.sqlite import SQLiteLog
@@ -229,13 +229,13 @@ def cmd_worker(args: argparse.Namespace, console: Console) -> int:
 
 
 def checked(read: Callable[[str], T]) -> Callable[[str], T]:
-    """An argparse type that reads the text with ``read``, whose :class:`InvalidEvent` becomes argparse's
+    """An argparse type that reads the text with ``read``, whose :class:`InvalidArgument` becomes argparse's
     error (naming the option and the value)."""
 
     def parse(text: str) -> T:
         try:
             return read(text)
-        except InvalidEvent as exc:
+        except InvalidArgument as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
     return parse

@@ -27,6 +27,7 @@ import msgspec
 import reactivex
 from reactivex.abc import DisposableBase
 
+from rtopt.arguments import invalid, one_of
 from rtopt.bus import Bus
 from rtopt.copying import copy_rows, copying, refuse_non_empty
 from rtopt.errors import (
@@ -38,6 +39,8 @@ from rtopt.errors import (
     RtoptError,
     StorageError,
     StorageUnavailable,
+    UnreadableSchemaVersion,
+    short_repr,
 )
 from rtopt.events import (
     HANDLER_ENTRY_POINTS,
@@ -55,7 +58,6 @@ from rtopt.events import (
     Suggested,
     decode_payload,
     encode_payload,
-    short_repr,
     unvalidated,
     validate,
 )
@@ -200,9 +202,11 @@ def envelope_from_row(row: Row, keys: Keyring | None = None) -> Envelope[Any]:
     """Decode a stored row into its envelope, opening its sealed values with ``keys``."""
     seq, event_id, tag, stream, time, recorded_at, causation_id, correlation_id, version, payload = row
     try:
-        event = decode_payload(tag, payload) if keys is None else keys.decode(tag, payload)
+        event = decode_payload(tag, payload, version) if keys is None else keys.decode(tag, payload, version)
     except msgspec.DecodeError as exc:
         raise InvalidLog(f"seq {seq}: its {tag} payload cannot be decoded ({exc}): the log is damaged") from None
+    except UnreadableSchemaVersion as exc:
+        raise UnreadableSchemaVersion(f"seq {seq}: {exc}") from None
     return Envelope(
         seq,
         event_id,
@@ -335,10 +339,9 @@ class Engine:
         A new SQLite log's files get the permissions ``file_mode`` (owner only by default: events may hold
         user ids and session data).
         """
-        if durability not in ("process", "power"):
-            raise ValueError(f"durability must be 'process' or 'power', not {durability!r}")
+        one_of("durability", durability, ("process", "power"))
         if limits is not None and not isinstance(limits, Limits):
-            raise InvalidEvent(f"limits = {short_repr(limits)}: must be an rtopt.Limits", field="limits", value=limits)
+            raise invalid("limits", limits, "must be an rtopt.Limits")
         limits = None if limits is None else validate(limits)
         time_bound = TimeBound(max_time_ahead_s, future_time)
         log = open_log(
@@ -906,7 +909,7 @@ class Engine:
             envelope = batch.by_id[event_id]
             return envelope.type, envelope.payload
         row = self._log.get(event_id)
-        return None if row is None else (row[2], decode_payload(row[2], row[9]))
+        return None if row is None else (row[2], decode_payload(row[2], row[9], row[8]))
 
     def _follow_others(self, written: list[Envelope[Any]], first: int, tickets: list[_Ticket]) -> list[Envelope[Any]]:
         """Other processes committed events on other streams before ``written``, which the log placed at
@@ -1605,12 +1608,15 @@ class Engine:
 
 
 def _differs(index: int, recorded: Row, rederived: Row, keys: Keyring) -> bool:
-    """True when column ``index`` of two rows differs; payloads are compared by what they read as."""
-    if recorded[index] == rederived[index]:
+    """True when column ``index`` of two rows differs; payloads are compared by what they read as, each
+    upcast from the schema version of its row (so versions differ only through the payloads)."""
+    if recorded[index] == rederived[index] or COLUMNS[index] == "schema_version":
         return False
     if COLUMNS[index] != "payload":
         return True
-    return not _same_payload(keys.decode(recorded[2], recorded[9]), keys.decode(rederived[2], rederived[9]))
+    return not _same_payload(
+        keys.decode(recorded[2], recorded[9], recorded[8]), keys.decode(rederived[2], rederived[9], rederived[8])
+    )
 
 
 def _derived_difference(recorded: EventLog, rederived: EventLog, keys: Keyring) -> Difference | None:
@@ -1668,8 +1674,8 @@ def _first_difference(recorded: EventLog, rederived: EventLog, keys: Keyring) ->
                     return Difference(
                         a[0],
                         name,
-                        msgspec.to_builtins(keys.decode(a[2], a[9])),
-                        msgspec.to_builtins(keys.decode(b[2], b[9])),
+                        msgspec.to_builtins(keys.decode(a[2], a[9], a[8])),
+                        msgspec.to_builtins(keys.decode(b[2], b[9], b[8])),
                     )
                 return Difference(min(a[0], b[0]), name, a[index], b[index])  # a missing row shows as a seq gap
     end_a, end_b = recorded.last_seq(), rederived.last_seq()

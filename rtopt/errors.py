@@ -1,6 +1,20 @@
-"""Errors raised by the rtopt kernel."""
+"""Errors raised by the rtopt kernel, and how their messages show a value."""
 
 from __future__ import annotations
+
+import reprlib
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong, _SHORT.maxlevel = 240, 120, 60, 3
+
+
+def short_repr(value: object) -> str:
+    """``repr(value)``, shortened for an error message: long strings and deep or long containers are cut.
+
+    >>> short_repr("x" * 1000)[:8], len(short_repr("x" * 1000)) < 250
+    ("'xxxxxxx", True)
+    """
+    return _SHORT.repr(value)
 
 
 class RtoptError(Exception):
@@ -8,7 +22,8 @@ class RtoptError(Exception):
 
 
 class InvalidEvent(RtoptError, ValueError):
-    """An event, or a command's arguments, failed validation.
+    """An event, or a command's arguments that make one (a decision's experiment, a feedback's decision id),
+    failed validation.
 
     ``field`` names the offending field (a dotted path for nested values) and ``value`` holds what was
     given, so callers can report or count the rejection without parsing the message.
@@ -20,8 +35,27 @@ class InvalidEvent(RtoptError, ValueError):
         self.value = value
 
 
+class InvalidArgument(RtoptError, ValueError):
+    """A function or constructor was called with an argument it does not take (see :mod:`rtopt.arguments`).
+
+    ``argument`` names the argument (``name[key]`` for an item of it) and ``value`` holds what was given.
+    Events and commands refused for their content raise :class:`InvalidEvent` instead.
+    """
+
+    def __init__(self, message: str, *, argument: str, value: object = None) -> None:
+        super().__init__(message)
+        self.argument = argument
+        self.value = value
+
+
 class InvalidLog(RtoptError):
     """A file is not an rtopt log, or is one this version cannot read. Nothing was changed."""
+
+
+class UnreadableSchemaVersion(InvalidLog):
+    """The log holds an event at a schema version this code cannot read as its type's current one: a newer
+    version than the class's, or an older one with no upcaster registered for a step (see
+    :mod:`rtopt.upcasting`)."""
 
 
 class ReadOnlyLog(RtoptError):

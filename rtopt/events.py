@@ -3,7 +3,18 @@
 Every event type is a frozen, tagged ``msgspec.Struct``. Subclassing :class:`Event` registers the type
 under its tag (the class name), so handler packages add their own event types without touching the
 kernel. Constraints are declared once, as ``msgspec.Meta`` annotations, and are checked both when an
-event is constructed in Python and when it is decoded from the log or from JSON.
+event is constructed in Python and when it is decoded from the log or from JSON. An event type whose
+schema changes raises its ``schema_version``; :mod:`rtopt.upcasting` turns older payloads into it.
+
+The event types defined here are the kernel's: the engine itself produces, reads or routes each of them.
+:class:`Feedback` (recorded by ``engine.feedback``), :class:`ExperimentDefined` and :class:`Decision`
+(``define_experiment`` and ``decide``: the engine screens definitions and re-makes decisions on verify),
+:class:`StudyDefined`, :class:`Suggested` and :class:`Observed` (``define_study``, ``suggest``, ``tell``,
+likewise), :class:`ClockTicked` (``tick``), :class:`SubjectForgotten` (``forget``),
+:class:`HandlerFailed` (a fold that raised) and :class:`FeedbackRejected` (counted in the engine's
+statistics). Events that only a handler derives or reads live with that handler, in its ``events``
+module (``ArmUpdated`` in :mod:`rtopt.handlers.bandits.events`, windows in :mod:`rtopt.streams.events`
+...); they keep their tag wherever their class lives, so moving one changes no log.
 """
 
 from __future__ import annotations
@@ -12,9 +23,8 @@ import contextlib
 import functools
 import math
 import re
-import reprlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Literal, TypeVar, cast
 
@@ -22,7 +32,8 @@ import msgspec
 import numpy as np
 from msgspec import Meta
 
-from rtopt.errors import InvalidEvent, UnknownEventType
+from rtopt.errors import InvalidEvent, UnknownEventType, UnreadableSchemaVersion, short_repr
+from rtopt.upcasting import upcast
 
 UnitInterval = Annotated[float, Meta(ge=0.0, le=1.0)]
 NonNegative = Annotated[float, Meta(ge=0.0)]
@@ -31,7 +42,8 @@ Name = Annotated[str, Meta(min_length=1, max_length=200)]
 OptionValue = bool | int | float | str | list[str]
 
 _REGISTRY: dict[str, type[Event]] = {}
-_PAYLOAD_DECODERS: dict[str, msgspec.msgpack.Decoder[Event]] = {}
+_PAYLOAD_DECODERS: dict[str, tuple[Callable[[bytes], Event], int]] = {}
+"""Per tag: the strict decoding function of its registered class and the schema version the class is at."""
 _PATH_FIELD = re.compile(r"(?:at|in) `\$\.([A-Za-z_][A-Za-z0-9_]*)")
 _ARGUMENT_FIELD = re.compile(r"argument '([^']+)'", re.IGNORECASE)
 _UNSTORABLE = (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError)
@@ -48,19 +60,6 @@ def _python_scalar(value: object) -> object:
 
 
 _MSGPACK_ENCODER = msgspec.msgpack.Encoder(enc_hook=_python_scalar)
-_SHORT = reprlib.Repr()
-_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong, _SHORT.maxlevel = 240, 120, 60, 3
-
-
-def short_repr(value: object) -> str:
-    """``repr(value)``, shortened for an error message: long strings and deep or long containers are cut.
-
-    >>> short_repr("x" * 1000)[:8], len(short_repr("x" * 1000)) < 250
-    ("'xxxxxxx", True)
-    """
-    return _SHORT.repr(value)
-
-
 _construction = threading.local()
 
 
@@ -328,12 +327,29 @@ def encode_payload(event: Event) -> bytes:
     return _MSGPACK_ENCODER.encode(event)
 
 
-def decode_payload(tag: str, data: bytes) -> Event:
-    """Decode a payload stored under ``tag`` (constraints are checked by msgspec)."""
-    decoder = _PAYLOAD_DECODERS.get(tag)
-    if decoder is None:
-        decoder = _PAYLOAD_DECODERS[tag] = _schema(event_type(tag))[0]
-    return decoder.decode(data)
+def decode_payload(tag: str, data: bytes, version: int | None = None) -> Event:
+    """Decode a payload stored under ``tag`` at schema ``version`` (the type's current one if None) as the
+    current version of its type (constraints are checked by msgspec).
+
+    An older payload is upcast first (see :mod:`rtopt.upcasting`); one that cannot be raises
+    :class:`~rtopt.errors.UnreadableSchemaVersion`.
+    """
+    known = _PAYLOAD_DECODERS.get(tag)
+    if known is None:
+        cls = event_type(tag)
+        known = _PAYLOAD_DECODERS[tag] = (_schema(cls)[0].decode, cls.schema_version)
+    decode, current = known
+    if version == current or version is None:
+        return decode(data)
+    payload = msgspec.msgpack.decode(data, type=dict[str, Any])
+    payload.pop("type", None)
+    upcast_payload = upcast(tag, payload, version, current)
+    try:
+        return decode(_MSGPACK_ENCODER.encode({"type": tag, **upcast_payload}))
+    except msgspec.ValidationError as exc:
+        raise UnreadableSchemaVersion(
+            f"{tag}: the payload upcast from schema version {version} to {current} does not fit the type: {exc}"
+        ) from None
 
 
 def event_from_dict(data: dict[str, Any]) -> Event:
@@ -395,6 +411,9 @@ class Envelope(msgspec.Struct, Generic[E], frozen=True):
 class Feedback(Event, frozen=True):
     """What a user or an evaluator reported about one LLM response.
 
+    ``prompt_id`` is the experiment and ``variant_id`` the arm that served the response (a
+    :class:`Decision`'s ``experiment`` and ``arm``); ``decision_id`` names that decision, when there was one.
+
     >>> Feedback(prompt_id="greeting", variant_id="v1", response_time_ms=420.0, success=True,
     ...          quality_score=0.8).quality_score
     0.8
@@ -438,6 +457,8 @@ class ExperimentDefined(Event, frozen=True):
 class Decision(Event, frozen=True):
     """An arm chosen for one request, with what is needed to evaluate it off-policy later.
 
+    The feedback on it names ``experiment`` as its ``prompt_id`` and ``arm`` as its ``variant_id``.
+
     ``propensity`` is the probability the policy had of choosing ``arm`` among ``candidates`` given
     ``context`` (the feature vector used, if any); ``explored`` says the arm was not the one with the best
     estimate at the time; ``unit`` is the user or session the decision was for, when the caller named one.
@@ -458,21 +479,6 @@ class Decision(Event, frozen=True):
 
     stream_field: ClassVar[str] = "experiment"
     personal_fields: ClassVar[tuple[str, ...]] = ("unit",)
-
-
-class ArmUpdated(Event, frozen=True):
-    """A policy learnt ``reward`` for ``arm``; ``posterior`` holds the arm's parameters afterwards and
-    ``parts`` what the reward was computed from."""
-
-    experiment: Name
-    arm: Name
-    reward: float
-    pulls: Count
-    posterior: dict[str, float]
-    decision_id: str | None = None
-    parts: dict[str, float] = {}
-
-    stream_field: ClassVar[str] = "experiment"
 
 
 class ClockTicked(Event, frozen=True):

@@ -22,6 +22,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from rtopt.arguments import one_of
 from rtopt.errors import RtoptError
 
 BIN_GLOB = "/usr/lib/postgresql/*/bin"
@@ -136,8 +137,7 @@ class TemporaryServer:
     def halt(self, mode: str = "fast") -> None:
         """Stop the server, keeping its data: :meth:`start` brings it back on the same port. ``mode`` is
         pg_ctl's: ``fast`` ends the sessions and writes everything out, ``immediate`` stops as a crash would."""
-        if mode not in ("fast", "immediate"):
-            raise ValueError(f"mode must be 'fast' or 'immediate', not {mode!r}")
+        one_of("mode", mode, ("fast", "immediate"))
         if self._running:
             self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
             self._running = False

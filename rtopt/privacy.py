@@ -27,6 +27,7 @@ import msgspec
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 
+from rtopt.arguments import invalid
 from rtopt.errors import InvalidLog, ReadOnlyLog, RtoptError, StorageError
 from rtopt.events import Event, decode_payload, encode_payload
 from rtopt.storage.interface import EventLog
@@ -62,7 +63,7 @@ class Privacy(msgspec.Struct, frozen=True):
             return setting
         if isinstance(setting, bool):
             return cls(seal=setting)
-        raise ValueError(f"privacy = {setting!r}: must be True, False or a Privacy")
+        raise invalid("privacy", setting, "must be True, False or a Privacy")
 
 
 def is_pseudonym(value: object) -> bool:
@@ -229,9 +230,10 @@ class Keyring:
 
     # --- reading ---------------------------------------------------------------------------------
 
-    def decode(self, tag: str, data: bytes) -> Event:
-        """The event stored as ``data`` under ``tag``, its sealed values opened (or pseudonyms if forgotten)."""
-        event = decode_payload(tag, data)
+    def decode(self, tag: str, data: bytes, version: int | None = None) -> Event:
+        """The event stored as ``data`` under ``tag`` at schema ``version`` (see
+        :func:`~rtopt.events.decode_payload`), its sealed values opened (or pseudonyms if forgotten)."""
+        event = decode_payload(tag, data, version)
         if _SEALED_BYTES not in data:
             return event
         changes: dict[str, Any] = {}

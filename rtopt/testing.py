@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 
 import msgspec
 
+from rtopt.arguments import invalid
 from rtopt.errors import InvalidEvent
 from rtopt.events import Envelope, Event, HandlerFailed, validate
 from rtopt.handler import MAX_CASCADE_DEPTH, Handler, HandlerSlot
@@ -111,7 +112,7 @@ def _as_inputs(events: Sequence[Event | Envelope[Any]]) -> list[Envelope[Any]]:
     for index, item in enumerate(events):
         if isinstance(item, Envelope):
             if not item.is_input:
-                raise ValueError(f"events[{index}]: a derived event (caused by {item.causation_id}); pass inputs only")
+                raise invalid(f"events[{index}]", item, "a derived event; pass inputs only")
             envelope = item
         elif isinstance(item, Event):
             event_id = ordered_id(index + 1, _INPUT_NAMESPACE, str(index))
@@ -124,7 +125,7 @@ def _as_inputs(events: Sequence[Event | Envelope[Any]]) -> list[Envelope[Any]]:
         try:  # folded as the log gives it back
             envelope = msgspec.structs.replace(envelope, payload=validate(envelope.payload))
         except InvalidEvent as exc:
-            raise ValueError(f"events[{index}]: {exc}") from None
+            raise invalid(f"events[{index}]", item, str(exc)) from None
         inputs.append(envelope)
     return inputs
 

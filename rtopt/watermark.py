@@ -6,6 +6,7 @@ import math
 import time as wall_clock
 from collections.abc import Callable, Iterable
 
+from rtopt.arguments import invalid, one_of
 from rtopt.errors import InvalidEvent
 
 FUTURE_TIME_RULES = ("reject", "clamp")
@@ -46,9 +47,8 @@ class TimeBound:
         clock: Callable[[], float] = wall_clock.time,
     ) -> None:
         if max_ahead_s is not None and not (isinstance(max_ahead_s, int | float) and 0 < max_ahead_s < math.inf):
-            raise ValueError(f"max_time_ahead_s must be a positive number of seconds or None, not {max_ahead_s!r}")
-        if future_time not in FUTURE_TIME_RULES:
-            raise ValueError(f"future_time must be one of {FUTURE_TIME_RULES}, not {future_time!r}")
+            raise invalid("max_time_ahead_s", max_ahead_s, "must be a positive, finite number of seconds or None")
+        one_of("future_time", future_time, FUTURE_TIME_RULES)
         self.max_ahead_s = max_ahead_s
         self.future_time = future_time
         self.clamped = 0

@@ -22,8 +22,8 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from rtopt.arguments import invalid, whole
 from rtopt.engine import FOLLOWED, default_handlers, envelope_from_row, envelope_row
-from rtopt.errors import InvalidEvent
 from rtopt.handler import Chains, Handler, HandlerSlot
 from rtopt.privacy import Keyring
 from rtopt.storage.factory import open_log
@@ -55,16 +55,14 @@ class Partition(NamedTuple):
 
     @classmethod
     def parse(cls, text: str) -> Partition:
-        """Read ``I/N`` (0 <= I < N); raises InvalidEvent naming the text otherwise."""
+        """Read ``I/N`` (0 <= I < N); raises InvalidArgument naming the text otherwise."""
         head, _, tail = text.partition("/")
         try:
             index, count = int(head), int(tail)
         except ValueError:
             index, count = -1, 0
         if not 0 <= index < count:
-            raise InvalidEvent(
-                f"partition = {text!r}: must be I/N with 0 <= I < N, as in 0/4", field="partition", value=text
-            )
+            raise invalid("partition", text, "must be I/N with 0 <= I < N, as in 0/4")
         return cls(index, count)
 
     def owns(self, stream: str) -> bool:
@@ -99,10 +97,8 @@ class Worker:
         batch: int = 500,
         snapshot_every: int = 20_000,
     ) -> None:
-        for field, value in (("batch", batch), ("snapshot_every", snapshot_every)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                message = f"{field} = {value!r}: must be a whole number of at least 1"
-                raise InvalidEvent(message, field=field, value=value)
+        whole("batch", batch)
+        whole("snapshot_every", snapshot_every)
         self.log = log
         self._keys = Keyring(log)
         self.partition = partition

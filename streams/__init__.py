@@ -8,6 +8,7 @@ from rtopt.streams.dedup import Deduplicator
 from rtopt.streams.events import WindowClosed, WindowUpdated
 from rtopt.streams.gapfill import Point, fill_gaps
 from rtopt.streams.handler import WindowHandler
+from rtopt.streams.moments import RunningMoments
 from rtopt.streams.operators import deduplicated, windowed
 from rtopt.streams.sketch import DDSketch
 from rtopt.streams.windows import Counting, Session, Sliding, Tumbling, WindowPipeline
@@ -19,6 +20,7 @@ __all__ = [
     "Deduplicator",
     "FieldStats",
     "Point",
+    "RunningMoments",
     "Session",
     "Sliding",
     "Summary",

@@ -1,15 +1,11 @@
 """Mergeable streaming aggregates: several statistics of several fields in one pass.
 
-Statistics: ``count``, ``sum``, ``mean``, ``min``, ``max``, ``var`` and ``std`` (Welford; sample
+Statistics: ``count``, ``sum``, ``mean``, ``min``, ``max``, ``var`` and ``std`` (running moments; sample
 variance, 0 for one value), ``rate`` (values per second of the window) and percentiles ``pNN`` (``p50``,
 ``p90``, ``p95``, ``p99`` ...). Percentiles are exact (numpy's linear interpolation) while a window
 holds at most ``exact_limit`` values and come from a :class:`~rtopt.streams.sketch.DDSketch` beyond, within
 its relative error. Every aggregate merges with another of the same spec, so sliding windows are built
 from panes.
-
-References: B. P. Welford (1962), "Note on a method for calculating corrected sums of squares and
-products"; T. F. Chan, G. H. Golub and R. J. LeVeque (1979), "Updating formulae and a pairwise algorithm
-for computing sample variances" (the merge).
 """
 
 from __future__ import annotations
@@ -22,7 +18,10 @@ from typing import Any
 
 import msgspec
 import numpy as np
+from rtopt.streams.moments import RunningMoments
 from rtopt.streams.sketch import DDSketch
+
+from rtopt.arguments import invalid, non_empty, whole
 
 STATISTICS = ("count", "sum", "mean", "min", "max", "var", "std", "rate")
 _PERCENTILE = re.compile(r"^p(\d{1,2}(?:\.\d+)?)$")
@@ -33,24 +32,19 @@ def _is_statistic(name: str) -> bool:
     return name in STATISTICS or _PERCENTILE.match(name) is not None
 
 
-class FieldStats(msgspec.Struct):
-    """Running statistics of one field: count, sum, extremes, Welford moments, values or a sketch."""
+class FieldStats(RunningMoments, array_like=False):
+    """Running statistics of one field: its moments (count, mean, squared deviations), sum and extremes, and
+    its values or a sketch of them."""
 
-    n: int = 0
     total: float = 0.0
-    mean: float = 0.0
-    m2: float = 0.0
     low: float = math.inf
     high: float = -math.inf
     values: list[float] | None = None
     sketch: DDSketch | None = None
 
     def add(self, x: float, keep_values: bool, exact_limit: int, alpha: float) -> None:
-        self.n += 1
+        self.update(x)
         self.total += x
-        delta = x - self.mean
-        self.mean += delta / self.n
-        self.m2 += delta * (x - self.mean)
         if x < self.low:
             self.low = x
         if x > self.high:
@@ -74,11 +68,7 @@ class FieldStats(msgspec.Struct):
         """Fold ``other``'s values into these statistics."""
         if other.n == 0:
             return
-        n = self.n + other.n
-        delta = other.mean - self.mean
-        self.m2 += other.m2 + delta * delta * self.n * other.n / n
-        self.mean += delta * other.n / n
-        self.n = n
+        super().merge(other)
         self.total += other.total
         self.low = min(self.low, other.low)
         self.high = max(self.high, other.high)
@@ -109,7 +99,7 @@ class FieldStats(msgspec.Struct):
         if name == "max":
             return self.high
         if name in ("var", "std"):
-            var = self.m2 / (self.n - 1) if self.n > 1 else 0.0
+            var = self.variance()
             return math.sqrt(max(var, 0.0)) if name == "std" else max(var, 0.0)
         if name == "rate":
             return self.n / duration if duration > 0 else float(self.n)
@@ -149,10 +139,8 @@ class Aggregates:
         exact_limit: int = 1024,
         alpha: float = 0.01,
     ) -> None:
-        if not fields:
-            raise ValueError("aggregates need at least one field")
-        if exact_limit < 1:
-            raise ValueError(f"exact_limit must be at least 1, not {exact_limit}")
+        non_empty("fields", fields)
+        whole("exact_limit", exact_limit)
         self.exact_limit = exact_limit
         self.alpha = alpha
         self._fields: list[tuple[str, Extractor, tuple[str, ...], bool]] = []
@@ -164,7 +152,7 @@ class Aggregates:
             statistics = tuple(statistics)
             unknown = [s for s in statistics if not _is_statistic(s)]
             if unknown or not statistics:
-                raise ValueError(f"{name}: unknown statistics {unknown} (known: {STATISTICS} and pNN)")
+                raise invalid(f"fields[{name!r}]", spec, f"unknown statistics {unknown} (known: {STATISTICS} and pNN)")
             extract = operator.attrgetter(source) if isinstance(source, str) else source
             keep_values = any(_PERCENTILE.match(s) for s in statistics)
             self._fields.append((name, extract, statistics, keep_values))

@@ -9,6 +9,7 @@ import msgspec
 from rtopt.streams.horizon import Horizon
 
 from rtopt import Envelope
+from rtopt.arguments import positive
 
 
 class SeenKeys(msgspec.Struct):
@@ -35,8 +36,7 @@ class Deduplicator:
     """
 
     def __init__(self, horizon: float, key: Callable[[Envelope[Any]], str] | None = None) -> None:
-        if horizon <= 0:
-            raise ValueError(f"horizon must be positive, not {horizon!r}")
+        positive("horizon", horizon)
         self.horizon = horizon
         self.key = key
         self.state = SeenKeys()

@@ -32,8 +32,9 @@ import msgspec
 from rtopt.streams.events import WindowClosed, WindowUpdated
 from rtopt.streams.features import FeatureSchema
 
+from rtopt.arguments import invalid, non_empty
 from rtopt.engine import Engine
-from rtopt.errors import InvalidEvent
+from rtopt.errors import InvalidArgument
 from rtopt.events import Envelope, Event
 from rtopt.handler import Context, Handler, handles
 
@@ -141,14 +142,14 @@ class ReadCounters:
 
 def _ttl(value: float, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) or value <= 0:
-        raise ValueError(f"{what} must be a positive number of seconds (inf: never stale), not {value!r}")
+        raise invalid(what, value, "must be a positive number of seconds (inf: never stale)")
     return float(value)
 
 
 def _event_time(now: float) -> float:
     if isinstance(now, bool) or not isinstance(now, int | float) or not math.isfinite(now):
-        raise InvalidEvent(
-            f"now = {now!r}: must be a finite event time in seconds since the epoch", field="now", value=now
+        raise InvalidArgument(
+            f"now = {now!r}: must be a finite event time in seconds since the epoch", argument="now", value=now
         )
     return float(now)
 
@@ -199,7 +200,7 @@ class OnlineFeatureStore:
     def put(self, entity: str, feature: str, value: float, computed_at: float, revision: int = 0) -> bool:
         """Store ``value`` unless a newer one is stored (see :func:`upsert`); returns whether it was stored."""
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise InvalidEvent(f"{feature} = {value!r}: must be a finite number", field=feature, value=value)
+            raise InvalidArgument(f"{feature} = {value!r}: must be a finite number", argument=feature, value=value)
         return upsert(self.table, entity, feature, float(value), _event_time(computed_at), revision)
 
     def get(self, entity: str, feature: str, now: float, default: Any = None) -> FeatureValue | Any:
@@ -311,18 +312,20 @@ class EntityFeatures:
         in ``names`` is an error.
 
         With a ``schema`` the values are encoded by it: columns in schema order, a missing feature takes
-        its default or raises InvalidEvent naming it. Without one the vector holds ``names`` in order,
-        then ``extra``'s keys; a missing feature takes ``default`` or raises InvalidEvent naming it.
+        its default or raises InvalidArgument naming it. Without one the vector holds ``names`` in order,
+        then ``extra``'s keys; a missing feature takes ``default`` or raises InvalidArgument naming it.
         """
         extra = {} if extra is None else extra
         if names is None:
             if schema is None:
-                raise ValueError("name the features to read, or give a schema")
+                raise invalid("names", names, "name the features to read, or give a schema")
             known = self.store.known
             names = [name for name in schema.names if name not in extra and (known is None or name in known)]
         clash = next((name for name in names if name in extra), None)
         if clash is not None:
-            raise InvalidEvent(f"{clash}: given in extra and also read from the store", field=clash, value=extra[clash])
+            raise InvalidArgument(
+                f"{clash}: given in extra and also read from the store", argument=clash, value=extra[clash]
+            )
         values: dict[str, Any] = dict(extra)
         for name in names:
             read = self.get(name, now)
@@ -333,13 +336,13 @@ class EntityFeatures:
         for name in [*names, *extra]:
             value = values[name] if values[name] is not None else default
             if value is None:
-                raise InvalidEvent(
+                raise InvalidArgument(
                     f"{name}: no fresh value for {self.entity!r} at time {now!r} and no default",
-                    field=name,
+                    argument=name,
                     value=None,
                 )
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise InvalidEvent(f"{name} = {value!r}: must be a finite number", field=name, value=value)
+                raise InvalidArgument(f"{name} = {value!r}: must be a finite number", argument=name, value=value)
             vector[name] = float(value)
         return vector
 
@@ -382,23 +385,22 @@ class FeatureStoreHandler(Handler[FeatureTable]):
         default_ttl: float = DEFAULT_TTL_S,
         ttl: Mapping[str, float] | None = None,
     ) -> None:
-        if not features:
-            raise ValueError("a feature store handler needs at least one feature")
+        non_empty("features", features)
         if not isinstance(name, str) or not name:
-            raise ValueError(f"name must be a non-empty string, not {name!r}")
+            raise invalid("name", name, "must be a non-empty string")
         self.name = name  # type: ignore[misc]
         self.features: dict[str, tuple[str, str]] = {}
         routes: dict[str, list[tuple[str, str]]] = {}
         for feature, source in features.items():
             if isinstance(source, str) or len(source) != 2 or not all(isinstance(s, str) and s for s in source):
-                raise ValueError(f"feature {feature!r}: expected (pipeline, aggregate), not {source!r}")
+                raise invalid(f"features[{feature!r}]", source, "expected (pipeline, aggregate)")
             pipeline, aggregate = source
             self.features[feature] = (pipeline, aggregate)
             routes.setdefault(pipeline, []).append((aggregate, feature))
         self._routes = routes
         unknown = sorted(set(ttl or {}) - set(self.features))
         if unknown:
-            raise ValueError(f"ttl names features this handler does not produce: {unknown}")
+            raise invalid("ttl", ttl, f"names features this handler does not produce: {unknown}")
         self.default_ttl = _ttl(default_ttl, "default_ttl")
         self.ttl = {feature: _ttl(seconds, f"ttl[{feature!r}]") for feature, seconds in (ttl or {}).items()}
         self.counters = ReadCounters()

@@ -6,8 +6,8 @@ contextual policy reads (and a :class:`~rtopt.events.Decision` records as its ``
 - calendar features of an event time (seconds since the epoch, **UTC**): :func:`cyclical_hour`,
   :func:`cyclical_day_of_week`, :func:`is_weekend`, :class:`BusinessHours` / :func:`is_business_hours`,
   and :func:`time_features`, which bundles them;
-- online scalers learnt from a stream one value at a time: :class:`OnlineZScore` (Welford's running mean
-  and variance) and :class:`OnlineMinMax`;
+- online scalers learnt from a stream one value at a time: :class:`OnlineZScore` (running mean and
+  variance) and :class:`OnlineMinMax`;
 - encoders: :class:`OneHot` (fixed vocabulary with an explicit "other" bucket), :class:`Interactions` /
   :func:`interactions` (products of named numeric features) and :class:`Binner` (explicit bin edges,
   :func:`numpy.digitize` semantics);
@@ -15,7 +15,7 @@ contextual policy reads (and a :class:`~rtopt.events.Decision` records as its ``
   ``dict[str, float]`` (or a numpy array), filling defaults and one-hot / ordinal encoding categories.
 
 Nothing here reads the wall clock or a global random generator, so the same inputs always give the same
-features, live and in replay. Bad input raises :class:`rtopt.InvalidEvent` whose ``field`` names the
+features, live and in replay. Bad input raises :class:`rtopt.InvalidArgument` whose ``argument`` names the
 feature and whose ``value`` holds what was given. The state of the online scalers is a ``msgspec.Struct``,
 so a handler can keep one in its state and snapshot it.
 """
@@ -32,8 +32,10 @@ from typing import Any, Literal
 
 import msgspec
 import numpy as np
+from rtopt.streams.moments import RunningMoments
 
-from rtopt.errors import InvalidEvent
+from rtopt.arguments import in_range, invalid, non_empty, positive
+from rtopt.errors import InvalidArgument
 
 SECONDS_PER_HOUR = 3_600.0
 SECONDS_PER_DAY = 86_400.0
@@ -58,14 +60,14 @@ def _is_number(value: object) -> bool:
 
 
 def _number(value: object, field: str) -> float:
-    """``value`` as a finite float, or InvalidEvent naming ``field``."""
+    """``value`` as a finite float, or InvalidArgument naming ``field``."""
     if not _is_number(value):
-        raise InvalidEvent(
-            f"{field} = {value!r}: expected a number, not {type(value).__name__}", field=field, value=value
+        raise InvalidArgument(
+            f"{field} = {value!r}: expected a number, not {type(value).__name__}", argument=field, value=value
         )
     number = float(value)  # type: ignore[arg-type]
     if not math.isfinite(number):
-        raise InvalidEvent(f"{field} = {value!r}: must be a finite number", field=field, value=value)
+        raise InvalidArgument(f"{field} = {value!r}: must be a finite number", argument=field, value=value)
     return number
 
 
@@ -82,8 +84,7 @@ def cyclical(value: float, period: float) -> tuple[float, float]:
     >>> round(sin, 12), round(cos, 12)
     (1.0, 0.0)
     """
-    if not period > 0:
-        raise ValueError(f"period must be positive, not {period!r}")
+    positive("period", period)
     angle = 2.0 * math.pi * (_number(value, "value") / period)
     return math.sin(angle), math.cos(angle)
 
@@ -161,10 +162,10 @@ class BusinessHours(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         start = _number(self.start_hour, "start_hour")
         end = _number(self.end_hour, "end_hour")
         if not 0.0 <= start < end <= 24.0:
-            raise ValueError(f"business hours need 0 <= start_hour < end_hour <= 24, not {start!r}-{end!r}")
+            raise invalid("start_hour, end_hour", (start, end), "business hours need 0 <= start_hour < end_hour <= 24")
         for day in self.weekdays:
             if isinstance(day, bool) or not isinstance(day, int) or not 0 <= day <= 6:
-                raise ValueError(f"weekdays are integers from 0 (Monday) to 6 (Sunday), not {day!r}")
+                raise invalid("weekdays", self.weekdays, f"holds {day!r}: weekdays are integers from 0 (Monday) to 6")
 
     def __call__(self, t: float) -> bool:
         """True if event time ``t`` is within these business hours."""
@@ -214,21 +215,18 @@ def time_features(t: float, business_hours: BusinessHours = DEFAULT_BUSINESS_HOU
 # --- online scalers -------------------------------------------------------------------------------
 
 
-class OnlineZScore(msgspec.Struct):
-    """Standardises values with a running mean and variance: ``(x - mean) / std``.
+class OnlineZScore(RunningMoments, array_like=False):
+    """Standardises values with their running mean and variance: ``(x - mean) / std``.
 
-    ``learn_one`` updates the statistics with Welford's algorithm (numerically stable, one pass);
-    ``transform_one`` scales with what was learnt so far and learns nothing. ``ddof`` is the delta degrees
-    of freedom of the variance (0: population variance, as :func:`numpy.std`'s default; 1: sample
-    variance). Before any value, or while the variance is zero (a constant stream), the z-score is 0.0.
-
-    Reference: B. P. Welford (1962), "Note on a method for calculating corrected sums of squares and
-    products", Technometrics 4(3); D. Knuth, TAOCP vol. 2, §4.2.2.
+    ``learn_one`` takes a value into the running moments; ``transform_one`` scales with what was learnt so
+    far and learns nothing. ``ddof`` is the delta degrees of freedom of the variance (0: population
+    variance, as :func:`numpy.std`'s default; 1: sample variance). Before any value, or while the variance
+    is zero (a constant stream), the z-score is 0.0.
 
     >>> scaler = OnlineZScore()
     >>> for x in [2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]:
     ...     scaler.learn_one(x)
-    >>> scaler.mean, scaler.std, scaler.transform_one(9.0)
+    >>> scaler.mean, scaler.std(), scaler.transform_one(9.0)
     (5.0, 2.0, 2.0)
     >>> constant = OnlineZScore()
     >>> constant.learn_one(3.0); constant.learn_one(3.0)
@@ -236,34 +234,26 @@ class OnlineZScore(msgspec.Struct):
     0.0
     """
 
-    n: int = 0
-    mean: float = 0.0
-    m2: float = 0.0
     ddof: int = 0
     name: str = "x"
 
     def learn_one(self, x: float) -> None:
-        """Fold ``x`` into the running mean and sum of squared deviations."""
-        value = _number(x, self.name)
-        self.n += 1
-        delta = value - self.mean
-        self.mean += delta / self.n
-        self.m2 += delta * (value - self.mean)
+        """Take ``x`` into the running moments."""
+        self.update(_number(x, self.name))
 
-    @property
-    def variance(self) -> float:
-        """The variance of the values learnt, ``m2 / (n - ddof)``; 0.0 while ``n <= ddof``."""
-        return self.m2 / (self.n - self.ddof) if self.n > self.ddof else 0.0
+    def variance(self, ddof: int | None = None) -> float:
+        """The variance of the values learnt, ``m2 / (n - ddof)`` with this scaler's ``ddof`` unless given;
+        0.0 while ``n <= ddof``."""
+        return super().variance(self.ddof if ddof is None else ddof)
 
-    @property
-    def std(self) -> float:
-        """The standard deviation of the values learnt."""
-        return math.sqrt(self.variance)
+    def std(self, ddof: int | None = None) -> float:
+        """The standard deviation of the values learnt (this scaler's ``ddof`` unless given)."""
+        return math.sqrt(self.variance(ddof))
 
     def transform_one(self, x: float) -> float:
         """``(x - mean) / std`` with the statistics so far; 0.0 when the variance is zero."""
         value = _number(x, self.name)
-        variance = self.variance
+        variance = self.variance()
         if variance <= 0.0:
             return 0.0
         return (value - self.mean) / math.sqrt(variance)
@@ -314,7 +304,7 @@ class OneHot(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One-hot encoding over a fixed ``vocabulary`` with an explicit ``other`` bucket.
 
     Columns are named ``"<name>=<category>"``, in vocabulary order, then ``"<name>=<other>"``. A value
-    outside the vocabulary sets the other column; with ``other=None`` it raises InvalidEvent instead.
+    outside the vocabulary sets the other column; with ``other=None`` it raises InvalidArgument instead.
 
     >>> colour = OneHot("colour", ["red", "green"])
     >>> colour.transform_one("green")
@@ -323,7 +313,7 @@ class OneHot(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     {'colour=red': 0.0, 'colour=green': 0.0, 'colour=other': 1.0}
     >>> OneHot("colour", ["red"], other=None).transform_one("blue")
     Traceback (most recent call last):
-    rtopt.errors.InvalidEvent: colour = 'blue': not in the vocabulary ['red'] and there is no 'other' bucket
+    rtopt.errors.InvalidArgument: colour = 'blue': not in the vocabulary ['red'] and there is no 'other' bucket
     """
 
     name: str
@@ -342,19 +332,19 @@ class OneHot(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def index(self, value: str) -> int:
         """The column that ``value`` sets."""
         if not isinstance(value, str):
-            raise InvalidEvent(
+            raise InvalidArgument(
                 f"{self.name} = {value!r}: expected a category (str), not {type(value).__name__}",
-                field=self.name,
+                argument=self.name,
                 value=value,
             )
         try:
             return self.vocabulary.index(value)
         except ValueError:
             if self.other is None:
-                raise InvalidEvent(
+                raise InvalidArgument(
                     f"{self.name} = {value!r}: not in the vocabulary {self.vocabulary!r} "
                     "and there is no 'other' bucket",
-                    field=self.name,
+                    argument=self.name,
                     value=value,
                 ) from None
             return len(self.vocabulary)
@@ -367,15 +357,17 @@ class OneHot(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 def _check_categories(name: str, categories: Sequence[str], other: str | None) -> None:
     if not categories:
-        raise InvalidEvent(f"{name}: needs at least one category", field=name, value=list(categories))
+        raise InvalidArgument(f"{name}: needs at least one category", argument=name, value=list(categories))
     if any(not isinstance(c, str) for c in categories):
-        raise InvalidEvent(f"{name}: categories must be strings, not {categories!r}", field=name, value=categories)
+        raise InvalidArgument(
+            f"{name}: categories must be strings, not {categories!r}", argument=name, value=categories
+        )
     repeated = sorted({c for c in categories if list(categories).count(c) > 1})
     if repeated:
-        raise InvalidEvent(f"{name}: categories {repeated} appear more than once", field=name, value=categories)
+        raise InvalidArgument(f"{name}: categories {repeated} appear more than once", argument=name, value=categories)
     if other is not None and other in categories:
-        raise InvalidEvent(
-            f"{name}: the other bucket {other!r} is also a category; name it differently", field=name, value=other
+        raise InvalidArgument(
+            f"{name}: the other bucket {other!r} is also a category; name it differently", argument=name, value=other
         )
 
 
@@ -391,11 +383,13 @@ def interactions(
     for group in groups:
         names = list(group)
         if len(names) < 2:
-            raise ValueError(f"an interaction needs at least two features, not {names!r}")
+            raise invalid("groups", names, "an interaction needs at least two features")
         product = 1.0
         for name in names:
             if name not in values:
-                raise InvalidEvent(f"{name}: missing, needed by the interaction {names!r}", field=name, value=None)
+                raise InvalidArgument(
+                    f"{name}: missing, needed by the interaction {names!r}", argument=name, value=None
+                )
             product *= _number(values[name], name)
         out[separator.join(names)] = product
     return out
@@ -419,9 +413,8 @@ class Interactions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         if len(self.names) < 2 or len(set(self.names)) != len(self.names):
-            raise ValueError(f"interactions need at least two distinct feature names, not {self.names!r}")
-        if not 2 <= self.degree <= len(self.names):
-            raise ValueError(f"degree must be between 2 and {len(self.names)}, not {self.degree!r}")
+            raise invalid("names", self.names, "interactions need at least two distinct feature names")
+        in_range("degree", self.degree, 2, len(self.names))
 
     @property
     def groups(self) -> list[tuple[str, ...]]:
@@ -439,7 +432,7 @@ class Binner(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     With ``right=False`` (the default) bin ``i`` holds ``edges[i-1] <= x < edges[i]``; with ``right=True``
     it holds ``edges[i-1] < x <= edges[i]``. Values below the first edge get 0 and values at or past the
     last edge get ``len(edges)``, so there are ``len(edges) + 1`` bins. Unlike numpy, a NaN raises
-    InvalidEvent rather than landing in the last bin.
+    InvalidArgument rather than landing in the last bin.
 
     >>> latency = Binner([100.0, 500.0, 1000.0], name="latency_ms")
     >>> [latency.transform_one(x) for x in (50.0, 100.0, 499.0, 500.0, 2000.0)]
@@ -453,12 +446,11 @@ class Binner(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str = "x"
 
     def __post_init__(self) -> None:
-        if not self.edges:
-            raise ValueError("a binner needs at least one edge")
+        non_empty("edges", self.edges)
         for edge in self.edges:
             _number(edge, f"{self.name}.edges")
         if any(b <= a for a, b in itertools.pairwise(self.edges)):
-            raise ValueError(f"edges must be strictly increasing, not {self.edges!r}")
+            raise invalid("edges", self.edges, "must be strictly increasing")
 
     @property
     def n_bins(self) -> int:
@@ -487,7 +479,7 @@ class FeatureSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     A value is *missing* when its key is absent or is ``None``. A missing value takes ``default`` if one is
     set; otherwise a ``nullable`` feature encodes as zeros (0.0, or no one-hot column set) and a feature
-    that is neither raises InvalidEvent. A nullable feature also has a ``"name.missing"`` column, 1.0 when
+    that is neither raises InvalidArgument. A nullable feature also has a ``"name.missing"`` column, 1.0 when
     its value was missing (defaulted or not), so a model can tell "missing" from "zero".
 
     ``version`` is the version of the feature's definition: bump it when its computation changes.
@@ -508,28 +500,30 @@ class FeatureSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
-            raise InvalidEvent(f"a feature needs a non-empty name, not {self.name!r}", field="name", value=self.name)
+            raise InvalidArgument(
+                f"a feature needs a non-empty name, not {self.name!r}", argument="name", value=self.name
+            )
         if self.type not in FEATURE_TYPES:
-            raise InvalidEvent(
+            raise InvalidArgument(
                 f"{self.name}: type = {self.type!r}, expected one of {list(FEATURE_TYPES)}",
-                field=self.name,
+                argument=self.name,
                 value=self.type,
             )
         if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 1:
-            raise InvalidEvent(
+            raise InvalidArgument(
                 f"{self.name}: version = {self.version!r}, expected an integer >= 1",
-                field=self.name,
+                argument=self.name,
                 value=self.version,
             )
         if self.type in ("categorical", "ordinal"):
             _check_categories(self.name, self.categories, self.other)
         elif self.categories:
-            raise InvalidEvent(
-                f"{self.name}: a {self.type} feature takes no categories", field=self.name, value=self.categories
+            raise InvalidArgument(
+                f"{self.name}: a {self.type} feature takes no categories", argument=self.name, value=self.categories
             )
         if self.other is not None and self.type != "categorical":
-            raise InvalidEvent(
-                f"{self.name}: only a categorical feature has an 'other' bucket", field=self.name, value=self.other
+            raise InvalidArgument(
+                f"{self.name}: only a categorical feature has an 'other' bucket", argument=self.name, value=self.other
             )
         if self.default is not None:
             self._encode_value(self.default, {})  # an invalid default fails here, not at request time
@@ -555,9 +549,9 @@ class FeatureSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                 for column in self.columns[:-1]:
                     out[column] = 0.0
             else:
-                raise InvalidEvent(
+                raise InvalidArgument(
                     f"{self.name}: missing, and the feature is not nullable and has no default",
-                    field=self.name,
+                    argument=self.name,
                     value=None,
                 )
         else:
@@ -576,12 +570,12 @@ class FeatureSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             elif _is_number(value) and value in (0, 1):
                 out[name] = float(value)
             else:
-                raise InvalidEvent(f"{name} = {value!r}: expected True/False or 0/1", field=name, value=value)
+                raise InvalidArgument(f"{name} = {value!r}: expected True/False or 0/1", argument=name, value=value)
         else:
             if not isinstance(value, str):
-                raise InvalidEvent(
+                raise InvalidArgument(
                     f"{name} = {value!r}: expected one of {self.categories!r}, not a {type(value).__name__}",
-                    field=name,
+                    argument=name,
                     value=value,
                 )
             if value in self.categories:
@@ -589,7 +583,7 @@ class FeatureSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             elif self.other is not None:
                 index = len(self.categories)
             else:
-                raise InvalidEvent(f"{name} = {value!r}: not one of {self.categories!r}", field=name, value=value)
+                raise InvalidArgument(f"{name} = {value!r}: not one of {self.categories!r}", argument=name, value=value)
             if kind == "ordinal":
                 out[name] = float(index)
             else:
@@ -618,7 +612,7 @@ class FeatureSchema(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     array([250.,   0.,   0.,   0.,   1.])
     >>> schema.vector({"latency": 250.0})
     Traceback (most recent call last):
-    rtopt.errors.InvalidEvent: weekend: missing, and the feature is not nullable and has no default
+    rtopt.errors.InvalidArgument: weekend: missing, and the feature is not nullable and has no default
     """
 
     features: list[FeatureSpec]
@@ -628,15 +622,17 @@ class FeatureSchema(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         names = [spec.name for spec in self.features]
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
-            raise InvalidEvent(f"features {repeated} appear more than once", field=repeated[0], value=repeated)
+            raise InvalidArgument(f"features {repeated} appear more than once", argument=repeated[0], value=repeated)
         columns = self.columns
         clashes = sorted({column for column in columns if columns.count(column) > 1})
         if clashes:
-            raise InvalidEvent(
-                f"columns {clashes} are produced by more than one feature", field=clashes[0], value=clashes
+            raise InvalidArgument(
+                f"columns {clashes} are produced by more than one feature", argument=clashes[0], value=clashes
             )
         if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 1:
-            raise InvalidEvent(f"schema version = {self.version!r}, expected an integer >= 1", field="version")
+            raise InvalidArgument(
+                f"schema version = {self.version!r}, expected an integer >= 1", argument="version", value=self.version
+            )
 
     @property
     def names(self) -> list[str]:

@@ -8,6 +8,8 @@ from typing import Literal
 
 import msgspec
 
+from rtopt.arguments import invalid, one_of, positive
+
 FillMethod = Literal["none", "zero", "ffill", "linear"]
 
 
@@ -33,10 +35,8 @@ def fill_gaps(
     >>> [p.values for p in fill_gaps(series, 60.0, "none")]
     [{'x': 1.0}, None, None, {'x': 4.0}]
     """
-    if method not in ("none", "zero", "ffill", "linear"):
-        raise ValueError(f"method must be one of none, zero, ffill, linear; not {method!r}")
-    if step <= 0:
-        raise ValueError(f"step must be positive, not {step!r}")
+    one_of("method", method, ("none", "zero", "ffill", "linear"))
+    positive("step", step)
     known = sorted(points, key=lambda p: p[0])
     if not known:
         return []
@@ -45,7 +45,7 @@ def fill_gaps(
     for time, values in known:
         index = round((time - origin) / step)
         if not math.isclose(origin + index * step, time, rel_tol=0.0, abs_tol=step * 1e-6):
-            raise ValueError(f"point at {time} is not on the {step}-second grid starting at {origin}")
+            raise invalid("points", time, f"a point's time is not on the {step}-second grid starting at {origin}")
         by_index[index] = values
     indices = sorted(by_index)
     series: list[Point] = []

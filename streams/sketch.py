@@ -18,6 +18,8 @@ import math
 
 import msgspec
 
+from rtopt.arguments import in_range, invalid
+
 
 class DDSketch(msgspec.Struct):
     """Quantiles of a stream within relative error ``alpha``: for any q the estimate x satisfies
@@ -40,8 +42,7 @@ class DDSketch(msgspec.Struct):
 
     @classmethod
     def with_accuracy(cls, alpha: float) -> DDSketch:
-        if not 0.0 < alpha < 1.0:
-            raise ValueError(f"alpha must be in (0, 1), not {alpha!r}")
+        in_range("alpha", alpha, 0.0, 1.0, low_open=True, high_open=True)
         return cls(alpha=alpha)
 
     @property
@@ -68,7 +69,7 @@ class DDSketch(msgspec.Struct):
     def merge(self, other: DDSketch) -> None:
         """Add every value ``other`` counted (both must have the same alpha)."""
         if other.alpha != self.alpha:
-            raise ValueError(f"cannot merge sketches of accuracy {self.alpha} and {other.alpha}")
+            raise invalid("other.alpha", other.alpha, f"cannot merge into a sketch of accuracy {self.alpha}")
         for mine, theirs in ((self.positive, other.positive), (self.negative, other.negative)):
             for key, n in theirs.items():
                 mine[key] = mine.get(key, 0) + n
@@ -77,8 +78,7 @@ class DDSketch(msgspec.Struct):
 
     def quantile(self, q: float) -> float:
         """The estimate of the lower ``q``-quantile (0 <= q <= 1) of the values counted."""
-        if not 0.0 <= q <= 1.0:
-            raise ValueError(f"q must be in [0, 1], not {q!r}")
+        in_range("q", q, 0.0, 1.0)
         if self.count == 0:
             raise ValueError("the sketch is empty")
         rank = math.floor(q * (self.count - 1))

@@ -26,6 +26,7 @@ from rtopt.streams.aggregates import Aggregates, Summary
 from rtopt.streams.events import WindowClosed, WindowUpdated
 
 from rtopt import Envelope, Event, Feedback
+from rtopt.arguments import invalid, non_negative, one_of
 
 
 class Tumbling(msgspec.Struct, frozen=True):
@@ -139,17 +140,16 @@ class WindowPipeline:
         allowed_lateness: float = 0.0,
     ) -> None:
         if isinstance(window, Sliding) and not _is_multiple(window.size, window.step):
-            raise ValueError(f"a sliding window's size ({window.size}) must be a multiple of its step ({window.step})")
+            raise invalid("window.size", window.size, f"must be a multiple of the window's step ({window.step})")
         if isinstance(window, Tumbling | Sliding) and window.size <= 0:
-            raise ValueError(f"window size must be positive, not {window.size}")
+            raise invalid("window.size", window.size, "must be positive")
         if isinstance(window, Session) and window.gap <= 0:
-            raise ValueError(f"session gap must be positive, not {window.gap}")
+            raise invalid("window.gap", window.gap, "must be positive")
         if isinstance(window, Counting) and window.size < 1:
-            raise ValueError(f"count windows need at least one event, not {window.size}")
-        if late not in ("drop", "update"):
-            raise ValueError(f"late must be 'drop' or 'update', not {late!r}")
-        if out_of_orderness < 0 or allowed_lateness < 0:
-            raise ValueError("out_of_orderness and allowed_lateness must not be negative")
+            raise invalid("window.size", window.size, "a count window needs at least one event")
+        one_of("late", late, ("drop", "update"))
+        non_negative("out_of_orderness", out_of_orderness)
+        non_negative("allowed_lateness", allowed_lateness)
         self.name = name
         self.window = window
         self.aggregates = aggregates

@@ -9,22 +9,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 from rtopt.handlers.bandits import (
+    POLICIES,
     ArmAdded,
     ArmPaused,
     ArmResumed,
     ArmRetired,
     ArmState,
+    ArmUpdated,
     BanditHandler,
     BanditOptions,
     EvidenceDiscounted,
     ExperimentStats,
-    choose,
+    Turn,
     export_policy_state,
     import_policy_state,
 )
 from scipy import stats
 
-from rtopt import ArmUpdated, Context, Decision, Engine, Envelope, ExperimentDefined, Feedback, InvalidEvent, Request
+from rtopt import Context, Decision, Engine, Envelope, ExperimentDefined, Feedback, InvalidEvent, Request
 
 _ids = itertools.count()
 
@@ -214,7 +216,7 @@ def test_gaussian_thompson_samples_the_uncertainty_of_the_mean_so_its_regret_fla
 def test_linear_thompson_draws_independent_noise_for_each_arm() -> None:
     arms = [ArmState(), ArmState()]  # two identical arms
     options = BanditOptions(features=["f"], propensity_draws=4_000)
-    choice = choose("lin_thompson", arms, options, Context(0.0, "e", 0), decisions=0, context=np.array([1.0]))
+    choice = POLICIES["lin_thompson"].select(arms, Turn(options, Context(0.0, "e", 0), vector=np.array([1.0])))
     # shared noise would give both arms the same score in every draw, and the first would always win
     assert choice.propensity == pytest.approx(0.5, abs=0.05)
 
@@ -250,9 +252,9 @@ def test_min_samples_gives_every_arm_its_first_decisions() -> None:
 def test_exact_propensities_of_epsilon_greedy_and_softmax() -> None:
     arms = [ArmState(n=10, total=2), ArmState(n=10, total=6), ArmState(n=10, total=6)]
     for i in range(20):
-        c = choose("epsilon_greedy", arms, BanditOptions(epsilon=0.3), Context(0.0, f"e{i}", 1), decisions=0)
+        c = POLICIES["epsilon_greedy"].select(arms, Turn(BanditOptions(epsilon=0.3), Context(0.0, f"e{i}", 1)))
         assert c.propensity == pytest.approx(0.1 + (0.7 / 2 if c.index in (1, 2) else 0.0))
-        s = choose("softmax", arms, BanditOptions(temperature=0.2), Context(0.0, f"s{i}", 1), decisions=0)
+        s = POLICIES["softmax"].select(arms, Turn(BanditOptions(temperature=0.2), Context(0.0, f"s{i}", 1)))
         weights = np.exp(np.array([0.2, 0.6, 0.6]) / 0.2)
         assert s.propensity == pytest.approx(weights[s.index] / weights.sum())
 
@@ -261,9 +263,10 @@ def test_thompson_propensity_matches_the_probability_of_the_best_draw() -> None:
     arms = [ArmState(n=6, total=2), ArmState(n=6, total=3)]  # Beta(3, 5) and Beta(4, 4) with a flat prior
     grid = np.linspace(0.0, 1.0, 20_001)
     exact = np.trapezoid(stats.beta.pdf(grid, 4, 4) * stats.beta.cdf(grid, 3, 5), grid)
+    thompson = POLICIES["thompson"]
     estimates = [
         (c.propensity if c.index == 1 else 1 - c.propensity)
-        for c in (choose("thompson", arms, BanditOptions(), Context(0.0, f"e{i}", 5), decisions=0) for i in range(300))
+        for c in (thompson.select(arms, Turn(BanditOptions(), Context(0.0, f"e{i}", 5))) for i in range(300))
     ]
     assert np.mean(estimates) == pytest.approx(exact, abs=0.01)
 
@@ -271,11 +274,11 @@ def test_thompson_propensity_matches_the_probability_of_the_best_draw() -> None:
 def test_an_idle_arm_loses_confidence_with_event_time() -> None:
     arms = [ArmState(n=200, total=120, last_reward_time=0.0), ArmState(n=200, total=110, last_reward_time=990.0)]
     options = BanditOptions(idle_half_life_s=60.0, exploration=0.5)
-    fresh = choose("ucb1", arms, BanditOptions(exploration=0.5), Context(1_000.0, "e", 0), decisions=0)
-    decayed = choose("ucb1", arms, options, Context(1_000.0, "e", 0), decisions=0)
+    fresh = POLICIES["ucb1"].select(arms, Turn(BanditOptions(exploration=0.5), Context(1_000.0, "e", 0)))
+    decayed = POLICIES["ucb1"].select(arms, Turn(options, Context(1_000.0, "e", 0)))
     assert (fresh.index, decayed.index) == (0, 0)
     arms[0].last_reward_time = -5_000.0  # a long idle best arm is worth exploring again... the other wins
-    assert choose("ucb1", arms[::-1], options, Context(1_000.0, "e", 0), decisions=0).index == 1
+    assert POLICIES["ucb1"].select(arms[::-1], Turn(options, Context(1_000.0, "e", 0))).index == 1
 
 
 def test_arms_join_pause_resume_and_retire_at_run_time() -> None:

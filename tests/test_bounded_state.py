@@ -10,11 +10,11 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from rtopt.handlers.bandits import BanditHandler
+from rtopt.handlers.bandits import ArmUpdated, BanditHandler
 from rtopt.handlers.bayesopt import BayesOptHandler
 from rtopt.handlers.experiments import ExperimentHandler
 
-from rtopt import ArmUpdated, Engine, FeedbackRejected, InvalidEvent
+from rtopt import Engine, FeedbackRejected, InvalidEvent
 
 NOW = 1.7e9
 CAP = 50

@@ -13,6 +13,9 @@ import pytest
 from rtopt.handlers.bandits import BanditHandler
 from rtopt.handlers.detection import DetectionHandler, DetectionOptions, PatternOptions
 from rtopt.handlers.detection import patterns as found_in
+from rtopt.handlers.detection.detectors import Drift
+from rtopt.handlers.detection.response import Response
+from rtopt.handlers.detection.state import Alert, DetectionState
 from rtopt.handlers.experiments import ExperimentHandler
 from rtopt.streams import Aggregates, Tumbling, WindowClosed, WindowHandler, WindowPipeline, WindowUpdated
 
@@ -357,3 +360,19 @@ def test_a_failing_success_rate_can_start_a_bayesian_study_that_replays(tmp_path
         assert 0.5 <= suggestion.payload.params["top_p"] <= 1.0
         engine.tell(suggestion.id, 0.9, time=710.0)
     assert Engine.verify(path, handlers=chains()).ok
+
+
+def test_a_drift_for_the_worse_is_an_event_and_a_discount_that_the_cooldown_holds_back_once() -> None:
+    response, state = Response(DetectionOptions(cooldown_s=600.0)), DetectionState()
+    window = WindowClosed(pipeline="p", key="g/v", start=600.0, end=660.0, count=10, values={"quality_score.mean": 0.4})
+
+    def drift(metric: str, direction: str) -> Drift:
+        return Drift(metric, 11, "cusum", direction, 600.0, {"statistic": 9.0}, 0.9999)
+
+    first = response.drift(state, Alert(), window, drift("quality_score.mean", "down"), now=660.0)
+    assert [type(e).__name__ for e in first] == ["DriftDetected", "OptimizationAction", "EvidenceDiscounted"]
+    assert (first[0].change_point, first[1].target, first[2].experiment) == (600.0, "g", "g")
+    again = response.drift(state, Alert(), window, drift("success.mean", "down"), now=700.0)
+    assert [type(e).__name__ for e in again] == ["DriftDetected"] and state.suppressed_actions == 1
+    better = response.drift(state, Alert(), window, drift("quality_score.mean", "up"), now=2000.0)
+    assert [type(e).__name__ for e in better] == ["DriftDetected"]

@@ -3,6 +3,7 @@ closed forms and River as oracles, and bad parameters."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import msgspec
@@ -13,7 +14,7 @@ from river.drift import PageHinkley as RiverPageHinkley
 from rtopt.handlers.detection import ADWIN, CUSUM, MAD, IQRFences, Mahalanobis, PageHinkley, ZScore
 from scipy import spatial, stats
 
-from rtopt import InvalidEvent
+from rtopt import InvalidArgument, InvalidEvent
 
 SEEDS = range(5)
 CHANGE = 10_000
@@ -146,13 +147,16 @@ def test_adwin_reports_the_cut_and_the_means_on_either_side() -> None:
 
 def test_a_detector_decoded_from_a_snapshot_goes_on_as_if_never_stopped() -> None:
     values = step_stream(6)
-    for kind, options in ((ADWIN, {"replayable": True}), (PageHinkley, {}), (CUSUM, {})):
-        whole = detections(kind(**options), values)
+    kinds = ((ADWIN, {"replayable": True}), (PageHinkley, {}), (CUSUM, {}), (CUSUM, {"sigma": 1.0}))
+    for (kind, options), stop in itertools.product(kinds, (5_000, 10_003)):
+        never_stopped = kind(**options)
+        whole = detections(never_stopped, values)
         first = kind(**options)
-        head = detections(first, values[:10_003])
+        head = detections(first, values[:stop])
         copy = msgspec.msgpack.decode(msgspec.msgpack.encode(first), type=kind)
-        tail = [i + 10_003 for i in detections(copy, values[10_003:])]
-        assert head + tail == whole, kind.__name__
+        assert msgspec.to_builtins(copy) == msgspec.to_builtins(first), (kind.__name__, stop)
+        tail = [i + stop for i in detections(copy, values[stop:])]
+        assert head + tail == whole, (kind.__name__, stop)
 
 
 @pytest.mark.parametrize(
@@ -231,9 +235,9 @@ def test_mahalanobis_flags_a_point_off_the_correlation_that_each_metric_alone_fi
 
 
 def test_mahalanobis_refuses_a_vector_of_the_wrong_size() -> None:
-    with pytest.raises(InvalidEvent) as raised:
+    with pytest.raises(InvalidArgument) as raised:
         Mahalanobis(dimensions=3).update([1.0, 2.0])
-    assert raised.value.field == "x"
+    assert (raised.value.argument, raised.value.value) == ("x", [1.0, 2.0])
 
 
 def test_the_mad_of_windows_of_every_size_is_scipys() -> None:

@@ -9,10 +9,9 @@ from typing import Any, ClassVar
 
 import msgspec
 import pytest
-from rtopt.handlers.bandits import BanditHandler
+from rtopt.handlers.bandits import ArmUpdated, BanditHandler
 
 from rtopt import (
-    ArmUpdated,
     Context,
     Decision,
     Engine,

@@ -7,10 +7,10 @@ import time as wall_clock
 from pathlib import Path
 
 import pytest
-from rtopt.handlers.bandits import BanditHandler
+from rtopt.handlers.bandits import ArmUpdated, BanditHandler
 from rtopt.handlers.experiments import ExperimentHandler
 
-from rtopt import ArmUpdated, Engine, Feedback, FeedbackRejected, InvalidEvent
+from rtopt import Engine, Feedback, FeedbackRejected, InvalidEvent
 
 DAY = 86_400.0
 NOW = 1.7e9  # event times of these tests: a fixed moment in the past

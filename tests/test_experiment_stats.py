@@ -15,7 +15,6 @@ import pytest
 from rtopt.handlers.experiments import (
     Comparison,
     MixtureSPRT,
-    Moments,
     bonferroni,
     cuped,
     holm,
@@ -32,9 +31,10 @@ from rtopt.handlers.experiments import (
     welch_ttest_from_stats,
     wilson_interval,
 )
+from rtopt.streams.moments import RunningMoments
 from scipy import integrate, stats
 
-from rtopt import InvalidEvent
+from rtopt import InvalidArgument
 
 ALTERNATIVES = ("two-sided", "greater", "less")
 
@@ -92,22 +92,22 @@ def test_a_z_test_where_no_trial_or_every_trial_succeeded_shows_no_difference() 
     ],
 )
 def test_bad_counts_are_rejected_naming_the_argument(args: tuple, field: str, value: object) -> None:
-    with pytest.raises(InvalidEvent) as raised:
+    with pytest.raises(InvalidArgument) as raised:
         two_proportion_ztest(*args)
-    assert raised.value.field == field
+    assert raised.value.argument == field
     assert raised.value.value == value
 
 
 def test_bad_options_are_rejected() -> None:
-    with pytest.raises(InvalidEvent) as raised:
+    with pytest.raises(InvalidArgument) as raised:
         two_proportion_ztest(1, 10, 2, 10, alternative="bigger")  # type: ignore[arg-type]
-    assert (raised.value.field, raised.value.value) == ("alternative", "bigger")
-    with pytest.raises(InvalidEvent) as raised:
+    assert (raised.value.argument, raised.value.value) == ("alternative", "bigger")
+    with pytest.raises(InvalidArgument) as raised:
         two_proportion_ztest(1, 10, 2, 10, confidence=95)
-    assert (raised.value.field, raised.value.value) == ("confidence", 95)
-    with pytest.raises(InvalidEvent) as raised:
+    assert (raised.value.argument, raised.value.value) == ("confidence", 95)
+    with pytest.raises(InvalidArgument) as raised:
         welch_ttest([1.0, 2.0, float("nan")], [1.0, 2.0])
-    assert raised.value.field == "control[2]"
+    assert raised.value.argument == "control[2]"
 
 
 # Welch
@@ -141,21 +141,21 @@ def test_welch_from_stats_matches_scipy_and_the_satterthwaite_df_by_hand() -> No
 
 
 def test_welch_rejects_degenerate_input() -> None:
-    with pytest.raises(InvalidEvent) as raised:
+    with pytest.raises(InvalidArgument) as raised:
         welch_ttest([1.0, 1.0, 1.0], [2.0, 2.0])
-    assert raised.value.field == "variance_control"
-    with pytest.raises(InvalidEvent) as raised:
+    assert raised.value.argument == "variance_control"
+    with pytest.raises(InvalidArgument) as raised:
         welch_ttest([1.0, 2.0], [3.0])
-    assert (raised.value.field, raised.value.value) == ("treatment", [3.0])
-    with pytest.raises(InvalidEvent) as raised:
+    assert (raised.value.argument, raised.value.value) == ("treatment", [3.0])
+    with pytest.raises(InvalidArgument) as raised:
         mean_interval([])
-    assert raised.value.field == "values"
-    with pytest.raises(InvalidEvent) as raised:
+    assert raised.value.argument == "values"
+    with pytest.raises(InvalidArgument) as raised:
         welch_ttest_from_stats(1.0, 1.0, 1, 2.0, 1.0, 10)
-    assert (raised.value.field, raised.value.value) == ("n_control", 1)
-    with pytest.raises(InvalidEvent) as raised:
+    assert (raised.value.argument, raised.value.value) == ("n_control", 1)
+    with pytest.raises(InvalidArgument) as raised:
         welch_ttest_from_stats(1.0, -1.0, 5, 2.0, 1.0, 10)
-    assert (raised.value.field, raised.value.value) == ("variance_control", -1.0)
+    assert (raised.value.argument, raised.value.value) == ("variance_control", -1.0)
 
 
 # intervals
@@ -172,9 +172,9 @@ def test_wilson_matches_scipy(successes: int, trials: int, confidence: float) ->
 
 
 def test_wilson_rejects_more_successes_than_trials() -> None:
-    with pytest.raises(InvalidEvent) as raised:
+    with pytest.raises(InvalidArgument) as raised:
         wilson_interval(11, 10)
-    assert (raised.value.field, raised.value.value) == ("successes", 11)
+    assert (raised.value.argument, raised.value.value) == ("successes", 11)
 
 
 def test_the_mean_interval_matches_scipy_t_interval() -> None:
@@ -228,9 +228,9 @@ def test_sample_size_for_two_means_textbook_value() -> None:
     ],
 )
 def test_bad_power_arguments_are_rejected(call, field: str) -> None:
-    with pytest.raises(InvalidEvent) as raised:
+    with pytest.raises(InvalidArgument) as raised:
         call()
-    assert raised.value.field == field
+    assert raised.value.argument == field
 
 
 def test_simulated_power_of_the_proportion_test_matches_the_formula() -> None:
@@ -299,10 +299,10 @@ def test_holm_is_the_step_down_rule_and_dominates_bonferroni() -> None:
 
 
 def test_bad_p_values_are_rejected() -> None:
-    with pytest.raises(InvalidEvent) as raised:
+    with pytest.raises(InvalidArgument) as raised:
         holm([0.1, 1.2])
-    assert (raised.value.field, raised.value.value) == ("p_values[1]", 1.2)
-    with pytest.raises(InvalidEvent):
+    assert (raised.value.argument, raised.value.value) == ("p_values[1]", 1.2)
+    with pytest.raises(InvalidArgument):
         bonferroni([])
 
 
@@ -401,12 +401,12 @@ def test_msprt_state_merges_batches_exactly_and_survives_a_snapshot() -> None:
         test.update(control=values[0, end - 200 : end], treatment=values[1, end - 200 : end])
     assert test.control.n == test.treatment.n == 600
     assert test.control.mean == pytest.approx(values[0].mean(), rel=1e-14)
-    assert test.control.variance == pytest.approx(values[0].var(ddof=1), rel=1e-9)
+    assert test.control.variance() == pytest.approx(values[0].var(ddof=1), rel=1e-9)
     assert test.difference == pytest.approx(values[1].mean() - values[0].mean(), abs=1e-9)
-    one_by_one = Moments()
+    one_by_one = RunningMoments()
     for value in values[1]:
-        one_by_one = one_by_one.merge(Moments.of([value]))
-    assert one_by_one.variance == pytest.approx(values[1].var(ddof=1), rel=1e-9)
+        one_by_one.merge(RunningMoments.of([value]))
+    assert one_by_one.variance() == pytest.approx(values[1].var(ddof=1), rel=1e-9)
 
     restored = msgspec.msgpack.decode(msgspec.msgpack.encode(test), type=MixtureSPRT)
     assert restored == test
@@ -429,27 +429,27 @@ def test_msprt_p_value_is_the_running_minimum_and_waits_for_two_observations_per
     for _ in range(20):
         test.update(control=rng.normal(0.0, 1.0, 50), treatment=rng.normal(0.0, 1.0, 50))
         assert test.p_value == lowest
-    variance = test.control.variance / test.control.n + test.treatment.variance / test.treatment.n
+    variance = test.control.variance() / test.control.n + test.treatment.variance() / test.treatment.n
     assert msprt_p_value(test.difference, variance, 1.0) > 10 * lowest
     assert test.stop
     assert test.rejected_at == 22  # still the first rejection
 
 
 def test_msprt_rejects_bad_settings() -> None:
-    with pytest.raises(InvalidEvent) as raised:
+    with pytest.raises(InvalidArgument) as raised:
         MixtureSPRT(tau2=0.0)
-    assert (raised.value.field, raised.value.value) == ("tau2", 0.0)
-    with pytest.raises(InvalidEvent) as raised:
+    assert (raised.value.argument, raised.value.value) == ("tau2", 0.0)
+    with pytest.raises(InvalidArgument) as raised:
         MixtureSPRT(tau2=1.0, alpha=1.5)
-    assert raised.value.field == "alpha"
+    assert raised.value.argument == "alpha"
     with pytest.raises(msgspec.ValidationError):
         msgspec.msgpack.decode(msgspec.msgpack.encode({"tau2": -1.0}), type=MixtureSPRT)
-    with pytest.raises(InvalidEvent) as raised:
+    with pytest.raises(InvalidArgument) as raised:
         MixtureSPRT(tau2=1.0).update(treatment=[1.0, math.inf])
-    assert raised.value.field == "treatment[1]"
-    with pytest.raises(InvalidEvent) as raised:
+    assert raised.value.argument == "treatment[1]"
+    with pytest.raises(InvalidArgument) as raised:
         msprt_p_value(0.1, 0.0, 1.0)
-    assert raised.value.field == "variance"
+    assert raised.value.argument == "variance"
 
 
 # sample ratio mismatch
@@ -484,9 +484,9 @@ def test_srm_with_unequal_weights_matches_scipy() -> None:
     [([100], None, "counts"), ([0, 0], None, "counts"), ([10, -1], None, "counts[1]"), ([10, 10], [1.0], "weights")],
 )
 def test_srm_rejects_bad_input(counts, weights, field: str) -> None:
-    with pytest.raises(InvalidEvent) as raised:
+    with pytest.raises(InvalidArgument) as raised:
         sample_ratio_mismatch(counts, weights)
-    assert raised.value.field == field
+    assert raised.value.argument == field
 
 
 # CUPED
@@ -533,12 +533,12 @@ def test_cuped_keeps_the_effect_estimate_unbiased_and_cuts_its_variance() -> Non
 
 
 def test_cuped_rejects_a_constant_covariate_and_unpaired_samples() -> None:
-    with pytest.raises(InvalidEvent) as raised:
+    with pytest.raises(InvalidArgument) as raised:
         cuped([1.0, 2.0, 3.0], [1.0, 1.0, 1.0])
-    assert raised.value.field == "x"
-    with pytest.raises(InvalidEvent) as raised:
+    assert raised.value.argument == "x"
+    with pytest.raises(InvalidArgument) as raised:
         cuped([1.0, 2.0, 3.0], [1.0, 2.0])
-    assert raised.value.field == "x"
+    assert raised.value.argument == "x"
 
 
 def test_results_are_frozen_structs_that_encode() -> None:

@@ -21,7 +21,7 @@ from rtopt.streams.feature_store import (
 )
 from rtopt.streams.features import FeatureSchema, FeatureSpec, time_features
 
-from rtopt import Decision, Engine, InvalidEvent
+from rtopt import Decision, Engine, InvalidArgument
 
 FEATURES = {
     "window_1min_avg_latency": ("latency_1min", "response_time_ms.mean"),
@@ -114,12 +114,12 @@ def test_latest_value_wins_by_event_time_not_arrival() -> None:
 
 def test_store_rejects_bad_values_and_times() -> None:
     store = OnlineFeatureStore()
-    with pytest.raises(InvalidEvent) as raised:
+    with pytest.raises(InvalidArgument) as raised:
         store.put("api", "latency", float("nan"), computed_at=1.0)
-    assert (raised.value.field, store.table.entities) == ("latency", {})
-    with pytest.raises(InvalidEvent) as raised:
+    assert (raised.value.argument, store.table.entities) == ("latency", {})
+    with pytest.raises(InvalidArgument) as raised:
         store.get("api", "latency", now=float("inf"))
-    assert raised.value.field == "now"
+    assert raised.value.argument == "now"
     with pytest.raises(ValueError):
         OnlineFeatureStore(default_ttl=0.0)
     with pytest.raises(ValueError):
@@ -139,14 +139,14 @@ def test_entity_vector_without_schema() -> None:
         "cost": 2.0,
         "hour_sin": 0.5,
     }
-    with pytest.raises(InvalidEvent) as raised:  # both are stale at 1_061.0: a stale value counts as missing
+    with pytest.raises(InvalidArgument) as raised:  # both are stale at 1_061.0: a stale value counts as missing
         api.vector(["latency", "cost"], now=1_061.0)
-    assert raised.value.field == "latency"
+    assert raised.value.argument == "latency"
     assert api.vector(["latency", "cost"], now=1_061.0, default=-1.0) == {"latency": -1.0, "cost": -1.0}
     assert api.vector(["latency", "cost"], now=1_061.0, use_stale=True) == {"latency": 420.0, "cost": 2.0}
-    with pytest.raises(InvalidEvent) as raised:
+    with pytest.raises(InvalidArgument) as raised:
         api.vector(["latency"], now=1_030.0, extra={"latency": 1.0})
-    assert raised.value.field == "latency"
+    assert raised.value.argument == "latency"
 
 
 # --- the handler ----------------------------------------------------------------------------------
@@ -357,9 +357,9 @@ def test_decide_records_the_feature_vector(tmp_path: Path) -> None:
         )
         assert later["window_1min_avg_latency"] == 500.0
         # an entity without any window gets every default, or an error naming what has none
-        with pytest.raises(InvalidEvent) as raised:
+        with pytest.raises(InvalidArgument) as raised:
             request_context(engine, "unknown", None, now, SCHEMA)
-        assert raised.value.field == "is_business_hours"
+        assert raised.value.argument == "is_business_hours"
         with pytest.raises(TypeError):
             request_context(engine, "greeting", None, now, SCHEMA, handler="bandit")
 

@@ -27,7 +27,7 @@ from rtopt.streams.features import (
     time_features,
 )
 
-from rtopt import InvalidEvent
+from rtopt import InvalidArgument
 
 
 def ts(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> float:
@@ -111,10 +111,10 @@ def test_time_features_bundle() -> None:
 
 
 def test_calendar_features_reject_bad_times() -> None:
-    with pytest.raises(InvalidEvent) as raised:
+    with pytest.raises(InvalidArgument) as raised:
         cyclical_hour(float("nan"))
-    assert raised.value.field == "time"
-    with pytest.raises(InvalidEvent):
+    assert raised.value.argument == "time"
+    with pytest.raises(InvalidArgument):
         is_weekend("2024-01-06")  # type: ignore[arg-type]
 
 
@@ -129,7 +129,7 @@ def test_zscore_matches_numpy_on_seeded_data(ddof: int) -> None:
         scaler.learn_one(float(x))
         if i in (2, 10, 500):
             assert scaler.mean == pytest.approx(np.mean(data[:i]), rel=1e-12)
-            assert scaler.variance == pytest.approx(np.var(data[:i], ddof=ddof), rel=1e-10)
+            assert scaler.variance() == pytest.approx(np.var(data[:i], ddof=ddof), rel=1e-10)
     mean, std = np.mean(data), np.std(data, ddof=ddof)
     for x in (100.0, 250.0, 333.3, float(data[17])):
         assert scaler.transform_one(x) == pytest.approx((x - mean) / std, rel=1e-10)
@@ -142,7 +142,7 @@ def test_zscore_is_stable_far_from_zero() -> None:
     scaler = OnlineZScore()
     for x in data:
         scaler.learn_one(float(x))
-    assert scaler.variance == pytest.approx(np.var(data), rel=1e-6)
+    assert scaler.variance() == pytest.approx(np.var(data), rel=1e-6)
 
 
 def test_zscore_of_constant_or_empty_stream_is_zero() -> None:
@@ -150,20 +150,20 @@ def test_zscore_of_constant_or_empty_stream_is_zero() -> None:
     assert scaler.transform_one(5.0) == 0.0  # nothing learnt yet
     for _ in range(10):
         scaler.learn_one(0.1)
-    assert scaler.variance == 0.0
+    assert scaler.variance() == 0.0
     assert scaler.transform_one(0.1) == 0.0
     assert scaler.transform_one(7.0) == 0.0  # zero variance: 0.0, never inf or NaN
     one = OnlineZScore(ddof=1)
     one.learn_one(3.0)
-    assert one.variance == 0.0 and one.transform_one(4.0) == 0.0
+    assert one.variance() == 0.0 and one.transform_one(4.0) == 0.0
 
 
 def test_zscore_rejects_bad_values_and_round_trips_through_msgpack() -> None:
     scaler = OnlineZScore(name="latency")
-    with pytest.raises(InvalidEvent) as raised:
+    with pytest.raises(InvalidArgument) as raised:
         scaler.learn_one(float("nan"))
-    assert (raised.value.field, scaler.n) == ("latency", 0)
-    with pytest.raises(InvalidEvent):
+    assert (raised.value.argument, scaler.n) == ("latency", 0)
+    with pytest.raises(InvalidArgument):
         scaler.learn_one(True)  # type: ignore[arg-type]
     for x in (1.0, 2.0, 6.0):
         scaler.learn_one(x)
@@ -211,15 +211,15 @@ def test_one_hot_with_other_bucket() -> None:
 def test_one_hot_without_other_rejects_unknown_values() -> None:
     strict = OneHot("region", ["eu", "us"], other=None)
     assert strict.transform_one("us") == {"region=eu": 0.0, "region=us": 1.0}
-    with pytest.raises(InvalidEvent) as raised:
+    with pytest.raises(InvalidArgument) as raised:
         strict.transform_one("apac")
-    assert (raised.value.field, raised.value.value) == ("region", "apac")
-    with pytest.raises(InvalidEvent) as raised:
+    assert (raised.value.argument, raised.value.value) == ("region", "apac")
+    with pytest.raises(InvalidArgument) as raised:
         strict.transform_one(3)  # type: ignore[arg-type]
     assert raised.value.value == 3
-    with pytest.raises(InvalidEvent, match="other bucket"):
+    with pytest.raises(InvalidArgument, match="other bucket"):
         OneHot("region", ["eu", "other"])
-    with pytest.raises(InvalidEvent, match="more than once"):
+    with pytest.raises(InvalidArgument, match="more than once"):
         OneHot("region", ["eu", "eu"])
 
 
@@ -234,12 +234,12 @@ def test_interactions() -> None:
         "latency*cost*error": 3.0,
     }
     assert interactions(values, [("latency", "error")], separator="_x_") == {"latency_x_error": 1.0}
-    with pytest.raises(InvalidEvent) as raised:
+    with pytest.raises(InvalidArgument) as raised:
         interactions(values, [("latency", "tokens")])
-    assert raised.value.field == "tokens"
-    with pytest.raises(InvalidEvent) as raised:
+    assert raised.value.argument == "tokens"
+    with pytest.raises(InvalidArgument) as raised:
         interactions({"a": 1.0, "b": "x"}, [("a", "b")])
-    assert (raised.value.field, raised.value.value) == ("b", "x")
+    assert (raised.value.argument, raised.value.value) == ("b", "x")
     with pytest.raises(ValueError):
         Interactions(["a", "b"], degree=3)
 
@@ -259,9 +259,9 @@ def test_binning_edges_by_hand_and_bad_input() -> None:
     binner = Binner([1.0, 2.0], name="tier")
     assert [binner.transform_one(x) for x in (0.5, 1.0, 1.5, 2.0, 3.0)] == [0, 1, 1, 2, 2]
     assert [Binner([1.0, 2.0], right=True).transform_one(x) for x in (1.0, 1.5, 2.0, 2.5)] == [0, 1, 1, 2]
-    with pytest.raises(InvalidEvent) as raised:
+    with pytest.raises(InvalidArgument) as raised:
         binner.transform_one(float("nan"))
-    assert raised.value.field == "tier"
+    assert raised.value.argument == "tier"
     with pytest.raises(ValueError, match="strictly increasing"):
         Binner([1.0, 1.0])
     with pytest.raises(ValueError):
@@ -338,13 +338,13 @@ def test_schema_defaults_and_nullable_features() -> None:
 
 
 def test_missing_non_nullable_feature_without_default_names_the_field() -> None:
-    with pytest.raises(InvalidEvent) as raised:
+    with pytest.raises(InvalidArgument) as raised:
         SCHEMA.vector({"model": "small"})
-    assert raised.value.field == "weekend"
+    assert raised.value.argument == "weekend"
     assert "weekend" in str(raised.value)
-    with pytest.raises(InvalidEvent) as raised:
+    with pytest.raises(InvalidArgument) as raised:
         SCHEMA.to_array({"weekend": True})
-    assert raised.value.field == "model"
+    assert raised.value.argument == "model"
 
 
 @pytest.mark.parametrize(
@@ -363,29 +363,29 @@ def test_missing_non_nullable_feature_without_default_names_the_field() -> None:
 )
 def test_bad_input_names_the_feature_and_the_value(feature: str, value: object) -> None:
     values = {"weekend": True, "model": "small", feature: value}
-    with pytest.raises(InvalidEvent) as raised:
+    with pytest.raises(InvalidArgument) as raised:
         SCHEMA.vector(values)
-    assert raised.value.field == feature
+    assert raised.value.argument == feature
     assert raised.value.value == value or (isinstance(value, float) and math.isinf(value))
 
 
 def test_feature_specs_are_checked_when_defined() -> None:
-    with pytest.raises(InvalidEvent) as raised:
+    with pytest.raises(InvalidArgument) as raised:
         FeatureSpec("tier", "ordinal", categories=["a"], default="b")  # invalid default
-    assert raised.value.field == "tier"
-    with pytest.raises(InvalidEvent):
+    assert raised.value.argument == "tier"
+    with pytest.raises(InvalidArgument):
         FeatureSpec("kind", "categorical")  # no categories
-    with pytest.raises(InvalidEvent):
+    with pytest.raises(InvalidArgument):
         FeatureSpec("x", "continuous", categories=["a"])
-    with pytest.raises(InvalidEvent):
+    with pytest.raises(InvalidArgument):
         FeatureSpec("x", "ordinal", categories=["a"], other="other")
-    with pytest.raises(InvalidEvent):
+    with pytest.raises(InvalidArgument):
         FeatureSpec("x", "text")  # type: ignore[arg-type]
-    with pytest.raises(InvalidEvent):
+    with pytest.raises(InvalidArgument):
         FeatureSpec("x", "continuous", version=0)
-    with pytest.raises(InvalidEvent, match="more than once"):
+    with pytest.raises(InvalidArgument, match="more than once"):
         FeatureSchema([FeatureSpec("x", "continuous"), FeatureSpec("x", "binary")])
-    with pytest.raises(InvalidEvent, match="more than one feature"):
+    with pytest.raises(InvalidArgument, match="more than one feature"):
         FeatureSchema([FeatureSpec("m", "categorical", categories=["a"]), FeatureSpec("m=a", "continuous")])
 
 
@@ -396,7 +396,7 @@ def test_schema_round_trips_through_json_and_is_checked_when_decoded() -> None:
     assert decoded.fingerprint() == SCHEMA.fingerprint()
     assert decoded.vector({"weekend": True, "model": "small"}) == SCHEMA.vector({"weekend": True, "model": "small"})
     bad = blob.replace(b'"ordinal"', b'"ordnial"')
-    with pytest.raises((InvalidEvent, msgspec.ValidationError)):
+    with pytest.raises((InvalidArgument, msgspec.ValidationError)):
         msgspec.json.decode(bad, type=FeatureSchema)
     bumped = FeatureSchema(SCHEMA.features, version=4)
     assert bumped.fingerprint() != SCHEMA.fingerprint()

@@ -183,8 +183,8 @@ def test_target_probabilities_and_policies() -> None:
     ("rounds", "policy", "message"),
     [
         ([], uniform, "no logged rounds"),
-        ([LoggedRound("a", 0.0, 1.0, ["a", "b"])], uniform, r"round 0: propensity 0.0 is not in \(0, 1\]"),
-        ([LoggedRound("a", 0.5, 1.5, ["a", "b"])], uniform, r"round 0: reward 1.5 is not in \[0, 1\]"),
+        ([LoggedRound("a", 0.0, 1.0, ["a", "b"])], uniform, r"rounds\[0\]\.propensity = 0.0: must be in \(0, 1\]"),
+        ([LoggedRound("a", 0.5, 1.5, ["a", "b"])], uniform, r"rounds\[0\]\.reward = 1.5: must be in \[0, 1\]"),
         ([LoggedRound("a", 0.5, 1.0, ["a", "b"])], lambda c, k: {"a": 0.5, "b": 0.6}, "sum to 1.1"),
         ([LoggedRound("a", 0.5, 1.0, ["a", "b"])], lambda c, k: {"a": 0.5, "z": 0.5}, r"\['z'\], not candidates"),
         ([LoggedRound("a", 0.5, 1.0, ["a", "b"])], lambda c, k: {"a": 1.5, "b": -0.5}, "outside"),

@@ -17,7 +17,7 @@ from rtopt.handlers.pareto import (
     scores,
 )
 
-from rtopt import Engine, Feedback
+from rtopt import Engine, Feedback, InvalidArgument
 
 
 def names(candidates: list[Candidate]) -> list[str]:
@@ -198,8 +198,9 @@ def test_invalid_weights_and_empty_sets_are_refused() -> None:
         choose(MODELS, {"quality": -1.0, "cost": 2.0})
     with pytest.raises(ValueError, match="non-negative and not all zero"):
         choose(MODELS, {"quality": 0.0})
-    with pytest.raises(ValueError, match="no candidates"):
+    with pytest.raises(InvalidArgument, match="candidates = \\[\\]: must not be empty") as raised:
         choose([], {"quality": 1.0})
+    assert (raised.value.argument, raised.value.value) == ("candidates", [])
 
 
 # --- candidates from a log ---------------------------------------------------------------------------
@@ -239,7 +240,7 @@ def test_observed_candidates_are_the_means_and_percentiles_of_the_feedback() -> 
         mean = observed_candidates(engine, "g", latency="mean", environment="production")
         p50 = observed_candidates(engine, "g", latency="p50", environment="production")
         pooled = observed_candidates(engine, latency="mean")
-        with pytest.raises(ValueError, match="latency must be 'mean' or a percentile"):
+        with pytest.raises(InvalidArgument, match="latency = 'p101': must be 'mean' or a percentile"):
             observed_candidates(engine, latency="p101")
     assert names(p95) == ["v1", "v2"]  # v3 has a single feedback
     assert names(mean) == names(p50) == ["v1", "v2", "v3"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from rtopt import ReadOnlyLog, StorageError, WriteConflict
+from rtopt import InvalidArgument, ReadOnlyLog, StorageError, WriteConflict
 from rtopt.storage.factory import open_log
 from rtopt.storage.interface import FORMAT_VERSION, GENESIS, HEAD, EventLog, Row, chained, head_value
 
@@ -98,8 +98,9 @@ class TestRecorder:
         log.set_meta("owner", "team b")
         assert log.meta()["owner"] == "team b"
         for key in ("format_version", "seed", HEAD):
-            with pytest.raises(ValueError, match=f"the {key} of a log is kept by the log itself"):
+            with pytest.raises(InvalidArgument, match=f"key = '{key}': kept by the log itself") as raised:
                 log.set_meta(key, "1")
+            assert (raised.value.argument, raised.value.value) == ("key", key)
         assert log.meta()["seed"] == str(SEED)
 
     def test_the_newest_snapshot_at_or_before_a_seq_is_loaded(self, log: EventLog) -> None:

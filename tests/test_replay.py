@@ -8,9 +8,9 @@ from pathlib import Path
 import msgspec
 import pytest
 from conftest import edit_log, rows_without_recorded_at, sha256, simulate_into
-from rtopt.handlers.bandits import BanditHandler
+from rtopt.handlers.bandits import ArmUpdated, BanditHandler
 
-from rtopt import ArmUpdated, ConfigurationChanged, Decision, Engine, RtoptError, default_handlers
+from rtopt import ConfigurationChanged, Decision, Engine, RtoptError, default_handlers
 
 
 def derived_rows(engine: Engine) -> list[tuple]:

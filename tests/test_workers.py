@@ -19,7 +19,7 @@ from conftest import derived_events
 from rtopt.handlers.bandits import BanditHandler
 from rtopt.handlers.bandits.simulation import default_variants, simulate
 
-from rtopt import Draft, Engine, InvalidEvent, WriteConflict, default_handlers
+from rtopt import Draft, Engine, InvalidArgument, WriteConflict, default_handlers
 from rtopt.cli import main
 from rtopt.copying import copy_log
 from rtopt.engine import envelope_from_row
@@ -263,8 +263,8 @@ def test_copy_command_copies_into_postgresql_and_back(reference: Path, pg_url: s
 @pytest.mark.parametrize(("option", "value"), [("batch", 0), ("snapshot_every", -5), ("batch", 2.5), ("batch", True)])
 def test_a_worker_refuses_bad_sizes_naming_them(pg_url: str, option: str, value: object) -> None:
     Engine.open(pg_url, seed=1, handlers=[]).close()
-    with pytest.raises(InvalidEvent, match=f"{option} = {value!r}: must be a whole number") as info:
+    with pytest.raises(InvalidArgument, match=f"{option} = {value!r}: must be a whole number") as info:
         Worker.open(pg_url, [], **{option: value})
-    assert info.value.field == option and info.value.value == value
+    assert info.value.argument == option and info.value.value == value
     with Engine.open(pg_url, read_only=True, handlers=[]) as engine:
         assert "followed" not in engine.log.meta()

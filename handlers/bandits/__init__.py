@@ -6,22 +6,25 @@ from rtopt.handlers.bandits.events import (
     ArmResumed,
     ArmRetired,
     ArmSummary,
+    ArmUpdated,
     EvidenceDiscounted,
     ExperimentStats,
     PolicyStateImported,
 )
 from rtopt.handlers.bandits.handler import BanditHandler, BanditState, ExperimentState, statistics
 from rtopt.handlers.bandits.options import BanditOptions
-from rtopt.handlers.bandits.policies import ArmState, Choice, choose
+from rtopt.handlers.bandits.policies import POLICIES, ArmState, Choice, Policy, Turn, register
 from rtopt.handlers.bandits.transfer import export_policy_state, import_policy_state
 
 __all__ = [
+    "POLICIES",
     "ArmAdded",
     "ArmPaused",
     "ArmResumed",
     "ArmRetired",
     "ArmState",
     "ArmSummary",
+    "ArmUpdated",
     "BanditHandler",
     "BanditOptions",
     "BanditState",
@@ -29,9 +32,11 @@ __all__ = [
     "EvidenceDiscounted",
     "ExperimentState",
     "ExperimentStats",
+    "Policy",
     "PolicyStateImported",
-    "choose",
+    "Turn",
     "export_policy_state",
     "import_policy_state",
+    "register",
     "statistics",
 ]

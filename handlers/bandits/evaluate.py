@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.table import Table
 from rtopt.handlers.bandits.ope import TargetPolicy, always, evaluate, rounds_from_log, uniform
 
-from rtopt import Engine, InvalidEvent
+from rtopt import Engine
+from rtopt.arguments import invalid
 from rtopt.cli import checked, positive
 
 
@@ -30,7 +31,7 @@ def target_policy(text: str) -> TargetPolicy:
     kind, _, arm = text.partition(":")
     if kind == "always" and arm:
         return always(arm)
-    raise InvalidEvent(f"policy = {text!r}: expected 'uniform' or 'always:ARM'", field="policy", value=text)
+    raise invalid("policy", text, "expected 'uniform' or 'always:ARM'")
 
 
 def target_policy_name(text: str) -> str:
@@ -68,11 +69,7 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
     with Engine.open(args.log, read_only=True, handlers=[]) as engine:
         log = rounds_from_log(engine, args.experiment)
     if not log.rounds:
-        raise InvalidEvent(
-            f"experiment = {args.experiment!r}: no decision with a learnt reward in {args.log}",
-            field="experiment",
-            value=args.experiment,
-        )
+        raise invalid("experiment", args.experiment, f"no decision with a learnt reward in {args.log}")
     estimates = evaluate(log.rounds, policy, clip=args.clip, floor=args.floor)
     table = Table(title=f"off-policy estimates of {args.policy} on {args.experiment} ({len(log.rounds)} rounds)")
     for column in ("estimator", "value", "95% interval", "effective sample size", "max weight"):

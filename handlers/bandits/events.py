@@ -1,4 +1,5 @@
-"""Events of bandit experiments: arms changing at run time, and the statistics of an experiment."""
+"""Events of bandit experiments: what a policy learnt, arms changing at run time, and the statistics of an
+experiment."""
 
 from __future__ import annotations
 
@@ -9,6 +10,21 @@ from msgspec import Meta
 
 from rtopt import Event
 from rtopt.events import Count, Name
+
+
+class ArmUpdated(Event, frozen=True):
+    """A policy learnt ``reward`` for ``arm``; ``posterior`` holds the arm's parameters afterwards and
+    ``parts`` what the reward was computed from."""
+
+    experiment: Name
+    arm: Name
+    reward: float
+    pulls: Count
+    posterior: dict[str, float]
+    decision_id: str | None = None
+    parts: dict[str, float] = msgspec.field(default_factory=dict)
+
+    stream_field: ClassVar[str] = "experiment"
 
 
 class ArmChanged(Event, frozen=True):

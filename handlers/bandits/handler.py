@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import msgspec
 import numpy as np
-from rtopt.handlers.bandits import policies
 from rtopt.handlers.bandits.events import (
     ArmAdded,
     ArmChanged,
@@ -15,19 +14,28 @@ from rtopt.handlers.bandits.events import (
     ArmResumed,
     ArmRetired,
     ArmSummary,
+    ArmUpdated,
     EvidenceDiscounted,
     ExperimentStats,
     PolicyStateImported,
 )
-from rtopt.handlers.bandits.options import CONTEXTUAL, POLICY_OPTIONS, BanditOptions, parse_options
-from rtopt.handlers.bandits.policies import ACTIVE, PAUSED, RETIRED, ArmState
+from rtopt.handlers.bandits.options import BanditOptions
+from rtopt.handlers.bandits.policies import (
+    ACTIVE,
+    PAUSED,
+    POLICIES,
+    RETIRED,
+    ArmState,
+    Policy,
+    Turn,
+    parse_options,
+)
 from rtopt.handlers.bandits.rewards import reward
 from rtopt.handlers.bandits.transfer import decode_arms
 from rtopt.handlers.ledger import DUPLICATE, AwaitingFeedback, DecisionLedger, MatchesFeedback
 from rtopt.handlers.protection import FeedbackGuard
 
 from rtopt import (
-    ArmUpdated,
     Context,
     Decision,
     Envelope,
@@ -81,10 +89,10 @@ class BanditState(msgspec.Struct):
 class BanditHandler(MatchesFeedback, Handler[BanditState]):
     """Runs bandit experiments: answers ``decide`` and learns from feedback that names its decision.
 
-    Policies: ``epsilon_greedy``, ``ucb1``, ``thompson`` (Beta-Bernoulli), ``thompson_gaussian``
-    (Normal-Inverse-Gamma), ``softmax``, and the contextual ``linucb`` and ``lin_thompson``; their options
-    are :class:`~rtopt.handlers.bandits.options.BanditOptions`. Arms join, pause, resume and retire at run time
-    through :mod:`rtopt.handlers.bandits.events`.
+    Policies: those registered in :data:`~rtopt.handlers.bandits.policies.POLICIES` (``epsilon_greedy``,
+    ``ucb1``, ``thompson``, ``thompson_gaussian``, ``softmax``, ``linucb``, ``lin_thompson`` ...); their
+    options are :class:`~rtopt.handlers.bandits.options.BanditOptions`. Arms join, pause, resume and retire
+    at run time through :mod:`rtopt.handlers.bandits.events`.
 
     Feedback is matched to its decision by ``decision_id`` within ``feedback_horizon_s`` seconds of event
     time, among the last ``max_pending`` decisions (older ones are evicted, counted in the ledger's
@@ -106,7 +114,7 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
 
     name = "bandit"
     state_type = BanditState
-    policies: ClassVar[tuple[str, ...]] = tuple(POLICY_OPTIONS)
+    policies: ClassVar[Mapping[str, Policy]] = POLICIES
     version = 7
 
     def initial_state(self) -> BanditState:
@@ -151,9 +159,10 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
                 value=request.slots,
             )
         vector = _context_vector(exp, request.context)
+        rule, turn = POLICIES[exp.policy], Turn(exp.options, ctx, exp.decisions, vector)
         remaining, slate, choices = list(candidates), [], []
         for _ in range(request.slots):  # each slot is chosen, with exploration, among the arms left
-            choice = self._choose(exp, [exp.arms[arm] for arm in remaining], ctx, vector)
+            choice = rule.choose([exp.arms[arm] for arm in remaining], turn)
             slate.append(remaining.pop(choice.index))
             choices.append(choice)
         return Decision(
@@ -168,15 +177,6 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
             slate=slate if request.slots > 1 else [],
             slate_propensities=[c.propensity for c in choices] if request.slots > 1 else [],
         )
-
-    @staticmethod
-    def _choose(exp: ExperimentState, arms: list[ArmState], ctx: Context, vector: np.ndarray | None) -> policies.Choice:
-        first = exp.options.first_samples(exp.policy)
-        short = [i for i, arm in enumerate(arms) if arm.pulls < first]
-        if short:  # every arm gets its first decisions before the policy's rule applies
-            chosen = short[0] if len(short) == 1 else short[int(ctx.rng.integers(len(short)))]
-            return policies.Choice(chosen, 1.0 / len(short), False)
-        return policies.choose(exp.policy, arms, exp.options, ctx, decisions=exp.decisions, context=vector)
 
     def view(self, state: BanditState, key: str | None = None) -> Any:
         if key is None:
@@ -203,7 +203,7 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
             exp.explored += event.explored
             for arm in shown:
                 exp.arms[arm].pulls += 1
-            vector = _context_vector(exp, event.context) if exp.policy in CONTEXTUAL else None
+            vector = _context_vector(exp, event.context)
             self.await_feedback(
                 state.ledger,
                 envelope.id,
@@ -298,12 +298,11 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
         if options.decay < 1.0:
             for other in exp.arms.values():
                 other.scale(options.decay)
-        arm.add(value)
+        vector = None if pending.context is None else np.asarray(pending.context)
+        POLICIES[exp.policy].learn(arm, value, options, vector)
         arm.rewards += 1
         arm.reward_sum += value
         arm.last_reward_time = envelope.time
-        if pending.context is not None:
-            policies.learn_linear(arm, np.asarray(pending.context), value, options)
         if options.window is not None:
             _slide(exp, arm_name, value)
         exp.rewards += 1
@@ -330,7 +329,7 @@ def statistics(name: str, exp: ExperimentState, rng: np.random.Generator, now: f
     that each arm is best (a seeded Monte Carlo over the posteriors)."""
     names = list(exp.arms)
     arms = [exp.arms[arm] for arm in names]
-    draws = policies.posterior_draws(exp.policy, arms, exp.options, rng, STATS_DRAWS, now)
+    draws = POLICIES[exp.policy].posterior_draws(arms, exp.options, rng, STATS_DRAWS, now)
     live = np.array([arm.status != RETIRED for arm in arms])
     winners = np.where(live, draws, -np.inf).argmax(axis=1)
     low, high = np.percentile(draws, [2.5, 97.5], axis=0)
@@ -376,7 +375,7 @@ def _candidates(exp: ExperimentState, experiment: str, available: Sequence[str] 
 
 
 def _context_vector(exp: ExperimentState, context: dict[str, float] | None) -> np.ndarray | None:
-    if exp.policy not in CONTEXTUAL:
+    if not POLICIES[exp.policy].contextual:
         return None
     features = exp.options.features
     missing = [name for name in features if context is None or name not in context]
@@ -405,15 +404,9 @@ def _discount(exp: ExperimentState, factor: float) -> None:
     if exp.options.window is not None:
         factor = 0.0
         exp.window, exp.window_start = [], 0
-    ridge = exp.options.ridge
+    rule = POLICIES[exp.policy]
     for arm in exp.arms.values():
-        arm.scale(factor)
-        if arm.a_inv is not None and arm.b is not None:  # the design matrix keeps its ridge prior
-            size = len(arm.b)
-            design = np.linalg.inv(np.asarray(arm.a_inv).reshape(size, size))
-            prior = ridge * np.eye(size)
-            arm.a_inv = np.linalg.inv(prior + factor * (design - prior)).ravel().tolist()
-            arm.b = (factor * np.asarray(arm.b)).tolist()
+        rule.discount(arm, factor, exp.options)
 
 
 _TRANSITIONS = {

@@ -31,9 +31,11 @@ from typing import Literal
 
 import msgspec
 import numpy as np
+from rtopt.handlers.bandits.events import ArmUpdated
 from scipy import stats
 
-from rtopt import ArmUpdated, Decision, Engine, ExperimentDefined
+from rtopt import Decision, Engine, ExperimentDefined
+from rtopt.arguments import in_range, invalid, positive, whole
 
 TargetPolicy = Callable[[Mapping[str, float] | None, Sequence[str]], Mapping[str, float]]
 """``policy(context, candidates)`` -> the probability of each candidate arm (arms left out have 0).
@@ -143,7 +145,7 @@ def fixed(probabilities: Mapping[str, float]) -> TargetPolicy:
     {'a': 0.5, 'b': 0.5}
     """
     if any(not p >= 0.0 for p in probabilities.values()):
-        raise ValueError(f"probabilities must be non-negative, not {dict(probabilities)!r}")
+        raise invalid("probabilities", dict(probabilities), "must be non-negative")
 
     def policy(context: Mapping[str, float] | None, candidates: Sequence[str]) -> Mapping[str, float]:
         total = sum(probabilities.get(arm, 0.0) for arm in candidates)
@@ -252,15 +254,15 @@ def _checked(distribution: Mapping[str, float], candidates: Sequence[str], index
 def _logged(rounds: Sequence[LoggedRound]) -> tuple[np.ndarray, np.ndarray]:
     """Propensities and rewards as arrays, after checking them."""
     if not rounds:
-        raise ValueError("no logged rounds to evaluate on")
+        raise invalid("rounds", rounds, "no logged rounds to evaluate on")
     propensity = np.fromiter((r.propensity for r in rounds), float, len(rounds))
     reward = np.fromiter((r.reward for r in rounds), float, len(rounds))
     bad = np.flatnonzero(~((propensity > 0.0) & (propensity <= 1.0)))
     if bad.size:
-        raise ValueError(f"round {int(bad[0])}: propensity {float(propensity[bad[0]])!r} is not in (0, 1]")
+        raise invalid(f"rounds[{int(bad[0])}].propensity", float(propensity[bad[0]]), "must be in (0, 1]")
     bad = np.flatnonzero(~((reward >= 0.0) & (reward <= 1.0)))
     if bad.size:
-        raise ValueError(f"round {int(bad[0])}: reward {float(reward[bad[0]])!r} is not in [0, 1]")
+        raise invalid(f"rounds[{int(bad[0])}].reward", float(reward[bad[0]]), "must be in [0, 1]")
     return propensity, reward
 
 
@@ -272,16 +274,14 @@ def _weights(
     weight = target_probabilities(rounds, policy) / propensity
     clipped = 0
     if clip is not None:
-        if not clip > 0.0:
-            raise ValueError(f"clip must be positive, not {clip!r}")
+        positive("clip", clip)
         clipped = int(np.count_nonzero(weight > clip))
         weight = np.minimum(weight, clip)
     return weight, reward, clipped
 
 
 def _z(level: float) -> float:
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), not {level!r}")
+    in_range("level", level, 0.0, 1.0, low_open=True, high_open=True)
     return float(stats.norm.ppf(0.5 + level / 2.0))
 
 
@@ -365,8 +365,7 @@ def snips(
             half = math.inf
         low, high = value - half, value + half
     elif interval == "bootstrap":
-        if resamples < 2:
-            raise ValueError(f"resamples must be at least 2, not {resamples!r}")
+        whole("resamples", resamples, at_least=2)
         rng = np.random.default_rng([_BOOTSTRAP_STREAM, seed])
         index = rng.integers(0, n, size=(resamples, n))
         w, wr = weight[index].sum(axis=1), (weight * reward)[index].sum(axis=1)
@@ -375,7 +374,7 @@ def snips(
         alpha = (1.0 - level) / 2.0
         low, high = (float(q) for q in np.quantile(replicates, [alpha, 1.0 - alpha]))
     else:
-        raise ValueError(f"interval must be 'delta' or 'bootstrap', not {interval!r}")
+        raise invalid("interval", interval, "must be 'delta' or 'bootstrap'")
     return Estimate(
         estimator="snips",
         value=value,
@@ -426,7 +425,7 @@ def replay(
     if floor is not None:
         bound = float(propensity.min()) if floor == "min" else float(floor)
         if not 0.0 < bound <= 1.0:
-            raise ValueError(f"floor must be in (0, 1] or 'min', not {floor!r}")
+            raise invalid("floor", floor, "must be in (0, 1] or 'min'")
         keep = keep * np.minimum(1.0, bound / propensity)
     draws = np.random.default_rng([_REPLAY_STREAM, seed]).random(len(rounds))
     kept = reward[draws < keep]

@@ -1,4 +1,5 @@
-"""The options of a bandit experiment, checked against the policy that runs it."""
+"""The options of a bandit experiment; each policy takes those it names (its ``option_names``) and the
+common ones."""
 
 from __future__ import annotations
 
@@ -8,24 +9,11 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 from rtopt.handlers.bandits.rewards import REWARD_OPTIONS, RewardOptions
-from rtopt.handlers.options import typed_options
-
-from rtopt import ExperimentDefined, InvalidEvent
 
 Positive = Annotated[float, Meta(gt=0.0)]
 Unit = Annotated[float, Meta(ge=0.0, le=1.0)]
 NonNegative = Annotated[float, Meta(ge=0.0)]
 
-CONTEXTUAL = ("linucb", "lin_thompson")
-POLICY_OPTIONS: dict[str, frozenset[str]] = {
-    "epsilon_greedy": frozenset({"epsilon", "epsilon_decay"}),
-    "ucb1": frozenset({"exploration"}),
-    "thompson": frozenset({"prior_alpha", "prior_beta", "propensity_draws"}),
-    "thompson_gaussian": frozenset({"prior_mean", "prior_kappa", "prior_shape", "prior_scale", "propensity_draws"}),
-    "softmax": frozenset({"temperature"}),
-    "linucb": frozenset({"features", "alpha", "ridge"}),
-    "lin_thompson": frozenset({"features", "scale", "ridge", "propensity_draws"}),
-}
 COMMON_OPTIONS = REWARD_OPTIONS | {"min_samples", "stats_every"}
 NON_STATIONARY_OPTIONS = frozenset({"decay", "window", "idle_half_life_s"})
 
@@ -38,8 +26,8 @@ class BanditOptions(RewardOptions, frozen=True, forbid_unknown_fields=True):
     new one; ``window`` keeps only the last rewards of the experiment; ``idle_half_life_s`` halves the
     weight of an arm's evidence for every that many seconds of event time without a reward.
 
-    ``min_samples`` decisions go to every arm before the policy's own rule applies (None: 1 for
-    epsilon-greedy, UCB1 and softmax, 0 for the Bayesian policies). ``stats_every`` emits an
+    ``min_samples`` decisions go to every arm before the policy's own rule applies (None: the policy's
+    ``warm_up``, 1 for epsilon-greedy, UCB1 and softmax, 0 for the Bayesian policies). ``stats_every`` emits an
     ExperimentStats event after every that many learnt rewards (0: never).
 
     >>> BanditOptions().epsilon, BanditOptions().exploration
@@ -66,31 +54,3 @@ class BanditOptions(RewardOptions, frozen=True, forbid_unknown_fields=True):
     scale: Positive = 0.25
     ridge: Positive = 1.0
     propensity_draws: Annotated[int, Meta(ge=1, le=100_000)] = 256
-
-    def first_samples(self, policy: str) -> int:
-        """Decisions every arm gets before the policy's rule applies."""
-        if self.min_samples is not None:
-            return self.min_samples
-        return 1 if policy in ("epsilon_greedy", "ucb1", "softmax") else 0
-
-
-def parse_options(definition: ExperimentDefined) -> BanditOptions:
-    """The typed options of ``definition``; InvalidEvent names an unknown, misplaced or invalid option."""
-    policy = definition.policy
-    allowed = POLICY_OPTIONS[policy] | COMMON_OPTIONS | (NON_STATIONARY_OPTIONS if policy not in CONTEXTUAL else set())
-    options = typed_options(definition, BanditOptions, allowed)
-    if policy in CONTEXTUAL and not options.features:
-        raise InvalidEvent(
-            f"options.features: policy {policy!r} needs the names of the context features it reads",
-            field="options.features",
-            value=None,
-        )
-    if options.window is not None and options.decay < 1.0:
-        raise InvalidEvent(
-            f"options.decay = {options.decay!r}: choose decay or window; together the window would take out "
-            "rewards the decay had already shrunk",
-            field="options.decay",
-            value=options.decay,
-        )
-    options.check()
-    return options

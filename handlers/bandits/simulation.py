@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 from rtopt.handlers.bandits.events import ArmSummary
 from rtopt.handlers.bandits.handler import statistics
-from rtopt.handlers.bandits.options import CONTEXTUAL, POLICY_OPTIONS
+from rtopt.handlers.bandits.policies import POLICIES
 from rtopt.handlers.experiments.events import (
     CanaryRolledBack,
     ExperimentCompleted,
@@ -35,6 +35,7 @@ from rtopt.handlers.experiments.options import POLICIES as AB_POLICIES
 from scipy import stats
 
 from rtopt import Decision, Engine
+from rtopt.arguments import in_range, whole
 from rtopt.cli import UsageError, between, log_seed, positive, progress_bar, replace_log
 from rtopt.copying import refuse_non_empty
 from rtopt.storage.factory import is_postgres_url, open_log
@@ -89,8 +90,7 @@ def default_variants(count: int, seed: int) -> list[VariantProfile]:
     >>> [v.name for v in default_variants(3, seed=1)]
     ['v1', 'v2', 'v3']
     """
-    if not 2 <= count <= 26:
-        raise ValueError(f"variants must be between 2 and 26, not {count}")
+    in_range("count", count, 2, 26)
     rng = np.random.default_rng([seed, 0])
     quality = np.linspace(0.62, 0.80, count)
     rng.shuffle(quality)
@@ -150,11 +150,10 @@ def simulate(
 ) -> SimulationReport:
     """Serve ``steps`` requests through ``engine`` with ``policy`` (and its ``options``) and report pulls,
     rewards and regret per variant."""
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, not {steps}")
+    whole("steps", steps)
     rng = np.random.default_rng([seed, 1])
     start_seq, started = engine.position, wall_clock.perf_counter()
-    if policy in CONTEXTUAL:
+    if policy in POLICIES and POLICIES[policy].contextual:
         options.setdefault("features", list(CONTEXT_FEATURES))
     ab_test = policy in AB_POLICIES
     if ab_test:
@@ -266,11 +265,12 @@ def register_command(commands: argparse._SubParsersAction) -> None:
         "latency and cost are hidden; write every event to a fresh log and print pulls, rewards, credible "
         "intervals, probabilities of being best and regret.",
     )
+    contextual = [name for name, rule in POLICIES.items() if rule.contextual]
     sim.add_argument(
         "--policy",
-        choices=[*POLICY_OPTIONS, *AB_POLICIES],
+        choices=[*POLICIES, *AB_POLICIES],
         default="thompson",
-        help="the policy (default thompson); linucb and lin_thompson read each request's context (whether the "
+        help=f"the policy (default thompson); {' and '.join(contextual)} read each request's context (whether the "
         "prompt is long), on which the best variant depends; ab_test runs an A/B test over simulated users "
         "(the first variant is the control) and canary a rollout of the second variant",
     )

@@ -14,6 +14,8 @@ import numpy as np
 from rtopt.handlers.bayesopt.gp import GaussianProcess
 from scipy import optimize, special
 
+from rtopt.arguments import one_of
+
 ACQUISITIONS = ("ei", "ucb", "pi")
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 SQRT_HALF_PI = math.sqrt(math.pi / 2.0)
@@ -79,8 +81,7 @@ class Acquisition:
     """
 
     def __init__(self, name: str, best: float, *, xi: float = 0.0, beta: float = 2.0) -> None:
-        if name not in ACQUISITIONS:
-            raise ValueError(f"acquisition must be one of {ACQUISITIONS}, not {name!r}")
+        one_of("name", name, ACQUISITIONS)
         self.name, self.best, self.xi, self.beta = name, best, xi, beta
 
     def values(self, mean: np.ndarray, std: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ from rtopt.handlers.bandits.rewards import RewardOptions, reward
 from rtopt.handlers.bayesopt.handler import recommend
 from scipy import optimize
 
-from rtopt import Engine, Feedback
+from rtopt import Engine, Feedback, arguments
 from rtopt.cli import log_seed, non_negative, positive, replace_log
 
 TUNE_LOG = Path("event_log") / "tune.sqlite"
@@ -165,8 +165,7 @@ def tune(
     """Run a study of ``task``'s settings for ``budget`` evaluations (``batch`` suggested at once) and
     report what it recommends; ``options`` go to ``define_study`` (by default the GP expects a noisy
     objective: ``noise_prior=0.25``)."""
-    if not noise >= 0.0:
-        raise ValueError(f"noise must be zero or more, not {noise}")
+    arguments.non_negative("noise", noise)
     if method == "gp":
         options.setdefault("noise_prior", NOISE_PRIOR)
     rng = np.random.default_rng([seed, 3])

@@ -22,9 +22,10 @@ from rtopt.handlers.detection.forecasting import (
     MovingAverage,
     Prediction,
 )
-from rtopt.handlers.detection.handler import DetectionHandler, DetectionState
+from rtopt.handlers.detection.handler import DetectionHandler
 from rtopt.handlers.detection.options import DetectionOptions
 from rtopt.handlers.detection.patterns import PatternOptions
+from rtopt.handlers.detection.state import DetectionState
 from rtopt.handlers.protection import FeedbackFlagged, FeedbackGuard, ProtectionHandler, RateLimitExceeded
 
 __all__ = [

@@ -27,7 +27,7 @@ from river._river_rust.stats import RsRollingQuantile as RollingQuantile  # Rive
 from rtopt.handlers.checked import Checked, at_most
 from scipy import stats
 
-from rtopt import InvalidEvent
+from rtopt import InvalidArgument
 
 Positive = Annotated[float, Meta(gt=0.0)]
 WindowSize = Annotated[int, Meta(ge=3)]
@@ -324,7 +324,9 @@ class Mahalanobis(Checked):
     def _vector(self, x: Sequence[float]) -> np.ndarray:
         vector = np.asarray(x, dtype=float)
         if vector.shape != (self.dimensions,) or not np.isfinite(vector).all():
-            raise InvalidEvent(f"x = {list(x)!r}: expected {self.dimensions} finite values", field="x", value=list(x))
+            raise InvalidArgument(
+                f"x = {list(x)!r}: expected {self.dimensions} finite values", argument="x", value=list(x)
+            )
         return vector
 
     def _learn(self, vector: np.ndarray) -> None:

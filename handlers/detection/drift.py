@@ -225,6 +225,8 @@ class CUSUM(Checked):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.n:  # decoded mid-stream (a snapshot): the reference is the one encoded
+            return
         if self.target is not None:
             self.level = self.target
         if self.sigma is not None:
@@ -264,7 +266,11 @@ class CUSUM(Checked):
 
     def _learn(self, x: float) -> None:
         """One more value of the reference: Welford's mean of the level since the last detection and a
-        standard deviation pooled over every level seen (a shift moves the mean, rarely the spread)."""
+        standard deviation pooled over every level seen (a shift moves the mean, rarely the spread).
+
+        Not a :class:`~rtopt.streams.moments.RunningMoments`: ``m2`` sums the squared deviations of every level
+        from its own mean in one running sum across restarts, which the moments of one sample do not hold (and
+        pooling per-level moments would round differently, moving the alarms)."""
         self.count += 1
         delta = x - self.level
         self.level += delta / self.count

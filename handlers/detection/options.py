@@ -87,6 +87,10 @@ class DetectionOptions(Checked, frozen=True):
         """True if the results of ``pipeline`` are watched."""
         return not self.pipelines or pipeline in self.pipelines
 
+    def watches_metric(self, metric: str) -> bool:
+        """True if the window value ``metric`` is watched."""
+        return not self.metrics or metric in self.metrics
+
     def improves_downwards(self, metric: str) -> bool:
         """True if lower values of ``metric`` are better."""
         return metric.startswith(tuple(self.lower_is_better))

@@ -21,7 +21,7 @@ from rtopt.handlers.experiments.events import (
     VariantStats,
     Verdict,
 )
-from rtopt.handlers.experiments.state import ArmStats, CoMoments, Experiment, Welford
+from rtopt.handlers.experiments.state import ArmStats, CoMoments, Experiment
 from rtopt.handlers.experiments.stats import (
     Comparison,
     holm,
@@ -29,6 +29,7 @@ from rtopt.handlers.experiments.stats import (
     two_proportion_ztest,
     welch_ttest_from_stats,
 )
+from rtopt.streams.moments import RunningMoments
 
 from rtopt import InvalidEvent
 
@@ -76,9 +77,14 @@ def welch(
     return welch_ttest_from_stats(m_c, v_c, n_c, m_t, v_t, n_t, alternative=alternative, confidence=confidence)
 
 
-def _moments(stats: ArmStats, metric: str) -> tuple[float, float | None, int]:
-    running = stats.metric(metric)
-    return running.mean, running.variance, running.n
+def estimate(moments: RunningMoments) -> tuple[float, float | None, int]:
+    """The (mean, sample variance, n) Welch's test reads from running moments; the variance is None below
+    two values."""
+    return moments.mean, moments.variance() if moments.n > 1 else None, moments.n
+
+
+def _mean(moments: RunningMoments) -> float | None:
+    return moments.mean if moments.n else None
 
 
 def relative(treatment: float, control: float) -> float | None:
@@ -96,12 +102,12 @@ def variant_stats(exp: Experiment, arm: str, weight: float) -> VariantStats:
         successes=stats.successes,
         conversions=stats.conversions,
         success_rate=stats.successes / n if n else None,
-        quality_mean=stats.quality.mean_or_none(),
-        quality_var=stats.quality.variance,
-        reward_mean=stats.reward.mean_or_none(),
-        reward_var=stats.reward.variance,
-        cost_mean=stats.cost.mean_or_none(),
-        latency_mean=stats.latency.mean_or_none(),
+        quality_mean=_mean(stats.quality),
+        quality_var=estimate(stats.quality)[1],
+        reward_mean=_mean(stats.reward),
+        reward_var=estimate(stats.reward)[1],
+        cost_mean=_mean(stats.cost),
+        latency_mean=_mean(stats.latency),
         latency_p95=stats.p95(),
         covariates=stats.covariate.n,
     )
@@ -174,7 +180,7 @@ def analyse(name: str, exp: Experiment, now: float) -> ExperimentAnalysed:
     look(exp)
     confidence = 1.0 - options.alpha
     control = exp.stats[exp.control]
-    metric_c = _moments(control, options.metric)
+    metric_c = estimate(control.metric(options.metric))
     variants = {arm: variant_stats(exp, arm, weight) for arm, weight in zip(exp.arms, exp.allocation, strict=True)}
     tests: dict[str, tuple[TestResult | None, TestResult | None, float | None, CupedResult | None]] = {}
     for arm in exp.variants():
@@ -186,7 +192,7 @@ def analyse(name: str, exp: Experiment, now: float) -> ExperimentAnalysed:
                     control.conversions, control.feedback, stats.conversions, stats.feedback, confidence=confidence
                 )
             )
-        metric_t = _moments(stats, options.metric)
+        metric_t = estimate(stats.metric(options.metric))
         compared = welch(metric_c, metric_t, confidence=confidence)
         lift = relative(metric_t[0], metric_c[0]) if metric_c[2] and metric_t[2] else None
         tests[arm] = (
@@ -290,7 +296,14 @@ def _cost(exp: Experiment, arm: str, control: ArmStats, variant: ArmStats) -> Br
 
 
 def _mean_guardrail(
-    exp: Experiment, arm: str, guardrail: str, unit: str, control: Welford, variant: Welford, limit: float, side: str
+    exp: Experiment,
+    arm: str,
+    guardrail: str,
+    unit: str,
+    control: RunningMoments,
+    variant: RunningMoments,
+    limit: float,
+    side: str,
 ) -> Breach | None:
     """The breach of a guardrail on a mean (``guardrail`` names both), or None: the variant's mean moved
     past ``limit`` relative to the control's, down for ``side`` "less" and up for "greater", and the
@@ -301,7 +314,7 @@ def _mean_guardrail(
     less = side == "less"
     if (change >= -limit) if less else (change <= limit):
         return None
-    p = _one_sided((control.mean, control.variance, control.n), (variant.mean, variant.variance, variant.n), side)
+    p = _one_sided(estimate(control), estimate(variant), side)
     if p >= exp.options.guardrail_alpha:
         return None
     sign, bound = ("-", -limit) if less else ("+", limit)

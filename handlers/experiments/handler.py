@@ -18,6 +18,7 @@ from rtopt.handlers.experiments.analysis import (
     Breach,
     analyse,
     conclusion,
+    estimate,
     guardrail_breach,
     guardrail_metrics,
     relative,
@@ -58,8 +59,9 @@ from rtopt.handlers.experiments.state import (
     PendingDecision,
     Transition,
 )
-from rtopt.handlers.experiments.stats import MixtureSPRT, Moments
+from rtopt.handlers.experiments.stats import MixtureSPRT
 from rtopt.handlers.ledger import MatchesFeedback
+from rtopt.streams.moments import RunningMoments
 
 from rtopt import (
     ClockTicked,
@@ -110,7 +112,7 @@ class ExperimentHandler(MatchesFeedback, Handler[ExperimentsState]):
     name = "experiments"
     state_type = ExperimentsState
     policies: ClassVar[tuple[str, ...]] = POLICIES
-    version = 7
+    version = 8
 
     def initial_state(self) -> ExperimentsState:
         return ExperimentsState(guard=self.fresh_guard())
@@ -410,24 +412,23 @@ def _observe(exp: Experiment, pending: PendingDecision, feedback: Feedback) -> N
     stats.feedback += 1
     stats.successes += feedback.success
     stats.conversions += feedback.success if options.conversion == "success" else value > options.reward_threshold
-    stats.quality.add(feedback.quality_score)
-    stats.reward.add(value)
+    stats.quality.update(feedback.quality_score)
+    stats.reward.update(value)
     stats.reward_sum += value
-    stats.cost.add(feedback.cost_usd)
-    stats.latency.add(feedback.response_time_ms)
+    stats.cost.update(feedback.cost_usd)
+    stats.latency.update(feedback.response_time_ms)
     stats.latency_sketch.add(feedback.response_time_ms)
     covariate = _covariate(feedback, options.covariate)
     if covariate is not None:
         stats.covariate.add(covariate, metric)
     for other, share in zip(exp.arms, exp.versions[pending.version], strict=True):
         exp.stats[other].expected += share
-    one = Moments(n=1, mean=metric, m2=0.0)
+    one = RunningMoments(n=1, mean=metric)
     if arm == exp.control:
         for sprt in exp.sprt.values():
-            sprt.control = sprt.control.merge(one)
+            sprt.control.merge(one)
     else:
-        sprt = exp.sprt[arm]
-        sprt.treatment = sprt.treatment.merge(one)
+        exp.sprt[arm].treatment.merge(one)
     exp.analysed += 1
 
 
@@ -609,7 +610,7 @@ def _advance_to(name: str, exp: Experiment, step: int, now: float) -> list[Event
     challenger, metric = exp.challenger, exp.options.metric
     m_c, m_t = exp.stats[exp.control].metric(metric), exp.stats[challenger].metric(metric)
     both = m_c.n > 0 and m_t.n > 0
-    compared = welch((m_c.mean, m_c.variance, m_c.n), (m_t.mean, m_t.variance, m_t.n)) if both else None
+    compared = welch(estimate(m_c), estimate(m_t)) if both else None
     reason = f"the canary reached 100 % after {len(exp.steps)} steps"
     exp.winner, exp.outcome = challenger, "rolled out"
     exp.set_status(COMPLETED, now, reason)

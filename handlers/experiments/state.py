@@ -9,39 +9,11 @@ from rtopt.handlers.experiments.options import ExperimentOptions
 from rtopt.handlers.experiments.stats import MixtureSPRT
 from rtopt.handlers.ledger import AwaitingFeedback, DecisionLedger
 from rtopt.handlers.protection import FeedbackGuard
+from rtopt.streams.moments import RunningMoments
 from rtopt.streams.sketch import DDSketch
 
 DRAFT, RUNNING, PAUSED, COMPLETED, ARCHIVED = "draft", "running", "paused", "completed", "archived"
 SKETCH_ACCURACY = 0.01  # relative error of the per-arm latency quantiles
-
-
-class Welford(msgspec.Struct, array_like=True):
-    """Running count, mean and sum of squared deviations (Welford 1962).
-
-    >>> w = Welford()
-    >>> for x in (1.0, 2.0, 4.0):
-    ...     w.add(x)
-    >>> w.n, round(w.mean, 6), round(w.variance, 6)
-    (3, 2.333333, 2.333333)
-    """
-
-    n: int = 0
-    mean: float = 0.0
-    m2: float = 0.0
-
-    def add(self, x: float) -> None:
-        self.n += 1
-        delta = x - self.mean
-        self.mean += delta / self.n
-        self.m2 += delta * (x - self.mean)
-
-    @property
-    def variance(self) -> float | None:
-        """Unbiased sample variance (``ddof=1``); None below two values."""
-        return max(self.m2, 0.0) / (self.n - 1) if self.n > 1 else None
-
-    def mean_or_none(self) -> float | None:
-        return self.mean if self.n else None
 
 
 class CoMoments(msgspec.Struct, array_like=True):
@@ -111,16 +83,16 @@ class ArmStats(msgspec.Struct):
     feedback: int = 0
     successes: int = 0
     conversions: int = 0
-    quality: Welford = msgspec.field(default_factory=Welford)
-    reward: Welford = msgspec.field(default_factory=Welford)
-    cost: Welford = msgspec.field(default_factory=Welford)
-    latency: Welford = msgspec.field(default_factory=Welford)
+    quality: RunningMoments = msgspec.field(default_factory=RunningMoments)
+    reward: RunningMoments = msgspec.field(default_factory=RunningMoments)
+    cost: RunningMoments = msgspec.field(default_factory=RunningMoments)
+    latency: RunningMoments = msgspec.field(default_factory=RunningMoments)
     latency_sketch: DDSketch = msgspec.field(default_factory=_sketch)
     covariate: CoMoments = msgspec.field(default_factory=CoMoments)
     expected: float = 0.0
     reward_sum: float = 0.0
 
-    def metric(self, name: str) -> Welford:
+    def metric(self, name: str) -> RunningMoments:
         """The running statistics of the tested metric (``"reward"`` or ``"quality"``)."""
         return self.reward if name == "reward" else self.quality
 

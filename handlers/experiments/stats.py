@@ -4,7 +4,7 @@ always-valid sequential p-values, sample-ratio-mismatch checks and CUPED varianc
 Every function is pure and takes plain numbers or arrays; results are frozen ``msgspec`` structs, so a
 handler can put them in events. Differences are always *treatment minus control*, and ``alternative``
 names the direction of the alternative hypothesis for that difference: ``"greater"`` means the
-treatment is better (larger). Invalid input raises :class:`rtopt.InvalidEvent` naming the argument and
+treatment is better (larger). Invalid input raises :class:`rtopt.InvalidArgument` naming the argument and
 the value given.
 
 References:
@@ -36,9 +36,11 @@ from typing import Literal
 import msgspec
 import numpy as np
 from numpy.typing import ArrayLike
+from rtopt.streams.moments import RunningMoments
 from scipy import special
 
-from rtopt import InvalidEvent
+from rtopt import InvalidArgument
+from rtopt.arguments import finite, in_range, non_negative, one_of, whole
 
 Alternative = Literal["two-sided", "greater", "less"]
 ALTERNATIVES = ("two-sided", "greater", "less")
@@ -140,48 +142,6 @@ class Cuped(msgspec.Struct, frozen=True):
         return outcome - self.theta * (covariate - self.covariate_mean)
 
 
-class Moments(msgspec.Struct, frozen=True):
-    """Count, mean and sum of squared deviations (``m2``) of a sample; batches merge exactly.
-
-    Merging follows Chan, Golub and LeVeque (1979), "Updating formulae and a pairwise algorithm for
-    computing sample variances", which stays accurate where the sum of squares would cancel.
-
-    >>> moments = Moments.of([1.0, 2.0]).merge(Moments.of([3.0, 4.0, 5.0]))
-    >>> moments.n, moments.mean, moments.variance
-    (5, 3.0, 2.5)
-    """
-
-    n: int = 0
-    mean: float = 0.0
-    m2: float = 0.0
-
-    @classmethod
-    def of(cls, values: ArrayLike) -> Moments:
-        """The moments of a batch of values."""
-        array = np.asarray(values, dtype=float).ravel()
-        if array.size == 0:
-            return cls()
-        mean = float(array.mean())
-        return cls(n=int(array.size), mean=mean, m2=float(np.square(array - mean).sum()))
-
-    def merge(self, other: Moments) -> Moments:
-        """The moments of both samples together."""
-        if other.n == 0:
-            return self
-        if self.n == 0:
-            return other
-        n = self.n + other.n
-        delta = other.mean - self.mean
-        return Moments(
-            n=n, mean=self.mean + delta * other.n / n, m2=self.m2 + other.m2 + delta * delta * self.n * other.n / n
-        )
-
-    @property
-    def variance(self) -> float:
-        """Unbiased sample variance (``ddof=1``); 0 below two observations."""
-        return self.m2 / (self.n - 1) if self.n > 1 else 0.0
-
-
 class MixtureSPRT(msgspec.Struct, forbid_unknown_fields=True):
     """Always-valid p-value of the mixture sequential probability ratio test for a difference in means.
 
@@ -212,16 +172,18 @@ class MixtureSPRT(msgspec.Struct, forbid_unknown_fields=True):
     tau2: float
     alpha: float = 0.05
     null: float = 0.0
-    control: Moments = Moments()
-    treatment: Moments = Moments()
+    control: RunningMoments = msgspec.field(default_factory=RunningMoments)
+    treatment: RunningMoments = msgspec.field(default_factory=RunningMoments)
     p_value: float = 1.0
     rejected_at: int | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.tau2) and self.tau2 > 0.0):
-            raise InvalidEvent(f"tau2 must be positive and finite, got {self.tau2!r}", field="tau2", value=self.tau2)
+            raise InvalidArgument(
+                f"tau2 must be positive and finite, got {self.tau2!r}", argument="tau2", value=self.tau2
+            )
         _level("alpha", self.alpha)
-        _finite("null", self.null)
+        finite("null", self.null)
 
     @property
     def difference(self) -> float:
@@ -239,11 +201,11 @@ class MixtureSPRT(msgspec.Struct, forbid_unknown_fields=True):
         The p-value moves only once each arm has two observations and the difference has a positive
         variance; ``rejected_at`` records the total number of observations at the first rejection.
         """
-        self.control = self.control.merge(Moments.of(_finite_array("control", control)))
-        self.treatment = self.treatment.merge(Moments.of(_finite_array("treatment", treatment)))
+        self.control.merge(RunningMoments.of(_finite_array("control", control)))
+        self.treatment.merge(RunningMoments.of(_finite_array("treatment", treatment)))
         if self.control.n < 2 or self.treatment.n < 2:
             return self.p_value
-        variance = self.control.variance / self.control.n + self.treatment.variance / self.treatment.n
+        variance = self.control.variance() / self.control.n + self.treatment.variance() / self.treatment.n
         if variance > 0.0:
             self.p_value = min(self.p_value, msprt_p_value(self.difference, variance, self.tau2, self.null))
             if self.stop and self.rejected_at is None:
@@ -276,12 +238,12 @@ def two_proportion_ztest(
     x_t = _count("successes_treatment", successes_treatment)
     n_t = _trials("trials_treatment", trials_treatment)
     if x_c > n_c:
-        raise InvalidEvent(
-            f"successes_control ({x_c}) exceeds trials_control ({n_c})", field="successes_control", value=x_c
+        raise InvalidArgument(
+            f"successes_control ({x_c}) exceeds trials_control ({n_c})", argument="successes_control", value=x_c
         )
     if x_t > n_t:
-        raise InvalidEvent(
-            f"successes_treatment ({x_t}) exceeds trials_treatment ({n_t})", field="successes_treatment", value=x_t
+        raise InvalidArgument(
+            f"successes_treatment ({x_t}) exceeds trials_treatment ({n_t})", argument="successes_treatment", value=x_t
         )
     _alternative(alternative)
     _level("confidence", confidence)
@@ -327,8 +289,8 @@ def welch_ttest_from_stats(
     >>> round(result.statistic, 3), round(result.df, 1), round(result.p_value, 4)
     (1.811, 65.1, 0.0748)
     """
-    _finite("mean_control", mean_control)
-    _finite("mean_treatment", mean_treatment)
+    finite("mean_control", mean_control)
+    finite("mean_treatment", mean_treatment)
     v_c = _variance("variance_control", variance_control)
     v_t = _variance("variance_treatment", variance_treatment)
     n_c = _sample_size("n_control", n_control)
@@ -338,8 +300,8 @@ def welch_ttest_from_stats(
     share_c, share_t = v_c / n_c, v_t / n_t
     se2 = share_c + share_t
     if se2 == 0.0:
-        raise InvalidEvent(
-            "both arms have zero variance: the t statistic is undefined", field="variance_control", value=v_c
+        raise InvalidArgument(
+            "both arms have zero variance: the t statistic is undefined", argument="variance_control", value=v_c
         )
     df = se2 * se2 / (share_c * share_c / (n_c - 1) + share_t * share_t / (n_t - 1))
     se = math.sqrt(se2)
@@ -396,7 +358,7 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> In
     x = _count("successes", successes)
     n = _trials("trials", trials)
     if x > n:
-        raise InvalidEvent(f"successes ({x}) exceeds trials ({n})", field="successes", value=x)
+        raise InvalidArgument(f"successes ({x}) exceeds trials ({n})", argument="successes", value=x)
     _level("confidence", confidence)
     z = float(special.ndtri(0.5 + confidence / 2.0))
     p = x / n
@@ -414,7 +376,7 @@ def mean_interval_from_stats(mean: float, variance: float, n: int, confidence: f
     >>> round(interval.low, 3), round(interval.high, 3)
     (9.174, 10.826)
     """
-    _finite("mean", mean)
+    finite("mean", mean)
     v = _variance("variance", variance)
     size = _sample_size("n", n)
     _level("confidence", confidence)
@@ -580,12 +542,14 @@ def msprt_p_value(difference: float, variance: float, tau2: float, null: float =
     >>> round(msprt_p_value(0.3, 0.01, 0.04), 4)
     0.0611
     """
-    _finite("difference", difference)
+    finite("difference", difference)
     if not (math.isfinite(variance) and variance > 0.0):
-        raise InvalidEvent(f"variance must be positive and finite, got {variance!r}", field="variance", value=variance)
+        raise InvalidArgument(
+            f"variance must be positive and finite, got {variance!r}", argument="variance", value=variance
+        )
     if not (math.isfinite(tau2) and tau2 > 0.0):
-        raise InvalidEvent(f"tau2 must be positive and finite, got {tau2!r}", field="tau2", value=tau2)
-    _finite("null", null)
+        raise InvalidArgument(f"tau2 must be positive and finite, got {tau2!r}", argument="tau2", value=tau2)
+    finite("null", null)
     total = variance + tau2
     shift = difference - null
     log_ratio = 0.5 * math.log(variance / total) + tau2 * shift * shift / (2.0 * variance * total)
@@ -607,18 +571,20 @@ def sample_ratio_mismatch(
     """
     observed = np.array([_count(f"counts[{i}]", count) for i, count in enumerate(counts)], dtype=float)
     if observed.size < 2:
-        raise InvalidEvent(f"need at least two arms, got {len(observed)}", field="counts", value=list(counts))
+        raise InvalidArgument(f"need at least two arms, got {len(observed)}", argument="counts", value=list(counts))
     total = observed.sum()
     if total == 0:
-        raise InvalidEvent("no allocations counted", field="counts", value=list(counts))
+        raise InvalidArgument("no allocations counted", argument="counts", value=list(counts))
     if weights is None:
         shares = np.full(observed.size, 1.0 / observed.size)
     else:
         shares = np.asarray(weights, dtype=float)
         if shares.shape != observed.shape:
-            raise InvalidEvent(f"{shares.size} weights for {observed.size} arms", field="weights", value=list(weights))
+            raise InvalidArgument(
+                f"{shares.size} weights for {observed.size} arms", argument="weights", value=list(weights)
+            )
         if not (np.all(np.isfinite(shares)) and np.all(shares > 0.0)):
-            raise InvalidEvent("weights must be positive and finite", field="weights", value=list(weights))
+            raise InvalidArgument("weights must be positive and finite", argument="weights", value=list(weights))
         shares = shares / shares.sum()
     _level("threshold", threshold)
     expected = total * shares
@@ -648,12 +614,12 @@ def cuped(y: ArrayLike, x: ArrayLike) -> Cuped:
     """
     outcome, covariate = _paired(y, x)
     if outcome.size < 2:
-        raise InvalidEvent(f"need at least two observations, got {outcome.size}", field="y", value=outcome.size)
+        raise InvalidArgument(f"need at least two observations, got {outcome.size}", argument="y", value=outcome.size)
     covariate_mean = float(covariate.mean())
     centred = covariate - covariate_mean
     variance_x = float(np.dot(centred, centred))
     if variance_x == 0.0:
-        raise InvalidEvent("the covariate x is constant", field="x", value=covariate_mean)
+        raise InvalidArgument("the covariate x is constant", argument="x", value=covariate_mean)
     theta = float(np.dot(centred, outcome - outcome.mean())) / variance_x
     variance = float(outcome.var(ddof=1))
     adjusted_variance = float((outcome - theta * centred).var(ddof=1))
@@ -701,9 +667,9 @@ def _sample_size_for(
     z_a = _z_alpha(alpha, alternative)
     _level("power", power)
     if (alternative == "greater" and delta <= 0.0) or (alternative == "less" and delta >= 0.0):
-        raise InvalidEvent(
+        raise InvalidArgument(
             f"an effect of {delta!r} is not in the direction of the {alternative!r} alternative",
-            field="mde",
+            argument="mde",
             value=delta,
         )
     z_b = float(special.ndtri(power))
@@ -724,13 +690,15 @@ def _power_for(delta: float, sd_null: float, sd_alternative: float, n: int, alph
 
 def _two_rates(baseline: float, mde: float, relative: bool) -> tuple[float, float]:
     if not (math.isfinite(baseline) and 0.0 < baseline < 1.0):
-        raise InvalidEvent(f"baseline must be a rate in (0, 1), got {baseline!r}", field="baseline", value=baseline)
-    _finite("mde", mde)
+        raise InvalidArgument(
+            f"baseline must be a rate in (0, 1), got {baseline!r}", argument="baseline", value=baseline
+        )
+    finite("mde", mde)
     treatment = baseline * (1.0 + mde) if relative else baseline + mde
     if not 0.0 < treatment < 1.0 or mde == 0.0:
-        raise InvalidEvent(
+        raise InvalidArgument(
             f"mde {mde!r} gives a treatment rate of {treatment!r}, not a different rate in (0, 1)",
-            field="mde",
+            argument="mde",
             value=mde,
         )
     return baseline, treatment
@@ -743,18 +711,18 @@ def _proportion_sds(p1: float, p2: float) -> tuple[float, float]:
 
 
 def _mean_effect(mde: float, std: float, baseline: float | None, relative: bool) -> float:
-    _finite("mde", mde)
+    finite("mde", mde)
     if not (math.isfinite(std) and std > 0.0):
-        raise InvalidEvent(f"std must be positive and finite, got {std!r}", field="std", value=std)
+        raise InvalidArgument(f"std must be positive and finite, got {std!r}", argument="std", value=std)
     if relative:
         if baseline is None:
-            raise InvalidEvent("a relative mde needs the baseline mean", field="baseline", value=None)
-        _finite("baseline", baseline)
+            raise InvalidArgument("a relative mde needs the baseline mean", argument="baseline", value=None)
+        finite("baseline", baseline)
         delta = baseline * mde
     else:
         delta = mde
     if delta == 0.0:
-        raise InvalidEvent("the minimum detectable effect must not be zero", field="mde", value=mde)
+        raise InvalidArgument("the minimum detectable effect must not be zero", argument="mde", value=mde)
     return delta
 
 
@@ -771,10 +739,12 @@ def _adjustment(method: str, alpha: float, p: np.ndarray, adjusted: np.ndarray) 
 def _p_values(p_values: Sequence[float]) -> np.ndarray:
     p = np.asarray(p_values, dtype=float).ravel()
     if p.size == 0:
-        raise InvalidEvent("no p-values given", field="p_values", value=list(p_values))
+        raise InvalidArgument("no p-values given", argument="p_values", value=list(p_values))
     for i, value in enumerate(p):
         if not 0.0 <= value <= 1.0:
-            raise InvalidEvent(f"p_values[{i}] must be in [0, 1], got {value!r}", field=f"p_values[{i}]", value=value)
+            raise InvalidArgument(
+                f"p_values[{i}] must be in [0, 1], got {value!r}", argument=f"p_values[{i}]", value=value
+            )
     return p
 
 
@@ -782,8 +752,10 @@ def _paired(y: ArrayLike, x: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     outcome = _finite_array("y", y)
     covariate = _finite_array("x", x)
     if outcome.shape != covariate.shape:
-        raise InvalidEvent(
-            f"y has {outcome.size} values and x {covariate.size}: they must be paired", field="x", value=covariate.size
+        raise InvalidArgument(
+            f"y has {outcome.size} values and x {covariate.size}: they must be paired",
+            argument="x",
+            value=covariate.size,
         )
     return outcome, covariate
 
@@ -792,7 +764,9 @@ def _sample(name: str, values: ArrayLike) -> np.ndarray:
     """A finite sample of at least two values, as a flat float array."""
     array = _finite_array(name, values)
     if array.size < 2:
-        raise InvalidEvent(f"{name} needs at least two values, got {array.size}", field=name, value=array.tolist())
+        raise InvalidArgument(
+            f"{name} needs at least two values, got {array.size}", argument=name, value=array.tolist()
+        )
     return array
 
 
@@ -800,52 +774,33 @@ def _finite_array(name: str, values: ArrayLike) -> np.ndarray:
     array = np.asarray(values, dtype=float).ravel()
     bad = np.flatnonzero(~np.isfinite(array))
     if bad.size:
-        raise InvalidEvent(
-            f"{name}[{bad[0]}] is not finite: {array[bad[0]]!r}", field=f"{name}[{bad[0]}]", value=float(array[bad[0]])
+        raise InvalidArgument(
+            f"{name}[{bad[0]}] is not finite: {array[bad[0]]!r}",
+            argument=f"{name}[{bad[0]}]",
+            value=float(array[bad[0]]),
         )
     return array
 
 
 def _count(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
-        raise InvalidEvent(f"{name} must be a non-negative integer, got {value!r}", field=name, value=value)
-    return int(value)
+    return int(whole(name, value, at_least=0))
 
 
 def _trials(name: str, value: int) -> int:
-    count = _count(name, value)
-    if count == 0:
-        raise InvalidEvent(f"{name} must be at least 1, got 0", field=name, value=value)
-    return count
+    return int(whole(name, value, at_least=1))
 
 
 def _sample_size(name: str, value: int) -> int:
-    count = _count(name, value)
-    if count < 2:
-        raise InvalidEvent(f"{name} must be at least 2 for a sample variance, got {count}", field=name, value=value)
-    return count
+    return int(whole(name, value, at_least=2))
 
 
 def _variance(name: str, value: float) -> float:
-    if not (math.isfinite(value) and value >= 0.0):
-        raise InvalidEvent(f"{name} must be non-negative and finite, got {value!r}", field=name, value=value)
-    return float(value)
-
-
-def _finite(name: str, value: float) -> None:
-    if not math.isfinite(value):
-        raise InvalidEvent(f"{name} must be finite, got {value!r}", field=name, value=value)
+    return float(non_negative(name, finite(name, value)))
 
 
 def _level(name: str, value: float) -> None:
-    if not 0.0 < value < 1.0:
-        raise InvalidEvent(f"{name} must be in (0, 1), got {value!r}", field=name, value=value)
+    in_range(name, value, 0.0, 1.0, low_open=True, high_open=True)
 
 
 def _alternative(alternative: str) -> None:
-    if alternative not in ALTERNATIVES:
-        raise InvalidEvent(
-            f"alternative must be one of {', '.join(ALTERNATIVES)}, got {alternative!r}",
-            field="alternative",
-            value=alternative,
-        )
+    one_of("alternative", alternative, ALTERNATIVES)

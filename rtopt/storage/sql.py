@@ -12,6 +12,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import cast
 
+from rtopt.arguments import invalid
 from rtopt.errors import InvalidLog, ReadOnlyLog, WriteConflict
 from rtopt.storage.interface import (
     CHAIN,
@@ -110,7 +111,7 @@ class SQLLog(EventLog):
         params)`` executes a statement and returns its first row; ``lock`` ends the SELECT that reads the
         tracker (``" FOR UPDATE"`` where rows are locked). Raises WriteConflict if the tracker is elsewhere."""
         if position <= previous:
-            raise ValueError(f"position = {position}: must be after previous = {previous}")
+            raise invalid("position", position, f"must be after previous = {previous}")
         run(f"INSERT INTO {TRACKING_TABLE} (name, position) VALUES (?, 0) ON CONFLICT (name) DO NOTHING", (tracker,))
         found = run(f"SELECT position FROM {TRACKING_TABLE} WHERE name = ?{lock}", (tracker,))
         assert found is not None  # inserted just above if it was missing
@@ -136,7 +137,7 @@ class SQLLog(EventLog):
     def set_meta(self, key: str, value: str) -> None:
         self._writable()
         if key in LOG_KEYS - {COPY}:
-            raise ValueError(f"the {key} of a log is kept by the log itself")
+            raise invalid("key", key, "kept by the log itself")
         self._execute(_SET_META, (key, value))
 
     def save_snapshot(self, handler: str, fingerprint: str, seq: int, state: bytes) -> None:

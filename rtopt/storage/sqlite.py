@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 import sqlite_utils
 
+from rtopt.arguments import one_of
 from rtopt.errors import InvalidLog, OthersAppended, ReadOnlyLog, StorageUnavailable, WriteConflict
 from rtopt.storage.interface import CHAIN, FORMAT_VERSION, HEAD, Row, chained, head_value
 from rtopt.storage.sql import (
@@ -76,8 +77,7 @@ class SQLiteLog(SQLLog):
         log opened writable is migrated to the current format.
         """
         location = str(location)
-        if synchronous.upper() not in {"NORMAL", "FULL"}:
-            raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', not {synchronous!r}")
+        one_of("synchronous", synchronous.upper(), ("NORMAL", "FULL"))
         if location == ":memory:":
             if read_only:
                 raise ReadOnlyLog("an in-memory log cannot be opened read-only: it would always be empty")

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 import pandas as pd
 
 from rtopt import Envelope, Event
+from rtopt.handler import declared_folds
 
 S = TypeVar("S")
 ViewFold = Callable[[Any, Envelope[Any]], Any]
@@ -59,11 +60,7 @@ class View(Generic[S]):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        folds = dict(cls.folds)
-        for attribute, member in vars(cls).items():
-            for event_type in getattr(member, "__rtopt_handles__", ()):
-                folds[event_type] = attribute
-        cls.folds = folds
+        folds = cls.folds = declared_folds(cls, cls.folds)
         cls.fold_names = {event_type.tag(): method for event_type, method in folds.items()}
 
     def __init__(self, bucket_s: float = DEFAULT_BUCKET_S) -> None:

@@ -1,5 +1,5 @@
 """Front-ends built on rtopt's public API: the live dashboard (``dashboard(engine_or_path)`` in Jupyter,
-``rtopt dashboard LOG`` in a browser) and its data layer (:mod:`rtopt.apps.data`); the Panel app is
+``rtopt dashboard LOG`` in a browser) and its data layer (:mod:`rtopt.apps.views`); the Panel app is
 :mod:`rtopt.apps.ui`.
 
 The dashboard's names load Panel and HoloViews on first use, so that importing the package (as the
@@ -9,7 +9,7 @@ The dashboard's names load Panel and HoloViews on first use, so that importing t
 import importlib
 from typing import Any
 
-from rtopt.apps.data import EngineFeed, LogModel, LogTail
+from rtopt.apps.views.sources import EngineFeed, LogModel, LogTail
 
 __all__ = ["Dashboard", "EngineFeed", "LogModel", "LogTail", "dashboard", "serve"]
 

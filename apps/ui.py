@@ -23,23 +23,13 @@ import pandas as pd
 import panel as pn
 from bokeh.server.server import Server
 from rtopt.apps.access import Access, guard, is_loopback, url_of
-from rtopt.apps.data import (
-    READ_CHUNK,
-    AlertFeed,
-    Allocation,
-    ArmPosteriors,
-    Detections,
-    EngineFeed,
-    EventRate,
-    ExperimentTests,
-    FeedbackMetrics,
-    Forecasts,
-    LogTail,
-    Responses,
-    Studies,
-    View,
-)
 from rtopt.apps.replay import policy_estimates, state_at
+from rtopt.apps.views.decisions import Allocation, ArmPosteriors, ExperimentTests
+from rtopt.apps.views.detection import Detections, Forecasts, Responses
+from rtopt.apps.views.overview import AlertFeed, EventRate, FeedbackMetrics
+from rtopt.apps.views.sources import READ_CHUNK, EngineFeed, LogModel, LogTail
+from rtopt.apps.views.studies import Studies
+from rtopt.apps.views.view import View
 
 from rtopt import Engine, RtoptError
 
@@ -162,9 +152,10 @@ class Section:
     """A titled part of the page over one frame of a view: live plots of it and, optionally, a table.
 
     >>> from rtopt import Envelope
-    >>> view = EventRate()
-    >>> section = Section("Event rate", view.frame, [rate_plot])
-    >>> view.add(Envelope(1, "id", "Feedback", "p", 30.0, 0.0, None, None, 1, None))
+    >>> rate = EventRate()
+    >>> model = LogModel([rate])
+    >>> section = Section("Event rate", lambda: rate.frame(model.state_of(rate)), [rate_plot])
+    >>> _ = model.add([Envelope(1, "id", "Feedback", "p", 30.0, 0.0, None, None, 1, None)])
     >>> section.refresh()
     >>> section.pipes[0].data["events"].tolist()
     [1.0]
@@ -213,13 +204,17 @@ def _head(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.head(TABLE_ROWS)
 
 
-def sections_for(view: View, tail: LogTail) -> list[Section]:
-    """The sections that show ``view``."""
+def sections_for(view: View[Any], model: LogModel) -> list[Section]:
+    """The sections that show ``view`` of ``model``."""
+
+    def read(frame: Callable[[Any], pd.DataFrame]) -> Callable[[], pd.DataFrame]:
+        return lambda: frame(model.state_of(view))
+
     match view:
         case EventRate():
             return [
-                Section(view.title, view.frame, [rate_plot]),
-                Section("Events by type", tail.model.counts_frame, table=_head),
+                Section(view.title, read(view.frame), [rate_plot]),
+                Section("Events by type", model.counts_frame, table=_head),
             ]
         case FeedbackMetrics():
             titles = {
@@ -231,37 +226,36 @@ def sections_for(view: View, tail: LogTail) -> list[Section]:
                 "count": "feedback per window",
             }
             plots = [_metric_plot(metric, title) for metric, title in titles.items()]
-            return [Section(view.title, view.frame, plots)]
+            return [Section(view.title, read(view.frame), plots)]
         case Allocation():
-            plot = _allocation_plot
-            return [Section(view.title, view.frame, [plot])]
+            return [Section(view.title, read(view.frame), [_allocation_plot])]
         case ArmPosteriors():
-            return [Section(view.title, view.frame, [intervals_plot], table=lambda f: f.round(4))]
+            return [Section(view.title, read(view.frame), [intervals_plot], table=lambda f: f.round(4))]
         case ExperimentTests():
             return [
-                Section(view.title, view.frame, [p_value_plot], table=lambda f: _head(f.iloc[::-1].round(4))),
-                Section("Experiment status", view.status_frame, table=_head),
+                Section(view.title, read(view.frame), [p_value_plot], table=lambda f: _head(f.iloc[::-1].round(4))),
+                Section("Experiment status", read(view.status_frame), table=_head),
             ]
         case Studies():
             return [
-                Section(view.title, view.frame, [study_plot]),
-                Section("Study status", view.status_frame, table=lambda f: _head(f.round(4))),
-                Section("Suggestions", view.suggestions_frame, table=_feed_rows),
+                Section(view.title, read(view.frame), [study_plot]),
+                Section("Study status", read(view.status_frame), table=lambda f: _head(f.round(4))),
+                Section("Suggestions", read(view.suggestions_frame), table=_feed_rows),
             ]
         case Detections():
             return [
-                Section(view.title, view.frame, table=_feed_rows),
-                Section("Recommendations of the patterns", view.recommendations_frame, table=_feed_rows),
+                Section(view.title, read(view.frame), table=_feed_rows),
+                Section("Recommendations of the patterns", read(view.recommendations_frame), table=_feed_rows),
             ]
         case Responses():
-            return [Section(view.title, view.frame, table=_feed_rows)]
+            return [Section(view.title, read(view.frame), table=_feed_rows)]
         case Forecasts():
             return [
-                Section(view.title, view.frame, [forecast_plot]),
-                Section("Forecast errors so far", view.errors_frame, table=lambda f: _head(f.round(4))),
+                Section(view.title, read(view.frame), [forecast_plot]),
+                Section("Forecast errors so far", read(view.errors_frame), table=lambda f: _head(f.round(4))),
             ]
         case AlertFeed():
-            return [Section(view.title, view.frame, table=_feed_rows)]
+            return [Section(view.title, read(view.frame), table=_feed_rows)]
     raise TypeError(f"no section shows a {type(view).__name__}")
 
 
@@ -344,7 +338,7 @@ class Dashboard:
             if view not in shown:
                 continue
             if index not in self.sections:
-                self.sections[index] = sections_for(view, self.tail)
+                self.sections[index] = sections_for(view, model)
                 self.slots[index].extend(section.panel for section in self.sections[index])
                 self.slots[index].visible = True
             else:
@@ -404,7 +398,8 @@ class History:
         end = max(last_seq, 1)
         following = self.slider.value == self.slider.end or self.slider.value > end
         self.slider.param.update(end=end, **({"value": end} if following else {}))
-        experiments = sorted(self.tail.model.view(Allocation).counts)
+        model = self.tail.model
+        experiments = sorted(model.state_of(model.view(Allocation)))
         if experiments != self.experiment.options:
             self.experiment.options = experiments
             if self.experiment.value not in experiments:

@@ -4,7 +4,7 @@ Writes a log of ``--events`` events (default 1,000,000: decisions, feedback and 
 variants, five requests per second of event time, statistics every 100 requests), then measures:
 
 - plain read: ``engine.read()`` over the whole log, decoding every event (the least any reader pays);
-- catch-up: a :class:`rtopt.apps.data.LogTail` folding the whole log into the dashboard's views, then every frame
+- catch-up: a :class:`rtopt.apps.LogTail` folding the whole log into the dashboard's views, then every frame
   the plots draw (what opening the dashboard on the log costs);
 - update: after ``--update`` more events are appended, one refresh (read what is new, draw every frame),
   against recomputing the views from the whole log.
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rtopt.apps.data import LogTail
+from rtopt.apps import LogTail
 from rtopt.handlers.bandits import ArmSummary, ArmUpdated, ExperimentStats
 
 from rtopt import Decision, Draft, Engine, Feedback

@@ -113,6 +113,20 @@ def handles(*types: type[Event]) -> Callable[[F], F]:
     return declare
 
 
+def declared_folds(cls: type, inherited: Mapping[type[Event], str]) -> dict[type[Event], str]:
+    """The folds of ``cls``: the ``inherited`` ones, updated with the methods ``cls`` itself declares with
+    :func:`handles` (event type -> method name); a type declared by two of its methods is refused."""
+    folds = dict(inherited)
+    declared_here: dict[type[Event], str] = {}
+    for attribute, member in vars(cls).items():
+        for event_type in getattr(member, "__rtopt_handles__", ()):
+            if event_type in declared_here:
+                both = f"{declared_here[event_type]} and {attribute}"
+                raise TypeError(f"{cls.__qualname__}: {both} both fold {event_type.__name__}")
+            declared_here[event_type] = folds[event_type] = attribute
+    return folds
+
+
 class Handler(Generic[S]):
     """Base class of handler chains: a named fold over the event types in ``accepts``.
 
@@ -148,18 +162,12 @@ class Handler(Generic[S]):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        folds = dict(cls.folds)
-        declared_here: dict[type[Event], str] = {}
-        for attribute, member in vars(cls).items():
-            for event_type in getattr(member, "__rtopt_handles__", ()):
-                if event_type in declared_here:
-                    both = f"{declared_here[event_type]} and {attribute}"
-                    raise TypeError(f"{cls.__qualname__}: {both} both fold {event_type.__name__}")
-                declared_here[event_type] = folds[event_type] = attribute
+        folds = declared_folds(cls, cls.folds)
+        declares = folds != cls.folds
         cls.folds = folds
         if folds and cls.apply is not Handler.apply:
             raise TypeError(f"{cls.__qualname__}: declare folds with @handles or override apply, not both")
-        if declared_here and "accepts" not in vars(cls) and "accepts" not in vars(cls).get("__annotations__", {}):
+        if declares and "accepts" not in vars(cls) and "accepts" not in vars(cls).get("__annotations__", {}):
             cls.accepts = tuple(folds)
 
     def initial_state(self) -> S:

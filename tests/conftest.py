@@ -105,6 +105,14 @@ def write_monitored_log(path: Path) -> None:
 
 
 @pytest.fixture(scope="session")
+def monitored(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The log of :func:`write_monitored_log`, shared read-only by the dashboard tests."""
+    path = tmp_path_factory.mktemp("monitored") / "monitored.sqlite"
+    write_monitored_log(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def simulated_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 20,000-request simulation with seed 11, shared read-only by the replay tests."""
     path = tmp_path_factory.mktemp("sim") / "sim.sqlite"

@@ -10,22 +10,12 @@ import msgspec
 import pandas as pd
 import pytest
 from conftest import simulate_into
-from rtopt.apps.data import (
-    AlertFeed,
-    Allocation,
-    ArmPosteriors,
-    Detections,
-    EngineFeed,
-    EventRate,
-    ExperimentTests,
-    FeedbackMetrics,
-    Forecasts,
-    LogModel,
-    LogTail,
-    Responses,
-    Studies,
-)
 from rtopt.apps.replay import state_at
+from rtopt.apps.views.decisions import Allocation, ArmPosteriors, ExperimentTests
+from rtopt.apps.views.detection import Detections, Forecasts, Responses
+from rtopt.apps.views.overview import AlertFeed, EventRate, FeedbackMetrics
+from rtopt.apps.views.sources import EngineFeed, LogModel, LogTail
+from rtopt.apps.views.studies import Studies
 from rtopt.handlers.bandits import ArmSummary, EvidenceDiscounted, ExperimentStats
 from rtopt.handlers.bayesopt import StudyCompleted
 from rtopt.handlers.detection import (
@@ -104,7 +94,7 @@ def read_all(source: Engine | Path) -> LogModel:
 
 
 def test_feedback_windows_per_variant(crafted: Engine) -> None:
-    frame = read_all(crafted).view(FeedbackMetrics).frame().set_index(["time", "variant"])
+    frame = read_all(crafted).frame(FeedbackMetrics).set_index(["time", "variant"])
     first_a = frame.loc[(0.0, "a")]
     assert first_a["count"] == 3
     assert first_a["quality"] == pytest.approx((0.9 + 0.7 + 0.2) / 3)
@@ -119,7 +109,7 @@ def test_feedback_windows_per_variant(crafted: Engine) -> None:
 
 def test_event_rate_counts_every_type_per_bucket(crafted: Engine) -> None:
     model = read_all(crafted)
-    rate = model.view(EventRate).frame()
+    rate = model.frame(EventRate)
     assert rate["time"].tolist() == [0.0, 60.0]
     assert rate["events"].tolist() == [7, 4]
     assert rate["rate"].tolist() == pytest.approx([7 / 60, 4 / 60])
@@ -128,7 +118,7 @@ def test_event_rate_counts_every_type_per_bucket(crafted: Engine) -> None:
 
 
 def test_allocation_shares_per_window(crafted: Engine) -> None:
-    frame = read_all(crafted).view(Allocation).frame()
+    frame = read_all(crafted).frame(Allocation)
     assert frame[["time", "arm", "decisions", "share"]].values.tolist() == [
         [0.0, "a", 2, pytest.approx(2 / 3)],
         [0.0, "b", 1, pytest.approx(1 / 3)],
@@ -137,7 +127,7 @@ def test_allocation_shares_per_window(crafted: Engine) -> None:
 
 
 def test_alert_feed_newest_first_with_what_happened(crafted: Engine) -> None:
-    frame = read_all(crafted).view(AlertFeed).frame()
+    frame = read_all(crafted).frame(AlertFeed)
     assert frame["type"].tolist() == ["FeedbackRejected", "HandlerFailed"]
     assert frame["what"].tolist() == ["unknown decision", "bandit failed on Feedback: KeyError: v9"]
 
@@ -175,38 +165,41 @@ def test_views_show_only_when_their_events_exist(crafted: Engine) -> None:
     tail = LogTail(crafted, model)
     assert tail.poll() == 3
     assert {ArmPosteriors, ExperimentTests} <= {type(view) for view in model.shown()}
-    arms = model.view(ArmPosteriors).frame().set_index("arm")
+    arms = model.frame(ArmPosteriors).set_index("arm")
     assert arms.loc["a", ["mean", "low", "high", "p_best"]].tolist() == [0.6, 0.2, 0.9, 0.7]
-    tests = model.view(ExperimentTests)
-    assert tests.frame()[["analysis", "variant", "msprt_p", "p_welch"]].values.tolist() == [[1, "b", 0.2, None]]
-    assert tests.status_frame()[["status", "reason"]].values.tolist() == [
+    tables = model.frames()
+    assert tables["ExperimentTests"][["analysis", "variant", "msprt_p", "p_welch"]].values.tolist() == [
+        [1, "b", 0.2, None]
+    ]
+    assert tables["ExperimentStatus"][["status", "reason"]].values.tolist() == [
         ["paused", "ExperimentPaused: guardrail quality"]
     ]
-    assert model.view(AlertFeed).frame()["type"].iloc[0] == "ExperimentPaused"
+    assert model.frame(AlertFeed)["type"].iloc[0] == "ExperimentPaused"
 
 
 def test_downsampled_windows_equal_wider_windows(simulated_small: Path) -> None:
-    narrow = FeedbackMetrics(bucket_s=10.0)
-    wide = FeedbackMetrics(bucket_s=30.0)
+    narrow = LogModel([FeedbackMetrics(bucket_s=10.0)])
+    wide = LogModel([FeedbackMetrics(bucket_s=30.0)])
     model = read_all(simulated_small)
-    for envelope in LogTail(simulated_small).engine.read(types=[Feedback]):
-        narrow.add(envelope)
-        wide.add(envelope)
-    buckets = narrow.last - narrow.first + 1
-    downsampled = narrow.frame(max_points=buckets // 3 + (buckets % 3 > 0))
-    assert len(downsampled) < len(narrow.frame(max_points=10**6))
-    pd.testing.assert_frame_equal(downsampled, wide.frame())
-    assert model.view(FeedbackMetrics).frame(max_points=5)["time"].nunique() <= 6
+    feedback = list(LogTail(simulated_small).engine.read(types=[Feedback]))
+    narrow.add(feedback)
+    wide.add(feedback)
+    windows = narrow.states[0]
+    buckets = windows.last - windows.first + 1
+    downsampled = narrow.frame(FeedbackMetrics, max_points=buckets // 3 + (buckets % 3 > 0))
+    assert len(downsampled) < len(narrow.frame(FeedbackMetrics, max_points=10**6))
+    pd.testing.assert_frame_equal(downsampled, wide.frame(FeedbackMetrics))
+    assert model.frame(FeedbackMetrics, max_points=5)["time"].nunique() <= 6
 
 
 def test_a_changed_window_is_computed_again(crafted: Engine) -> None:
     tail = LogTail(crafted)
     tail.poll()
-    before = tail.model.view(FeedbackMetrics).frame()
+    before = tail.model.frame(FeedbackMetrics)
     crafted.publish(feedback("a", 1000.0, quality=0.0), time=5.0)  # late: into the first window
     tail.poll()
-    after = tail.model.view(FeedbackMetrics).frame()
-    assert after.equals(read_all(crafted).view(FeedbackMetrics).frame())
+    after = tail.model.frame(FeedbackMetrics)
+    assert after.equals(read_all(crafted).frame(FeedbackMetrics))
     assert after.loc[0, "count"] == before.loc[0, "count"] + 1
 
 
@@ -372,7 +365,7 @@ def detected() -> Engine:
 def test_detections_show_one_row_per_alert_newest_first_with_its_latest_revision(detected: Engine) -> None:
     model = read_all(detected)
     assert {Detections, Responses} <= {type(view) for view in model.shown()}
-    frame = model.view(Detections).frame()
+    frame = model.frame(Detections)
     assert frame["type"].tolist() == ["ThresholdBreached", "PatternDetected", "DriftDetected", "AnomalyDetected"]
     assert frame["seq"].tolist() == [7, 5, 4, 2]
     breach, pattern, change, anomaly = (row for _, row in frame.iterrows())
@@ -393,7 +386,7 @@ def test_detections_show_one_row_per_alert_newest_first_with_its_latest_revision
 
 
 def test_the_recommendations_of_each_pattern_are_listed_with_their_priority(detected: Engine) -> None:
-    frame = read_all(detected).view(Detections).recommendations_frame()
+    frame = read_all(detected).frames()["Recommendations"]
     columns = ["seq", "pattern", "priority", "action", "description", "expected_improvement"]
     assert frame[columns].values.tolist() == [
         [5, "degradation", "critical", "strategy_change", "move traffic away from b", 0.3],
@@ -402,16 +395,16 @@ def test_the_recommendations_of_each_pattern_are_listed_with_their_priority(dete
 
 
 def test_the_feed_keeps_the_newest_alerts_up_to_its_limit() -> None:
-    detections = Detections(limit=2)
+    model = LogModel([Detections(limit=2)])
     for seq, alert in enumerate((1, 2, 1, 3), start=1):
         event = drift(0, 60.0, 9.0)
         event = DriftDetected(**{**msgspec.structs.asdict(event), "alert": alert})
-        detections.add(Envelope(seq, "id", "DriftDetected", "greeting/b", 60.0 * seq, 0.0, None, None, 1, event))
-    assert detections.frame()["seq"].tolist() == [4, 3]  # alert 3, then alert 1 reported again; alert 2 dropped
+        model.add([Envelope(seq, "id", "DriftDetected", "greeting/b", 60.0 * seq, 0.0, None, None, 1, event)])
+    assert model.frame(Detections)["seq"].tolist() == [4, 3]  # alert 3, then alert 1 reported again; alert 2 dropped
 
 
 def test_responses_name_the_action_its_target_and_expected_impact(detected: Engine) -> None:
-    frame = read_all(detected).view(Responses).frame()
+    frame = read_all(detected).frame(Responses)
     assert frame[["seq", "type", "action", "target", "metric"]].values.tolist() == [
         [8, "ConfigurationCaptured", "capture configuration", "greeting/b", "success.mean"],
         [6, "OptimizationAction", "strategy_change", "greeting", "quality_score.mean"],
@@ -469,25 +462,24 @@ def test_forecasts_are_set_against_the_windows_they_forecast() -> None:
         engine.publish(event, "greeting", time=time)
     tail.poll()
     assert Forecasts in {type(view) for view in model.shown()}
-    view = model.view(Forecasts)
-    frame = view.frame()
+    frame = model.frame(Forecasts)
     assert frame["time"].tolist() == [0.0, 60.0, 120.0, 180.0, 240.0]
     nan = math.nan
     assert frame["forecast"].tolist() == pytest.approx([nan, nan, 14.0, 17.0, 19.0], nan_ok=True)
     assert frame["high"].tolist() == pytest.approx([nan, nan, 19.0, 22.0, 24.0], nan_ok=True)
     assert frame["actual"].tolist() == pytest.approx([10.0, 12.0, 15.0, 16.0, nan], nan_ok=True)
-    assert view.frame(max_points=2)["time"].tolist() == [180.0, 240.0]
-    errors = view.errors_frame()
+    assert model.frame(Forecasts, max_points=2)["time"].tolist() == [180.0, 240.0]
+    errors = model.frames()["ForecastErrors"]
     assert errors[["metric", "mae", "weights"]].values.tolist() == [["count", 1.5, "holt 0.75, linear_trend 0.25"]]
 
 
 def test_flagged_feedback_and_rate_limits_are_in_the_alert_feed() -> None:
-    feed = AlertFeed()
+    model = LogModel([AlertFeed()])
     flagged = FeedbackFlagged(feedback_id="f-1", user="u1", source="web", reasons=["burst"], reliability=0.25)
     limited = RateLimitExceeded(scope="user", who="u1", limit=30, window_s=60.0, count=31)
     for seq, event in enumerate((flagged, limited), start=1):
-        feed.add(Envelope(seq, "id", type(event).__name__, "u1", 0.0, 0.0, None, None, 1, event))
-    assert feed.frame()["what"].tolist() == [
+        model.add([Envelope(seq, "id", type(event).__name__, "u1", 0.0, 0.0, None, None, 1, event)])
+    assert model.frame(AlertFeed)["what"].tolist() == [
         "user u1: 31 feedback within 60 s (limit 30)",
         "feedback f-1 of u1 flagged: burst (user reliability 0.25)",
     ]
@@ -525,16 +517,15 @@ def test_studies_show_the_best_value_so_far_in_their_direction() -> None:
     model = LogModel()
     model.add(study_log())
     assert Studies in {type(view) for view in model.shown()}
-    studies = model.view(Studies)
-    frame = studies.frame()
+    frame = model.frame(Studies)
     assert frame[frame["study"] == "up"][["iteration", "value", "best"]].values.tolist() == [
         [1, 0.5, 0.5],
         [2, 0.3, 0.5],
         [3, 0.9, 0.9],
     ]
     assert frame[frame["study"] == "down"]["best"].tolist() == [0.5, 0.3, 0.3]
-    assert studies.frame(max_points=2).query("study == 'up'")["iteration"].tolist() == [1, 3]
-    status = studies.status_frame().set_index("study")
+    assert model.frame(Studies, max_points=2).query("study == 'up'")["iteration"].tolist() == [1, 3]
+    status = model.frames()["StudyStatus"].set_index("study")
     assert status.loc["up", ["evaluations", "best", "best_params", "status"]].tolist() == [3, 0.9, "x=0.9", "running"]
     assert status.loc["down", ["direction", "best", "best_params", "status"]].tolist() == [
         "minimize",
@@ -547,7 +538,7 @@ def test_studies_show_the_best_value_so_far_in_their_direction() -> None:
 def test_the_suggestions_carry_their_prediction_and_the_value_observed() -> None:
     model = LogModel()
     model.add(study_log())
-    frame = model.view(Studies).suggestions_frame()
+    frame = model.frames()["Suggestions"]
     assert len(frame) == 7
     newest, *_ = (row for _, row in frame.iterrows())
     assert (newest["study"], newest["params"], newest["acquisition"], newest["mean"]) == ("up", "x=1", 0.01, 0.95)
@@ -561,17 +552,38 @@ def test_the_suggestions_carry_their_prediction_and_the_value_observed() -> None
 
 
 def test_only_the_latest_suggestions_are_kept_and_the_best_value_survives_them() -> None:
-    studies = Studies(limit=2)
-    studies.add(Envelope(1, "def", "StudyDefined", "up", 0.0, 0.0, None, None, 1, study_log()[0].payload))
+    model = LogModel([Studies(limit=2)])
+    model.add([Envelope(1, "def", "StudyDefined", "up", 0.0, 0.0, None, None, 1, study_log()[0].payload)])
     for seq, x in enumerate((0.1, 0.2, 0.3), start=2):
         suggested = Suggested(study="up", params={"x": x}, method="random")
-        studies.add(Envelope(seq, f"s{seq}", "Suggested", "up", 0.0, 0.0, None, None, 1, suggested))
+        model.add([Envelope(seq, f"s{seq}", "Suggested", "up", 0.0, 0.0, None, None, 1, suggested)])
     for seq, (suggestion, value) in enumerate((("s2", 0.9), ("s4", 0.4)), start=5):
         observed = Observed(study="up", suggestion_id=suggestion, value=value)
-        studies.add(Envelope(seq, f"o{seq}", "Observed", "up", 0.0, 0.0, None, None, 1, observed))
-    assert studies.suggestions_frame()[["params", "value"]].values.tolist() == [
+        model.add([Envelope(seq, f"o{seq}", "Observed", "up", 0.0, 0.0, None, None, 1, observed)])
+    tables = model.frames()
+    assert tables["Suggestions"][["params", "value"]].values.tolist() == [
         ["x=0.3", 0.4],
         ["x=0.2", pytest.approx(math.nan, nan_ok=True)],
     ]
-    assert studies.frame()["best"].tolist() == [0.9, 0.9]  # the first suggestion's value, though it was dropped
-    assert studies.status_frame()[["evaluations", "best", "best_params"]].values.tolist() == [[2, 0.9, ""]]
+    assert tables["Studies"]["best"].tolist() == [0.9, 0.9]  # the first suggestion's value, though it was dropped
+    assert tables["StudyStatus"][["evaluations", "best", "best_params"]].values.tolist() == [[2, 0.9, ""]]
+
+
+def test_each_view_folded_alone_gives_the_tables_it_gives_in_the_model(monitored: Path) -> None:
+    model = read_all(monitored)
+    assert {type(view) for view in model.views if view not in model.shown()} == {ExperimentTests}  # no A/B test
+    tables = model.frames()
+    with Engine.open(monitored, read_only=True, handlers=[]) as engine:
+        envelopes = list(engine.read())
+    for view in model.views:
+        for name, frame in view.frames(view.fold(view.initial_state(), envelopes)).items():
+            pd.testing.assert_frame_equal(frame, tables[name], obj=name)
+
+
+def test_an_emptied_model_folds_anew_with_the_same_views(crafted: Engine) -> None:
+    model = LogModel([AlertFeed(limit=1)])
+    model.add(crafted.read())
+    emptied = model.emptied()
+    assert emptied.views == model.views and emptied.events_seen == 0 and emptied.frame(AlertFeed).empty
+    emptied.add(crafted.read())
+    assert emptied.frame(AlertFeed)["type"].tolist() == model.frame(AlertFeed)["type"].tolist() == ["FeedbackRejected"]

@@ -20,20 +20,14 @@ from typing import Any
 import pytest
 import rtopt.apps.ui
 from bokeh.models import GlyphRenderer, Plot
-from conftest import free_port, simulate_into, write_monitored_log
+from conftest import free_port, simulate_into
 from rtopt.apps.access import COOKIE, Access, new_token
-from rtopt.apps.data import (
-    AlertFeed,
-    ArmPosteriors,
-    Detections,
-    ExperimentTests,
-    FeedbackMetrics,
-    Forecasts,
-    LogTail,
-    Responses,
-    Studies,
-)
 from rtopt.apps.ui import Dashboard, dashboard_server
+from rtopt.apps.views.decisions import ArmPosteriors, ExperimentTests
+from rtopt.apps.views.detection import Detections, Forecasts, Responses
+from rtopt.apps.views.overview import AlertFeed, FeedbackMetrics
+from rtopt.apps.views.sources import LogTail
+from rtopt.apps.views.studies import Studies
 from rtopt.handlers.bandits.simulation import default_variants, simulate
 
 from rtopt import Engine, RtoptError
@@ -91,16 +85,9 @@ def test_every_section_of_an_ab_test_renders(tmp_path: Path) -> None:
     visible = {type(view) for view, slot in zip(views, page.slots, strict=True) if slot.visible}
     assert {ExperimentTests, AlertFeed} <= visible
     page.panel.get_root()  # builds every Bokeh model the browser would receive
-    feed = page.tail.model.view(AlertFeed).frame()
+    feed = page.tail.model.frame(AlertFeed)
     assert feed["type"].iloc[0] == "ExperimentPaused" and "guardrail" in feed["what"].iloc[0]
     page.tail.close()
-
-
-@pytest.fixture(scope="module")
-def monitored(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("dash") / "monitored.sqlite"
-    write_monitored_log(path)
-    return path
 
 
 def test_every_section_of_a_detection_log_renders(monitored: Path) -> None:
@@ -108,14 +95,14 @@ def test_every_section_of_a_detection_log_renders(monitored: Path) -> None:
     views = page.tail.model.views
     visible = {type(view) for view, slot in zip(views, page.slots, strict=True) if slot.visible}
     assert {Detections, Responses, Forecasts, AlertFeed} <= visible
-    detections = page.tail.model.view(Detections)
-    assert "DriftDetected" in set(detections.frame()["type"])
-    assert "strategy_change" in set(detections.recommendations_frame()["action"])
-    assert "FeedbackFlagged" in set(page.tail.model.view(AlertFeed).frame()["type"])
+    tables = page.tail.model.frames()
+    assert "DriftDetected" in set(tables["Detections"]["type"])
+    assert "strategy_change" in set(tables["Recommendations"]["action"])
+    assert "FeedbackFlagged" in set(page.tail.model.frame(AlertFeed)["type"])
     root = page.panel.get_root()  # builds every Bokeh model the browser would receive
     [forecast] = [plot for plot in root.select({"type": Plot}) if plot.title.text.startswith("forecast")]
     glyphs = [type(renderer.glyph).__name__ for renderer in forecast.select({"type": GlyphRenderer})]
-    series = len(page.tail.model.view(Forecasts).errors_frame())
+    series = len(tables["ForecastErrors"])
     assert series >= 1 and sorted(glyphs) == ["Line"] * 2 * series + ["Patch"] * series  # interval, forecast, actual
     for index, view in enumerate(views):
         if isinstance(view, (Detections, Responses)):
@@ -128,10 +115,10 @@ def test_the_sections_of_a_study_render(monitored: Path) -> None:
     page = Dashboard(LogTail(monitored))
     views = page.tail.model.views
     assert Studies in {type(view) for view, slot in zip(views, page.slots, strict=True) if slot.visible}
-    studies = page.tail.model.view(Studies)
-    assert studies.frame()["iteration"].tolist() == list(range(1, 9))
-    assert studies.status_frame()["status"].tolist() == ["completed: 8 evaluations"]
-    suggestions = studies.suggestions_frame()
+    tables = page.tail.model.frames()
+    assert tables["Studies"]["iteration"].tolist() == list(range(1, 9))
+    assert tables["StudyStatus"]["status"].tolist() == ["completed: 8 evaluations"]
+    suggestions = tables["Suggestions"]
     assert len(suggestions) == 8 and suggestions["mean"].notna().iloc[0]  # the last ones were guided by the model
     root = page.panel.get_root()
     [plot] = [plot for plot in root.select({"type": Plot}) if plot.title.text.startswith("best value so far")]

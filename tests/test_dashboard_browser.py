@@ -59,10 +59,12 @@ def wait_until_served(
     while time.monotonic() < deadline:
         assert server.poll() is None, "the dashboard exited"
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5) as answer:
+            request = urllib.request.Request(url, headers=headers or {})
+            # the first page can take seconds on a loaded machine: a slow answer is waited for, not given up on
+            with urllib.request.urlopen(request, timeout=max(1.0, deadline - time.monotonic())) as answer:
                 if answer.status == 200:
                     return
-        except (urllib.error.URLError, ConnectionError):
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
             time.sleep(0.1)
     raise AssertionError(f"{url} did not answer within {timeout} s")
 

@@ -75,7 +75,7 @@ def test_no_module_imports_a_layer_above_its_own() -> None:
         ("rtopt", "def f():\n    import rtopt.streams.windows", "imports rtopt.streams.windows (layer 1)"),
         ("rtopt", "from rtopt import apps", "imports rtopt.apps (layer 3)"),
         ("streams", "from rtopt.handlers import ledger", "streams (layer 1) imports rtopt.handlers"),
-        ("handlers", "if TYPE_CHECKING:\n    from rtopt.apps.data import LogTail", "imports rtopt.apps.data"),
+        ("handlers", "if TYPE_CHECKING:\n    from rtopt.apps.views import sources", "imports rtopt.apps.views"),
         ("handlers", "from handlers.ledger import Ledger", "the installed name is rtopt.handlers.ledger"),
     ],
 )

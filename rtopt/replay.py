@@ -35,7 +35,7 @@ from rtopt.storage.factory import open_log
 from rtopt.storage.interface import COLUMNS, EventLog, Row
 
 REPLAYED_FROM = "replayed_from"  # meta key of a what-if log: the log whose inputs it replayed
-FOLLOWED = "followed"  # meta key of a log whose derived events followers appended, one input at a time
+WORKED = "followed"  # meta key of a log whose derived events workers appended one input at a time (name kept on disk)
 HANDLERS = "handlers"  # meta key: handler name -> fingerprint of the configuration that last wrote the log
 Progress = Callable[[int, int], None]
 """Called with (events done, events in all) while long work runs."""
@@ -213,9 +213,9 @@ def refeed(
     check: Check | None = None,
 ) -> None:
     """Commit ``source``'s input events through ``writer``, grouped as they were committed (one by one when
-    followers derived the source), deriving anew; with ``check``, re-make each recorded answer that a
+    workers derived the source), deriving anew; with ``check``, re-make each recorded answer that a
     registered handler answers, on the state it was made on, and pass both to ``check``."""
-    singly = FOLLOWED in source.meta()
+    singly = WORKED in source.meta()
     until = source.last_seq() if until_seq is None else until_seq
     keys = Keyring(source, Privacy(seal=False))
     commands = writer.commands
@@ -350,7 +350,7 @@ def verify_log(
         )
         try:
             refeed(target.writer, src, None, progress=progress, check=None if replayed else check)
-            compare = _derived_difference if FOLLOWED in meta else _first_difference
+            compare = _derived_difference if WORKED in meta else _first_difference
             difference = mismatches[0] if mismatches else compare(src, target.log, Keyring(src))
             if unit_forgotten:
                 notes.append(

@@ -608,11 +608,11 @@ def test_tail_without_start_follows_only_new_events(location: str, monkeypatch: 
 
         thread = threading.Thread(target=publish_when_waiting)
         thread.start()
-        follower = engine.tail(idle_timeout=GUARD, poll_interval=0.01)
+        tailing = engine.tail(idle_timeout=GUARD, poll_interval=0.01)
         try:
-            assert next(follower).seq == 4
+            assert next(tailing).seq == 4
         finally:
-            follower.close()
+            tailing.close()
             thread.join(GUARD)
         assert published == [4]
 

@@ -286,19 +286,26 @@ class Engine:
     # --- commands: handlers answer them, the engine records the answers ----------------------------
 
     def _define(self, definition: Event, name: str, time: float | None) -> Envelope[Any]:
-        """Commit the definition of a command's target ``name`` on its own (screened as any input)."""
+        """Commit the definition of a command's target ``name`` on its own (screened as any input); if the
+        same definition is recorded already (by this process or another), return that one."""
         writer = self._writer
+        draft = writer.draft(Draft(definition, name, time))
         with writer.lock:
             writer.commit_queue()
-            return writer.commit_now([writer.draft(Draft(definition, name, time))])[0]
+            try:
+                return writer.recorded_definition(draft) or writer.commit_now([draft])[0]
+            except InvalidEvent:
+                recorded = writer.recorded_definition(draft)  # another process recorded it meanwhile
+                if recorded is None:
+                    raise
+                return recorded
 
     def _ask(self, command: Command[Any], target: str, request: Any, when: float) -> list[Envelope[Any]]:
         """Route ``request`` to the handler that answers ``command`` for ``target`` and record its answer,
         each event with the next input id and that id as its correlation id."""
         writer = self._writer
-        with writer.lock:
-            writer.commit_queue()
-            writer.recover()
+
+        def answer() -> list[Draft]:
             slot = writer.commands.route(command, target)
             if slot is None:
                 writer.refuse(
@@ -313,8 +320,11 @@ class Engine:
             except InvalidEvent:
                 writer.rejected["invalid command"] += 1
                 raise
-            drafts = [Draft(event, target, when, event_id, event_id) for event, event_id in zip(made, ids, strict=True)]
-            return writer.commit_now(drafts, checked=True)
+            return [Draft(event, target, when, event_id, event_id) for event, event_id in zip(made, ids, strict=True)]
+
+        with writer.lock:
+            writer.commit_queue()
+            return writer.commit_now([], checked=True, make=answer)
 
     def define_experiment(
         self, name: str, arms: Sequence[str], policy: str = "thompson", *, time: float | None = None, **options: Any
@@ -459,9 +469,8 @@ class Engine:
             writer.rejected["invalid observation"] += 1
             raise
         when = writer.event_time(time, study)
-        with writer.lock:
-            writer.commit_queue()
-            writer.recover()
+
+        def observation() -> list[Draft]:
             if writer.commands.settled(SUGGEST, study, suggestion_id):
                 writer.refuse(
                     InvalidEvent(
@@ -471,7 +480,11 @@ class Engine:
                     ),
                     "repeated observation",
                 )
-            return writer.commit_now([Draft(event, study, when, None, suggestion_id)])[0]
+            return [Draft(event, study, when, None, suggestion_id)]
+
+        with writer.lock:
+            writer.commit_queue()
+            return writer.commit_now([], make=observation)[0]
 
     # --- observing and reading -------------------------------------------------------------------
 

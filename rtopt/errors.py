@@ -90,22 +90,6 @@ class WriteConflict(StorageError):
     """
 
 
-class OthersAppended(WriteConflict):
-    """Another process appended to a log that one process alone may write, before this one derived
-    anything: nothing was written; ``end`` is the log's last seq.
-
-    >>> OthersAppended("log.sqlite", 4, 9).end
-    9
-    """
-
-    def __init__(self, location: str, known: int, end: int) -> None:
-        super().__init__(
-            f"{location}: expected to append at seq {known + 1}, but seqs up to {end} are taken;"
-            " another process is writing to this log; nothing was written"
-        )
-        self.end = end
-
-
 class CommitUncertain(StorageError):
     """The connection broke while a batch was being committed and the log could not find out whether the
     commit took place: either every event in ``event_ids`` is in the log, or none is.

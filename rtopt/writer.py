@@ -15,10 +15,11 @@
    delivery under way).
 
 A batch (:meth:`Writer.batch`) holds the commits of one block back and writes them in one transaction when
-it ends. On a log other processes append to (PostgreSQL), a commit refused because others appended first
-folds their events in (catch-up) and is retried by the caller; events of others that the log placed before
-ours renumber ours. A write that fails after folding leaves the handlers ahead of the log: the state is
-marked stale and rebuilt from the log (:func:`rtopt.replay.rebuild`) before it is used again.
+it ends. On an SQLite log other processes write too, a commit folds what they appended (catch-up) before it
+takes the write lock and again under it, then makes, screens and derives its events on that state: none is
+refused because others wrote. On PostgreSQL, events of others that the log placed before ours renumber ours.
+A write that fails after folding leaves the handlers ahead of the log: the state is marked stale and rebuilt
+from the log (:func:`rtopt.replay.rebuild`) before it is used again.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import secrets
 import threading
 import time as wall_clock
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator, Sized
 from contextlib import contextmanager, nullcontext, suppress
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -41,7 +42,6 @@ from rtopt.commands import Command, Commands
 from rtopt.errors import (
     CommitUncertain,
     InvalidEvent,
-    OthersAppended,
     ReadOnlyLog,
     RtoptError,
     StorageError,
@@ -60,13 +60,15 @@ from rtopt.handler import Chains, Handler, HandlerSlot
 from rtopt.ids import ordered_id, prefix_of
 from rtopt.privacy import Keyring
 from rtopt.replay import Progress, Rebuilt, fold_history, rebuild
-from rtopt.rows import envelope_row
+from rtopt.rows import envelope_from_row, envelope_row
 from rtopt.storage.interface import EventLog, Row
 from rtopt.watermark import TimeBound
 
 REJECTED_FEEDBACK = FeedbackRejected.tag()
 FORGOTTEN_SUBJECT = SubjectForgotten.tag()
 Positive = Annotated[int, msgspec.Meta(ge=1)]
+COMMIT_ATTEMPTS = 5
+"""How many times a commit starts again after catching up with other processes failed to read the log."""
 Checked = TypeVar("Checked", bound=msgspec.Struct)
 
 
@@ -114,10 +116,11 @@ class EngineStats(msgspec.Struct, frozen=True):
 
 
 class _Ticket:
-    __slots__ = ("done", "drafts", "envelopes", "error")
+    __slots__ = ("done", "drafts", "envelopes", "error", "make")
 
-    def __init__(self, drafts: list[Draft]) -> None:
+    def __init__(self, drafts: list[Draft], make: Callable[[], list[Draft]] | None = None) -> None:
         self.drafts = drafts
+        self.make = make  # makes the drafts from the state the commit derives from (an answer to a command)
         self.envelopes: list[Envelope[Any]] = []
         self.error: BaseException | None = None
         self.done = False
@@ -397,11 +400,14 @@ class Writer:
         drafts = [self.draft(item if isinstance(item, Draft) else Draft(item), stream, time) for item in items]
         return self.submit(drafts) if drafts else []
 
-    def commit_now(self, drafts: list[Draft], *, checked: bool = False) -> list[Envelope[Any]]:
+    def commit_now(
+        self, drafts: list[Draft], *, checked: bool = False, make: Callable[[], list[Draft]] | None = None
+    ) -> list[Envelope[Any]]:
         """Commit ``drafts`` as a group of their own; the caller holds the write lock. ``checked`` drafts
-        (answers to commands) skip the screening of inputs."""
+        (answers to commands) skip the screening of inputs. ``make``, if given, makes the drafts instead, from
+        the state at the position they are appended after (so that what it reads of the state is current)."""
         self.check_writable()
-        ticket = _Ticket(drafts)
+        ticket = _Ticket(drafts, make)
         self._commit([ticket], checked=checked)
         if ticket.error is not None:
             raise ticket.error
@@ -430,50 +436,36 @@ class Writer:
         Whatever happens, every ticket ends done, with its envelopes or with the error that stopped it.
         """
         try:
-            self.recover()
-            accepted = tickets if checked else self._screen(tickets)
-            recorded_at = wall_clock.time()
-            seq, inputs = self.last_seq, self._inputs
-            batch: list[Envelope[Any]] = []
-            for ticket in accepted:
-                for draft in ticket.drafts:
-                    seq += 1
-                    inputs += 1
-                    event = draft.event
-                    assert draft.stream is not None and draft.time is not None  # draft() or the command filled them
-                    envelope = Envelope(
-                        seq,
-                        draft.id or self.input_id(inputs),
-                        event.tag(),
-                        draft.stream,
-                        draft.time,
-                        recorded_at,
-                        None,
-                        draft.correlation_id,
-                        event.schema_version,
-                        event,
-                    )
-                    ticket.envelopes.append(envelope)
-                    batch.append(envelope)
-            if not batch:
-                return
-            # keys of new subjects are stored (and committed) before the write transaction holds other writers out
-            self.keys.prepare(envelope.payload for envelope in batch)
-            try:
-                with self.log.appending(self.last_seq) if self._batch is None else nullcontext():
-                    written = [*batch, *self._chains.cascade(batch, recorded_at)]
-                    if self._batch is None:
-                        guard = {envelope.stream for envelope in written} if self.slots and self.log.shared else ()
-                        first = self.log.append(self._stored_rows(written), guard)
-                    else:
-                        self._batch.add(written, len(written) - len(batch))
-                        first = written[0].seq
-            except OthersAppended as refusal:  # raised before anything was folded
-                self._catch_up(refusal.end)
-                raise
-            except BaseException as exc:
-                self._abandon(exc)  # the handlers folded events that are not in the log
-                raise
+            for _ in range(COMMIT_ATTEMPTS):
+                self.recover()
+                self._look_ahead()
+                # keys of new subjects are stored (and committed) before the write transaction holds other writers out
+                self.keys.prepare(draft.event for ticket in tickets for draft in ticket.drafts)
+                try:
+                    with self.log.appending() if self._batch is None else nullcontext() as end:
+                        if end is not None and end != self.last_seq:
+                            self._catch_up(end)
+                        if self._stale:
+                            continue  # nothing derived: the next attempt starts from the log as it is
+                        accepted, batch, inputs, recorded_at = self._number(tickets, checked)
+                        if not batch:
+                            return
+                        written = [*batch, *self._chains.cascade(batch, recorded_at)]
+                        if self._batch is None:
+                            guard = {envelope.stream for envelope in written} if self.slots and self.log.shared else ()
+                            first = self.log.append(self._stored_rows(written), guard)
+                        else:
+                            self._batch.add(written, len(written) - len(batch))
+                            first = written[0].seq
+                except BaseException as exc:
+                    self._abandon(exc)  # the handlers may have folded events that are not in the log
+                    raise
+                break
+            else:
+                raise StorageUnavailable(
+                    f"{self.log.location}: reading what other processes appended failed {COMMIT_ATTEMPTS} times;"
+                    " nothing was written"
+                )
             if first != written[0].seq:  # durable already: from here on no caller may be told it failed
                 written = self._follow_others(written, first, accepted)
             self.last_seq, self._inputs = written[-1].seq, inputs
@@ -492,6 +484,43 @@ class Writer:
             return
         if self._batch is None:
             self._dispatch(written)
+
+    def _number(
+        self, tickets: list[_Ticket], checked: bool
+    ) -> tuple[list[_Ticket], list[Envelope[Any]], int, float]:
+        """The tickets accepted (made and screened on the current state), their envelopes numbered from the
+        current position, the input count after them and their recording time."""
+        for ticket in tickets:
+            if ticket.make is not None and not ticket.done:
+                try:
+                    ticket.drafts = ticket.make()
+                except InvalidEvent as exc:
+                    ticket.error, ticket.done = exc, True
+        accepted = [ticket for ticket in tickets if not ticket.done] if checked else self._screen(tickets)
+        recorded_at = wall_clock.time()
+        seq, inputs = self.last_seq, self._inputs
+        batch: list[Envelope[Any]] = []
+        for ticket in accepted:
+            for draft in ticket.drafts:
+                seq += 1
+                inputs += 1
+                event = draft.event
+                assert draft.stream is not None and draft.time is not None  # draft() or the command filled them
+                envelope = Envelope(
+                    seq,
+                    draft.id or self.input_id(inputs),
+                    event.tag(),
+                    draft.stream,
+                    draft.time,
+                    recorded_at,
+                    None,
+                    draft.correlation_id,
+                    event.schema_version,
+                    event,
+                )
+                ticket.envelopes.append(envelope)
+                batch.append(envelope)
+        return accepted, batch, inputs, recorded_at
 
     def _count_rejected_feedback(self, envelopes: list[Envelope[Any]]) -> None:
         """Count, by reason, the feedback that handlers rejected (their derived FeedbackRejected events)."""
@@ -573,8 +602,16 @@ class Writer:
 
     # --- failures and other writers ---------------------------------------------------------------------
 
+    def _look_ahead(self) -> None:
+        """Fold what other processes appended to a log that one process at a time writes, before taking its
+        write lock (which then holds the others out only while the few events since are folded)."""
+        if self._batch is None and not self.log.shared:
+            end = self.log.last_seq()
+            if end != self.last_seq:
+                self._catch_up(end)
+
     def _catch_up(self, end: int) -> None:
-        """Fold what another process appended up to seq ``end`` (so that the next call can go on)."""
+        """Fold what other processes appended up to seq ``end``; a failure leaves the state stale."""
         known = self.last_seq
         if end < known:  # events this engine saw are gone: start again from the log as it is
             self._stale = True
@@ -685,6 +722,17 @@ class Writer:
         row = self.log.get(event_id)
         return None if row is None else (row[2], decode_payload(row[2], row[9], row[8]))
 
+    def recorded_definition(self, draft: Draft) -> Envelope[Any] | None:
+        """The recorded definition of the target ``draft`` defines, if it defines one and the same way."""
+        definition = self.commands.definition(draft.event)
+        if definition is None or draft.stream is None:
+            return None
+        for row in self.log.rows(types=[draft.event.tag()], stream=draft.stream):
+            recorded = envelope_from_row(row, self.keys)
+            if self.commands.definition(recorded.payload) == definition:
+                return recorded if recorded.payload == draft.event else None
+        return None
+
     def recorded_answer(self, command: Command[Any], answer_id: str) -> tuple[str, Any]:
         """``answer_id`` and the committed event it names, an event of an answer to ``command``; another id is
         counted and refused."""
@@ -713,6 +761,8 @@ class Writer:
         accepted = []
         numbered = self._inputs  # the input number of the last draft accepted so far
         for ticket in tickets:
+            if ticket.done:
+                continue
             ids: set[str] = set()
             definitions: set[tuple[str, str]] = set()
             try:

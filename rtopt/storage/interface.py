@@ -179,13 +179,13 @@ class EventLog(ABC):
         """Number of input events (those with no causing event) with ``after < seq <= until``."""
 
     @contextmanager
-    def appending(self, known: int) -> Iterator[None]:
-        """Keep other writers out for the block, having checked that the log still ends at seq ``known``
-        (else raise :class:`~rtopt.errors.OthersAppended`, before the caller derives anything); appends
-        inside the block commit when it ends. A :attr:`shared` log keeps nobody out: its appends go after
+    def appending(self) -> Iterator[int | None]:
+        """Keep other writers out for the block and give the log's last seq as read under that hold: the
+        caller folds what others appended up to it before deriving anything; appends inside the block
+        commit when it ends. A :attr:`shared` log keeps nobody out and gives None: its appends go after
         what others committed.
         """
-        yield
+        yield None
 
     chained = True
     """True when the rows carry a hash chain (format 2 on); format 1 logs opened read-only have none."""

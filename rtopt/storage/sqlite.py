@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import threading
@@ -14,7 +15,7 @@ from urllib.parse import quote
 import sqlite_utils
 
 from rtopt.arguments import one_of
-from rtopt.errors import InvalidLog, OthersAppended, ReadOnlyLog, StorageUnavailable, WriteConflict
+from rtopt.errors import InvalidLog, ReadOnlyLog, StorageUnavailable, WriteConflict
 from rtopt.storage.interface import CHAIN, FORMAT_VERSION, HEAD, Row, chained, head_value
 from rtopt.storage.sql import (
     _INSERT,
@@ -85,15 +86,10 @@ class SQLiteLog(SQLLog):
             _create_schema(conn, seed)
             return cls(location, conn, conn)
         path = Path(location)
-        if _is_new(path):
-            if read_only:
+        writer = None if read_only else _create_if_new(path, seed, synchronous, file_mode)
+        if writer is None:
+            if _is_new(path):
                 raise InvalidLog(f"{location}: no such log")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, file_mode))
-            os.chmod(path, file_mode)  # whatever the umask; SQLite gives the -wal and -shm files the same mode
-            writer = _connect_writer(path, synchronous)
-            _create_schema(writer, seed)
-        else:
             probe = cls(location, None, _connect_read_only(path))
             try:
                 version = probe._damage_as_invalid(probe._inspect, check)
@@ -165,14 +161,12 @@ class SQLiteLog(SQLLog):
         return last[0] - len(rows) + 1
 
     @contextmanager
-    def appending(self, known: int) -> Iterator[None]:
+    def appending(self) -> Iterator[int | None]:
         self._writable()
         with self._write_lock, self._transaction() as head:
-            if head[0] != known:
-                raise OthersAppended(self.location, known, head[0])
             self._held, self._holder = head, threading.get_ident()
             try:
-                yield
+                yield head[0]
             finally:
                 self._held = self._holder = None
 
@@ -322,6 +316,29 @@ def _is_new(path: Path) -> bool:
     return False
 
 
+def _create_if_new(path: Path, seed: int | None, synchronous: str, file_mode: int) -> sqlite3.Connection | None:
+    """A writer's connection to the log created at ``path`` if it holds none yet (else None), created whole
+    while other processes opening a log in the same folder wait: the first to come creates it, the others
+    open what it created."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        if not _is_new(path):
+            return None
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, file_mode))
+        os.chmod(path, file_mode)  # whatever the umask; SQLite gives the -wal and -shm files the same mode
+        writer = _connect_writer(path, synchronous)
+        try:
+            _create_schema(writer, seed)
+        except BaseException:
+            writer.close()
+            raise
+        return writer
+    finally:
+        os.close(folder)  # and with it the lock
+
+
 def _connect_read_only(path: Path) -> sqlite3.Connection:
     """A read-only connection to ``path``; on read-only media (where SQLite cannot make the ``-shm`` file a
     WAL file needs) the file is opened as immutable."""
@@ -373,6 +390,9 @@ def _create_schema(conn: sqlite3.Connection, seed: int | None) -> None:
     db = sqlite_utils.Database(conn)
     conn.execute("BEGIN IMMEDIATE")
     try:
+        if db.table(META_TABLE).exists():  # created by a process that did not wait for the folder's lock
+            conn.execute("COMMIT")
+            return
         db.table(META_TABLE).create({"key": str, "value": str}, pk="key")
         db.table("events").create(
             {

@@ -1,0 +1,118 @@
+"""Several processes on one SQLite log: they create it together, decide and learn on one experiment, and
+no call fails because another process wrote."""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+from collections import Counter
+from multiprocessing.synchronize import Barrier
+from pathlib import Path
+
+import pytest
+from rtopt.handlers.bandits import ArmUpdated, BanditHandler
+
+from rtopt import Engine, InvalidEvent
+from rtopt.events import Decision, Feedback
+
+SPAWN = multiprocessing.get_context("spawn")
+WAIT_S = 120.0  # bound on any process's run: a hang fails the test instead of stalling the suite
+ARMS = ["a", "b", "c"]
+SUCCESS = {"a": 0.3, "b": 0.5, "c": 0.7}
+
+
+def open_when_all_are_ready(paths: list[str], ready: Barrier) -> list[str]:
+    """Open each new log of ``paths`` at the moment the other processes open it too; returns each one's seed."""
+    seeds = []
+    for path in paths:
+        ready.wait(WAIT_S)
+        with Engine.open(path, handlers=[]) as engine:
+            seeds.append(engine.log.meta()["seed"])
+    return seeds
+
+
+def decide_and_learn(path: str, policy: str, rounds: int, worker: int, ready: Barrier) -> None:
+    """``rounds`` of decide then feedback on the experiment "shared", started with the other processes."""
+    outcomes = random.Random(worker)
+    with Engine.open(path, handlers=[BanditHandler()]) as engine:
+        engine.define_experiment("shared", arms=ARMS, policy=policy)
+        ready.wait(WAIT_S)
+        for _ in range(rounds):
+            decision = engine.decide("shared")
+            success = outcomes.random() < SUCCESS[decision.payload.arm]
+            engine.feedback(decision.id, success=success, quality_score=float(success), response_time_ms=10.0)
+
+
+def run_together(target: object, argument_lists: list[tuple[object, ...]]) -> None:
+    """Run ``target`` in one spawned process per argument list, all waiting on one barrier (their last
+    argument), and fail if any raised or did not end within the bound."""
+    ready = SPAWN.Barrier(len(argument_lists))
+    processes = [SPAWN.Process(target=target, args=(*arguments, ready)) for arguments in argument_lists]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(WAIT_S)
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+    assert [process.exitcode for process in processes] == [0] * len(processes)
+
+
+def test_processes_creating_one_new_log_at_once_get_one_log_and_no_error(tmp_path: Path) -> None:
+    paths = [str(tmp_path / f"log{i}.sqlite") for i in range(10)]
+    with SPAWN.Pool(2) as pool:
+        ready = SPAWN.Manager().Barrier(2)
+        both = [pool.apply_async(open_when_all_are_ready, (paths, ready)) for _ in range(2)]
+        first, second = (result.get(WAIT_S) for result in both)
+    assert first == second  # each log has the one seed written when it was created
+    for path in paths:
+        with Engine.open(path, read_only=True, handlers=[]) as engine:
+            assert engine.position == 0 and engine.log.audit() is None
+
+
+def check_every_feedback_learnt_once(path: str, rounds: int) -> None:
+    """Every Feedback has exactly one ArmUpdated, ``rounds`` decisions pulled the arms, and verify passes."""
+    with Engine.open(path, read_only=True, handlers=[BanditHandler()]) as engine:
+        feedback = [envelope.id for envelope in engine.read(types=[Feedback])]
+        updates = Counter(envelope.causation_id for envelope in engine.read(types=[ArmUpdated]))
+        decisions = list(engine.read(types=[Decision]))
+        pulls = sum(arm.pulls for arm in engine.state("bandit", "shared").arms.values())
+    assert len(feedback) == len(decisions) == rounds
+    assert updates == Counter(feedback)  # one each: none missing, none twice
+    assert pulls == rounds
+    assert Engine.verify(path).ok
+
+
+def run_rounds(tmp_path: Path, policy: str, processes: int, rounds: int) -> None:
+    path = str(tmp_path / f"{policy}.sqlite")
+    run_together(decide_and_learn, [(path, policy, rounds, worker) for worker in range(processes)])
+    check_every_feedback_learnt_once(path, processes * rounds)
+
+
+@pytest.mark.parametrize("policy", ["thompson", "ucb1"])
+def test_four_processes_decide_and_learn_on_one_experiment(tmp_path: Path, policy: str) -> None:
+    run_rounds(tmp_path, policy, processes=4, rounds=300)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["thompson", "ucb1"])
+def test_four_processes_decide_and_learn_two_thousand_rounds_each(tmp_path: Path, policy: str) -> None:
+    run_rounds(tmp_path, policy, processes=4, rounds=2_000)
+
+
+def test_two_engines_in_one_process_take_turns_on_one_experiment(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite"
+    with (
+        Engine.open(path, seed=1, handlers=[BanditHandler()]) as first,
+        Engine.open(path, handlers=[BanditHandler()]) as second,
+    ):
+        defined = first.define_experiment("shared", arms=ARMS, policy="ucb1")
+        assert second.define_experiment("shared", arms=ARMS, policy="ucb1") == defined  # the same: recorded once
+        with pytest.raises(InvalidEvent, match="already defined"):
+            second.define_experiment("shared", arms=ARMS, policy="thompson")
+        for i in range(30):
+            deciding, learning = (first, second) if i % 2 else (second, first)
+            decision = deciding.decide("shared")
+            # the other engine takes feedback on it: it folds the decision before screening the feedback
+            learning.feedback(decision.id, success=i % 3 == 0, quality_score=0.5, response_time_ms=10.0)
+    check_every_feedback_learnt_once(str(path), 30)

@@ -1,4 +1,4 @@
-"""What the log's integrity costs, and what a refused second SQLite writer costs the first, in one run.
+"""What the log's integrity costs, and what a second SQLite writer costs the first, in one run.
 
 1. Raw appends into SQLite logs, the same Feedback rows (msgpack-encoded) in batches of 1,000 rows and of
    1 row: :meth:`rtopt.storage.sqlite.SQLiteLog.append` (each row hash-chained to the one before, the head anchor
@@ -6,9 +6,9 @@
    chain and the anchor), run on a log of the same schema, three times each in turn, best of three; the
    ratio is chained / unchained.
 2. Two writers on one SQLite file: events/s that an engine without handlers publishes alone, and then
-   while another process, an engine with a handler, tries to publish all the time (and is refused whenever
-   the first one committed since it last looked, and then folds what the first wrote, without rebuilding);
-   the ratio is with / alone, and the second process's accepted and refused publishes are reported.
+   while another process, an engine with a handler, publishes all the time (folding what the first wrote
+   before each of its commits, without rebuilding); the ratio is with / alone, and the second process's
+   publishes are reported.
 
 Run ``python benchmarks/log_integrity.py`` (``--quick`` for a tiny run, ``--json`` for one JSON object).
 """
@@ -27,7 +27,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from rtopt import Engine, Feedback, WriteConflict
+from rtopt import Engine, Feedback
 from rtopt.events import encode_payload
 from rtopt.storage.interface import COLUMNS, Row
 from rtopt.storage.sqlite import SQLiteLog
@@ -38,21 +38,17 @@ _UNCHAINED = f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' 
 SECOND_WRITER = """
 import json, sys, time
 from rtopt.handlers.bandits import BanditHandler
-from rtopt import Engine, Feedback, WriteConflict
+from rtopt import Engine, Feedback
 
 path, seconds = sys.argv[1], float(sys.argv[2])
-accepted = refused = 0
+accepted = 0
 with Engine.open(path, handlers=[BanditHandler()]) as engine:
     print("ready", flush=True)
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        try:
-            engine.publish(Feedback(prompt_id="b", variant_id="v", response_time_ms=1.0, success=True,
-                                    quality_score=0.5))
-            accepted += 1
-        except WriteConflict:
-            refused += 1
-print(json.dumps({"accepted": accepted, "refused": refused}), flush=True)
+        engine.publish(Feedback(prompt_id="b", variant_id="v", response_time_ms=1.0, success=True, quality_score=0.5))
+        accepted += 1
+print(json.dumps({"accepted": accepted}), flush=True)
 """
 
 
@@ -91,19 +87,16 @@ def rows_per_second(folder: Path, name: str, rows: list[Row], batch: int, chaine
 
 
 def first_writer_rate(path: Path, seconds: float) -> float:
-    """Events/s an engine without handlers publishes one at a time for ``seconds``, retrying refusals."""
+    """Events/s an engine without handlers publishes one at a time for ``seconds``."""
     published = 0
     with Engine.open(path, handlers=[]) as engine:
         deadline = time.monotonic() + seconds
         started = time.perf_counter()
         while time.monotonic() < deadline:
-            try:
-                engine.publish(
-                    Feedback(prompt_id="a", variant_id="v", response_time_ms=1.0, success=True, quality_score=0.5)
-                )
-                published += 1
-            except WriteConflict:
-                pass
+            engine.publish(
+                Feedback(prompt_id="a", variant_id="v", response_time_ms=1.0, success=True, quality_score=0.5)
+            )
+            published += 1
         return published / (time.perf_counter() - started)
 
 
@@ -126,7 +119,6 @@ def two_writers(folder: Path, seconds: float) -> dict[str, float]:
         "first_alone_events_per_s": alone,
         "first_beside_second_events_per_s": beside,
         "second_accepted": report["accepted"],
-        "second_refused": report["refused"],
         "second_events_per_s": report["accepted"] / (seconds * 1.5),
     }
 

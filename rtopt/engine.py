@@ -119,8 +119,8 @@ class Engine:
         file_mode: int = 0o600,
     ) -> Engine:
         """Open the log at ``location``: an SQLite file (default ``event_log/rtopt.sqlite``; ``":memory:"``
-        works) or a PostgreSQL database given as a ``postgresql://user@host:port/db`` URL, which several
-        processes may publish to at once.
+        works; several processes on one host may write it, one commit at a time) or a PostgreSQL database given
+        as a ``postgresql://user@host:port/db`` URL, which several processes may publish to at once.
 
         ``seed`` is recorded when the log is created (a random one if None) and must match afterwards.
         ``handlers`` defaults to every handler installed packages declare. ``durability`` is

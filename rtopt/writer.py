@@ -485,9 +485,7 @@ class Writer:
         if self._batch is None:
             self._dispatch(written)
 
-    def _number(
-        self, tickets: list[_Ticket], checked: bool
-    ) -> tuple[list[_Ticket], list[Envelope[Any]], int, float]:
+    def _number(self, tickets: list[_Ticket], checked: bool) -> tuple[list[_Ticket], list[Envelope[Any]], int, float]:
         """The tickets accepted (made and screened on the current state), their envelopes numbered from the
         current position, the input count after them and their recording time."""
         for ticket in tickets:

@@ -232,12 +232,13 @@ def test_unknown_repeated_and_non_finite_observations_are_refused_and_counted() 
 
 def test_suggestions_are_made_by_suggest_not_published() -> None:
     with engine() as eng:
-        eng.define_study("s", space={"x": (0.0, 1.0)})
+        defined = eng.define_study("s", space={"x": (0.0, 1.0)})
         with pytest.raises(InvalidEvent) as refused:
             eng.publish(Suggested(study="s", params={"x": 0.5}, method="gp"))
         assert refused.value.field == "method"
+        assert eng.define_study("s", space={"x": (0.0, 1.0)}) == defined  # the same definition: the recorded one
         with pytest.raises(InvalidEvent) as refused:
-            eng.define_study("s", space={"x": (0.0, 1.0)})
+            eng.define_study("s", space={"x": (0.0, 2.0)})
         assert refused.value.field == "study"
 
 

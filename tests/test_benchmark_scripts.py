@@ -1,4 +1,4 @@
-"""Smoke tests of benchmarks/throughput.py and benchmarks/postgres.py: a tiny run must report every figure
+"""Smoke tests of the benchmark scripts: a tiny run must report every figure
 (no timing assertions)."""
 
 from __future__ import annotations
@@ -144,3 +144,17 @@ def test_detection_benchmark_runs_and_both_sides_agree_where_they_share_a_statis
     for row in detectors.values():
         assert all(_positive(side["updates_per_s"]) for side in (row["rtopt"], row.get("river", row["rtopt"])))
         assert "river" not in row or _positive(row["speed_ratio"])
+
+
+def test_processes_benchmark_runs_and_every_run_verifies() -> None:
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "processes.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--quick", "--json"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert [row["processes"] for row in data["results"]] == [1, 2, 4]
+    for row in data["results"]:
+        assert row["verify_ok"] and row["pulls"] == row["rounds"] == row["processes"] * data["rounds_per_process"]
+        assert row["transactions"] == 2 * row["rounds"]  # a decide and a feedback commit per round
+        assert all(_positive(row[key]) for key in ("engine_rounds_per_s", "limit_rounds_per_s", "ratio"))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import multiprocessing
 import random
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
@@ -21,20 +23,31 @@ ARMS = ["a", "b", "c"]
 SUCCESS = {"a": 0.3, "b": 0.5, "c": 0.7}
 
 
+@contextmanager
+def failing_the_others(ready: Barrier) -> Iterator[None]:
+    """Break ``ready`` if the block raises, so that the other processes stop waiting for this one."""
+    try:
+        yield
+    except BaseException:
+        ready.abort()
+        raise
+
+
 def open_when_all_are_ready(paths: list[str], ready: Barrier) -> list[str]:
     """Open each new log of ``paths`` at the moment the other processes open it too; returns each one's seed."""
     seeds = []
-    for path in paths:
-        ready.wait(WAIT_S)
-        with Engine.open(path, handlers=[]) as engine:
-            seeds.append(engine.log.meta()["seed"])
+    with failing_the_others(ready):
+        for path in paths:
+            ready.wait(WAIT_S)
+            with Engine.open(path, handlers=[]) as engine:
+                seeds.append(engine.log.meta()["seed"])
     return seeds
 
 
 def decide_and_learn(path: str, policy: str, rounds: int, worker: int, ready: Barrier) -> None:
     """``rounds`` of decide then feedback on the experiment "shared", started with the other processes."""
     outcomes = random.Random(worker)
-    with Engine.open(path, handlers=[BanditHandler()]) as engine:
+    with failing_the_others(ready), Engine.open(path, handlers=[BanditHandler()]) as engine:
         engine.define_experiment("shared", arms=ARMS, policy=policy)
         ready.wait(WAIT_S)
         for _ in range(rounds):
@@ -59,7 +72,7 @@ def run_together(target: object, argument_lists: list[tuple[object, ...]]) -> No
 
 
 def test_processes_creating_one_new_log_at_once_get_one_log_and_no_error(tmp_path: Path) -> None:
-    paths = [str(tmp_path / f"log{i}.sqlite") for i in range(10)]
+    paths = [str(tmp_path / f"log{i}.sqlite") for i in range(20)]
     with SPAWN.Pool(2) as pool:
         ready = SPAWN.Manager().Barrier(2)
         both = [pool.apply_async(open_when_all_are_ready, (paths, ready)) for _ in range(2)]

@@ -4,16 +4,8 @@ The kernel: event schemas, the append-only log, the bus and the :class:`Engine`.
 (bandits, detection, optimisation) live in the ``handlers`` package and register through entry points.
 """
 
-from rtopt.engine import (
-    ConfigurationChanged,
-    Draft,
-    Engine,
-    EngineStats,
-    Limits,
-    Rebuilt,
-    VerifyReport,
-    default_handlers,
-)
+from rtopt.commands import Answerer, Request, SuggestRequest
+from rtopt.engine import Engine, default_handlers
 from rtopt.errors import (
     CommitUncertain,
     InvalidArgument,
@@ -44,15 +36,17 @@ from rtopt.events import (
     event_type,
     registered_types,
 )
-from rtopt.handler import Context, Decider, Handler, Request, Suggester, handles
+from rtopt.handler import Context, Handler, handles
 from rtopt.privacy import Privacy
+from rtopt.replay import ConfigurationChanged, Rebuilt, VerifyReport
+from rtopt.writer import Draft, EngineStats, Limits
 
 __all__ = [
+    "Answerer",
     "ClockTicked",
     "CommitUncertain",
     "ConfigurationChanged",
     "Context",
-    "Decider",
     "Decision",
     "Dimension",
     "Draft",
@@ -79,8 +73,8 @@ __all__ = [
     "StorageUnavailable",
     "StudyDefined",
     "SubjectForgotten",
+    "SuggestRequest",
     "Suggested",
-    "Suggester",
     "UnknownEventType",
     "UnreadableSchemaVersion",
     "VerifyReport",

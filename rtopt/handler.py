@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, NamedTuple, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, NamedTuple, TypeVar
 
 import msgspec
 import numpy as np
@@ -21,7 +21,7 @@ from reactivex import operators as ops
 from reactivex.subject import Subject
 
 from rtopt.errors import InvalidEvent, RtoptError
-from rtopt.events import Decision, Envelope, Event, HandlerFailed, Suggested, unvalidated, validate
+from rtopt.events import Envelope, Event, HandlerFailed, unvalidated, validate
 from rtopt.ids import ordered_id, prefix_of
 
 if TYPE_CHECKING:
@@ -229,57 +229,6 @@ class Handler(Generic[S]):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-class Request(msgspec.Struct, frozen=True):
-    """What a caller asks of ``decide`` for one request: its feature vector (``context``), the arms it can
-    take (``available``, None for every active arm), the unit it is for (a user or session id, which
-    fixed-allocation experiments hash to keep each unit on one arm) and how many arms it shows at once
-    (``slots``: a ranked slate, each slot chosen with the policy's own exploration)."""
-
-    context: dict[str, float] | None = None
-    available: list[str] | None = None
-    unit: str | None = None
-    slots: int = 1
-
-
-@runtime_checkable
-class Decider(Protocol):
-    """A handler that also answers ``Engine.decide`` for the experiments of its policies."""
-
-    policies: ClassVar[tuple[str, ...]]
-
-    def has_experiment(self, state: Any, experiment: str) -> bool:
-        """True if ``experiment`` was defined for one of this handler's policies."""
-
-    def decide(self, state: Any, experiment: str, ctx: Context, request: Request) -> Decision:
-        """Choose an arm for one request, reading but not changing ``state``."""
-
-
-@runtime_checkable
-class Suggester(Protocol):
-    """A handler that also answers ``Engine.suggest`` for the studies of its methods.
-
-    >>> class Fixed:
-    ...     methods = ("fixed",)
-    ...     def has_study(self, state, study): return True
-    ...     def suggest(self, state, study, ctx, n): return []
-    ...     def observed(self, state, suggestion_id): return False
-    >>> isinstance(Fixed(), Suggester)
-    True
-    """
-
-    methods: ClassVar[tuple[str, ...]]
-
-    def has_study(self, state: Any, study: str) -> bool:
-        """True if ``study`` was defined for one of this handler's methods."""
-
-    def suggest(self, state: Any, study: str, ctx: Context, n: int) -> list[Suggested]:
-        """Suggest ``n`` parameter sets to evaluate together, reading but not changing ``state``; the
-        i-th is recorded with the i-th id after ``ctx.event_id``."""
-
-    def observed(self, state: Any, suggestion_id: str) -> bool:
-        """True if the suggestion ``suggestion_id`` already has its observation."""
-
-
 class Derived(NamedTuple):
     """An event a handler derived from ``cause``; ``index`` is its position among that handler's outputs."""
 
@@ -360,19 +309,6 @@ class HandlerSlot:
         return HandlerFailed(
             handler=self.name, event_type=envelope.type, error_type=type(exc).__name__, message=str(exc)[:2000]
         )
-
-
-Role = TypeVar("Role", covariant=True)
-
-
-class SlotOf(Protocol[Role]):
-    """A :class:`HandlerSlot` whose handler plays ``Role`` as well (``SlotOf[Decider]``, ``SlotOf[Suggester]``)."""
-
-    @property
-    def handler(self) -> Role: ...
-
-    @property
-    def state(self) -> Any: ...
 
 
 def fold_operator(

@@ -15,6 +15,7 @@ partition, together derive the same events as one worker taking them all.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time as wall_clock
 from collections.abc import Callable, Sequence
@@ -23,10 +24,13 @@ from typing import Any, NamedTuple
 import msgspec
 
 from rtopt.arguments import invalid, whole
-from rtopt.engine import FOLLOWED, default_handlers, envelope_from_row, envelope_row
+from rtopt.engine import default_handlers
+from rtopt.errors import InvalidLog
 from rtopt.handler import Chains, Handler, HandlerSlot
 from rtopt.privacy import Keyring
-from rtopt.storage.factory import open_log
+from rtopt.replay import WORKED
+from rtopt.rows import envelope_from_row, envelope_row
+from rtopt.storage.factory import is_postgres_url, open_log
 from rtopt.storage.interface import EventLog, Row
 
 DEFAULT_NAME = "worker"
@@ -110,8 +114,8 @@ class Worker:
         self._slots = [HandlerSlot(handler, seed) for handler in handlers]
         for slot in self._slots:
             self._chains.add(slot)
-        if FOLLOWED not in log.meta():
-            log.set_meta(FOLLOWED, "1")
+        if WORKED not in log.meta():
+            log.set_meta(WORKED, "1")
         self.position = log.tracked(self.tracker)
         self._stale = False  # a failed step left the chains ahead of the position: restore before the next
         self._restore()
@@ -169,6 +173,8 @@ class Worker:
         folds only what came after."""
         if isinstance(partition, str):
             partition = Partition.parse(partition)
+        if not is_postgres_url(location) and not os.path.exists(location):
+            raise InvalidLog(f"{location}: no log there; a worker derives for a log that writers have created")
         log = open_log(location)
         try:
             chains = default_handlers() if handlers is None else handlers

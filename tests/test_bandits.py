@@ -53,7 +53,7 @@ class Bandit:
         self.t += 1.0
         decision_id = f"d{next(_ids)}"
         request = Request(context=context, available=available)
-        decision = self.handler.decide(self.state, "x", Context(self.t, decision_id, self.seed), request)
+        decision = self.handler.answer(self.state, "decide", "x", Context(self.t, decision_id, self.seed), request)[0]
         env = Envelope(0, decision_id, "Decision", "x", self.t, 0.0, None, None, 1, decision)
         self.state, _ = self.handler.apply(self.state, env, Context(self.t, decision_id, self.seed))
         return decision.arm, decision_id, decision

@@ -273,8 +273,8 @@ def test_verify_finds_a_suggestion_the_handler_would_not_make(tmp_path: Path) ->
         run_study(live, "s", quadratic, 4)
 
     class Shifted(BayesOptHandler):
-        def suggest(self, state, study, ctx, n):
-            made = super().suggest(state, study, ctx, n)
+        def answer(self, state, command, target, ctx, request):
+            made = super().answer(state, command, target, ctx, request)
             return [msgspec.structs.replace(s, params={"x": 0.0, "y": 0.0}) for s in made]
 
     report = Engine.verify(log, handlers=[Shifted()])

@@ -434,13 +434,13 @@ def test_duplicate_id_in_a_group_commit_fails_alone(location: str) -> None:
             threading.Thread(target=run, args=("dup",), kwargs={"id": "taken"}),
             threading.Thread(target=run, args=("ok-2",), kwargs={"id": "new"}),
         ]
-        with engine._write_lock:  # hold commits back until all three are queued
-            with engine._queue_lock:
-                engine._queue = _NotifyingQueue(changed)
+        with engine.writer.lock:  # hold commits back until all three are queued
+            with engine.writer.queue_lock:
+                engine.writer.queue = _NotifyingQueue(changed)
             for thread in threads:
                 thread.start()
             with changed:
-                assert changed.wait_for(lambda: len(engine._queue) == 3, timeout=GUARD)
+                assert changed.wait_for(lambda: len(engine.writer.queue) == 3, timeout=GUARD)
         for thread in threads:
             thread.join(GUARD)
             assert not thread.is_alive()
@@ -608,11 +608,11 @@ def test_tail_without_start_follows_only_new_events(location: str, monkeypatch: 
 
         thread = threading.Thread(target=publish_when_waiting)
         thread.start()
-        follower = engine.tail(idle_timeout=GUARD, poll_interval=0.01)
+        tailing = engine.tail(idle_timeout=GUARD, poll_interval=0.01)
         try:
-            assert next(follower).seq == 4
+            assert next(tailing).seq == 4
         finally:
-            follower.close()
+            tailing.close()
             thread.join(GUARD)
         assert published == [4]
 

@@ -487,7 +487,7 @@ def test_a_refused_writer_does_not_rebuild_and_goes_on_after_the_others(
         Engine.open(path, seed=1, handlers=[FeedbackCounter()]) as second,
     ):
         rebuilt = second.rebuilt
-        monkeypatch.setattr(second, "_rebuild", lambda: pytest.fail("a refused publish rebuilt the state"))
+        monkeypatch.setattr(second.writer, "rebuild", lambda: pytest.fail("a refused publish rebuilt the state"))
         FOLDS.clear()
         first.publish_many([fb(i) for i in range(3)])
         with pytest.raises(WriteConflict, match="another process is writing to this log"):
@@ -507,8 +507,8 @@ def test_the_first_writer_keeps_going_while_a_second_is_refused(tmp_path: Path) 
         Engine.open(path, seed=1, handlers=[FeedbackCounter()]) as second,
     ):
         rebuilds: list[int] = []
-        rebuild = second._rebuild
-        second._rebuild = lambda: (rebuilds.append(second.position), rebuild())
+        rebuild = second.writer.rebuild
+        second.writer.rebuild = lambda: (rebuilds.append(second.position), rebuild())
         FOLDS.clear()
         done = threading.Event()
         refused = {"first": 0, "second": 0}

@@ -123,7 +123,7 @@ with Engine.open(url, handlers=[]) as engine:
 """
 
 
-def test_four_writer_processes_leave_a_gapless_log_a_follower_reads_in_order(pg_url: str) -> None:
+def test_four_writer_processes_leave_a_gapless_log_a_reader_tails_in_order(pg_url: str) -> None:
     writers, per_writer = 4, 10_000
     total = writers * per_writer
     Engine.open(pg_url, seed=1, handlers=[]).close()

@@ -255,7 +255,7 @@ def test_a_key_stored_by_a_write_that_rolled_back_is_not_used_afterwards(
             raise OSError("disk full")
 
         # the key is made inside the write transaction, which then fails and rolls back
-        monkeypatch.setattr(engine._keys, "prepare", lambda events: None)
+        monkeypatch.setattr(engine.writer.keys, "prepare", lambda events: None)
         monkeypatch.setattr(log, "_insert", fail)
         with pytest.raises(OSError, match="disk full"):
             engine.publish(feedback("dave", 1.0), time=1.0)

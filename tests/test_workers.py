@@ -19,11 +19,11 @@ from conftest import derived_events
 from rtopt.handlers.bandits import BanditHandler
 from rtopt.handlers.bandits.simulation import default_variants, simulate
 
-from rtopt import Draft, Engine, InvalidArgument, WriteConflict, default_handlers
+from rtopt import Draft, Engine, InvalidArgument, InvalidLog, WriteConflict, default_handlers
 from rtopt.cli import main
 from rtopt.copying import copy_log
-from rtopt.engine import envelope_from_row
 from rtopt.pgserver import TemporaryServer
+from rtopt.rows import envelope_from_row
 from rtopt.storage.postgres import PostgresLog
 from rtopt.worker import Partition, Worker, partition_of
 
@@ -91,6 +91,12 @@ def test_partitioned_workers_derive_what_one_engine_derives(reference: Path, pg_
     assert report.derived == len(expected)
     with Engine.open(pg_url, read_only=True, handlers=[]) as engine:
         assert [row[0] for row in engine.log.rows()] == list(range(1, last_input + len(expected) + 1))
+
+
+def test_a_worker_is_not_started_on_a_missing_sqlite_log(tmp_path: Path) -> None:
+    with pytest.raises(InvalidLog, match="no log there"):
+        Worker.open(str(tmp_path / "typo.sqlite"))
+    assert not (tmp_path / "typo.sqlite").exists()
 
 
 def test_partitioned_workers_on_an_sqlite_log_derive_what_one_engine_derives(reference: Path, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 from test_log_integrity import FeedbackCounter
 
 import rtopt.copying
-import rtopt.engine
+import rtopt.replay
 from rtopt import Engine, Feedback, InvalidEvent, InvalidLog, StorageUnavailable, WriteConflict
 from rtopt.copying import copy_log
 
@@ -85,7 +85,7 @@ def test_keys_are_copied_before_the_events_so_an_interrupted_copy_holds_no_unrea
         raise KeyboardInterrupt
 
     monkeypatch.setattr(rtopt.copying, "copy_keys", interrupted)
-    monkeypatch.setattr(rtopt.engine, "copy_keys", interrupted)
+    monkeypatch.setattr(rtopt.replay, "copy_keys", interrupted)
     for target, copy in (
         (tmp_path / "copy.sqlite", lambda target: copy_log(source, target)),
         (tmp_path / "replayed.sqlite", lambda target: Engine.replay(source, into=target).close()),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, ClassVar
 
 import msgspec
@@ -115,6 +115,7 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
     name = "bandit"
     state_type = BanditState
     policies: ClassVar[Mapping[str, Policy]] = POLICIES
+    answers: ClassVar[dict[str, Collection[str]]] = {"decide": POLICIES}  # the registry: policies registered later too
     version = 7
 
     def initial_state(self) -> BanditState:
@@ -140,16 +141,14 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
             if unknown:
                 raise InvalidEvent(f"arms: {unknown} are not arms of {event.experiment!r}", field="arms", value=unknown)
 
-    def has_experiment(self, state: BanditState, experiment: str) -> bool:
-        return experiment in state.experiments
+    def knows(self, state: BanditState, command: str, target: str) -> bool:
+        return target in state.experiments
 
-    def decide(
-        self,
-        state: BanditState,
-        experiment: str,
-        ctx: Context,
-        request: Request,
-    ) -> Decision:
+    def settled(self, state: BanditState, command: str, answer_id: str) -> bool:
+        return False  # a second feedback on a decision is not refused: the fold rejects it, as an event
+
+    def answer(self, state: BanditState, command: str, target: str, ctx: Context, request: Request) -> list[Decision]:
+        experiment = target
         exp = state.experiments[experiment]
         candidates = _candidates(exp, experiment, request.available)
         if request.slots > len(candidates):
@@ -165,7 +164,7 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
             choice = rule.choose([exp.arms[arm] for arm in remaining], turn)
             slate.append(remaining.pop(choice.index))
             choices.append(choice)
-        return Decision(
+        decision = Decision(
             experiment=experiment,
             arm=slate[0],
             policy=exp.policy,
@@ -177,6 +176,7 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
             slate=slate if request.slots > 1 else [],
             slate_propensities=[c.propensity for c in choices] if request.slots > 1 else [],
         )
+        return [decision]
 
     def view(self, state: BanditState, key: str | None = None) -> Any:
         if key is None:

@@ -30,6 +30,7 @@ from rtopt import (
     RtoptError,
     StudyDefined,
     Suggested,
+    SuggestRequest,
     handles,
 )
 from rtopt.events import ParamValue
@@ -161,6 +162,7 @@ class BayesOptHandler(Handler[BayesOptState]):
     state_type = BayesOptState
     parts = "studies"
     methods: ClassVar[tuple[str, ...]] = METHODS
+    answers: ClassVar[dict[str, tuple[str, ...]]] = {"suggest": METHODS}
 
     def __init__(self) -> None:
         # each study's parsed definition, by definition id, beside the definition it was parsed from: kept on
@@ -203,14 +205,17 @@ class BayesOptHandler(Handler[BayesOptState]):
                     value=event.value,
                 )
 
-    def has_study(self, state: BayesOptState, study: str) -> bool:
-        return study in state.studies
+    def knows(self, state: BayesOptState, command: str, target: str) -> bool:
+        return target in state.studies
 
-    def observed(self, state: BayesOptState, suggestion_id: str) -> bool:
-        return not any(suggestion_id in study.pending for study in state.studies.values())
+    def settled(self, state: BayesOptState, command: str, answer_id: str) -> bool:
+        return not any(answer_id in study.pending for study in state.studies.values())
 
-    def suggest(self, state: BayesOptState, study: str, ctx: Context, n: int) -> list[Suggested]:
+    def answer(
+        self, state: BayesOptState, command: str, target: str, ctx: Context, request: SuggestRequest
+    ) -> list[Suggested]:
         """Raises InvalidEvent for a completed study, and RtoptError naming the study when its model fails."""
+        study, n = target, request.n
         current = state.studies[study]
         if current.completed is not None:
             raise InvalidEvent(f"study = {study!r}: completed ({current.completed})", field="study", value=study)

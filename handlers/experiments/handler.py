@@ -1,4 +1,4 @@
-"""The experiments handler: A/B and multi-variant tests and canary rollouts, as a Decider.
+"""The experiments handler: A/B and multi-variant tests and canary rollouts, answering ``decide``.
 
 Derived lifecycle events record a change the fold has already made to the state (the fold that pauses an
 experiment on a guardrail breach sets it paused, then derives ExperimentPaused); folding such an event
@@ -112,6 +112,7 @@ class ExperimentHandler(MatchesFeedback, Handler[ExperimentsState]):
     name = "experiments"
     state_type = ExperimentsState
     policies: ClassVar[tuple[str, ...]] = POLICIES
+    answers: ClassVar[dict[str, tuple[str, ...]]] = {"decide": POLICIES}
     version = 8
 
     def initial_state(self) -> ExperimentsState:
@@ -126,10 +127,16 @@ class ExperimentHandler(MatchesFeedback, Handler[ExperimentsState]):
         elif not isinstance(event, Decision | Feedback | ClockTicked):
             screen_event(state, event)
 
-    def has_experiment(self, state: ExperimentsState, experiment: str) -> bool:
-        return experiment in state.experiments
+    def knows(self, state: ExperimentsState, command: str, target: str) -> bool:
+        return target in state.experiments
 
-    def decide(self, state: ExperimentsState, experiment: str, ctx: Context, request: Request) -> Decision:
+    def settled(self, state: ExperimentsState, command: str, answer_id: str) -> bool:
+        return False  # a second feedback on a decision is not refused: the fold rejects it, as an event
+
+    def answer(
+        self, state: ExperimentsState, command: str, target: str, ctx: Context, request: Request
+    ) -> list[Decision]:
+        experiment = target
         exp = state.experiments[experiment]
         slots = getattr(request, "slots", 1)
         if slots != 1:
@@ -167,7 +174,7 @@ class ExperimentHandler(MatchesFeedback, Handler[ExperimentsState]):
                     field="available",
                     value=candidates,
                 )
-        return Decision(
+        decision = Decision(
             experiment=experiment,
             arm=arm,
             policy=exp.policy,
@@ -177,6 +184,7 @@ class ExperimentHandler(MatchesFeedback, Handler[ExperimentsState]):
             explored=explored,
             unit=request.unit,
         )
+        return [decision]
 
     def view(self, state: ExperimentsState, key: str | None = None) -> Any:
         if key is None:

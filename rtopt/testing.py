@@ -28,11 +28,11 @@ from typing import Any, NoReturn
 import msgspec
 
 from rtopt.arguments import invalid
-from rtopt.engine import envelope_from_row, envelope_row
 from rtopt.errors import InvalidEvent
 from rtopt.events import Envelope, Event, HandlerFailed, validate
 from rtopt.handler import MAX_CASCADE_DEPTH, Handler, HandlerSlot
 from rtopt.ids import ordered_id
+from rtopt.rows import envelope_from_row, envelope_row
 from rtopt.storage.factory import open_log
 
 OUTPUTS = "outputs validate"

@@ -12,8 +12,10 @@ and the index of the input event where the difference shows):
   bytes, and a fold resumed from the decoded state derives what the live fold derived.
 - ``derives=False equals live``: a fold with ``ctx.derives`` False (rebuilding from a log that holds its
   outputs already) changes the state exactly as the live fold does, event by event.
-- ``rebuild equals live``: folding the log written live (inputs and derived events) into a fresh state
-  gives the live state after every input.
+- ``rebuild equals live``: the log written live (inputs and derived events) is stored in an in-memory log
+  and read back, payloads decoded from their msgpack bytes, as a restart reads it; folding those rows into
+  a fresh state gives the live state after every input. State that hangs on what storage does not keep
+  (an object's identity, a value's Python type beyond what its msgpack form holds) fails here.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from rtopt.errors import InvalidEvent
 from rtopt.events import Envelope, Event, HandlerFailed, validate
 from rtopt.handler import MAX_CASCADE_DEPTH, Handler, HandlerSlot
 from rtopt.ids import ordered_id
+from rtopt.rows import envelope_from_row, envelope_row
+from rtopt.storage.factory import open_log
 
 OUTPUTS = "outputs validate"
 SAME_SEED = "same seed same outputs"
@@ -259,14 +263,25 @@ def _check_derives_false(handler: Handler[Any], inputs: Sequence[Envelope[Any]],
             _fail(DERIVES_FALSE, name, index, inputs, f"folding its {what} with derives=False leaves another state")
 
 
+def _stored(log: Sequence[Envelope[Any]]) -> list[Envelope[Any]]:
+    """``log`` as a log gives it back: appended to an in-memory log and read again from its rows."""
+    store = open_log(":memory:")
+    try:
+        store.append([envelope_row(envelope) for envelope in log])
+        return [envelope_from_row(row) for row in store.rows()]
+    finally:
+        store.close()
+
+
 def _check_rebuild(handler: Handler[Any], inputs: Sequence[Envelope[Any]], seed: int, live: _Run) -> None:
     slot = HandlerSlot(handler, seed)
+    stored = _stored(live.log)
     position = 0
     for index in range(len(inputs)):
         end = position
         while end < len(live.log) and live.origin[end] == index:
             end += 1
-        slot.fold_batch(live.log[position:end], keep=False)
+        slot.fold_batch(stored[position:end], keep=False)
         position = end
         if _encode(handler.name, slot.state, index, inputs) != live.states[index]:
             _fail(REBUILD, handler.name, index, inputs, "the state rebuilt from the log differs from the live state")

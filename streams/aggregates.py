@@ -32,10 +32,21 @@ def _is_statistic(name: str) -> bool:
     return name in STATISTICS or _PERCENTILE.match(name) is not None
 
 
-class FieldStats(RunningMoments, array_like=False):
-    """Running statistics of one field: its moments (count, mean, squared deviations), sum and extremes, and
-    its values or a sketch of them."""
+class FieldStats(msgspec.Struct, forbid_unknown_fields=True):
+    """Running statistics of one field: its ``moments`` (count, mean, squared deviations), sum and extremes,
+    and its values or a sketch of them.
 
+    Encoded as a map with the moments under ``moments``; a map of the earlier layout (``n``, ``mean`` and
+    ``m2`` at the top) is refused rather than read as an empty field.
+
+    >>> stats = FieldStats()
+    >>> for x in (5.0, 7.0):
+    ...     stats.add(x, keep_values=False, exact_limit=1024, alpha=0.01)
+    >>> stats.statistic("sum", 60.0), stats.statistic("mean", 60.0), stats.statistic("var", 60.0)
+    (12.0, 6.0, 2.0)
+    """
+
+    moments: RunningMoments = msgspec.field(default_factory=RunningMoments)
     total: float = 0.0
     low: float = math.inf
     high: float = -math.inf
@@ -43,7 +54,7 @@ class FieldStats(RunningMoments, array_like=False):
     sketch: DDSketch | None = None
 
     def add(self, x: float, keep_values: bool, exact_limit: int, alpha: float) -> None:
-        self.update(x)
+        self.moments.update(x)
         self.total += x
         if x < self.low:
             self.low = x
@@ -66,9 +77,9 @@ class FieldStats(RunningMoments, array_like=False):
 
     def merge(self, other: FieldStats, exact_limit: int, alpha: float) -> None:
         """Fold ``other``'s values into these statistics."""
-        if other.n == 0:
+        if other.moments.n == 0:
             return
-        super().merge(other)
+        self.moments.merge(other.moments)
         self.total += other.total
         self.low = min(self.low, other.low)
         self.high = max(self.high, other.high)
@@ -88,21 +99,22 @@ class FieldStats(RunningMoments, array_like=False):
 
     def statistic(self, name: str, duration: float) -> float:
         """The value of the statistic ``name`` over a window ``duration`` seconds long."""
+        moments = self.moments
         if name == "count":
-            return float(self.n)
+            return float(moments.n)
         if name == "sum":
             return self.total
         if name == "mean":
-            return self.mean
+            return moments.mean
         if name == "min":
             return self.low
         if name == "max":
             return self.high
         if name in ("var", "std"):
-            var = self.variance()
+            var = moments.variance()
             return math.sqrt(max(var, 0.0)) if name == "std" else max(var, 0.0)
         if name == "rate":
-            return self.n / duration if duration > 0 else float(self.n)
+            return moments.n / duration if duration > 0 else float(moments.n)
         q = float(_PERCENTILE.match(name).group(1)) / 100.0
         if self.sketch is not None:
             return self.sketch.quantile(q)
@@ -196,7 +208,7 @@ class Aggregates:
         out: dict[str, float] = {}
         for name, _, statistics, _ in self._fields:
             stats = summary.fields[name]
-            if stats.n == 0:
+            if stats.moments.n == 0:
                 continue
             for statistic in statistics:
                 out[f"{name}.{statistic}"] = stats.statistic(statistic, duration)

@@ -215,18 +215,18 @@ def time_features(t: float, business_hours: BusinessHours = DEFAULT_BUSINESS_HOU
 # --- online scalers -------------------------------------------------------------------------------
 
 
-class OnlineZScore(RunningMoments, array_like=False):
+class OnlineZScore(msgspec.Struct, forbid_unknown_fields=True):
     """Standardises values with their running mean and variance: ``(x - mean) / std``.
 
-    ``learn_one`` takes a value into the running moments; ``transform_one`` scales with what was learnt so
-    far and learns nothing. ``ddof`` is the delta degrees of freedom of the variance (0: population
-    variance, as :func:`numpy.std`'s default; 1: sample variance). Before any value, or while the variance
-    is zero (a constant stream), the z-score is 0.0.
+    ``learn_one`` takes a value into the running ``moments``; ``transform_one`` scales with what was learnt
+    so far and learns nothing. ``ddof`` is the delta degrees of freedom of :attr:`variance` and :attr:`std`
+    (0: population variance, as :func:`numpy.std`'s default; 1: sample variance). Before any value, or
+    while the variance is zero (a constant stream), the z-score is 0.0.
 
     >>> scaler = OnlineZScore()
     >>> for x in [2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]:
     ...     scaler.learn_one(x)
-    >>> scaler.mean, scaler.std(), scaler.transform_one(9.0)
+    >>> scaler.mean, scaler.std, scaler.transform_one(9.0)
     (5.0, 2.0, 2.0)
     >>> constant = OnlineZScore()
     >>> constant.learn_one(3.0); constant.learn_one(3.0)
@@ -234,26 +234,38 @@ class OnlineZScore(RunningMoments, array_like=False):
     0.0
     """
 
+    moments: RunningMoments = msgspec.field(default_factory=RunningMoments)
     ddof: int = 0
     name: str = "x"
 
     def learn_one(self, x: float) -> None:
         """Take ``x`` into the running moments."""
-        self.update(_number(x, self.name))
+        self.moments.update(_number(x, self.name))
 
-    def variance(self, ddof: int | None = None) -> float:
-        """The variance of the values learnt, ``m2 / (n - ddof)`` with this scaler's ``ddof`` unless given;
-        0.0 while ``n <= ddof``."""
-        return super().variance(self.ddof if ddof is None else ddof)
+    @property
+    def n(self) -> int:
+        """How many values were learnt."""
+        return self.moments.n
 
-    def std(self, ddof: int | None = None) -> float:
-        """The standard deviation of the values learnt (this scaler's ``ddof`` unless given)."""
-        return math.sqrt(self.variance(ddof))
+    @property
+    def mean(self) -> float:
+        """The mean of the values learnt (0.0 before any)."""
+        return self.moments.mean
+
+    @property
+    def variance(self) -> float:
+        """The variance of the values learnt, ``m2 / (n - ddof)``; 0.0 while ``n <= ddof``."""
+        return self.moments.variance(self.ddof)
+
+    @property
+    def std(self) -> float:
+        """The standard deviation of the values learnt."""
+        return math.sqrt(self.variance)
 
     def transform_one(self, x: float) -> float:
         """``(x - mean) / std`` with the statistics so far; 0.0 when the variance is zero."""
         value = _number(x, self.name)
-        variance = self.variance()
+        variance = self.variance
         if variance <= 0.0:
             return 0.0
         return (value - self.mean) / math.sqrt(variance)

@@ -28,6 +28,7 @@ class WindowHandler(Handler[PipelineState]):
     """
 
     state_type = PipelineState
+    version = 2  # 2: a window field's moments encoded under ``moments``
     accepts: tuple[type[Event], ...]  # the pipeline's types
 
     def __init__(self, pipeline: WindowPipeline) -> None:

@@ -415,6 +415,49 @@ def test_msprt_state_merges_batches_exactly_and_survives_a_snapshot() -> None:
     assert restored == test
 
 
+def _sprt_reference(looks: list[tuple[np.ndarray, np.ndarray]], tau2: float, alpha: float):
+    """The mixture SPRT as it was computed before it kept RunningMoments: each batch's moments in two numpy
+    passes, folded with ``m2 = m2 + m2_batch + delta**2 * n * n_batch / total`` (an empty side taking the
+    other's moments as they are); the p-value after each look and the first rejection."""
+    arms = [(0, 0.0, 0.0), (0, 0.0, 0.0)]
+    p_values, p_value, rejected_at = [], 1.0, None
+    for look in looks:
+        for side, batch in enumerate(look):
+            n, mean, m2 = arms[side]
+            if batch.size == 0:
+                continue
+            b_mean = float(batch.mean())
+            b_n, b_m2 = int(batch.size), float(np.square(batch - b_mean).sum())
+            if n == 0:
+                arms[side] = (b_n, b_mean, b_m2)
+                continue
+            total, delta = n + b_n, b_mean - mean
+            arms[side] = (total, mean + delta * b_n / total, m2 + b_m2 + delta * delta * n * b_n / total)
+        (n_c, mean_c, m2_c), (n_t, mean_t, m2_t) = arms
+        if n_c >= 2 and n_t >= 2:
+            variance = m2_c / (n_c - 1) / n_c + m2_t / (n_t - 1) / n_t
+            if variance > 0.0:
+                p_value = min(p_value, msprt_p_value(mean_t - mean_c, variance, tau2))
+                if p_value < alpha and rejected_at is None:
+                    rejected_at = n_c + n_t
+        p_values.append(p_value)
+    return arms, p_values, rejected_at
+
+
+def test_msprt_update_computes_what_it_always_computed() -> None:
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        looks = [
+            (rng.normal(1e3, 5.0, rng.integers(0, 40)), rng.normal(1e3 + 0.8, 5.0, rng.integers(0, 40)))
+            for _ in range(12)
+        ]
+        arms, p_values, rejected_at = _sprt_reference(looks, tau2=0.5, alpha=0.05)
+        test = MixtureSPRT(tau2=0.5)
+        assert [test.update(control, treatment) for control, treatment in looks] == p_values, seed
+        assert [tuple(msgspec.structs.astuple(side)) for side in (test.control, test.treatment)] == arms, seed
+        assert test.rejected_at == rejected_at, seed
+
+
 def test_msprt_p_value_is_the_running_minimum_and_waits_for_two_observations_per_arm() -> None:
     test = MixtureSPRT(tau2=1.0)
     assert test.update(control=[1.0, 2.0], treatment=[5.0]) == 1.0

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import msgspec
 import numpy as np
 import pytest
+from rtopt.streams import RunningMoments
 from rtopt.streams.features import (
     Binner,
     BusinessHours,
@@ -129,7 +130,7 @@ def test_zscore_matches_numpy_on_seeded_data(ddof: int) -> None:
         scaler.learn_one(float(x))
         if i in (2, 10, 500):
             assert scaler.mean == pytest.approx(np.mean(data[:i]), rel=1e-12)
-            assert scaler.variance() == pytest.approx(np.var(data[:i], ddof=ddof), rel=1e-10)
+            assert scaler.variance == pytest.approx(np.var(data[:i], ddof=ddof), rel=1e-10)
     mean, std = np.mean(data), np.std(data, ddof=ddof)
     for x in (100.0, 250.0, 333.3, float(data[17])):
         assert scaler.transform_one(x) == pytest.approx((x - mean) / std, rel=1e-10)
@@ -142,7 +143,7 @@ def test_zscore_is_stable_far_from_zero() -> None:
     scaler = OnlineZScore()
     for x in data:
         scaler.learn_one(float(x))
-    assert scaler.variance() == pytest.approx(np.var(data), rel=1e-6)
+    assert scaler.variance == pytest.approx(np.var(data), rel=1e-6)
 
 
 def test_zscore_of_constant_or_empty_stream_is_zero() -> None:
@@ -150,12 +151,24 @@ def test_zscore_of_constant_or_empty_stream_is_zero() -> None:
     assert scaler.transform_one(5.0) == 0.0  # nothing learnt yet
     for _ in range(10):
         scaler.learn_one(0.1)
-    assert scaler.variance() == 0.0
+    assert scaler.variance == 0.0
     assert scaler.transform_one(0.1) == 0.0
     assert scaler.transform_one(7.0) == 0.0  # zero variance: 0.0, never inf or NaN
     one = OnlineZScore(ddof=1)
     one.learn_one(3.0)
-    assert one.variance() == 0.0 and one.transform_one(4.0) == 0.0
+    assert one.variance == 0.0 and one.transform_one(4.0) == 0.0
+
+
+def test_zscore_variance_and_std_are_properties_with_the_scalers_ddof() -> None:
+    assert (OnlineZScore().variance, OnlineZScore().std) == (0.0, 0.0)
+    scaler = OnlineZScore(ddof=0)
+    for x in (1.0, 3.0):
+        scaler.learn_one(x)
+    assert (scaler.n, scaler.mean, scaler.variance, scaler.std) == (2, 2.0, 1.0, 1.0)
+    assert 3.0 / scaler.std == 3.0
+    # not a RunningMoments, whose variance (ddof=1 by default) would read it as 2.0
+    assert not isinstance(scaler, RunningMoments)
+    assert scaler.moments == RunningMoments.of([1.0, 3.0])
 
 
 def test_zscore_rejects_bad_values_and_round_trips_through_msgpack() -> None:

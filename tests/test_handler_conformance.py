@@ -26,7 +26,7 @@ from rtopt.streams.events import WindowClosed, WindowUpdated
 from rtopt.streams.feature_store import FeatureStoreHandler
 
 from rtopt import ClockTicked, Context, Engine, Envelope, Event, Feedback, Handler, handles
-from rtopt.testing import DERIVES_FALSE, OUTPUTS, ROUND_TRIP, SAME_SEED, check_handler
+from rtopt.testing import DERIVES_FALSE, OUTPUTS, REBUILD, ROUND_TRIP, SAME_SEED, check_handler
 
 
 def inputs(engine: Engine) -> list[Envelope[Any]]:
@@ -272,6 +272,14 @@ class DerivesInvalid(Broken):
         return state, [Counted(n=-state.n) if state.n == 3 else Counted(n=state.n)]
 
 
+class KeepsAnIdentity(Broken):
+    @handles(Feedback)
+    def _count(self, state: Seen, envelope: Envelope[Feedback], ctx: Context) -> tuple[Seen, Sequence[Event]]:
+        state.n += 1
+        state.recent = id(envelope.payload)  # wrong: the log keeps the feedback, not the object that held it
+        return state, [Counted(n=state.n, at=envelope.time)]
+
+
 def some_feedback(n: int = 8) -> list[Event]:
     return [
         Feedback(prompt_id="g", variant_id="v", response_time_ms=100.0, success=True, quality_score=0.5)
@@ -290,6 +298,7 @@ def test_a_correct_handler_passes() -> None:
         (CountsOnlyLive, DERIVES_FALSE, 0),
         (KeepsATuple, ROUND_TRIP, 2),
         (DerivesInvalid, OUTPUTS, 2),
+        (KeepsAnIdentity, REBUILD, 0),
     ],
 )
 def test_check_handler_names_the_check_a_broken_handler_fails(

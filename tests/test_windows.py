@@ -5,12 +5,15 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 from rtopt.streams import (
     Aggregates,
     Counting,
     Deduplicator,
+    FieldStats,
+    RunningMoments,
     Session,
     Sliding,
     Tumbling,
@@ -206,6 +209,31 @@ def test_percentiles_are_exact_on_small_windows_and_within_the_bound_beyond() ->
     for q in (50, 90, 95, 99):
         truth = np.quantile(large, q / 100, method="lower")
         assert abs(sketched.results(merged, 1.0)[f"x.p{q}"] - truth) <= 0.01 * truth
+
+
+def test_field_stats_keep_moments_sum_and_extremes_together() -> None:
+    stats, other = FieldStats(), FieldStats()
+    stats.add(5.0, keep_values=True, exact_limit=4, alpha=0.01)
+    other.add(7.0, keep_values=True, exact_limit=4, alpha=0.01)
+    stats.merge(other, exact_limit=4, alpha=0.01)
+    # not a RunningMoments: its update and merge would skip the sum, the extremes and the values
+    assert not isinstance(stats, RunningMoments)
+    assert stats.moments == RunningMoments.of([5.0, 7.0])
+    assert [stats.statistic(name, 1.0) for name in ("count", "sum", "mean", "min", "max", "var", "p50")] == [
+        2.0,
+        12.0,
+        6.0,
+        5.0,
+        7.0,
+        2.0,
+        6.0,
+    ]
+
+
+def test_field_stats_of_the_earlier_flat_layout_are_refused_not_read_as_empty() -> None:
+    flat = {"n": 1, "total": 5.0, "mean": 5.0, "m2": 0.0, "low": 5.0, "high": 5.0, "values": None, "sketch": None}
+    with pytest.raises(msgspec.ValidationError, match="unknown field `n`"):
+        msgspec.msgpack.decode(msgspec.msgpack.encode(flat), type=FieldStats)
 
 
 def test_welford_moments_and_their_merge_match_numpy() -> None:

@@ -201,8 +201,8 @@ class MixtureSPRT(msgspec.Struct, forbid_unknown_fields=True):
         The p-value moves only once each arm has two observations and the difference has a positive
         variance; ``rejected_at`` records the total number of observations at the first rejection.
         """
-        self.control.merge(RunningMoments.of(_finite_array("control", control)))
-        self.treatment.merge(RunningMoments.of(_finite_array("treatment", treatment)))
+        self.control = _pooled(self.control, RunningMoments.of(_finite_array("control", control)))
+        self.treatment = _pooled(self.treatment, RunningMoments.of(_finite_array("treatment", treatment)))
         if self.control.n < 2 or self.treatment.n < 2:
             return self.p_value
         variance = self.control.variance() / self.control.n + self.treatment.variance() / self.treatment.n
@@ -211,6 +211,21 @@ class MixtureSPRT(msgspec.Struct, forbid_unknown_fields=True):
             if self.stop and self.rejected_at is None:
                 self.rejected_at = self.control.n + self.treatment.n
         return self.p_value
+
+
+def _pooled(sample: RunningMoments, batch: RunningMoments) -> RunningMoments:
+    """The moments of ``sample`` and ``batch`` together, summed as the mixture SPRT always has: the two
+    ``m2`` first, then the between-means term, and an empty side contributes nothing. The grouping differs
+    from :meth:`RunningMoments.merge` in the last bits, and the always-valid p-value keeps its values."""
+    if batch.n == 0:
+        return sample
+    if sample.n == 0:
+        return batch
+    n = sample.n + batch.n
+    delta = batch.mean - sample.mean
+    return RunningMoments(
+        n, sample.mean + delta * batch.n / n, sample.m2 + batch.m2 + delta * delta * sample.n * batch.n / n
+    )
 
 
 def two_proportion_ztest(

@@ -289,16 +289,19 @@ class Engine:
         """Commit the definition of a command's target ``name`` on its own (screened as any input); if the
         same definition is recorded already (by this process or another), return that one."""
         writer = self._writer
+        writer.check_writable()
         draft = writer.draft(Draft(definition, name, time))
+        recorded: list[Envelope[Any]] = []
+
+        def define() -> list[Draft]:  # under the write lock, on the state caught up with the log
+            found = writer.recorded_definition(draft)
+            recorded[:] = [] if found is None else [found]
+            return [draft] if found is None else []
+
         with writer.lock:
             writer.commit_queue()
-            try:
-                return writer.recorded_definition(draft) or writer.commit_now([draft])[0]
-            except InvalidEvent:
-                recorded = writer.recorded_definition(draft)  # another process recorded it meanwhile
-                if recorded is None:
-                    raise
-                return recorded
+            committed = writer.commit_now([draft], make=define)
+        return recorded[0] if recorded else committed[0]
 
     def _ask(self, command: Command[Any], target: str, request: Any, when: float) -> list[Envelope[Any]]:
         """Route ``request`` to the handler that answers ``command`` for ``target`` and record its answer,

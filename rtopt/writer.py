@@ -728,7 +728,8 @@ class Writer:
         for row in self.log.rows(types=[draft.event.tag()], stream=draft.stream):
             recorded = envelope_from_row(row, self.keys)
             if self.commands.definition(recorded.payload) == definition:
-                return recorded if recorded.payload == draft.event else None
+                same = msgspec.msgpack.encode(recorded.payload) == msgspec.msgpack.encode(draft.event)
+                return recorded if same else None
         return None
 
     def recorded_answer(self, command: Command[Any], answer_id: str) -> tuple[str, Any]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from rtopt.handlers.bandits import ArmUpdated, BanditHandler
 
-from rtopt import Engine, InvalidEvent
+from rtopt import Engine, InvalidEvent, ReadOnlyLog, RtoptError
 from rtopt.events import Decision, Feedback
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -129,3 +129,25 @@ def test_two_engines_in_one_process_take_turns_on_one_experiment(tmp_path: Path)
             # the other engine takes feedback on it: it folds the decision before screening the feedback
             learning.feedback(decision.id, success=i % 3 == 0, quality_score=0.5, response_time_ms=10.0)
     check_every_feedback_learnt_once(str(path), 30)
+
+
+def test_defining_again_what_another_engine_defined_returns_it_caught_up(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite"
+    with (
+        Engine.open(path, seed=1, handlers=[BanditHandler()]) as first,
+        Engine.open(path, handlers=[BanditHandler()]) as second,
+    ):
+        defined = first.define_experiment("e", arms=ARMS, policy="epsilon_greedy", epsilon=1)
+        with pytest.raises(InvalidEvent, match="already defined"):  # 1.0 is not the 1 recorded
+            second.define_experiment("e", arms=ARMS, policy="epsilon_greedy", epsilon=1.0)
+        rejected = second.stats().rejected
+        assert second.define_experiment("e", arms=ARMS, policy="epsilon_greedy", epsilon=1) == defined
+        assert second.stats().rejected == rejected  # returning the recorded definition refuses nothing
+        assert second.position >= defined.seq
+        assert set(second.state("bandit", "e").arms) == set(ARMS)
+    with Engine.open(path, read_only=True, handlers=[BanditHandler()]) as reader, pytest.raises(ReadOnlyLog):
+        reader.define_experiment("e", arms=ARMS, policy="epsilon_greedy", epsilon=1)
+    closed = Engine.open(path, handlers=[BanditHandler()])
+    closed.close()
+    with pytest.raises(RtoptError, match="is closed"):
+        closed.define_experiment("e", arms=ARMS, policy="epsilon_greedy", epsilon=1)

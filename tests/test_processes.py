@@ -151,3 +151,27 @@ def test_defining_again_what_another_engine_defined_returns_it_caught_up(tmp_pat
     closed.close()
     with pytest.raises(RtoptError, match="is closed"):
         closed.define_experiment("e", arms=ARMS, policy="epsilon_greedy", epsilon=1)
+
+
+def test_logs_open_in_a_folder_that_cannot_be_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import rtopt.storage.sqlite as sqlite_storage
+
+    path = tmp_path / "log.sqlite"
+    with Engine.open(path, seed=1, handlers=[]) as engine:
+        engine.publish(feedback())
+    opened = sqlite_storage.os.open
+
+    def unreadable_folder(file: str | Path, flags: int, *args: int) -> int:
+        if Path(file) == tmp_path:
+            raise PermissionError(f"{file}: permission denied")
+        return opened(file, flags, *args)
+
+    monkeypatch.setattr(sqlite_storage.os, "open", unreadable_folder)
+    with Engine.open(path, handlers=[]) as engine:
+        assert engine.position == 1
+    with Engine.open(tmp_path / "new.sqlite", seed=2, handlers=[]) as engine:
+        assert engine.position == 0
+
+
+def feedback() -> Feedback:
+    return Feedback(prompt_id="p", variant_id="v", response_time_ms=1.0, success=True, quality_score=1.0)

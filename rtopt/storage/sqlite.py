@@ -319,11 +319,16 @@ def _is_new(path: Path) -> bool:
 def _create_if_new(path: Path, seed: int | None, synchronous: str, file_mode: int) -> sqlite3.Connection | None:
     """A writer's connection to the log created at ``path`` if it holds none yet (else None), created whole
     while other processes opening a log in the same folder wait: the first to come creates it, the others
-    open what it created."""
+    open what it created. In a folder this process cannot read (so cannot lock) the log is opened unlocked:
+    creating its schema takes SQLite's write lock and checks again."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    folder = os.open(path.parent, os.O_RDONLY)
     try:
-        fcntl.flock(folder, fcntl.LOCK_EX)
+        folder: int | None = os.open(path.parent, os.O_RDONLY)
+    except PermissionError:
+        folder = None
+    try:
+        if folder is not None:
+            fcntl.flock(folder, fcntl.LOCK_EX)
         if not _is_new(path):
             return None
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, file_mode))
@@ -336,7 +341,8 @@ def _create_if_new(path: Path, seed: int | None, synchronous: str, file_mode: in
             raise
         return writer
     finally:
-        os.close(folder)  # and with it the lock
+        if folder is not None:
+            os.close(folder)  # and with it the lock
 
 
 def _connect_read_only(path: Path) -> sqlite3.Connection:

@@ -662,7 +662,7 @@ class Writer:
             self.time_bound.advance((stream, time) for _, stream, time in theirs)
             if any(tag == FORGOTTEN_SUBJECT for tag, _, _ in theirs):
                 self.keys.reload()  # its key is gone: this engine must not seal or open with it any more
-            fold_history(self.log, self.slots, self.keys, end, self._progress)
+            fold_history(self.log, self.slots, self.keys, end, None)
         except Exception:
             self._stale = True  # start again from the log, which holds ours and theirs
             return False

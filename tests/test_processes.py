@@ -173,5 +173,18 @@ def test_logs_open_in_a_folder_that_cannot_be_read(tmp_path: Path, monkeypatch: 
         assert engine.position == 0
 
 
+def test_catching_up_with_another_engine_does_not_report_open_progress(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite"
+    calls: list[tuple[int, int]] = []
+    with (
+        Engine.open(path, seed=1, handlers=[BanditHandler()]) as first,
+        Engine.open(path, handlers=[BanditHandler()], progress=lambda done, end: calls.append((done, end))) as second,
+    ):
+        opened = len(calls)
+        first.define_experiment("e", arms=ARMS)
+        second.decide("e")
+        assert second.position == 2 and len(calls) == opened
+
+
 def feedback() -> Feedback:
     return Feedback(prompt_id="p", variant_id="v", response_time_ms=1.0, success=True, quality_score=1.0)

@@ -437,6 +437,7 @@ class Writer:
         """
         try:
             for _ in range(COMMIT_ATTEMPTS):
+                folding = False  # until then a failure leaves the handlers' state as the log's
                 self.recover()
                 self._look_ahead()
                 # keys of new subjects are stored (and committed) before the write transaction holds other writers out
@@ -450,6 +451,7 @@ class Writer:
                         accepted, batch, inputs, recorded_at = self._number(tickets, checked)
                         if not batch:
                             return
+                        folding = True
                         written = [*batch, *self._chains.cascade(batch, recorded_at)]
                         if self._batch is None:
                             guard = {envelope.stream for envelope in written} if self.slots and self.log.shared else ()
@@ -458,7 +460,8 @@ class Writer:
                             self._batch.add(written, len(written) - len(batch))
                             first = written[0].seq
                 except BaseException as exc:
-                    self._abandon(exc)  # the handlers may have folded events that are not in the log
+                    if folding or self._batch is not None:
+                        self._abandon(exc)  # the handlers may have folded events that are not in the log
                     raise
                 break
             else:

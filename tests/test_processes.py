@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import random
+import sqlite3
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from rtopt.handlers.bandits import ArmUpdated, BanditHandler
 
-from rtopt import Engine, InvalidEvent, ReadOnlyLog, RtoptError
+from rtopt import Engine, InvalidEvent, ReadOnlyLog, RtoptError, StorageUnavailable
 from rtopt.events import Decision, Feedback
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -188,3 +189,19 @@ def test_catching_up_with_another_engine_does_not_report_open_progress(tmp_path:
 
 def feedback() -> Feedback:
     return Feedback(prompt_id="p", variant_id="v", response_time_ms=1.0, success=True, quality_score=1.0)
+
+
+def test_a_commit_refused_before_folding_keeps_the_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "log.sqlite"
+    with Engine.open(path, seed=1, handlers=[BanditHandler()]) as engine:
+        engine.publish(feedback())
+        engine.log._writer.execute("PRAGMA busy_timeout=50")  # type: ignore[attr-defined]
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StorageUnavailable):
+            engine.publish(feedback())
+        other.execute("ROLLBACK")
+        other.close()
+        rebuilds: list[int] = []
+        monkeypatch.setattr(engine._writer, "rebuild", lambda: rebuilds.append(1))
+        assert engine.publish(feedback()).seq == 2 and rebuilds == []

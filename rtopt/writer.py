@@ -186,6 +186,7 @@ class Writer:
         self._dispatching = False
         self._batch: _Batch | None = None
         self._stale = False  # a failed write left handler state ahead of the log: rebuild before using it
+        self._catch_up_error: Exception | None = None  # why the last fold of other processes' events failed
         for handler in handlers:
             self.add(handler)
         self.rebuild()
@@ -468,7 +469,7 @@ class Writer:
                 raise StorageUnavailable(
                     f"{self.log.location}: reading what other processes appended failed {COMMIT_ATTEMPTS} times;"
                     " nothing was written"
-                )
+                ) from self._catch_up_error
             if first != written[0].seq:  # durable already: from here on no caller may be told it failed
                 written = self._follow_others(written, first, accepted)
             self.last_seq, self._inputs = written[-1].seq, inputs
@@ -620,7 +621,8 @@ class Writer:
         if self._take_in_others(known, end):
             try:
                 self.last_seq, self._inputs = end, self._inputs + self.log.count_inputs(end, after=known)
-            except Exception:
+            except Exception as exc:
+                self._catch_up_error = exc
                 self._stale = True
 
     def _abandon(self, error: BaseException) -> None:
@@ -666,7 +668,8 @@ class Writer:
             if any(tag == FORGOTTEN_SUBJECT for tag, _, _ in theirs):
                 self.keys.reload()  # its key is gone: this engine must not seal or open with it any more
             fold_history(self.log, self.slots, self.keys, end, None)
-        except Exception:
+        except Exception as exc:
+            self._catch_up_error = exc
             self._stale = True  # start again from the log, which holds ours and theirs
             return False
         return True

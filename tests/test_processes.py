@@ -205,3 +205,21 @@ def test_a_commit_refused_before_folding_keeps_the_state(tmp_path: Path, monkeyp
         rebuilds: list[int] = []
         monkeypatch.setattr(engine._writer, "rebuild", lambda: rebuilds.append(1))
         assert engine.publish(feedback()).seq == 2 and rebuilds == []
+
+
+def test_catching_up_that_keeps_failing_names_its_cause(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import rtopt.writer
+
+    path = tmp_path / "log.sqlite"
+    with Engine.open(path, seed=1, handlers=[]) as first, Engine.open(path, handlers=[BanditHandler()]) as second:
+        first.publish(feedback())
+        cause = sqlite3.OperationalError("disk I/O error")
+
+        def failing_fold(*args: object) -> None:
+            raise cause
+
+        monkeypatch.setattr(rtopt.writer, "fold_history", failing_fold)
+        monkeypatch.setattr(second._writer, "rebuild", lambda: None)  # stays behind: every attempt catches up
+        with pytest.raises(StorageUnavailable, match="failed 5 times") as raised:
+            second.publish(feedback())
+        assert raised.value.__cause__ is cause

@@ -494,7 +494,8 @@ class Engine:
     def observe(
         self, types: Iterable[type[Event] | str] | None = None, stream: str | None = None
     ) -> reactivex.Observable[Envelope[Any]]:
-        """A hot Observable of committed envelopes (optionally only ``types`` in ``stream``), in seq order."""
+        """A hot Observable of the envelopes this engine commits (optionally only ``types`` in ``stream``), in
+        seq order; events other processes append are folded but not delivered here (``tail`` follows them)."""
         return self._writer.bus.observe(_tags(types), stream)
 
     def subscribe(
@@ -503,7 +504,8 @@ class Engine:
         types: Iterable[type[Event] | str] | None = None,
         stream: str | None = None,
     ) -> DisposableBase:
-        """Call ``callback`` with every committed envelope that matches; dispose the result to stop."""
+        """Call ``callback`` with every envelope this engine commits that matches (as :meth:`observe`); dispose
+        the result to stop."""
         return self.observe(types, stream).subscribe(on_next=callback)
 
     def read(

@@ -15,9 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import derived_events
+from conftest import EXPERIMENTS, derived_events
 from rtopt.handlers.bandits import BanditHandler
-from rtopt.handlers.bandits.simulation import default_variants, simulate
 
 from rtopt import Draft, Engine, InvalidArgument, InvalidLog, WriteConflict, default_handlers
 from rtopt.cli import main
@@ -29,7 +28,6 @@ from rtopt.worker import Partition, Worker, partition_of
 
 GUARD = 120.0
 """Seconds after which a wait gives up, so a broken worker fails the test instead of hanging it."""
-EXPERIMENTS = (("greeting", "thompson"), ("summary", "ucb1"), ("tone", "epsilon_greedy"), ("title", "ab_test"))
 
 
 def wait_until(condition: Callable[[], bool], what: str) -> None:
@@ -39,16 +37,6 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.005)
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One engine serving four experiments (four streams) and deriving everything itself, into SQLite."""
-    path = tmp_path_factory.mktemp("reference") / "reference.sqlite"
-    with Engine.open(path, seed=21) as engine:
-        for k, (name, policy) in enumerate(EXPERIMENTS):
-            simulate(engine, 250, default_variants(3, k), k, experiment=name, policy=policy)
-    return path
 
 
 def publish_inputs(source: Path, url: str) -> int:

@@ -29,7 +29,6 @@ SPAWN = multiprocessing.get_context("spawn")
 WAIT_S = 120.0  # bound on any process's run: a hang fails the test instead of stalling the suite
 ARMS = ["a", "b", "c"]
 SUCCESS = {"a": 0.3, "b": 0.5, "c": 0.7}
-DECISION = Decision.tag()
 
 
 @contextmanager
@@ -82,12 +81,13 @@ def stop_inside(channel: Connection, writing: object) -> None:
     channel.recv()  # never answered: the test kills this process here (or ends, closing the pipe)
 
 
-def watch_commits(inside: Any, channel: Connection, pause_at: int | None) -> None:
+def watch_commits(inside: Any, channel: Connection, pause_in: tuple[str, int] | None) -> None:
     """Keep ``inside.value`` at 1 while a commit of this process holds SQLite's write transaction (from BEGIN
-    IMMEDIATE to the return of COMMIT); with ``pause_at``, stop inside the ``pause_at``-th commit that
-    appends a Decision, once its rows are appended, telling the Decision's row."""
+    IMMEDIATE to the return of COMMIT); with ``pause_in`` = (type, n), stop inside the n-th commit that
+    appends an input of that type, once its rows are appended, telling the input's row."""
     appending, append = SQLiteLog.appending, SQLiteLog.append
-    decisions = itertools.count(1)
+    paused_type, pause_at = pause_in or ("", 0)
+    commits = itertools.count(1)
 
     @contextmanager
     def watched(log: SQLiteLog) -> Iterator[int | None]:
@@ -98,9 +98,9 @@ def watch_commits(inside: Any, channel: Connection, pause_at: int | None) -> Non
 
     def pausing(log: SQLiteLog, rows: Sequence[Row], guard: Collection[str] | None = None) -> int:
         first = append(log, rows, guard)
-        decided = [row for row in rows if row[2] == DECISION]
-        if decided and next(decisions) == pause_at:
-            stop_inside(channel, decided[0])
+        of_type = [row for row in rows if row[2] == paused_type]
+        if of_type and next(commits) == pause_at:
+            stop_inside(channel, of_type[0])
         return first
 
     SQLiteLog.appending = watched  # type: ignore[method-assign]
@@ -108,11 +108,19 @@ def watch_commits(inside: Any, channel: Connection, pause_at: int | None) -> Non
 
 
 def play_until_told(
-    channel: Connection, path: str, policy: str, player: int, inside: Any, pause_at: int | None, ready: Barrier
+    channel: Connection,
+    path: str,
+    policy: str,
+    player: int,
+    ready: Barrier,
+    inside: Any = None,
+    pause_in: tuple[str, int] | None = None,
 ) -> None:
     """Rounds of decide then feedback on "shared", each acknowledged call reported on ``channel``, until the
-    test says "finish": then ROUNDS_AFTER_KILL more rounds, and "done"."""
-    watch_commits(inside, channel, pause_at)
+    test says "finish": then ROUNDS_AFTER_KILL more rounds, and "done". With ``inside``, its commits are
+    watched (see :func:`watch_commits`)."""
+    if inside is not None:
+        watch_commits(inside, channel, pause_in)
     outcomes = random.Random(player)
     deadline = time.monotonic() + WAIT_S
     with failing_the_others(ready), Engine.open(path, handlers=[BanditHandler()]) as engine:

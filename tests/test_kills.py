@@ -93,21 +93,25 @@ class Killed(NamedTuple):
     inside: bool
     """Whether the victim held a write transaction when it was killed."""
     cut_short: Row | None
-    """The row of the Decision the victim had appended but not committed when it was killed (if paused)."""
+    """The row of the input the victim had appended but not committed when it was killed (if paused)."""
 
 
 def play_and_kill_one(
-    path: str, policy: str, players: int, *, kill_after: int | None = None, pause_at: int | None = None
+    path: str,
+    policy: str,
+    players: int,
+    *,
+    kill_after: int | None = None,
+    pause_in: tuple[str, int] | None = None,
 ) -> Killed:
     """``players`` processes play "shared" on the log at ``path``; the first is SIGKILLed once it has
-    acknowledged ``kill_after`` calls (without waiting for it to stop anywhere) or once it stopped inside its
-    ``pause_at``-th commit of a Decision; the others are then told to finish."""
+    acknowledged ``kill_after`` calls (without waiting for it to stop anywhere) or once it stopped inside a
+    commit (``pause_in`` = (type, n): the n-th that appends an input of that type); the others are then told
+    to finish."""
     ready = SPAWN.Barrier(players)
-    inside = [SPAWN.Value("b", 0, lock=False) for _ in range(players)]
-    pauses = [pause_at] + [None] * (players - 1)
-    children = [
-        (play_until_told, (path, policy, player, inside[player], pauses[player], ready)) for player in range(players)
-    ]
+    inside = SPAWN.Value("b", 0, lock=False)
+    children = [(play_until_told, (path, policy, 0, ready, inside, pause_in))]
+    children += [(play_until_told, (path, policy, player, ready)) for player in range(1, players)]
     acknowledged: list[tuple[str, str]] = []
     landed_inside = cut_short = None
     done = set()
@@ -131,7 +135,7 @@ def play_and_kill_one(
                 victim_calls += player == 0
             if player == 0 and landed_inside is None and (kind == "inside" or victim_calls == kill_after):
                 kill(victim)
-                landed_inside = bool(inside[0].value)
+                landed_inside = bool(inside.value)
                 cut_short = message[1] if kind == "inside" else None
                 for channel in channels[1:]:
                     channel.send("finish")
@@ -155,16 +159,19 @@ def check_nothing_lost_nor_learnt_twice(path: str, acknowledged: list[tuple[str,
     assert (len(after_decisions), len(after_feedback)) == (len(decisions) + 1, len(feedback) + 1)
 
 
+SLOW = pytest.mark.slow
 KILLS = [
-    pytest.param("thompson", {"pause_at": 5}, id="thompson-inside-a-decision-commit"),
-    pytest.param("thompson", {"kill_after": 25}, id="thompson-after-25-calls"),
-    pytest.param("ucb1", {"pause_at": 8}, id="ucb1-inside-a-decision-commit", marks=pytest.mark.slow),
+    pytest.param("thompson", {"pause_in": ("Decision", 5)}, id="thompson-inside-a-decision-commit"),
+    pytest.param("thompson", {"kill_after": 25}, id="thompson-after-25-calls", marks=SLOW),
+    pytest.param("thompson", {"pause_in": ("Feedback", 4)}, id="thompson-inside-a-feedback-commit", marks=SLOW),
+    pytest.param("ucb1", {"pause_in": ("Decision", 8)}, id="ucb1-inside-a-decision-commit", marks=SLOW),
+    pytest.param("ucb1", {"pause_in": ("Feedback", 6)}, id="ucb1-inside-a-feedback-commit", marks=SLOW),
     *(
         pytest.param(
             policy,
             {"kill_after": random.Random(seed).randint(2, 200)},
             id=f"{policy}-seed-{seed}",
-            marks=pytest.mark.slow,
+            marks=SLOW,
         )
         for policy, seed in itertools.product(("thompson", "ucb1"), range(1, 5))
     ),
@@ -173,12 +180,12 @@ KILLS = [
 
 @pytest.mark.parametrize(("policy", "kill_at"), KILLS)
 def test_a_process_killed_while_deciding_loses_nothing_acknowledged(
-    tmp_path: Path, policy: str, kill_at: dict[str, int]
+    tmp_path: Path, policy: str, kill_at: dict[str, Any]
 ) -> None:
     path = str(tmp_path / "log.sqlite")
     killed = play_and_kill_one(path, policy, 4, **kill_at)
     check_nothing_lost_nor_learnt_twice(path, killed.acknowledged)
-    if "pause_at" in kill_at:  # killed inside a commit, after appending: the transaction left nothing
+    if "pause_in" in kill_at:  # killed inside a commit, after appending: the transaction left nothing
         assert killed.inside and killed.cut_short is not None
         with Engine.open(path, read_only=True, handlers=[]) as engine:
             # its seq and id went to another process's input: ids are numbered by their place in the log
@@ -187,7 +194,7 @@ def test_a_process_killed_while_deciding_loses_nothing_acknowledged(
 
 WORKER_KILLS = [
     pytest.param({"pause_at": 3}, id="inside-its-third-transaction"),
-    pytest.param({"kill_after": 5}, id="after-five-steps", marks=pytest.mark.slow),
+    pytest.param({"kill_after": 5}, id="after-five-steps", marks=SLOW),
 ]
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import random
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -21,7 +22,7 @@ from rtopt import Draft, Engine
 from rtopt.events import Decision, Feedback
 from rtopt.rows import envelope_from_row
 from rtopt.storage.interface import Row
-from rtopt.storage.sql import SQLLog
+from rtopt.storage.sql import META_TABLE, SQLLog
 from rtopt.storage.sqlite import SQLiteLog
 from rtopt.worker import Worker
 
@@ -172,3 +173,18 @@ def publish_inputs_of(channel: Connection, source: str, location: str) -> None:
             drafts = [Draft(e.payload, e.stream, e.time, e.id, e.correlation_id) for e in inputs[start : start + 25]]
             channel.send(("published", [envelope.id for envelope in engine.publish_many(drafts)]))
     channel.send(("done", ""))
+
+
+def create_until_killed(channel: Connection, path: str) -> None:
+    """Create a new log at ``path``, stopping inside the transaction that creates its tables, as it records
+    the log's meta data (where the test kills this process)."""
+    connect = sqlite3.connect
+
+    def connecting(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn = connect(*args, **kwargs)
+        conn.set_trace_callback(lambda sql: sql.startswith(f"INSERT INTO {META_TABLE}") and stop_inside(channel, sql))
+        return conn
+
+    sqlite3.connect = connecting  # type: ignore[assignment]
+    Engine.open(path, seed=1, handlers=[])
+    raise AssertionError(f"{path} was created without a pause")

@@ -23,8 +23,10 @@ from typing import Any, NamedTuple
 import pytest
 from conftest import derived_events
 from processes_support import (
+    ARMS,
     SPAWN,
     WAIT_S,
+    create_until_killed,
     derive_until_killed,
     learnt_exactly_once,
     play_round,
@@ -248,3 +250,19 @@ def test_a_worker_killed_while_deriving_derives_each_input_once(
     assert derived_events(location) == expected  # each input derived once, as the one engine derived it
     report = Engine.verify(location)
     assert report.ok, report.difference
+
+
+def test_a_process_killed_while_creating_a_log_leaves_none_that_will_not_open(tmp_path: Path) -> None:
+    path = str(tmp_path / "log.sqlite")
+    killed = False
+    with started([(create_until_killed, (path,))]) as ((creator,), channels):
+        for _, message in messages(channels, time.monotonic() + WAIT_S):
+            assert killed or message is not None, f"the creator ended by itself, with exit code {creator.exitcode}"
+            if message is not None and not killed:
+                kill(creator)
+                killed = True
+    with Engine.open(path, seed=2, handlers=[BanditHandler()]) as engine:  # the log cut short held nothing
+        assert engine.seed == 2 and engine.position == 0
+        engine.define_experiment("shared", arms=ARMS)
+        play_round(engine, random.Random(0))
+    learnt_exactly_once(path)

@@ -327,7 +327,7 @@ class Engine:
 
         with writer.lock:
             writer.commit_queue()
-            return writer.commit_now([], checked=True, make=answer)
+            return writer.commit_now([], checked=True, answer=answer)
 
     def define_experiment(
         self, name: str, arms: Sequence[str], policy: str = "thompson", *, time: float | None = None, **options: Any

@@ -223,11 +223,15 @@ class Writer:
             fold_history(self.log, [self.add(handler)], self.keys, self.last_seq, self._progress)
 
     def state(self, handler: str, key: str | None = None) -> Any:
-        """A detached copy of ``handler``'s state, or of the part of it for ``key``."""
+        """A detached copy of ``handler``'s state, or of the part of it for ``key``, with what other processes
+        appended to a writable log folded in first."""
         with self.lock:
             for slot in self.slots:
                 if slot.name == handler:
                     self.recover()
+                    if not self.log.read_only:
+                        self._look_ahead()
+                        self.recover()
                     return slot.handler.view(slot.state, key)
         raise KeyError(f"no handler named {handler!r}; registered: {[slot.name for slot in self.slots]}")
 

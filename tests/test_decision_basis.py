@@ -111,3 +111,13 @@ def test_a_log_one_engine_writes_records_no_basis(tmp_path: Path) -> None:
         engine.define_experiment("exp", arms=["a", "b"])
         decisions = [engine.decide("exp") for _ in range(20)]
     assert all(decision.payload.basis is None for decision in decisions)
+
+
+def test_state_read_between_commits_holds_what_another_process_learnt(two_engines: tuple[Path, Engine, Engine]) -> None:
+    _, first, second = two_engines
+    learn(second, "b", True, times=2)
+
+    arms = first.state("bandit", "exp").arms  # first has committed nothing since the other engine learnt
+
+    assert (arms["b"].pulls, arms["b"].n, arms["b"].total) == (2, 2.0, 2.0)
+    assert first.position == second.position

@@ -22,7 +22,7 @@ from rtopt import Draft, Engine
 from rtopt.events import Decision, Feedback
 from rtopt.rows import envelope_from_row
 from rtopt.storage.interface import Row
-from rtopt.storage.sql import META_TABLE, SQLLog
+from rtopt.storage.sql import SQLLog
 from rtopt.storage.sqlite import SQLiteLog
 from rtopt.worker import Worker
 
@@ -175,14 +175,15 @@ def publish_inputs_of(channel: Connection, source: str, location: str) -> None:
     channel.send(("done", ""))
 
 
-def create_until_killed(channel: Connection, path: str) -> None:
-    """Create a new log at ``path``, stopping inside the transaction that creates its tables, as it records
-    the log's meta data (where the test kills this process)."""
+def create_until_killed(channel: Connection, path: str, statement: str) -> None:
+    """Create a new log at ``path``, stopping as SQLite is about to run the first statement that starts with
+    ``statement`` (where the test kills this process)."""
     connect = sqlite3.connect
+    stops = itertools.count()
 
     def connecting(*args: Any, **kwargs: Any) -> sqlite3.Connection:
         conn = connect(*args, **kwargs)
-        conn.set_trace_callback(lambda sql: sql.startswith(f"INSERT INTO {META_TABLE}") and stop_inside(channel, sql))
+        conn.set_trace_callback(lambda sql: sql.startswith(statement) and not next(stops) and stop_inside(channel, sql))
         return conn
 
     sqlite3.connect = connecting  # type: ignore[assignment]

@@ -37,6 +37,7 @@ from rtopt.handlers.bandits import BanditHandler
 
 from rtopt import Engine
 from rtopt.storage.interface import Row
+from rtopt.storage.sql import META_TABLE
 from rtopt.worker import Worker
 
 
@@ -254,17 +255,24 @@ def test_a_worker_killed_while_deriving_derives_each_input_once(
     assert report.ok, report.difference
 
 
-def test_a_process_killed_while_creating_a_log_leaves_none_that_will_not_open(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "statement",
+    [
+        pytest.param(f"INSERT INTO {META_TABLE}", id="inside-the-transaction-making-the-tables"),
+        pytest.param("PRAGMA journal_mode=WAL", id="once-the-tables-are-made"),
+    ],
+)
+def test_a_process_killed_while_creating_a_log_leaves_none_that_will_not_open(tmp_path: Path, statement: str) -> None:
     path = str(tmp_path / "log.sqlite")
     killed = False
-    with started([(create_until_killed, (path,))]) as ((creator,), channels):
+    with started([(create_until_killed, (path, statement))]) as ((creator,), channels):
         for _, message in messages(channels, time.monotonic() + WAIT_S):
             assert killed or message is not None, f"the creator ended by itself, with exit code {creator.exitcode}"
             if message is not None and not killed:
                 kill(creator)
                 killed = True
-    with Engine.open(path, seed=2, handlers=[BanditHandler()]) as engine:  # the log cut short held nothing
-        assert engine.seed == 2 and engine.position == 0
+    with Engine.open(path, handlers=[BanditHandler()]) as engine:
+        assert engine.position == 0
         engine.define_experiment("shared", arms=ARMS)
         play_round(engine, random.Random(0))
     learnt_exactly_once(path)

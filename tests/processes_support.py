@@ -142,7 +142,7 @@ def play_until_told(
 
 def derive_until_killed(channel: Connection, location: str, pause_at: int | None) -> None:
     """A worker deriving for the log at ``location``, 20 inputs a step, reporting its position after each
-        step; with ``pause_at`` it stops inside its ``pause_at``-th transaction, once its tracker has moved,
+    step; with ``pause_at`` it stops inside its ``pause_at``-th transaction, once its tracker has moved,
     telling the position it moved to."""
     if pause_at is not None:
         move_tracker = SQLLog._move_tracker

@@ -83,6 +83,7 @@ def started(
 
 
 def kill(process: Any) -> None:
+    """SIGKILL ``process`` and wait for it to be gone."""
     os.kill(process.pid, signal.SIGKILL)
     process.join(WAIT_S)
     assert process.exitcode == -signal.SIGKILL

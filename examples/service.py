@@ -50,8 +50,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 app = FastAPI(lifespan=lifespan)
 
 
-# plain functions, not coroutines: FastAPI runs them in its thread pool, and calls made at the same
-# time in one process are committed together
+# plain functions, not coroutines: the engine's calls return once committed, so FastAPI runs them in its
+# thread pool, where they do not hold up the event loop
 @app.post("/decide")
 def decide(request: DecideRequest) -> dict[str, str | float]:
     decision = app.state.engine.decide(request.experiment, request.context, unit=request.unit)

@@ -101,6 +101,7 @@ def test_four_uvicorn_workers_decide_and_learn_on_one_log(tmp_path: Path) -> Non
             env={**os.environ, "RTOPT_LOG": str(log)},
             stdout=sink,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, to end the workers too if it does not stop
         )
     try:
         wait_for(lambda: output.read_text().count("Application startup complete") == WORKERS, server, "the workers")
@@ -110,7 +111,12 @@ def test_four_uvicorn_workers_decide_and_learn_on_one_log(tmp_path: Path) -> Non
             requests = [outcome for done in pool.map(client, [port] * CLIENTS, range(CLIENTS)) for outcome in done]
     finally:
         server.send_signal(signal.SIGTERM)
-        server.wait(GUARD)
+        try:
+            server.wait(GUARD)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+            pytest.fail("the service did not stop on SIGTERM")
     printed = output.read_text()
     assert server.returncode == 0, printed
     assert printed.count("Application shutdown complete") == WORKERS  # each worker closed its engine

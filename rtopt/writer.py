@@ -69,6 +69,9 @@ FORGOTTEN_SUBJECT = SubjectForgotten.tag()
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 COMMIT_ATTEMPTS = 5
 """How many times a commit starts again after catching up with other processes failed to read the log."""
+STALEST_BASIS = 50
+"""How many events other processes may have appended after the state an answer was made on, when its commit
+takes the write lock, for the answer to be recorded as made; beyond that it is made again on the current state."""
 Checked = TypeVar("Checked", bound=msgspec.Struct)
 
 
@@ -116,11 +119,18 @@ class EngineStats(msgspec.Struct, frozen=True):
 
 
 class _Ticket:
-    __slots__ = ("done", "drafts", "envelopes", "error", "make")
+    __slots__ = ("answer", "basis", "done", "drafts", "envelopes", "error", "make")
 
-    def __init__(self, drafts: list[Draft], make: Callable[[], list[Draft]] | None = None) -> None:
+    def __init__(
+        self,
+        drafts: list[Draft],
+        make: Callable[[], list[Draft]] | None = None,
+        answer: Callable[[], list[Draft]] | None = None,
+    ) -> None:
         self.drafts = drafts
-        self.make = make  # makes the drafts from the state the commit derives from (an answer to a command)
+        self.make = make  # makes the drafts from the state the commit derives from, under the write lock
+        self.answer = answer  # makes the drafts (an answer to a command) from the state the engine holds
+        self.basis = 0  # the seq of that state, once the answer is made
         self.envelopes: list[Envelope[Any]] = []
         self.error: BaseException | None = None
         self.done = False
@@ -178,10 +188,12 @@ class Writer:
         self._progress = progress
         self._until_seq = until_seq
         self._inputs = 0
-        # on a log other processes append to, each engine names its inputs apart from theirs
-        self._input_prefix = f"rtopt/input/{self.seed}/{f'{secrets.token_hex(8)}/' if log.shared else ''}"
+        self._input_prefix = f"rtopt/input/{self.seed}/"
         self._input_namespace = self._input_prefix.encode()
         self._abandoned_batches = 0
+        self._apart = False  # whether inputs are named in a namespace of this engine's own
+        if log.shared:
+            self._name_inputs_apart()
         self._to_dispatch: deque[list[Envelope[Any]]] = deque()
         self._dispatching = False
         self._batch: _Batch | None = None
@@ -211,11 +223,15 @@ class Writer:
             fold_history(self.log, [self.add(handler)], self.keys, self.last_seq, self._progress)
 
     def state(self, handler: str, key: str | None = None) -> Any:
-        """A detached copy of ``handler``'s state, or of the part of it for ``key``."""
+        """A detached copy of ``handler``'s state, or of the part of it for ``key``, with what other processes
+        appended to a writable log folded in first."""
         with self.lock:
             for slot in self.slots:
                 if slot.name == handler:
                     self.recover()
+                    if not self.log.read_only:
+                        self._look_ahead()
+                        self.recover()
                     return slot.handler.view(slot.state, key)
         raise KeyError(f"no handler named {handler!r}; registered: {[slot.name for slot in self.slots]}")
 
@@ -402,13 +418,20 @@ class Writer:
         return self.submit(drafts) if drafts else []
 
     def commit_now(
-        self, drafts: list[Draft], *, checked: bool = False, make: Callable[[], list[Draft]] | None = None
+        self,
+        drafts: list[Draft],
+        *,
+        checked: bool = False,
+        make: Callable[[], list[Draft]] | None = None,
+        answer: Callable[[], list[Draft]] | None = None,
     ) -> list[Envelope[Any]]:
         """Commit ``drafts`` as a group of their own; the caller holds the write lock. ``checked`` drafts
         (answers to commands) skip the screening of inputs. ``make``, if given, makes the drafts instead, from
-        the state at the position they are appended after (so that what it reads of the state is current)."""
+        the state at the position they are appended after (so that what it reads of the state is current);
+        ``answer`` makes them from the state the engine holds before the commit takes the log's write lock
+        (see :meth:`_make_answers`)."""
         self.check_writable()
-        ticket = _Ticket(drafts, make)
+        ticket = _Ticket(drafts, make, answer)
         self._commit([ticket], checked=checked)
         if ticket.error is not None:
             raise ticket.error
@@ -441,6 +464,9 @@ class Writer:
                 folding = False  # until then a failure leaves the handlers' state as the log's
                 self.recover()
                 self._look_ahead()
+                if self._stale:
+                    continue  # nothing made: the next attempt starts from the log as it is
+                self._make_answers(tickets)
                 # keys of new subjects are stored (and committed) before the write transaction holds other writers out
                 self.keys.prepare(draft.event for ticket in tickets for draft in ticket.drafts)
                 try:
@@ -449,6 +475,7 @@ class Writer:
                             self._catch_up(end)
                         if self._stale:
                             continue  # nothing derived: the next attempt starts from the log as it is
+                        self._settle_answers(tickets)
                         accepted, batch, inputs, recorded_at = self._number(tickets, checked)
                         if not batch:
                             return
@@ -488,6 +515,35 @@ class Writer:
             return
         if self._batch is None:
             self._dispatch(written)
+
+    def _make_answers(self, tickets: list[_Ticket]) -> None:
+        """Make the answers that tickets of commands wait for, on the state the engine holds now: their basis.
+
+        This runs before the commit takes the log's write lock, so that processes make their answers at the
+        same time; under the lock, :meth:`_settle_answers` records the basis of those that others' events
+        came after."""
+        for ticket in tickets:
+            if ticket.answer is not None and not ticket.done:
+                try:
+                    ticket.drafts, ticket.basis = ticket.answer(), self.last_seq
+                except InvalidEvent as exc:
+                    ticket.error, ticket.done = exc, True
+
+    def _settle_answers(self, tickets: list[_Ticket]) -> None:
+        """Record its basis on each answer that events of other processes, folded since it was made, come
+        between; make again, on the state now, one whose ids another process gave meanwhile or whose basis is
+        older than :data:`STALEST_BASIS` allows."""
+        for ticket in tickets:
+            if ticket.answer is None or ticket.done or ticket.basis == self.last_seq:
+                continue
+            ids = [draft.id for draft in ticket.drafts if draft.id is not None]
+            if self.last_seq - ticket.basis > STALEST_BASIS or self.log.existing_ids(ids):
+                self._make_answers([ticket])
+                continue
+            ticket.drafts = [
+                msgspec.structs.replace(draft, event=msgspec.structs.replace(draft.event, basis=ticket.basis))
+                for draft in ticket.drafts
+            ]
 
     def _number(self, tickets: list[_Ticket], checked: bool) -> tuple[list[_Ticket], list[Envelope[Any]], int, float]:
         """The tickets accepted (made and screened on the current state), their envelopes numbered from the
@@ -600,7 +656,18 @@ class Writer:
         """Number later inputs in a new namespace: ids handed out for events that may not be in the log
         must not name other events."""
         self._abandoned_batches += 1
-        self._input_namespace = f"{self._input_prefix}after-abandoned-{self._abandoned_batches}/".encode()
+        self._rename_inputs()
+
+    def _name_inputs_apart(self) -> None:
+        """Name later inputs in a namespace of this engine's own, apart from other processes' on the same log:
+        an answer made before the commit takes the write lock then keeps its ids (see :meth:`_settle_answers`)."""
+        self._input_prefix += f"{secrets.token_hex(8)}/"
+        self._apart = True
+        self._rename_inputs()
+
+    def _rename_inputs(self) -> None:
+        retired = f"after-abandoned-{self._abandoned_batches}/" if self._abandoned_batches else ""
+        self._input_namespace = f"{self._input_prefix}{retired}".encode()
 
     # --- failures and other writers ---------------------------------------------------------------------
 
@@ -618,6 +685,8 @@ class Writer:
         if end < known:  # events this engine saw are gone: start again from the log as it is
             self._stale = True
             return
+        if not self._apart:
+            self._name_inputs_apart()
         if self._take_in_others(known, end):
             try:
                 self.last_seq, self._inputs = end, self._inputs + self.log.count_inputs(end, after=known)

@@ -13,6 +13,8 @@ import itertools
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,7 +40,6 @@ from rtopt.handlers.bandits import BanditHandler
 from rtopt import Engine
 from rtopt.storage.interface import Row
 from rtopt.storage.sql import META_TABLE
-from rtopt.worker import Worker
 
 
 def messages(channels: list[Connection], deadline: float) -> Iterator[tuple[int, tuple[str, Any] | None]]:
@@ -245,12 +246,18 @@ def test_a_worker_killed_while_deriving_derives_each_input_once(
         assert tracked_at_kill >= stepped_to  # every step it reported was committed
     else:  # the transaction cut short left the tracker where the last step put it
         assert tracked_at_kill == stepped_to < moving_to
-    with Worker.open(location, batch=33) as restarted:
-        restarted.run(drain=True)
-        assert restarted.position == restarted.log.tracked("worker:0/1")
+    restarted = subprocess.run(
+        [sys.executable, "-m", "rtopt", "worker", location, "--drain", "--batch", "33"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+    )
+    assert restarted.returncode == 0, restarted.stderr
     with Engine.open(location, read_only=True, handlers=[]) as log:
         assert [row[1] for row in log.log.inputs()] == inputs
-        assert restarted.position == max(row[0] for row in log.log.inputs())
+        last_input = max(row[0] for row in log.log.inputs())
+        assert log.log.tracked("worker:0/1") == last_input
+    assert f"inputs read up to seq {last_input}" in restarted.stdout
     assert derived_events(location) == expected  # each input derived once, as the one engine derived it
     report = Engine.verify(location)
     assert report.ok, report.difference

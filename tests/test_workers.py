@@ -22,6 +22,7 @@ from rtopt.handlers.bandits import BanditHandler
 from rtopt import Draft, Engine, InvalidArgument, InvalidLog, WriteConflict, default_handlers
 from rtopt.cli import main
 from rtopt.copying import copy_log
+from rtopt.replay import WORKED
 from rtopt.rows import envelope_from_row
 from rtopt.storage.factory import is_postgres_url, open_log
 from rtopt.worker import Partition, Worker, partition_of
@@ -209,6 +210,21 @@ def test_a_worker_needs_a_log_that_exists_and_a_valid_partition(tmp_path: Path) 
             Partition.parse(bad)
     assert Partition.parse("3/4") == Partition(3, 4)
     assert not (tmp_path / "log.sqlite").exists()
+
+
+def test_a_worker_refuses_a_log_whose_writers_derive(reference: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "derived.sqlite"
+    copy_log(reference, copy)
+    done = subprocess.run(
+        [sys.executable, "-m", "rtopt", "worker", str(copy), "--drain"], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "were derived by the engines that appended their inputs" in done.stderr
+    log = open_log(copy, read_only=True)
+    try:
+        assert WORKED not in log.meta()  # nothing was marked as derived by workers
+    finally:
+        log.close()
+    assert Engine.verify(copy).ok
 
 
 def test_simulate_with_workers_writes_one_log_that_verifies(

@@ -8,12 +8,13 @@ import sqlite3
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
+import numpy as np
 import pytest
-from processes_support import ARMS, SPAWN, WAIT_S, failing_the_others, learnt_exactly_once, play_round
+from processes_support import ARMS, SPAWN, SUCCESS, WAIT_S, failing_the_others, learnt_exactly_once, play_round
 from rtopt.handlers.bandits import BanditHandler
 
 from rtopt import Engine, InvalidEvent, ReadOnlyLog, RtoptError, StorageUnavailable
-from rtopt.events import Feedback
+from rtopt.events import Decision, Feedback
 
 
 def open_when_all_are_ready(paths: list[str], ready: Barrier) -> list[str]:
@@ -85,6 +86,33 @@ def test_four_processes_decide_and_learn_on_one_experiment(tmp_path: Path, polic
 @pytest.mark.parametrize("policy", ["thompson", "ucb1"])
 def test_four_processes_decide_and_learn_two_thousand_rounds_each(tmp_path: Path, policy: str) -> None:
     run_rounds(tmp_path, policy, processes=4, rounds=2_000)
+
+
+def pseudo_regret(path: str) -> float:
+    """What the log's decisions gave up: for each, the best arm's success rate less the chosen arm's."""
+    with Engine.open(path, read_only=True, handlers=[]) as engine:
+        chosen = [SUCCESS[envelope.payload.arm] for envelope in engine.read(types=[Decision])]
+    return sum(max(SUCCESS.values()) - rate for rate in chosen)
+
+
+@pytest.mark.slow
+@pytest.mark.statistical
+def test_four_processes_learn_about_as_well_as_one_making_as_many_decisions(tmp_path: Path) -> None:
+    """Thompson sampling over 8 seeds, 800 rounds in all: one process alone, or four of 200 rounds each
+    deciding on states that may lack the others' latest feedback. The four's mean regret is not above 1.15
+    times the one's by more than two standard errors of the difference."""
+    alone, together = [], []
+    for seed in range(8):
+        paths = [str(tmp_path / f"{name}{seed}.sqlite") for name in ("alone", "together")]
+        for path in paths:
+            Engine.open(path, seed=seed, handlers=[]).close()
+        decide_and_learn(paths[0], "thompson", 800, 10 * seed, SPAWN.Barrier(1))
+        run_together(decide_and_learn, [(paths[1], "thompson", 200, 10 * seed + i) for i in range(4)])
+        alone.append(pseudo_regret(paths[0]))
+        together.append(pseudo_regret(paths[1]))
+    bound = 1.15 * np.mean(alone)
+    error = np.sqrt(np.var(together, ddof=1) / 8 + 1.15**2 * np.var(alone, ddof=1) / 8)
+    assert np.mean(together) - bound <= 2 * error, (alone, together)
 
 
 def test_two_engines_in_one_process_take_turns_on_one_experiment(tmp_path: Path) -> None:

@@ -144,7 +144,7 @@ def _writer(url: str, rows: list[Row], batch: int, ready: Any, go: Any, finished
     ready.set()
     go.wait(_GUARD)
     for part in parts:
-        log.append(part, guard=())
+        log.append(part, )
     finished.put(time.perf_counter())
     log.close()
 
@@ -219,7 +219,7 @@ def _wake_once(reader: PostgresLog, writer: PostgresLog, row: Row) -> float:
     thread = threading.Thread(target=wait)
     thread.start()
     waiting.wait(_GUARD)
-    writer.append([row], guard=())
+    writer.append([row], )
     committed = time.perf_counter()
     thread.join(_GUARD)
     # the reader may wake before the writer's call returns: that counts as no delay

@@ -27,7 +27,6 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
-import secrets
 import threading
 import time as wall_clock
 from collections import Counter, deque
@@ -69,6 +68,9 @@ FORGOTTEN_SUBJECT = SubjectForgotten.tag()
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 COMMIT_ATTEMPTS = 5
 """How many times a commit starts again after catching up with other processes failed to read the log."""
+RECENT_INPUTS = 1024
+"""How many of its last committed inputs an engine keeps to look up without reading the log (a decision
+that feedback names)."""
 Checked = TypeVar("Checked", bound=msgspec.Struct)
 
 
@@ -178,14 +180,15 @@ class Writer:
         self._progress = progress
         self._until_seq = until_seq
         self._inputs = 0
-        # on a log other processes append to, each engine names its inputs apart from theirs
-        self._input_prefix = f"rtopt/input/{self.seed}/{f'{secrets.token_hex(8)}/' if log.shared else ''}"
+        self._input_prefix = f"rtopt/input/{self.seed}/"
         self._input_namespace = self._input_prefix.encode()
         self._abandoned_batches = 0
         self._to_dispatch: deque[list[Envelope[Any]]] = deque()
         self._dispatching = False
         self._batch: _Batch | None = None
         self._stale = False  # a failed write left handler state ahead of the log: rebuild before using it
+        self._others_wrote = True  # another process appended before this engine's last commit
+        self._recent: dict[str, Envelope[Any]] = {}  # the last inputs this engine committed, by id
         self._catch_up_error: Exception | None = None  # why the last fold of other processes' events failed
         for handler in handlers:
             self.add(handler)
@@ -221,6 +224,7 @@ class Writer:
 
     def rebuild(self) -> None:
         """Reset handler state to the newest usable snapshots and fold the rest of the log."""
+        self._recent.clear()  # a subject may have been forgotten: its values are read from the log again
         self.rebuilt: Rebuilt = rebuild(self.log, self.slots, self.keys, self._until_seq, self._progress)
         self.last_seq = self.rebuilt.position
         self._inputs = self.log.count_inputs(self.last_seq)
@@ -445,8 +449,10 @@ class Writer:
                 self.keys.prepare(draft.event for ticket in tickets for draft in ticket.drafts)
                 try:
                     with self.log.appending() if self._batch is None else nullcontext() as end:
-                        if end is not None and end != self.last_seq:
-                            self._catch_up(end)
+                        if end is not None:
+                            self._others_wrote = end != self.last_seq
+                            if self._others_wrote:
+                                self._catch_up(end)
                         if self._stale:
                             continue  # nothing derived: the next attempt starts from the log as it is
                         accepted, batch, inputs, recorded_at = self._number(tickets, checked)
@@ -455,11 +461,9 @@ class Writer:
                         folding = True
                         written = [*batch, *self._chains.cascade(batch, recorded_at)]
                         if self._batch is None:
-                            guard = {envelope.stream for envelope in written} if self.slots and self.log.shared else ()
-                            first = self.log.append(self._stored_rows(written), guard)
+                            self.log.append(self._stored_rows(written))
                         else:
                             self._batch.add(written, len(written) - len(batch))
-                            first = written[0].seq
                 except BaseException as exc:
                     if folding or self._batch is not None:
                         self._abandon(exc)  # the handlers may have folded events that are not in the log
@@ -470,11 +474,10 @@ class Writer:
                     f"{self.log.location}: reading what other processes appended failed {COMMIT_ATTEMPTS} times;"
                     " nothing was written"
                 ) from self._catch_up_error
-            if first != written[0].seq:  # durable already: from here on no caller may be told it failed
-                written = self._follow_others(written, first, accepted)
             self.last_seq, self._inputs = written[-1].seq, inputs
             self.time_bound.advance((envelope.stream, envelope.time) for envelope in batch)
             if self._batch is None:
+                self._remember(batch)
                 self.counts["published"] += len(batch)
                 self.counts["derived"] += len(written) - len(batch)
                 self._count_rejected_feedback(written[len(batch) :])
@@ -606,8 +609,9 @@ class Writer:
 
     def _look_ahead(self) -> None:
         """Fold what other processes appended to a log that one process at a time writes, before taking its
-        write lock (which then holds the others out only while the few events since are folded)."""
-        if self._batch is None and not self.log.shared:
+        write lock (which then holds the others out only while the few events since are folded); skipped
+        while no other process appended before the last commit (a process alone saves the read)."""
+        if self._batch is None and self._others_wrote:
             end = self.log.last_seq()
             if end != self.last_seq:
                 self._catch_up(end)
@@ -646,16 +650,6 @@ class Writer:
         batch.envelopes.clear()
         batch.by_id.clear()
 
-    def _follow_others(self, written: list[Envelope[Any]], first: int, tickets: list[_Ticket]) -> list[Envelope[Any]]:
-        """Other processes committed events on other streams before ``written``, which the log placed at
-        ``first``: renumber ours, then fold theirs (no stream's events change order by it)."""
-        shift = first - written[0].seq
-        moved = {envelope.id: msgspec.structs.replace(envelope, seq=envelope.seq + shift) for envelope in written}
-        for ticket in tickets:
-            ticket.envelopes = [moved[envelope.id] for envelope in ticket.envelopes]
-        self._take_in_others(self.last_seq, first - 1)
-        return [moved[envelope.id] for envelope in written]
-
     def _take_in_others(self, known: int, end: int) -> bool:
         """Fold into the handlers and the event-time bound what other processes appended after seq ``known``
         up to ``end``, and drop the keys read so far if one of them forgot a subject. Never raises: a failed
@@ -691,10 +685,6 @@ class Writer:
                 yield
                 return
             self.check_writable()
-            if self.log.shared:
-                raise RtoptError(
-                    f"engine.batch() needs a log that this engine alone appends to; {self.log.location} is shared"
-                )
             self.commit_queue()
             batch = self._batch = _Batch()
             try:
@@ -723,8 +713,18 @@ class Writer:
         if batch is not None and event_id in batch.by_id:
             envelope = batch.by_id[event_id]
             return envelope.type, envelope.payload
+        recent = self._recent.get(event_id)
+        if recent is not None:
+            return recent.type, recent.payload
         row = self.log.get(event_id)
         return None if row is None else (row[2], decode_payload(row[2], row[9], row[8]))
+
+    def _remember(self, inputs: list[Envelope[Any]]) -> None:
+        """Keep ``inputs``, committed, among the last :data:`RECENT_INPUTS` that :meth:`recorded` finds."""
+        recent = self._recent
+        recent.update((envelope.id, envelope) for envelope in inputs)
+        while len(recent) > RECENT_INPUTS:
+            del recent[next(iter(recent))]
 
     def recorded_definition(self, draft: Draft) -> Envelope[Any] | None:
         """The recorded definition of the target ``draft`` defines, if it defines one and the same way."""

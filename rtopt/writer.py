@@ -622,12 +622,9 @@ class Writer:
         if end < known:  # events this engine saw are gone: start again from the log as it is
             self._stale = True
             return
-        if self._take_in_others(known, end):
-            try:
-                self.last_seq, self._inputs = end, self._inputs + self.log.count_inputs(end, after=known)
-            except Exception as exc:
-                self._catch_up_error = exc
-                self._stale = True
+        inputs = self._take_in_others(known, end)
+        if inputs is not None:
+            self.last_seq, self._inputs = end, self._inputs + inputs
 
     def _abandon(self, error: BaseException) -> None:
         """Drop what the current batch holds (if any) and reset state to the log's: now, or at the next
@@ -650,23 +647,24 @@ class Writer:
         batch.envelopes.clear()
         batch.by_id.clear()
 
-    def _take_in_others(self, known: int, end: int) -> bool:
+    def _take_in_others(self, known: int, end: int) -> int | None:
         """Fold into the handlers and the event-time bound what other processes appended after seq ``known``
-        up to ``end``, and drop the keys read so far if one of them forgot a subject. Never raises: a failed
-        read leaves the state stale, rebuilt at the next call; returns whether it succeeded."""
+        up to ``end``, and drop the keys read so far if one of them forgot a subject; returns how many inputs
+        they appended. Never raises: a failed read leaves the state stale, rebuilt at the next call, and
+        returns None."""
         for slot in self.slots:
             slot.position = known
         try:
-            theirs = [(row[2], row[3], row[4]) for row in self.log.rows(known + 1, end)]
-            self.time_bound.advance((stream, time) for _, stream, time in theirs)
-            if any(tag == FORGOTTEN_SUBJECT for tag, _, _ in theirs):
+            theirs = [(row[2], row[3], row[4], row[6]) for row in self.log.rows(known + 1, end)]
+            self.time_bound.advance((stream, time) for _, stream, time, _ in theirs)
+            if any(tag == FORGOTTEN_SUBJECT for tag, *_ in theirs):
                 self.keys.reload()  # its key is gone: this engine must not seal or open with it any more
             fold_history(self.log, self.slots, self.keys, end, None)
         except Exception as exc:
             self._catch_up_error = exc
             self._stale = True  # start again from the log, which holds ours and theirs
-            return False
-        return True
+            return None
+        return sum(cause is None for *_, cause in theirs)
 
     # --- batches ----------------------------------------------------------------------------------------
 

@@ -15,9 +15,14 @@
    delivery under way).
 
 A batch (:meth:`Writer.batch`) holds the commits of one block back and writes them in one transaction when
-it ends. On an SQLite log other processes write too, a commit folds what they appended (catch-up) before it
-takes the write lock and again under it, then makes, screens and derives its events on that state: none is
-refused because others wrote. On PostgreSQL, events of others that the log placed before ours renumber ours.
+it ends. Other processes may write the same log (SQLite or PostgreSQL alike): a commit folds what they
+appended (catch-up) before it takes the log's append lock (:meth:`EventLog.appending`: SQLite's write
+lock, PostgreSQL's advisory lock) when the last commit met others' events, and again under it up to the
+seq read under the lock, then makes, screens and derives its events on that state and appends them in the
+lock's transaction: none is refused because others wrote, and seqs are gapless and in commit order. The
+lock is held from that read to the commit, so commits of all processes are serial: one log's rate is about
+one over the time a commit holds it (catching up, deriving, the storage's round trips), whatever the
+number of processes.
 A write that fails after folding leaves the handlers ahead of the log: the state is marked stale and rebuilt
 from the log (:func:`rtopt.replay.rebuild`) before it is used again.
 """

@@ -1,17 +1,37 @@
-"""The PostgreSQL log: one database that several engine processes append to and follow at once.
+"""The PostgreSQL log: one database that any number of engine processes, on any hosts, append to and follow.
 
-Every append takes ``LOCK TABLE events IN EXCLUSIVE MODE`` (which blocks other appends, not reads), reads
-the last seq and numbers its batch after it, so seqs are gapless and in commit order: a reader paging by
-seq never skips an event that commits late. Each commit sends a NOTIFY on :data:`CHANNEL`, which
-:meth:`PostgresLog.wait_for_change` listens for. Workers record how far they got in the tracking table,
-in the same transaction as the events they derive (:meth:`PostgresLog.append_tracked`).
+Order: every append holds the log's append lock, a transaction-level advisory lock
+(``pg_advisory_xact_lock``, keyed by the events table), from the moment it reads the last seq and chain
+value until its COMMIT, and numbers its rows after that seq. So seqs are gapless and in commit order: a
+reader paging by seq never sees a gap that fills later, and never skips an event that commits late. The
+lock blocks other appends only (not reads, not VACUUM). Inside :meth:`PostgresLog.appending` the engine
+holds it while it folds what other processes appended, makes its decisions, screens and derives, so each
+input is derived once, by the process that appends it, on the state just before it.
+
+Round trips: a commit takes two, one to begin the transaction, take the lock and read the head (sent as one
+message), one for the rows (one multi-row INSERT), the head anchor, the NOTIFY on :data:`CHANNEL` (which
+:meth:`PostgresLog.wait_for_change` listens for) and the COMMIT, sent together. With the default
+``durability="process"`` the writer's session runs with ``synchronous_commit = off``: the server holds the
+commit and the lock is not held across a WAL flush; ``"power"`` waits for the flush before the COMMIT
+returns (and holds the lock through it).
+
+Throughput with many processes is bounded by that one lock: appends are serial, each holding it for a
+round trip plus the time its process takes to catch up and derive (and, with ``"power"``, a WAL flush), so
+the rate of one log is about one over that time, whatever the number of processes; the clients' CPU does
+the deriving, the server's the inserts.
+
+Workers record how far they got in the tracking table, in the same transaction as the events they derive
+(:meth:`PostgresLog.append_tracked`).
 
 A connection that breaks (the server restarted, the network dropped) is made anew, with :class:`Backoff`,
-for up to ``reconnect_timeout_s`` seconds; reads run again, as does a write that broke before its COMMIT
-was sent. A write that broke during its COMMIT looks its first event id up once reconnected: found, it
-committed; absent (and the broken session ended), it runs again. Driver errors reach callers as
+for up to ``reconnect_timeout_s`` seconds; reads run again, as does a write that broke before its rows were
+sent. A write that broke once they were (they go with their COMMIT) looks its first event id up once
+reconnected: found, it committed; absent (and the broken session ended), it runs again, in a new
+transaction under the lock, if no other process appended since the one that broke read the head (else
+WriteConflict: its rows were derived on an older state). Driver errors reach callers as
 :class:`~rtopt.errors.StorageError` and its subclasses; a unique or serialization violation on the events or
-tracking table (another writer took the id, the seq or the position first) as :class:`~rtopt.errors.WriteConflict`.
+tracking table (another writer took the id, the seq or the position first) as
+:class:`~rtopt.errors.WriteConflict`.
 """
 
 from __future__ import annotations
@@ -464,6 +484,7 @@ class PostgresLog(SQLLog):
     def _lock(self, conn: psycopg.Connection) -> tuple[int, bytes]:
         """Begin a transaction on ``conn`` that holds the append lock and return the log's last seq and
         chain value as read under it; one round trip."""
+        self._end_quietly()  # nothing is left open, so the BEGIN begins a transaction of its own
         try:
             cur = conn.execute(_LOCK_AND_READ_HEAD)
             cur.nextset()

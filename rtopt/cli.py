@@ -32,7 +32,7 @@ from rtopt.engine import Engine
 from rtopt.errors import InvalidArgument, InvalidLog, RtoptError
 from rtopt.events import Envelope
 from rtopt.storage.factory import is_postgres_url
-from rtopt.storage.sqlite import SQLiteLog
+from rtopt.storage.sqlite import LINE_SUFFIX, SQLiteLog
 from rtopt.worker import WHOLE, Partition, Worker
 
 COMMAND_ENTRY_POINTS = "rtopt.commands"
@@ -67,7 +67,7 @@ def replace_log(path: Path, default: Path, force: bool, console: Console) -> Non
     if path != default and not force:
         raise InvalidLog(f"{path} exists: pass --force to replace it, or choose another --log")
     SQLiteLog.open(path, read_only=True).close()  # refuses to delete what is not an rtopt log
-    for suffix in ("", "-wal", "-shm"):
+    for suffix in ("", "-wal", "-shm", LINE_SUFFIX):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     console.print(f"replacing the rtopt log at {path}")
 

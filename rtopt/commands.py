@@ -9,6 +9,12 @@ correlation id; the folds then learn from the recorded events as from any other.
 only on the state, the event time and the id it is recorded under, replay re-makes it from the request the
 recorded answer tells (:meth:`Command.request_of`), and verify compares the two.
 
+An answer is made on the state the engine holds when it is asked, before the commit takes the log's write
+lock, so that processes sharing a log make theirs at the same time. When other processes' events are
+appended between that state and the answer, each event of the answer records the seq of the state's last
+event as its ``basis`` (None: the event right before the answer), and verify re-makes it on the state at
+that seq.
+
 Adding a command: a :class:`Command` subclass in :data:`COMMANDS`, a thin engine method that checks its
 arguments and asks, and handlers that answer it.
 """
@@ -75,6 +81,11 @@ class Command(Generic[Q]):
     def position(self, made: Any) -> int:
         """The place of the event ``made`` in its answer."""
         return 0
+
+    def basis(self, made: Any) -> int | None:
+        """The seq of the last event of the state the answer holding ``made`` was made on, if it is older than
+        the event before the answer."""
+        return cast(int | None, made.basis)
 
     def unit(self, made: Any) -> str | None:
         """The unit (user or session) the answer was made for, if a way of answering may depend on it."""

@@ -219,7 +219,8 @@ class Engine:
         return [slot.name for slot in self._writer.slots]
 
     def state(self, handler: str, key: str | None = None) -> Any:
-        """A detached copy of ``handler``'s state, or of the part of it for ``key``."""
+        """A detached copy of ``handler``'s state, or of the part of it for ``key``; on a writable engine, with
+        what other processes appended to the log since this one last looked folded in first."""
         return self._writer.state(handler, key)
 
     def snapshot(self) -> int:
@@ -328,7 +329,7 @@ class Engine:
 
         with writer.lock:
             writer.commit_queue()
-            return writer.commit_now([], checked=True, make=answer)
+            return writer.commit_now([], checked=True, answer=answer)
 
     def define_experiment(
         self, name: str, arms: Sequence[str], policy: str = "thompson", *, time: float | None = None, **options: Any

@@ -463,7 +463,9 @@ class Decision(Event, frozen=True):
     ``context`` (the feature vector used, if any); ``explored`` says the arm was not the one with the best
     estimate at the time; ``unit`` is the user or session the decision was for, when the caller named one.
     A slate decision ranks several arms: ``slate`` in order (``arm`` is its first) with the propensity of
-    each slot's choice among the arms left for it.
+    each slot's choice among the arms left for it. ``basis`` is the seq of the last event of the state the
+    decision was made on, when other processes appended events between it and the decision; None when
+    it is the event right before the decision (see :mod:`rtopt.commands`).
     """
 
     experiment: Name
@@ -476,6 +478,7 @@ class Decision(Event, frozen=True):
     unit: str | None = None
     slate: list[Name] = []
     slate_propensities: list[UnitInterval] = []
+    basis: Count | None = None
 
     stream_field: ClassVar[str] = "experiment"
     personal_fields: ClassVar[tuple[str, ...]] = ("unit",)
@@ -588,7 +591,9 @@ class StudyDefined(Event, frozen=True):
 class Suggested(Event, frozen=True):
     """Parameters to evaluate next, suggested for ``study``: the ``index``-th of a batch of ``batch``
     suggestions made together. ``acquisition``, ``mean`` and ``std`` are the acquisition value and the
-    model's predicted objective at ``params`` (None while no model guides the study)."""
+    model's predicted objective at ``params`` (None while no model guides the study). ``basis`` is the seq
+    of the last event of the state the batch was made on, None when it is the event right before the batch
+    (see :mod:`rtopt.commands`)."""
 
     study: Name
     params: dict[str, ParamValue]
@@ -598,6 +603,7 @@ class Suggested(Event, frozen=True):
     acquisition: float | None = None
     mean: float | None = None
     std: NonNegative | None = None
+    basis: Count | None = None
 
     stream_field: ClassVar[str] = "study"
 

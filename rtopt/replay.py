@@ -24,7 +24,7 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 
-from rtopt.commands import DECIDE, SUGGEST, Command, Commands, command_of
+from rtopt.commands import COMMANDS, DECIDE, SUGGEST, Command, Commands, command_of
 from rtopt.copying import copy_rows, copying, refuse_non_empty
 from rtopt.errors import RtoptError
 from rtopt.events import Envelope, Event, encode_payload
@@ -221,13 +221,25 @@ def refeed(
     commands = writer.commands
     group: list[Envelope[Any]] = []
     remade: list[Event] = []
+    # answers made on a state older than the event before them (their basis), by the seq of that state
+    by_basis = _answers_by_basis(source, until, keys) if check is not None else {}
+    made_early: dict[str, list[Event]] = {}
 
     def flush() -> None:
         if group:
             writer.recommit(list(group))
             group.clear()
 
+    def remake(first: Envelope[Any], command: Command[Any]) -> list[Event]:
+        made = commands.remake(first, command, writer.seed)
+        basis = command.basis(first.payload)
+        return made if basis is None else [msgspec.structs.replace(event, basis=basis) for event in made]
+
     for row in source.rows(1, until):
+        if row[0] - 1 in by_basis:  # the state some answers were made on: make them again now
+            flush()
+            for first, asked in by_basis.pop(row[0] - 1):
+                made_early[first.id] = remake(first, asked)
         if row[6] is not None:  # a derived event closes the group of inputs it came from
             flush()
             continue
@@ -239,7 +251,7 @@ def refeed(
                 flush()
             if check is not None and commands.runs(command, getattr(envelope.payload, command.way)):
                 if position == 0:
-                    remade = commands.remake(envelope, command, writer.seed)
+                    remade = made_early.pop(envelope.id) if envelope.id in made_early else remake(envelope, command)
                 check(command, envelope, remade[position] if position < len(remade) else None)
         group.append(envelope)
         if singly:
@@ -249,6 +261,24 @@ def refeed(
     flush()
     if progress is not None:
         progress(until, until)
+
+
+def _answers_by_basis(
+    source: EventLog, until: int, keys: Keyring
+) -> dict[int, list[tuple[Envelope[Any], Command[Any]]]]:
+    """The first event of each recorded answer whose basis is older than the event before it, with its command,
+    by basis."""
+    found: dict[int, list[tuple[Envelope[Any], Command[Any]]]] = {}
+    for row in source.rows(1, until, types=[command.makes.tag() for command in COMMANDS]):
+        if row[6] is not None:
+            continue
+        envelope = envelope_from_row(row, keys)
+        command = command_of(envelope.payload)
+        assert command is not None  # rows of the types commands make
+        basis = command.basis(envelope.payload)
+        if basis is not None and command.position(envelope.payload) == 0:
+            found.setdefault(basis, []).append((envelope, command))
+    return found
 
 
 def replay_log(

@@ -18,8 +18,10 @@ A batch (:meth:`Writer.batch`) holds the commits of one block back and writes th
 it ends. Other processes may write the same log (SQLite or PostgreSQL alike): a commit folds what they
 appended (catch-up) before it takes the log's append lock (:meth:`EventLog.appending`: SQLite's write
 lock, PostgreSQL's advisory lock) when the last commit met others' events, and again under it up to the
-seq read under the lock, then makes, screens and derives its events on that state and appends them in the
-lock's transaction: none is refused because others wrote, and seqs are gapless and in commit order. The
+seq read under the lock, then screens and derives its events on that state and appends them in the lock's
+transaction (answers to commands are made before the lock is taken, on the state the engine holds: their
+basis, see :meth:`Writer._make_answers`): none is refused because others wrote, and seqs are gapless and in
+commit order. The
 lock is held from that read to the commit, so commits of all processes are serial: one log's rate is about
 one over the time a commit holds it (catching up, deriving, the storage's round trips), whatever the
 number of processes.
@@ -32,6 +34,7 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
+import secrets
 import threading
 import time as wall_clock
 from collections import Counter, deque
@@ -76,6 +79,9 @@ COMMIT_ATTEMPTS = 5
 RECENT_INPUTS = 1024
 """How many of its last committed inputs an engine keeps to look up without reading the log (a decision
 that feedback names)."""
+STALEST_BASIS = 50
+"""How many events other processes may have appended after the state an answer was made on, when its commit
+takes the write lock, for the answer to be recorded as made; beyond that it is made again on the current state."""
 Checked = TypeVar("Checked", bound=msgspec.Struct)
 
 
@@ -123,11 +129,18 @@ class EngineStats(msgspec.Struct, frozen=True):
 
 
 class _Ticket:
-    __slots__ = ("done", "drafts", "envelopes", "error", "make")
+    __slots__ = ("answer", "basis", "done", "drafts", "envelopes", "error", "make")
 
-    def __init__(self, drafts: list[Draft], make: Callable[[], list[Draft]] | None = None) -> None:
+    def __init__(
+        self,
+        drafts: list[Draft],
+        make: Callable[[], list[Draft]] | None = None,
+        answer: Callable[[], list[Draft]] | None = None,
+    ) -> None:
         self.drafts = drafts
-        self.make = make  # makes the drafts from the state the commit derives from (an answer to a command)
+        self.make = make  # makes the drafts from the state the commit derives from, under the write lock
+        self.answer = answer  # makes the drafts (an answer to a command) from the state the engine holds
+        self.basis = 0  # the seq of that state, once the answer is made
         self.envelopes: list[Envelope[Any]] = []
         self.error: BaseException | None = None
         self.done = False
@@ -188,6 +201,7 @@ class Writer:
         self._input_prefix = f"rtopt/input/{self.seed}/"
         self._input_namespace = self._input_prefix.encode()
         self._abandoned_batches = 0
+        self._apart = False  # whether inputs are named in a namespace of this engine's own
         self._to_dispatch: deque[list[Envelope[Any]]] = deque()
         self._dispatching = False
         self._batch: _Batch | None = None
@@ -219,11 +233,15 @@ class Writer:
             fold_history(self.log, [self.add(handler)], self.keys, self.last_seq, self._progress)
 
     def state(self, handler: str, key: str | None = None) -> Any:
-        """A detached copy of ``handler``'s state, or of the part of it for ``key``."""
+        """A detached copy of ``handler``'s state, or of the part of it for ``key``, with what other processes
+        appended to a writable log folded in first."""
         with self.lock:
             for slot in self.slots:
                 if slot.name == handler:
                     self.recover()
+                    if not self.log.read_only:
+                        self._look_ahead()
+                        self.recover()
                     return slot.handler.view(slot.state, key)
         raise KeyError(f"no handler named {handler!r}; registered: {[slot.name for slot in self.slots]}")
 
@@ -411,13 +429,20 @@ class Writer:
         return self.submit(drafts) if drafts else []
 
     def commit_now(
-        self, drafts: list[Draft], *, checked: bool = False, make: Callable[[], list[Draft]] | None = None
+        self,
+        drafts: list[Draft],
+        *,
+        checked: bool = False,
+        make: Callable[[], list[Draft]] | None = None,
+        answer: Callable[[], list[Draft]] | None = None,
     ) -> list[Envelope[Any]]:
         """Commit ``drafts`` as a group of their own; the caller holds the write lock. ``checked`` drafts
         (answers to commands) skip the screening of inputs. ``make``, if given, makes the drafts instead, from
-        the state at the position they are appended after (so that what it reads of the state is current)."""
+        the state at the position they are appended after (so that what it reads of the state is current);
+        ``answer`` makes them from the state the engine holds before the commit takes the log's write lock
+        (see :meth:`_make_answers`)."""
         self.check_writable()
-        ticket = _Ticket(drafts, make)
+        ticket = _Ticket(drafts, make, answer)
         self._commit([ticket], checked=checked)
         if ticket.error is not None:
             raise ticket.error
@@ -449,7 +474,11 @@ class Writer:
             for _ in range(COMMIT_ATTEMPTS):
                 folding = False  # until then a failure leaves the handlers' state as the log's
                 self.recover()
-                self._look_ahead()
+                if self._others_wrote:  # else a process alone saves the read
+                    self._look_ahead()
+                if self._stale:
+                    continue  # nothing made: the next attempt starts from the log as it is
+                self._make_answers(tickets)
                 # keys of new subjects are stored (and committed) before the write transaction holds other writers out
                 self.keys.prepare(draft.event for ticket in tickets for draft in ticket.drafts)
                 try:
@@ -460,6 +489,7 @@ class Writer:
                                 self._catch_up(end)
                         if self._stale:
                             continue  # nothing derived: the next attempt starts from the log as it is
+                        self._settle_answers(tickets)
                         accepted, batch, inputs, recorded_at = self._number(tickets, checked)
                         if not batch:
                             return
@@ -496,6 +526,35 @@ class Writer:
             return
         if self._batch is None:
             self._dispatch(written)
+
+    def _make_answers(self, tickets: list[_Ticket]) -> None:
+        """Make the answers that tickets of commands wait for, on the state the engine holds now: their basis.
+
+        This runs before the commit takes the log's write lock, so that processes make their answers at the
+        same time; under the lock, :meth:`_settle_answers` records the basis of those that others' events
+        came after."""
+        for ticket in tickets:
+            if ticket.answer is not None and not ticket.done:
+                try:
+                    ticket.drafts, ticket.basis = ticket.answer(), self.last_seq
+                except InvalidEvent as exc:
+                    ticket.error, ticket.done = exc, True
+
+    def _settle_answers(self, tickets: list[_Ticket]) -> None:
+        """Record its basis on each answer that events of other processes, folded since it was made, come
+        between; make again, on the state now, one whose ids another process gave meanwhile or whose basis is
+        older than :data:`STALEST_BASIS` allows."""
+        for ticket in tickets:
+            if ticket.answer is None or ticket.done or ticket.basis == self.last_seq:
+                continue
+            ids = [draft.id for draft in ticket.drafts if draft.id is not None]
+            if self.last_seq - ticket.basis > STALEST_BASIS or self.log.existing_ids(ids):
+                self._make_answers([ticket])
+                continue
+            ticket.drafts = [
+                msgspec.structs.replace(draft, event=msgspec.structs.replace(draft.event, basis=ticket.basis))
+                for draft in ticket.drafts
+            ]
 
     def _number(self, tickets: list[_Ticket], checked: bool) -> tuple[list[_Ticket], list[Envelope[Any]], int, float]:
         """The tickets accepted (made and screened on the current state), their envelopes numbered from the
@@ -608,15 +667,25 @@ class Writer:
         """Number later inputs in a new namespace: ids handed out for events that may not be in the log
         must not name other events."""
         self._abandoned_batches += 1
-        self._input_namespace = f"{self._input_prefix}after-abandoned-{self._abandoned_batches}/".encode()
+        self._rename_inputs()
+
+    def _name_inputs_apart(self) -> None:
+        """Name later inputs in a namespace of this engine's own, apart from other processes' on the same log:
+        an answer made before the commit takes the write lock then keeps its ids (see :meth:`_settle_answers`)."""
+        self._input_prefix += f"{secrets.token_hex(8)}/"
+        self._apart = True
+        self._rename_inputs()
+
+    def _rename_inputs(self) -> None:
+        retired = f"after-abandoned-{self._abandoned_batches}/" if self._abandoned_batches else ""
+        self._input_namespace = f"{self._input_prefix}{retired}".encode()
 
     # --- failures and other writers ---------------------------------------------------------------------
 
     def _look_ahead(self) -> None:
         """Fold what other processes appended to a log that one process at a time writes, before taking its
-        write lock (which then holds the others out only while the few events since are folded); skipped
-        while no other process appended before the last commit (a process alone saves the read)."""
-        if self._batch is None and self._others_wrote:
+        write lock (which then holds the others out only while the few events since are folded)."""
+        if self._batch is None:
             end = self.log.last_seq()
             if end != self.last_seq:
                 self._catch_up(end)
@@ -627,6 +696,8 @@ class Writer:
         if end < known:  # events this engine saw are gone: start again from the log as it is
             self._stale = True
             return
+        if not self._apart:
+            self._name_inputs_apart()
         inputs = self._take_in_others(known, end)
         if inputs is not None:
             self.last_seq, self._inputs = end, self._inputs + inputs

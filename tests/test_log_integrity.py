@@ -306,7 +306,7 @@ def test_odd_paths_open_the_file_they_name(tmp_path: Path, name: str) -> None:
     with Engine.open(path, read_only=True, handlers=[]) as engine:
         assert engine.log.last_seq() == 3
     assert Engine.verify(path, handlers=[]).ok
-    assert {p.name for p in folder.iterdir()} <= {name, f"{name}-wal", f"{name}-shm"}  # no stray files
+    assert {p.name for p in folder.iterdir()} <= {name, f"{name}-wal", f"{name}-shm", f"{name}-lock"}  # no stray files
     assert [p.name for p in tmp_path.iterdir()] == [folder.name]
 
 
@@ -318,9 +318,10 @@ def test_new_logs_are_readable_by_their_owner_only(tmp_path: Path) -> None:
             with Engine.open(path, seed=1, handlers=[], **options) as engine:
                 engine.publish(fb(0))
                 modes = {
-                    suffix: stat.S_IMODE(Path(f"{path}{suffix}").stat().st_mode) for suffix in ("", "-wal", "-shm")
+                    suffix: stat.S_IMODE(Path(f"{path}{suffix}").stat().st_mode)
+                    for suffix in ("", "-wal", "-shm", "-lock")
                 }
-            assert modes == dict.fromkeys(("", "-wal", "-shm"), options.get("file_mode", 0o600))
+            assert modes == dict.fromkeys(("", "-wal", "-shm", "-lock"), options.get("file_mode", 0o600))
     finally:
         os.umask(mask)
 
@@ -362,7 +363,7 @@ def test_a_log_on_read_only_media_reads(tmp_path: Path) -> None:
     folder = tmp_path / "media"
     path = folder / "log.sqlite"
     filled(path, 5)
-    assert sorted(p.name for p in folder.iterdir()) == ["log.sqlite"]  # no -wal or -shm left to lean on
+    assert sorted(p.name for p in folder.iterdir()) == ["log.sqlite", "log.sqlite-lock"]  # no -wal or -shm to lean on
     script = (
         f"mount --bind {folder} {folder} && mount -o remount,bind,ro {folder} {folder} && "
         f"{sys.executable} -c '{READ_ONLY_MEDIA}' {path}"

@@ -1,4 +1,5 @@
-"""The SQLite log: one file (WAL mode), written by one process at a time and read by any number."""
+"""The SQLite log: one file (WAL mode), written by one process at a time and read by any number; writers wait
+for their turn in line on a lock file beside it (``<log>-lock``)."""
 
 from __future__ import annotations
 
@@ -44,11 +45,14 @@ class SQLiteLog(SQLLog):
     >>> log.close()
     """
 
-    def __init__(self, location: str, writer: sqlite3.Connection | None, reader: sqlite3.Connection) -> None:
+    def __init__(
+        self, location: str, writer: sqlite3.Connection | None, reader: sqlite3.Connection, line: int | None = None
+    ) -> None:
         self.location = location
         self.read_only = writer is None
         self._writer = writer
         self._reader = reader
+        self._line = line  # the lock file writers of the log wait in line on (see _turn)
         self._write_lock = threading.RLock()
         self._read_lock = self._write_lock if writer is reader else threading.Lock()
         self._held: tuple[int, bytes] | None = None  # the head while appending() holds the write transaction
@@ -71,7 +75,8 @@ class SQLiteLog(SQLLog):
         """Open (or create) the log at ``location``.
 
         A new log records ``seed`` in its meta data (a random one when None); its file (and the ``-wal`` and
-        ``-shm`` files SQLite makes beside it) gets the permissions ``file_mode``. A file that is not a
+        ``-shm`` files SQLite makes beside it, and the ``-lock`` file writers wait in line on) gets the
+        permissions ``file_mode``. A file that is not a
         whole rtopt log, one written by a newer format, a copy that never finished, or (with ``check``) a
         log whose last rows were changed outside rtopt raises :class:`InvalidLog` and is left as it was; a
         log the process cannot write raises :class:`ReadOnlyLog` unless opened ``read_only``. A format-1
@@ -105,7 +110,7 @@ class SQLiteLog(SQLLog):
             if version < FORMAT_VERSION:
                 _migrate(writer)
         reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-        return cls(location, writer, reader)
+        return cls(location, writer, reader, os.open(f"{path}{LINE_SUFFIX}", os.O_CREAT | os.O_RDWR, file_mode))
 
     def _damage_as_invalid(self, run: Callable[..., int], *args: object) -> int:
         """``run(*args)``, with SQLite's report of a damaged file raised as InvalidLog."""
@@ -180,16 +185,34 @@ class SQLiteLog(SQLLog):
     def _transaction(self) -> Iterator[tuple[int, bytes]]:
         """A write transaction (committed if the block ends normally), giving the last seq and its chain value."""
         conn = self._write_connection
+        with self._turn():
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:  # the busy timeout passed while another connection wrote
+                raise StorageUnavailable(f"{self.location}: cannot start a write ({exc}); nothing was written") from exc
+            try:
+                yield self._head_row(
+                    conn.execute(f"SELECT seq, {CHAIN} FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+                )
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    @contextmanager
+    def _turn(self) -> Iterator[None]:
+        """Wait for this process's turn to write: writers of a log file wait in line on its lock file, which the
+        kernel hands to the next one the moment a transaction ends (SQLite's own busy handler, by contrast,
+        polls with sleeps of up to 100 ms, which leaves the log idle while writers sleep). A writer killed
+        mid-transaction leaves the line at once; one that is stopped holds it until it goes on."""
+        if self._line is None:
+            yield
+            return
+        fcntl.flock(self._line, fcntl.LOCK_EX)
         try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:  # the busy timeout passed while another connection wrote
-            raise StorageUnavailable(f"{self.location}: cannot start a write ({exc}); nothing was written") from exc
-        try:
-            yield self._head_row(conn.execute(f"SELECT seq, {CHAIN} FROM events ORDER BY seq DESC LIMIT 1").fetchone())
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            yield
+        finally:
+            fcntl.flock(self._line, fcntl.LOCK_UN)
 
     def _insert(self, rows: Sequence[Row], head: tuple[int, bytes], *, anywhere: bool = False) -> tuple[int, bytes]:
         """Insert ``rows`` after ``head`` (the last seq and its chain value) in the open transaction (placed
@@ -263,6 +286,9 @@ class SQLiteLog(SQLLog):
                 self._writer.close()
             if self._reader is not self._writer:
                 self._reader.close()
+            if self._line is not None:
+                os.close(self._line)
+                self._line = None
 
 
 _TRIGGERS = {
@@ -279,6 +305,8 @@ _TRIGGERS = {
 _TRACKING_SCHEMA = f"CREATE TABLE IF NOT EXISTS {TRACKING_TABLE} (name TEXT PRIMARY KEY, position INTEGER NOT NULL)"
 """The tracking table, made by a log's first tracked append (a log that no worker wrote has none)."""
 _SQLITE_HEADER = b"SQLite format 3\x00"
+LINE_SUFFIX = "-lock"
+"""The suffix of the lock file beside a log that its writers wait in line on."""
 
 
 def _is_damage(exc: sqlite3.DatabaseError) -> bool:

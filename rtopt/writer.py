@@ -731,16 +731,16 @@ class Writer:
         for slot in self.slots:
             slot.position = known
         try:
-            theirs = [(row[2], row[3], row[4], row[6]) for row in self.log.rows(known + 1, end)]
-            self.time_bound.advance((stream, time) for _, stream, time, _ in theirs)
-            if any(tag == FORGOTTEN_SUBJECT for tag, *_ in theirs):
+            theirs = list(self.log.rows(known + 1, end))
+            self.time_bound.advance((row[3], row[4]) for row in theirs)
+            if any(row[2] == FORGOTTEN_SUBJECT for row in theirs):
                 self.keys.reload()  # its key is gone: this engine must not seal or open with it any more
-            fold_history(self.log, self.slots, self.keys, end, None)
+            fold_history(self.log, self.slots, self.keys, end, None, theirs)
         except Exception as exc:
             self._catch_up_error = exc
             self._stale = True  # start again from the log, which holds ours and theirs
             return None
-        return sum(cause is None for *_, cause in theirs)
+        return sum(row[6] is None for row in theirs)
 
     # --- batches ----------------------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
-"""The ``rtopt`` command line: inspect, replay, verify and copy logs, run workers on a shared PostgreSQL log;
-installed packages add commands (simulate ...).
+"""The ``rtopt`` command line: inspect, replay, verify and copy logs, run workers on a shared log; installed
+packages add commands (simulate ...).
 
 A package adds a command by declaring, in the ``rtopt.commands`` entry point group, a function that takes
 the argparse sub-parsers and adds its parser with ``set_defaults(run=function(args, console) -> int)``.
@@ -31,7 +31,6 @@ from rtopt.copying import copy_log
 from rtopt.engine import Engine
 from rtopt.errors import InvalidArgument, InvalidLog, RtoptError
 from rtopt.events import Envelope
-from rtopt.storage.factory import is_postgres_url
 from rtopt.storage.sqlite import LINE_SUFFIX, SQLiteLog
 from rtopt.worker import WHOLE, Partition, Worker
 
@@ -211,7 +210,7 @@ def cmd_copy(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, console: Console) -> int:
-    """Run the handler chains of one partition over a shared PostgreSQL log."""
+    """Run the handler chains of one partition over a shared log."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with Worker.open(
@@ -245,13 +244,6 @@ def non_blank(text: str) -> str:
     """An argparse type for a name that is not blank."""
     if not text.strip():
         raise argparse.ArgumentTypeError(f"{text!r} is blank")
-    return text
-
-
-def postgres_url(text: str) -> str:
-    """An argparse type for the ``postgresql://`` URL of a log."""
-    if not is_postgres_url(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a postgresql:// URL")
     return text
 
 
@@ -318,11 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     wrk = commands.add_parser(
         "worker",
-        help="run the handler chains over a shared PostgreSQL log",
-        description="Follow a PostgreSQL log that other processes publish inputs to and derive the events of the "
-        "handler chains for the streams of one partition, recording progress with them (exactly once).",
+        help="run the handler chains over a shared log",
+        description="Follow a log (an SQLite file or a PostgreSQL database) that other processes publish inputs to "
+        "and derive the events of the handler chains for the streams of one partition, recording progress with "
+        "them (exactly once).",
     )
-    wrk.add_argument("log", type=postgres_url, help="postgresql:// URL of the log")
+    wrk.add_argument("log", help=LOG_HELP)
     wrk.add_argument(
         "--partition",
         type=checked(Partition.parse),

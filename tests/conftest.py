@@ -150,7 +150,8 @@ def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that need a PostgreSQL server are marked ``postgres``, so the fast lane can leave them out."""
+    """Tests that need a PostgreSQL server (the ``location`` fixture's second backend among them) are marked
+    ``postgres``, so the fast lane can leave them out."""
     for item in items:
         callspec = getattr(item, "callspec", None)
         on_postgres = callspec is not None and callspec.params.get("location") == "postgres"

@@ -258,7 +258,7 @@ PG = "postgresql://nobody@127.0.0.1:9/none"  # never reached: the arguments are 
         (["replay", LOG, "--until-seq", "-1"], "--until-seq", "-1"),
         (["inspect", LOG, "--last", "0"], "--last", "0"),
         (["inspect", LOG, "--follow", "--idle-timeout", "-2"], "--idle-timeout", "-2"),
-        (["worker", LOG], "log", LOG),
+        (["worker", LOG, "--snapshot-every", "0"], "--snapshot-every", "0"),
         (["worker", PG, "--partition", "2/2"], "--partition", "2/2"),
         (["worker", PG, "--batch", "0"], "--batch", "0"),
         (["worker", PG, "--name", " "], "--name", " "),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -147,3 +148,27 @@ def test_verify_reports_the_first_difference(tmp_path: Path) -> None:
     assert report.difference.seq == seq
     assert report.difference.field == "payload"
     assert report.difference.recorded["reward"] == update["reward"]
+
+
+def test_verify_finds_a_decision_whose_arm_was_altered_in_a_copy(tmp_path: Path) -> None:
+    original = tmp_path / "original.sqlite"
+    simulate_into(original, steps=300, seed=8)
+    copy = tmp_path / "altered.sqlite"
+    shutil.copyfile(original, copy)
+    with sqlite3.connect(copy) as conn:
+        seq, payload = conn.execute(
+            "SELECT seq, payload FROM events WHERE type = 'Decision' ORDER BY seq LIMIT 1 OFFSET 40"
+        ).fetchone()
+    decision = msgspec.msgpack.decode(payload)
+    chosen = decision["arm"]
+    decision["arm"] = next(arm for arm in decision["candidates"] if arm != chosen)
+    edit_log(copy, "UPDATE events SET payload = ? WHERE seq = ?", (msgspec.msgpack.encode(decision), seq))
+    with Engine.open(copy, read_only=True, handlers=[]) as altered:
+        assert next(altered.read(start=seq, until=seq)).payload.arm == decision["arm"]  # decodes as a Decision
+    report = Engine.verify(copy)  # the hash chain breaks at the altered row
+    assert (report.difference.seq, report.difference.field) == (seq, "chain")
+    edit_log(copy, "SELECT 1", rechain=True)  # a forger who rebuilds the chain: only the re-made decision tells
+    report = Engine.verify(copy)
+    assert (report.difference.seq, report.difference.field) == (seq, "decision")
+    assert (report.difference.recorded["arm"], report.difference.rederived["arm"]) == (decision["arm"], chosen)
+    assert Engine.verify(original).ok  # the copy was altered, not the log it was copied from

@@ -1,8 +1,9 @@
-"""Workers on a shared PostgreSQL log, one or partitioned: writers publish inputs only, workers derive.
+"""Workers on a shared log (an SQLite file or a PostgreSQL database), one or partitioned: writers publish
+inputs only, workers derive.
 
 The reference is one engine that derived everything itself, in-process, into an SQLite log: workers given
-the same inputs must derive the same events, whatever the number of partitions, and a worker killed with
-SIGKILL and restarted must end exactly where one that never crashed ends.
+the same inputs must derive the same events, whatever the number of partitions and the backend, and a worker
+killed with SIGKILL and restarted must end exactly where one that never crashed ends.
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ from rtopt.handlers.bandits.simulation import default_variants, simulate
 from rtopt import Draft, Engine, InvalidArgument, InvalidLog, WriteConflict, default_handlers
 from rtopt.cli import main
 from rtopt.copying import copy_log
-from rtopt.pgserver import TemporaryServer
 from rtopt.rows import envelope_from_row
-from rtopt.storage.postgres import PostgresLog
+from rtopt.storage.factory import is_postgres_url, open_log
 from rtopt.worker import Partition, Worker, partition_of
 
 GUARD = 120.0
@@ -56,9 +56,16 @@ def publish_inputs(source: Path, url: str) -> int:
     return copy_log(source, url, inputs_only=True)
 
 
-def worker(url: str, *args: str) -> subprocess.Popen:
+def another_log(location: str, name: str, request: pytest.FixtureRequest) -> str:
+    """A second new log on the backend of ``location``."""
+    if is_postgres_url(location):
+        return request.getfixturevalue("pg_server").create_schema(name)
+    return str(Path(location).with_name(f"{name}.sqlite"))
+
+
+def worker(location: str, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "rtopt", "worker", url, *args],
+        [sys.executable, "-m", "rtopt", "worker", location, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -77,79 +84,64 @@ def test_the_streams_spread_over_the_partitions() -> None:
     assert sorted(partition_of(name, 2) for name, _ in EXPERIMENTS) == [0, 0, 1, 1]
 
 
-@pytest.mark.parametrize("workers", [1, 2, 4])
-def test_partitioned_workers_derive_what_one_engine_derives(reference: Path, pg_url: str, workers: int) -> None:
-    last_input = publish_inputs(reference, pg_url)
-    procs = [worker(pg_url, "--partition", f"{i}/{workers}", "--drain", "--batch", "97") for i in range(workers)]
+@pytest.mark.parametrize("workers", [1, 2, pytest.param(4, marks=pytest.mark.slow)])
+def test_partitioned_workers_derive_what_one_engine_derives(reference: Path, location: str, workers: int) -> None:
+    last_input = publish_inputs(reference, location)
+    # the worker processes run at the same time, each appending what it derives between the others' appends
+    procs = [worker(location, "--partition", f"{i}/{workers}", "--drain", "--batch", "97") for i in range(workers)]
     outputs = [finished(proc) for proc in procs]
     expected = derived_events(reference)
     assert len(expected) > 500
-    assert derived_events(pg_url) == expected
+    assert derived_events(location) == expected
     assert all(f"inputs read up to seq {last_input}" in out for out in outputs)
-    report = Engine.verify(pg_url)
+    report = Engine.verify(location)
     assert report.ok, report.difference
     assert report.derived == len(expected)
-    with Engine.open(pg_url, read_only=True, handlers=[]) as engine:
+    with Engine.open(location, read_only=True, handlers=[]) as engine:
         assert [row[0] for row in engine.log.rows()] == list(range(1, last_input + len(expected) + 1))
+        assert [engine.log.tracked(f"worker:{i}/{workers}") for i in range(workers)] == [last_input] * workers
 
 
-def test_a_worker_is_not_started_on_a_missing_sqlite_log(tmp_path: Path) -> None:
-    with pytest.raises(InvalidLog, match="no log there"):
-        Worker.open(str(tmp_path / "typo.sqlite"))
-    assert not (tmp_path / "typo.sqlite").exists()
-
-
-def test_partitioned_workers_on_an_sqlite_log_derive_what_one_engine_derives(reference: Path, tmp_path: Path) -> None:
-    path = tmp_path / "inputs.sqlite"
-    last_input = publish_inputs(reference, str(path))
-    for partition in ("1/2", "0/2"):  # one after the other: an SQLite log has one writer at a time
-        with Worker.open(str(path), partition=partition, batch=97) as one:
-            one.run(drain=True)
-            assert one.position == last_input == one.log.tracked(f"worker:{partition}")
-    assert derived_events(path) == derived_events(reference)
-    report = Engine.verify(path)
-    assert report.ok, report.difference
-
-
+@pytest.mark.slow
 def test_a_worker_killed_mid_stream_resumes_exactly_once(
-    reference: Path, pg_server: TemporaryServer, pg_url: str
+    reference: Path, location: str, request: pytest.FixtureRequest
 ) -> None:
-    last_input = publish_inputs(reference, pg_url)
-    calm = pg_server.create_schema("never_crashed")
+    last_input = publish_inputs(reference, location)
+    calm = another_log(location, "never_crashed", request)
     publish_inputs(reference, calm)
     # three batch sizes (20, 10, then 33): where transactions end changes nothing that is derived
     finished(worker(calm, "--drain", "--batch", "20"))
 
-    log = PostgresLog.open(pg_url, read_only=True)
+    log = open_log(location, read_only=True)
     try:
-        crashing = worker(pg_url, "--batch", "10", "--snapshot-every", "200")
+        crashing = worker(location, "--batch", "10", "--snapshot-every", "200")
         wait_until(lambda: log.tracked("worker:0/1") > last_input // 3, "the worker to get a third of the way")
         crashing.send_signal(signal.SIGKILL)
         crashing.wait(GUARD)
         at_kill = log.tracked("worker:0/1")
         assert crashing.returncode == -signal.SIGKILL
         assert 0 < at_kill < last_input, "the worker was not killed mid-stream"
-        derived_at_kill = len(derived_events(pg_url))
+        derived_at_kill = len(derived_events(location))
         snapshot = log.load_snapshot("bandit@worker:0/1", BanditHandler().fingerprint(), at_kill)
-        out = finished(worker(pg_url, "--drain", "--batch", "33"))
+        out = finished(worker(location, "--drain", "--batch", "33"))
     finally:
         log.close()
     assert snapshot is not None and snapshot[0] > 0
     # the restart took up the chains' states where the last snapshot before the crash left them
     assert f"resumed from seq {snapshot[0]}," in out
     assert f"inputs read up to seq {last_input}" in out
-    with Engine.open(pg_url, read_only=True, handlers=[]) as crashed:
+    with Engine.open(location, read_only=True, handlers=[]) as crashed:
         crashed_rows = [row[:5] + row[6:] for row in crashed.log.rows()]
     with Engine.open(calm, read_only=True, handlers=[]) as never_crashed:
         calm_rows = [row[:5] + row[6:] for row in never_crashed.log.rows()]
     assert 0 < derived_at_kill < len(derived_events(reference))
     assert crashed_rows == calm_rows  # same events, same ids, same seqs: nothing lost, nothing twice
-    assert derived_events(pg_url) == derived_events(reference)
+    assert derived_events(location) == derived_events(reference)
 
 
-def test_two_workers_under_one_name_cannot_both_advance(reference: Path, pg_url: str) -> None:
-    publish_inputs(reference, pg_url)
-    with Worker.open(pg_url, batch=50) as first, Worker.open(pg_url, batch=50) as second:
+def test_two_workers_under_one_name_cannot_both_advance(reference: Path, location: str) -> None:
+    publish_inputs(reference, location)
+    with Worker.open(location, batch=50) as first, Worker.open(location, batch=50) as second:
         assert first.step() == 50
         before = first.log.last_seq()
         with pytest.raises(WriteConflict, match="tracker 'worker:0/1' is at seq 50, not 0"):
@@ -159,10 +151,10 @@ def test_two_workers_under_one_name_cannot_both_advance(reference: Path, pg_url:
 
 
 def test_a_worker_whose_write_fails_derives_each_input_once_when_it_goes_on(
-    reference: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+    reference: Path, location: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    publish_inputs(reference, pg_url)
-    with Worker.open(pg_url, batch=50) as worker:
+    publish_inputs(reference, location)
+    with Worker.open(location, batch=50) as worker:
         assert worker.step() == 50
         write = worker.log.append_tracked
 
@@ -174,18 +166,18 @@ def test_a_worker_whose_write_fails_derives_each_input_once_when_it_goes_on(
         with pytest.raises(OSError, match="connection lost"):
             worker.step()
         worker.run(drain=True)
-    assert derived_events(pg_url) == derived_events(reference)
+    assert derived_events(location) == derived_events(reference)
 
 
-def test_a_worker_follows_inputs_as_they_are_published(reference: Path, pg_url: str) -> None:
+def test_a_worker_follows_inputs_as_they_are_published(reference: Path, location: str) -> None:
     with Engine.open(reference, read_only=True, handlers=[]) as src:
         seed = src.seed
         inputs = [envelope_from_row(row) for row in src.log.inputs()]
-    Engine.open(pg_url, seed=seed, handlers=[]).close()
-    log = PostgresLog.open(pg_url, read_only=True)
-    proc = worker(pg_url, "--idle-timeout", str(GUARD))
+    Engine.open(location, seed=seed, handlers=[]).close()
+    log = open_log(location, read_only=True)
+    proc = worker(location, "--idle-timeout", str(GUARD))
     try:
-        with Engine.open(pg_url, handlers=[]) as writer:
+        with Engine.open(location, handlers=[]) as writer:
             for start in range(0, len(inputs), 500):
                 part = inputs[start : start + 500]
                 drafts = [Draft(e.payload, e.stream, e.time, e.id, e.correlation_id) for e in part]
@@ -197,7 +189,7 @@ def test_a_worker_follows_inputs_as_they_are_published(reference: Path, pg_url: 
         out = finished(proc)
         log.close()
     assert f"inputs read up to seq {last}" in out
-    assert derived_events(pg_url) == derived_events(reference)
+    assert derived_events(location) == derived_events(reference)
 
 
 def test_replay_from_postgresql_equals_replay_from_its_sqlite_copy(
@@ -217,11 +209,13 @@ def test_replay_from_postgresql_equals_replay_from_its_sqlite_copy(
     assert Engine.verify(pg_url).ok
 
 
-def test_workers_need_a_postgresql_log_and_a_valid_partition(tmp_path: Path) -> None:
+def test_a_worker_needs_a_log_that_exists_and_a_valid_partition(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "rtopt", "worker", str(tmp_path / "log.sqlite")], capture_output=True, text=True
     )
-    assert done.returncode == 2 and "is not a postgresql:// URL" in done.stderr
+    assert done.returncode == 2 and "log.sqlite: no log there" in done.stderr
+    with pytest.raises(InvalidLog, match="no log there"):
+        Worker.open(str(tmp_path / "log.sqlite"))
     for bad in ("2/2", "-1/3", "a/b", "1"):
         with pytest.raises(ValueError, match=f"partition = '{bad}'"):
             Partition.parse(bad)
@@ -267,10 +261,10 @@ def test_copy_command_copies_into_postgresql_and_back(reference: Path, pg_url: s
 
 
 @pytest.mark.parametrize(("option", "value"), [("batch", 0), ("snapshot_every", -5), ("batch", 2.5), ("batch", True)])
-def test_a_worker_refuses_bad_sizes_naming_them(pg_url: str, option: str, value: object) -> None:
-    Engine.open(pg_url, seed=1, handlers=[]).close()
+def test_a_worker_refuses_bad_sizes_naming_them(location: str, option: str, value: object) -> None:
+    Engine.open(location, seed=1, handlers=[]).close()
     with pytest.raises(InvalidArgument, match=f"{option} = {value!r}: must be a whole number") as info:
-        Worker.open(pg_url, [], **{option: value})
+        Worker.open(location, [], **{option: value})
     assert info.value.argument == option and info.value.value == value
-    with Engine.open(pg_url, read_only=True, handlers=[]) as engine:
+    with Engine.open(location, read_only=True, handlers=[]) as engine:
         assert "followed" not in engine.log.meta()

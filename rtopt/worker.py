@@ -115,6 +115,13 @@ class Worker:
         for slot in self._slots:
             self._chains.add(slot)
         if WORKED not in log.meta():
+            derived = log.last_seq() - log.count_inputs()
+            if derived:
+                raise InvalidLog(
+                    f"{log.location}: its {derived:,} derived events were derived by the engines that appended"
+                    " their inputs; workers derive for writers opened with handlers=[], on a log they derive"
+                    " from its start"
+                )
             log.set_meta(WORKED, "1")
         self.position = log.tracked(self.tracker)
         self._stale = False  # a failed step left the chains ahead of the position: restore before the next

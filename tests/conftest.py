@@ -112,6 +112,21 @@ def monitored(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+EXPERIMENTS = (("greeting", "thompson"), ("summary", "ucb1"), ("tone", "epsilon_greedy"), ("title", "ab_test"))
+"""Four experiments (so four streams) with their policies, served by the log of :func:`reference`."""
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One engine serving :data:`EXPERIMENTS` and deriving everything itself, into SQLite: what workers given
+    its inputs must derive."""
+    path = tmp_path_factory.mktemp("reference") / "reference.sqlite"
+    with Engine.open(path, seed=21) as engine:
+        for k, (name, policy) in enumerate(EXPERIMENTS):
+            simulate(engine, 250, default_variants(3, k), k, experiment=name, policy=policy)
+    return path
+
+
 @pytest.fixture(scope="session")
 def simulated_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 20,000-request simulation with seed 11, shared read-only by the replay tests."""

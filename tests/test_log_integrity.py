@@ -393,19 +393,6 @@ def _no_seed(path: Path) -> None:
     conn.close()
 
 
-def _wal_lost(path: Path) -> None:
-    """What is left of a log whose process was killed before a checkpoint when its -wal file is lost."""
-    code = (
-        "import os, sys\nfrom rtopt import Engine, Feedback\n"
-        "engine = Engine.open(sys.argv[1], seed=1, handlers=[])\n"
-        "engine.publish(Feedback(prompt_id='p', variant_id='v', response_time_ms=1.0, success=True,"
-        " quality_score=0.5))\nos._exit(0)\n"
-    )
-    subprocess.run([sys.executable, "-c", code, str(path)], check=True, timeout=GUARD)
-    Path(f"{path}-wal").unlink()
-    Path(f"{path}-shm").unlink()
-
-
 def _damaged_page(path: Path) -> None:
     filled(path, 3000)
     size = path.stat().st_size
@@ -419,7 +406,6 @@ def _damaged_page(path: Path) -> None:
     [
         (_meta_only, r"rtopt_meta but no table events, snapshots"),
         (_no_seed, r"rtopt_meta but seed None"),
-        (_wal_lost, r"not an rtopt log \(tables \[\]\)"),
     ],
 )
 @pytest.mark.parametrize("read_only", [False, True])

@@ -3,35 +3,17 @@ PostgreSQL), and no call fails because another process wrote."""
 
 from __future__ import annotations
 
-import multiprocessing
 import random
 import sqlite3
-from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 import pytest
-from rtopt.handlers.bandits import ArmUpdated, BanditHandler
+from processes_support import ARMS, SPAWN, WAIT_S, failing_the_others, learnt_exactly_once, play_round
+from rtopt.handlers.bandits import BanditHandler
 
 from rtopt import Engine, InvalidEvent, ReadOnlyLog, RtoptError, StorageUnavailable
-from rtopt.events import Decision, Feedback
-
-SPAWN = multiprocessing.get_context("spawn")
-WAIT_S = 120.0  # bound on any process's run: a hang fails the test instead of stalling the suite
-ARMS = ["a", "b", "c"]
-SUCCESS = {"a": 0.3, "b": 0.5, "c": 0.7}
-
-
-@contextmanager
-def failing_the_others(ready: Barrier) -> Iterator[None]:
-    """Break ``ready`` if the block raises, so that the other processes stop waiting for this one."""
-    try:
-        yield
-    except BaseException:
-        ready.abort()
-        raise
+from rtopt.events import Feedback
 
 
 def open_when_all_are_ready(paths: list[str], ready: Barrier) -> list[str]:
@@ -52,9 +34,7 @@ def decide_and_learn(path: str, policy: str, rounds: int, worker: int, ready: Ba
         engine.define_experiment("shared", arms=ARMS, policy=policy)
         ready.wait(WAIT_S)
         for _ in range(rounds):
-            decision = engine.decide("shared")
-            success = outcomes.random() < SUCCESS[decision.payload.arm]
-            engine.feedback(decision.id, success=success, quality_score=float(success), response_time_ms=10.0)
+            play_round(engine, outcomes)
 
 
 def run_together(target: object, argument_lists: list[tuple[object, ...]]) -> None:
@@ -86,15 +66,8 @@ def test_processes_creating_one_new_log_at_once_get_one_log_and_no_error(tmp_pat
 
 def check_every_feedback_learnt_once(path: str, rounds: int) -> None:
     """Every Feedback has exactly one ArmUpdated, ``rounds`` decisions pulled the arms, and verify passes."""
-    with Engine.open(path, read_only=True, handlers=[BanditHandler()]) as engine:
-        feedback = [envelope.id for envelope in engine.read(types=[Feedback])]
-        updates = Counter(envelope.causation_id for envelope in engine.read(types=[ArmUpdated]))
-        decisions = list(engine.read(types=[Decision]))
-        pulls = sum(arm.pulls for arm in engine.state("bandit", "shared").arms.values())
-    assert len(feedback) == len(decisions) == rounds
-    assert updates == Counter(feedback)  # one each: none missing, none twice
-    assert pulls == rounds
-    assert Engine.verify(path).ok
+    decisions, feedback = learnt_exactly_once(path)
+    assert len(decisions) == len(feedback) == rounds
 
 
 def run_rounds(location: str, policy: str, processes: int, rounds: int) -> None:

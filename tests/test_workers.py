@@ -16,20 +16,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import derived_events
+from conftest import EXPERIMENTS, derived_events
 from rtopt.handlers.bandits import BanditHandler
-from rtopt.handlers.bandits.simulation import default_variants, simulate
 
 from rtopt import Draft, Engine, InvalidArgument, InvalidLog, WriteConflict, default_handlers
 from rtopt.cli import main
 from rtopt.copying import copy_log
+from rtopt.replay import WORKED
 from rtopt.rows import envelope_from_row
 from rtopt.storage.factory import is_postgres_url, open_log
 from rtopt.worker import Partition, Worker, partition_of
 
 GUARD = 120.0
 """Seconds after which a wait gives up, so a broken worker fails the test instead of hanging it."""
-EXPERIMENTS = (("greeting", "thompson"), ("summary", "ucb1"), ("tone", "epsilon_greedy"), ("title", "ab_test"))
 
 
 def wait_until(condition: Callable[[], bool], what: str) -> None:
@@ -39,16 +38,6 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.005)
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One engine serving four experiments (four streams) and deriving everything itself, into SQLite."""
-    path = tmp_path_factory.mktemp("reference") / "reference.sqlite"
-    with Engine.open(path, seed=21) as engine:
-        for k, (name, policy) in enumerate(EXPERIMENTS):
-            simulate(engine, 250, default_variants(3, k), k, experiment=name, policy=policy)
-    return path
 
 
 def publish_inputs(source: Path, url: str) -> int:
@@ -221,6 +210,21 @@ def test_a_worker_needs_a_log_that_exists_and_a_valid_partition(tmp_path: Path) 
             Partition.parse(bad)
     assert Partition.parse("3/4") == Partition(3, 4)
     assert not (tmp_path / "log.sqlite").exists()
+
+
+def test_a_worker_refuses_a_log_whose_writers_derive(reference: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "derived.sqlite"
+    copy_log(reference, copy)
+    done = subprocess.run(
+        [sys.executable, "-m", "rtopt", "worker", str(copy), "--drain"], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "were derived by the engines that appended their inputs" in done.stderr
+    log = open_log(copy, read_only=True)
+    try:
+        assert WORKED not in log.meta()  # nothing was marked as derived by workers
+    finally:
+        log.close()
+    assert Engine.verify(copy).ok
 
 
 def test_simulate_with_workers_writes_one_log_that_verifies(

@@ -359,9 +359,12 @@ def _create_if_new(path: Path, seed: int | None, synchronous: str, file_mode: in
             return None
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, file_mode))
         os.chmod(path, file_mode)  # whatever the umask; SQLite gives the -wal and -shm files the same mode
-        writer = _connect_writer(path, synchronous)
+        # the tables are made in a rollback journal, before WAL mode writes the file's first page: a process killed
+        # before their commit leaves the file empty (a new log to whoever comes next), not a database without them
+        writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         try:
             _create_schema(writer, seed)
+            _write_ahead(writer, synchronous)
         except BaseException:
             writer.close()
             raise
@@ -395,10 +398,15 @@ def _connect_read_only(path: Path) -> sqlite3.Connection:
 
 def _connect_writer(path: Path, synchronous: str) -> sqlite3.Connection:
     writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    _write_ahead(writer, synchronous)
+    return writer
+
+
+def _write_ahead(writer: sqlite3.Connection, synchronous: str) -> None:
+    """Put the log in WAL mode and the writer's connection at the ``synchronous`` level asked for."""
     writer.execute("PRAGMA journal_mode=WAL")
     writer.execute(f"PRAGMA synchronous={synchronous.upper()}")
     writer.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
-    return writer
 
 
 def _migrate(conn: sqlite3.Connection) -> None:

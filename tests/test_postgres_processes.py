@@ -4,8 +4,8 @@ tests/test_processes.py); durability maps to the writer session's synchronous_co
 from __future__ import annotations
 
 import pytest
+from processes_support import ARMS, SPAWN, WAIT_S
 from rtopt.handlers.bandits import BanditHandler
-from test_processes import ARMS, SPAWN, WAIT_S
 
 from rtopt import Engine, Feedback
 

@@ -68,7 +68,7 @@ def unchained_append(log: SQLiteLog) -> Callable[[Sequence[Row]], None]:
         with log._write_lock:
             conn.execute("BEGIN IMMEDIATE")
             (last,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
-            conn.executemany(_UNCHAINED, log._place(rows, last, None, lambda after, streams: None))
+            conn.executemany(_UNCHAINED, log._place(rows, last))
             conn.execute("COMMIT")
 
     return append

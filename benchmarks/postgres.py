@@ -8,7 +8,8 @@ Feedback event each, msgpack-encoded) in transactions of ``--batch`` rows:
    :meth:`rtopt.storage.sqlite.SQLiteLog.append`;
 2. raw psycopg into a table with the events table's columns and indexes (no lock, no trigger):
    ``executemany`` and ``COPY ... (FORMAT BINARY)``;
-3. :meth:`rtopt.storage.postgres.PostgresLog.append` (table lock, seq after the last committed one, COPY, NOTIFY)
+3. :meth:`rtopt.storage.postgres.PostgresLog.append` (the append lock, seq after the last committed one, one
+   INSERT, NOTIFY)
    from 1, 2 and 4 writer processes at once, each appending its share, while this process tails the log
    by seq and counts every event it sees (a missed or repeated seq is reported);
 4. a :class:`rtopt.worker.Worker` running the Thompson bandit chain over the inputs of a simulated
@@ -139,12 +140,12 @@ def measure_raw_postgres(url: str, rows: list[Row], batch: int) -> dict[str, flo
 
 def _writer(url: str, rows: list[Row], batch: int, ready: Any, go: Any, finished: Any) -> None:
     log = PostgresLog.open(url)
-    # numbered 1.. in this writer's own order: the log places each batch after whatever is committed
-    parts = batches([(i, *row[1:]) for i, row in enumerate(rows, start=1)], batch)
+    parts = batches(rows, batch)
     ready.set()
     go.wait(_GUARD)
     for part in parts:
-        log.append(part, guard=())
+        with log.appending() as last:  # numbered after whatever is committed when the append lock is taken
+            log.append([(last + i, *row[1:]) for i, row in enumerate(part, start=1)])
     finished.put(time.perf_counter())
     log.close()
 
@@ -219,7 +220,7 @@ def _wake_once(reader: PostgresLog, writer: PostgresLog, row: Row) -> float:
     thread = threading.Thread(target=wait)
     thread.start()
     waiting.wait(_GUARD)
-    writer.append([row], guard=())
+    writer.append([row])
     committed = time.perf_counter()
     thread.join(_GUARD)
     # the reader may wake before the writer's call returns: that counts as no delay

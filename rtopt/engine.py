@@ -119,14 +119,15 @@ class Engine:
         file_mode: int = 0o600,
     ) -> Engine:
         """Open the log at ``location``: an SQLite file (default ``event_log/rtopt.sqlite``; ``":memory:"``
-        works; several processes on one host may write it, one commit at a time) or a PostgreSQL database given
-        as a ``postgresql://user@host:port/db`` URL, which several processes may publish to at once.
+        works) or a PostgreSQL database given as a ``postgresql://user@host:port/db`` URL. Any number of
+        processes may write the same log (on one host for SQLite, on any for PostgreSQL), one commit at a time.
 
         ``seed`` is recorded when the log is created (a random one if None) and must match afterwards.
         ``handlers`` defaults to every handler installed packages declare. ``durability`` is
-        ``"process"`` (a committed event survives the process being killed) or ``"power"`` (it also
-        survives an OS crash or power loss: fsync on every commit); a PostgreSQL commit is as durable as
-        its server is configured to be. A read-only engine rebuilds state
+        ``"process"`` (a committed event survives the process being killed at any moment; on PostgreSQL the
+        server holds the commit, ``synchronous_commit = off``, and a crash of the server or its host can lose
+        the last moments' commits) or ``"power"`` (it also survives an OS crash or power loss: flushed to disk
+        before the call returns). A read-only engine rebuilds state
         up to ``until_seq`` and refuses writes. ``limits`` bounds what one call may write (:class:`Limits`).
 
         An input's event time may run at most ``max_time_ahead_s`` seconds (None: any) ahead of the later of
@@ -147,7 +148,7 @@ class Engine:
             DEFAULT_LOG if location is None else location,
             read_only=read_only,
             seed=seed,
-            synchronous="FULL" if durability == "power" else "NORMAL",
+            durability=durability,
             file_mode=file_mode,
         )
         recorded = int(log.meta()["seed"])

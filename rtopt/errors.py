@@ -80,8 +80,8 @@ class StorageUnavailable(StorageError):
 
 
 class WriteConflict(StorageError):
-    """Another writer took what a write needed first: the seq it would append at, an event id, a stream
-    the batch was derived without, or the tracking position it would move; nothing was written.
+    """Another writer took what a write needed first: the seq it would append at, an event id, or the
+    tracking position it would move; nothing was written.
 
     The message names what conflicted. Reading the log again and deriving anew resolves it.
 

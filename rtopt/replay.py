@@ -166,16 +166,25 @@ def note_configurations(log: EventLog, slots: Sequence[HandlerSlot]) -> None:
 
 
 def fold_history(
-    log: EventLog, slots: Sequence[HandlerSlot], keys: Keyring, until: int, progress: Progress | None = None
+    log: EventLog,
+    slots: Sequence[HandlerSlot],
+    keys: Keyring,
+    until: int,
+    progress: Progress | None = None,
+    read: Sequence[Row] | None = None,
 ) -> int:
-    """Fold the log up to ``until`` into ``slots``, each from its own position; returns the rows read."""
+    """Fold the log up to ``until`` into ``slots``, each from its own position; returns the rows read.
+    ``read``, if given, holds the log's rows (of every type) from the slots' lowest position on: they are
+    folded instead of reading the log again."""
     if not slots:
         return 0
     folded = 0
     start = min(slot.position for slot in slots) + 1
     tags = sorted(set().union(*(slot.accepted for slot in slots)))
+    wanted = set(tags)
+    found = log.rows(start=start, until=until, types=tags) if read is None else (r for r in read if r[2] in wanted)
     batch: list[Envelope[Any]] = []
-    for row in log.rows(start=start, until=until, types=tags):
+    for row in found:
         folded += 1
         batch.append(envelope_from_row(row, keys))
         if len(batch) == 2000:

@@ -15,9 +15,16 @@
    delivery under way).
 
 A batch (:meth:`Writer.batch`) holds the commits of one block back and writes them in one transaction when
-it ends. On an SQLite log other processes write too, a commit folds what they appended (catch-up) before it
-takes the write lock and again under it, then makes, screens and derives its events on that state: none is
-refused because others wrote. On PostgreSQL, events of others that the log placed before ours renumber ours.
+it ends. Other processes may write the same log (SQLite or PostgreSQL alike): a commit folds what they
+appended (catch-up) before it takes the log's append lock (:meth:`EventLog.appending`: SQLite's write
+lock, PostgreSQL's advisory lock) when the last commit met others' events, and again under it up to the
+seq read under the lock, then screens and derives its events on that state and appends them in the lock's
+transaction (answers to commands are made before the lock is taken, on the state the engine holds: their
+basis, see :meth:`Writer._make_answers`): none is refused because others wrote, and seqs are gapless and in
+commit order. The
+lock is held from that read to the commit, so commits of all processes are serial: one log's rate is about
+one over the time a commit holds it (catching up, deriving, the storage's round trips), whatever the
+number of processes.
 A write that fails after folding leaves the handlers ahead of the log: the state is marked stale and rebuilt
 from the log (:func:`rtopt.replay.rebuild`) before it is used again.
 """
@@ -69,6 +76,9 @@ FORGOTTEN_SUBJECT = SubjectForgotten.tag()
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 COMMIT_ATTEMPTS = 5
 """How many times a commit starts again after catching up with other processes failed to read the log."""
+RECENT_INPUTS = 1024
+"""How many of its last committed inputs an engine keeps to look up without reading the log (a decision
+that feedback names)."""
 STALEST_BASIS = 50
 """How many events other processes may have appended after the state an answer was made on, when its commit
 takes the write lock, for the answer to be recorded as made; beyond that it is made again on the current state."""
@@ -192,12 +202,12 @@ class Writer:
         self._input_namespace = self._input_prefix.encode()
         self._abandoned_batches = 0
         self._apart = False  # whether inputs are named in a namespace of this engine's own
-        if log.shared:
-            self._name_inputs_apart()
         self._to_dispatch: deque[list[Envelope[Any]]] = deque()
         self._dispatching = False
         self._batch: _Batch | None = None
         self._stale = False  # a failed write left handler state ahead of the log: rebuild before using it
+        self._others_wrote = True  # another process appended before this engine's last commit
+        self._recent: dict[str, Envelope[Any]] = {}  # the last inputs this engine committed, by id
         self._catch_up_error: Exception | None = None  # why the last fold of other processes' events failed
         for handler in handlers:
             self.add(handler)
@@ -237,6 +247,7 @@ class Writer:
 
     def rebuild(self) -> None:
         """Reset handler state to the newest usable snapshots and fold the rest of the log."""
+        self._recent.clear()  # a subject may have been forgotten: its values are read from the log again
         self.rebuilt: Rebuilt = rebuild(self.log, self.slots, self.keys, self._until_seq, self._progress)
         self.last_seq = self.rebuilt.position
         self._inputs = self.log.count_inputs(self.last_seq)
@@ -463,7 +474,8 @@ class Writer:
             for _ in range(COMMIT_ATTEMPTS):
                 folding = False  # until then a failure leaves the handlers' state as the log's
                 self.recover()
-                self._look_ahead()
+                if self._others_wrote:  # else a process alone saves the read
+                    self._look_ahead()
                 if self._stale:
                     continue  # nothing made: the next attempt starts from the log as it is
                 self._make_answers(tickets)
@@ -471,8 +483,10 @@ class Writer:
                 self.keys.prepare(draft.event for ticket in tickets for draft in ticket.drafts)
                 try:
                     with self.log.appending() if self._batch is None else nullcontext() as end:
-                        if end is not None and end != self.last_seq:
-                            self._catch_up(end)
+                        if end is not None:
+                            self._others_wrote = end != self.last_seq
+                            if self._others_wrote:
+                                self._catch_up(end)
                         if self._stale:
                             continue  # nothing derived: the next attempt starts from the log as it is
                         self._settle_answers(tickets)
@@ -482,11 +496,9 @@ class Writer:
                         folding = True
                         written = [*batch, *self._chains.cascade(batch, recorded_at)]
                         if self._batch is None:
-                            guard = {envelope.stream for envelope in written} if self.slots and self.log.shared else ()
-                            first = self.log.append(self._stored_rows(written), guard)
+                            self.log.append(self._stored_rows(written))
                         else:
                             self._batch.add(written, len(written) - len(batch))
-                            first = written[0].seq
                 except BaseException as exc:
                     if folding or self._batch is not None:
                         self._abandon(exc)  # the handlers may have folded events that are not in the log
@@ -497,11 +509,10 @@ class Writer:
                     f"{self.log.location}: reading what other processes appended failed {COMMIT_ATTEMPTS} times;"
                     " nothing was written"
                 ) from self._catch_up_error
-            if first != written[0].seq:  # durable already: from here on no caller may be told it failed
-                written = self._follow_others(written, first, accepted)
             self.last_seq, self._inputs = written[-1].seq, inputs
             self.time_bound.advance((envelope.stream, envelope.time) for envelope in batch)
             if self._batch is None:
+                self._remember(batch)
                 self.counts["published"] += len(batch)
                 self.counts["derived"] += len(written) - len(batch)
                 self._count_rejected_feedback(written[len(batch) :])
@@ -674,7 +685,7 @@ class Writer:
     def _look_ahead(self) -> None:
         """Fold what other processes appended to a log that one process at a time writes, before taking its
         write lock (which then holds the others out only while the few events since are folded)."""
-        if self._batch is None and not self.log.shared:
+        if self._batch is None:
             end = self.log.last_seq()
             if end != self.last_seq:
                 self._catch_up(end)
@@ -687,12 +698,9 @@ class Writer:
             return
         if not self._apart:
             self._name_inputs_apart()
-        if self._take_in_others(known, end):
-            try:
-                self.last_seq, self._inputs = end, self._inputs + self.log.count_inputs(end, after=known)
-            except Exception as exc:
-                self._catch_up_error = exc
-                self._stale = True
+        inputs = self._take_in_others(known, end)
+        if inputs is not None:
+            self.last_seq, self._inputs = end, self._inputs + inputs
 
     def _abandon(self, error: BaseException) -> None:
         """Drop what the current batch holds (if any) and reset state to the log's: now, or at the next
@@ -715,33 +723,24 @@ class Writer:
         batch.envelopes.clear()
         batch.by_id.clear()
 
-    def _follow_others(self, written: list[Envelope[Any]], first: int, tickets: list[_Ticket]) -> list[Envelope[Any]]:
-        """Other processes committed events on other streams before ``written``, which the log placed at
-        ``first``: renumber ours, then fold theirs (no stream's events change order by it)."""
-        shift = first - written[0].seq
-        moved = {envelope.id: msgspec.structs.replace(envelope, seq=envelope.seq + shift) for envelope in written}
-        for ticket in tickets:
-            ticket.envelopes = [moved[envelope.id] for envelope in ticket.envelopes]
-        self._take_in_others(self.last_seq, first - 1)
-        return [moved[envelope.id] for envelope in written]
-
-    def _take_in_others(self, known: int, end: int) -> bool:
+    def _take_in_others(self, known: int, end: int) -> int | None:
         """Fold into the handlers and the event-time bound what other processes appended after seq ``known``
-        up to ``end``, and drop the keys read so far if one of them forgot a subject. Never raises: a failed
-        read leaves the state stale, rebuilt at the next call; returns whether it succeeded."""
+        up to ``end``, and drop the keys read so far if one of them forgot a subject; returns how many inputs
+        they appended. Never raises: a failed read leaves the state stale, rebuilt at the next call, and
+        returns None."""
         for slot in self.slots:
             slot.position = known
         try:
-            theirs = [(row[2], row[3], row[4]) for row in self.log.rows(known + 1, end)]
-            self.time_bound.advance((stream, time) for _, stream, time in theirs)
-            if any(tag == FORGOTTEN_SUBJECT for tag, _, _ in theirs):
+            theirs = list(self.log.rows(known + 1, end))
+            self.time_bound.advance((row[3], row[4]) for row in theirs)
+            if any(row[2] == FORGOTTEN_SUBJECT for row in theirs):
                 self.keys.reload()  # its key is gone: this engine must not seal or open with it any more
-            fold_history(self.log, self.slots, self.keys, end, None)
+            fold_history(self.log, self.slots, self.keys, end, None, theirs)
         except Exception as exc:
             self._catch_up_error = exc
             self._stale = True  # start again from the log, which holds ours and theirs
-            return False
-        return True
+            return None
+        return sum(row[6] is None for row in theirs)
 
     # --- batches ----------------------------------------------------------------------------------------
 
@@ -760,10 +759,6 @@ class Writer:
                 yield
                 return
             self.check_writable()
-            if self.log.shared:
-                raise RtoptError(
-                    f"engine.batch() needs a log that this engine alone appends to; {self.log.location} is shared"
-                )
             self.commit_queue()
             batch = self._batch = _Batch()
             try:
@@ -792,8 +787,18 @@ class Writer:
         if batch is not None and event_id in batch.by_id:
             envelope = batch.by_id[event_id]
             return envelope.type, envelope.payload
+        recent = self._recent.get(event_id)
+        if recent is not None:
+            return recent.type, recent.payload
         row = self.log.get(event_id)
         return None if row is None else (row[2], decode_payload(row[2], row[9], row[8]))
+
+    def _remember(self, inputs: list[Envelope[Any]]) -> None:
+        """Keep ``inputs``, committed, among the last :data:`RECENT_INPUTS` that :meth:`recorded` finds."""
+        recent = self._recent
+        recent.update((envelope.id, envelope) for envelope in inputs)
+        while len(recent) > RECENT_INPUTS:
+            del recent[next(iter(recent))]
 
     def recorded_definition(self, draft: Draft) -> Envelope[Any] | None:
         """The recorded definition of the target ``draft`` defines, if it defines one and the same way."""

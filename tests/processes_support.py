@@ -10,7 +10,7 @@ import random
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Barrier
@@ -97,8 +97,8 @@ def watch_commits(inside: Any, channel: Connection, pause_in: tuple[str, int] | 
             yield end
         inside.value = 0
 
-    def pausing(log: SQLiteLog, rows: Sequence[Row], guard: Collection[str] | None = None) -> int:
-        first = append(log, rows, guard)
+    def pausing(log: SQLiteLog, rows: Sequence[Row]) -> int:
+        first = append(log, rows)
         of_type = [row for row in rows if row[2] == paused_type]
         if of_type and next(commits) == pause_at:
             stop_inside(channel, of_type[0])

@@ -153,8 +153,10 @@ def test_processes_benchmark_runs_and_every_run_verifies() -> None:
     )
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert [row["processes"] for row in data["results"]] == [1, 2, 4]
+    runs = [(row["backend"], row["processes"]) for row in data["results"]]
+    assert runs == [(backend, processes) for backend in ("sqlite", "postgres") for processes in (1, 2, 4)]
     for row in data["results"]:
         assert row["verify_ok"] and row["pulls"] == row["rounds"] == row["processes"] * data["rounds_per_process"]
         assert row["transactions"] == 2 * row["rounds"]  # a decide and a feedback commit per round
-        assert all(_positive(row[key]) for key in ("engine_rounds_per_s", "limit_rounds_per_s", "ratio"))
+        figures = ("engine_rounds_per_s", "limit_rounds_per_s", "ratio", "to_one_process", "engine_cpu_us_per_round")
+        assert all(_positive(row[key]) for key in figures)

@@ -306,7 +306,7 @@ def test_a_storage_failure_fails_every_waiting_caller_and_loses_nothing_accepted
         engine.publish(Pinged(target="a", n=1))
         log = engine.log
 
-        def broken_append(rows: object, guard: object = None) -> None:
+        def broken_append(rows: object) -> None:
             raise OSError("disk full")
 
         monkeypatch.setattr(log, "append", broken_append)

@@ -1,5 +1,5 @@
-"""Several processes on one SQLite log: they create it together, decide and learn on one experiment, and
-no call fails because another process wrote."""
+"""Several processes on one log: they create it together, decide and learn on one experiment (on SQLite and on
+PostgreSQL), and no call fails because another process wrote."""
 
 from __future__ import annotations
 
@@ -71,21 +71,20 @@ def check_every_feedback_learnt_once(path: str, rounds: int) -> None:
     assert len(decisions) == len(feedback) == rounds
 
 
-def run_rounds(tmp_path: Path, policy: str, processes: int, rounds: int) -> None:
-    path = str(tmp_path / f"{policy}.sqlite")
-    run_together(decide_and_learn, [(path, policy, rounds, worker) for worker in range(processes)])
-    check_every_feedback_learnt_once(path, processes * rounds)
+def run_rounds(location: str, policy: str, processes: int, rounds: int) -> None:
+    run_together(decide_and_learn, [(location, policy, rounds, worker) for worker in range(processes)])
+    check_every_feedback_learnt_once(location, processes * rounds)
 
 
 @pytest.mark.parametrize("policy", ["thompson", "ucb1"])
-def test_four_processes_decide_and_learn_on_one_experiment(tmp_path: Path, policy: str) -> None:
-    run_rounds(tmp_path, policy, processes=4, rounds=300)
+def test_four_processes_decide_and_learn_on_one_experiment(location: str, policy: str) -> None:
+    run_rounds(location, policy, processes=4, rounds=300)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("policy", ["thompson", "ucb1"])
-def test_four_processes_decide_and_learn_two_thousand_rounds_each(tmp_path: Path, policy: str) -> None:
-    run_rounds(tmp_path, policy, processes=4, rounds=2_000)
+def test_four_processes_decide_and_learn_two_thousand_rounds_each(location: str, policy: str) -> None:
+    run_rounds(location, policy, processes=4, rounds=2_000)
 
 
 def pseudo_regret(path: str) -> float:

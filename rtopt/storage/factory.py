@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import TypeGuard
 
+from rtopt.arguments import one_of
 from rtopt.storage.interface import EventLog
 from rtopt.storage.sqlite import SQLiteLog
 
@@ -23,14 +24,17 @@ def open_log(
     *,
     read_only: bool = False,
     seed: int | None = None,
-    synchronous: str = "NORMAL",
+    durability: str = "process",
     file_mode: int = 0o600,
     check: bool = True,
 ) -> EventLog:
     """The log at ``location``: a PostgreSQL database for a ``postgresql://`` URL, else an SQLite file.
 
-    ``synchronous`` and ``file_mode`` (the permissions of a new log's files) apply to SQLite; a PostgreSQL
-    commit is as durable as its server is configured to be. ``check`` checks the last rows' hash chain and
+    ``durability`` ``"process"`` makes a commit survive the calling process being killed at any moment
+    (SQLite: WAL with ``synchronous=NORMAL``; PostgreSQL: ``synchronous_commit = off``, the server holds the
+    commit), ``"power"`` also an operating-system crash or power loss (SQLite: ``synchronous=FULL``;
+    PostgreSQL: the commit is flushed to disk before it returns). ``file_mode`` (the permissions of a new
+    log's files) applies to SQLite. ``check`` checks the last rows' hash chain and
     the append-only triggers on opening (:meth:`EventLog.audit` checks everything).
 
     >>> open_log(":memory:", seed=1).meta()["seed"]
@@ -39,7 +43,9 @@ def open_log(
     if is_postgres_url(location):
         from rtopt.storage.postgres import PostgresLog  # psycopg is only needed for PostgreSQL logs
 
-        return PostgresLog.open(location, read_only=read_only, seed=seed, check=check)
+        return PostgresLog.open(location, read_only=read_only, seed=seed, check=check, durability=durability)
+    one_of("durability", durability, ("process", "power"))
+    synchronous = "FULL" if durability == "power" else "NORMAL"
     return SQLiteLog.open(
         location, read_only=read_only, seed=seed, synchronous=synchronous, file_mode=file_mode, check=check
     )

@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from typing import NamedTuple
 
 import msgspec
@@ -113,18 +113,13 @@ class EventLog(ABC):
     location: str
     read_only: bool
 
-    shared = False
-    """True when several processes may append at once (each batch then goes after what committed first)."""
-
     @abstractmethod
-    def append(self, rows: Sequence[Row], guard: Collection[str] | None = None) -> int:
+    def append(self, rows: Sequence[Row]) -> int:
         """Append ``rows`` in one durable transaction; returns the seq the first row got.
 
-        The rows are numbered to continue :meth:`last_seq` as the writer last saw it. When another process
-        committed in between, a :attr:`shared` log moves the batch after those events if ``guard`` is
-        given and none of them is on a stream in ``guard`` (the streams whose state the batch was derived
-        from); otherwise it raises :class:`~rtopt.errors.WriteConflict` and writes nothing, as it does for an
-        event id already in the log.
+        The rows are numbered to continue :meth:`last_seq` as the writer last saw it (inside
+        :meth:`appending`, the seq it gave). When another process committed in between, it raises
+        :class:`~rtopt.errors.WriteConflict` and writes nothing, as it does for an event id already in the log.
         """
 
     @abstractmethod
@@ -178,14 +173,12 @@ class EventLog(ABC):
     def count_inputs(self, until: int | None = None, after: int = 0) -> int:
         """Number of input events (those with no causing event) with ``after < seq <= until``."""
 
-    @contextmanager
-    def appending(self) -> Iterator[int | None]:
+    @abstractmethod
+    def appending(self) -> AbstractContextManager[int]:
         """Keep other writers out for the block and give the log's last seq as read under that hold: the
         caller folds what others appended up to it before deriving anything; appends inside the block
-        commit when it ends. A :attr:`shared` log keeps nobody out and gives None: its appends go after
-        what others committed.
+        commit, in one transaction, when it ends (nothing of them if it raises).
         """
-        yield None
 
     chained = True
     """True when the rows carry a hash chain (format 2 on); format 1 logs opened read-only have none."""

@@ -1,17 +1,37 @@
-"""The PostgreSQL log: one database that several engine processes append to and follow at once.
+"""The PostgreSQL log: one database that any number of engine processes, on any hosts, append to and follow.
 
-Every append takes ``LOCK TABLE events IN EXCLUSIVE MODE`` (which blocks other appends, not reads), reads
-the last seq and numbers its batch after it, so seqs are gapless and in commit order: a reader paging by
-seq never skips an event that commits late. Each commit sends a NOTIFY on :data:`CHANNEL`, which
-:meth:`PostgresLog.wait_for_change` listens for. Workers record how far they got in the tracking table,
-in the same transaction as the events they derive (:meth:`PostgresLog.append_tracked`).
+Order: every append holds the log's append lock, a transaction-level advisory lock
+(``pg_advisory_xact_lock``, keyed by the events table), from the moment it reads the last seq and chain
+value until its COMMIT, and numbers its rows after that seq. So seqs are gapless and in commit order: a
+reader paging by seq never sees a gap that fills later, and never skips an event that commits late. The
+lock blocks other appends only (not reads, not VACUUM). Inside :meth:`PostgresLog.appending` the engine
+holds it while it folds what other processes appended, makes its decisions, screens and derives, so each
+input is derived once, by the process that appends it, on the state just before it.
+
+Round trips: a commit takes two, one to begin the transaction, take the lock and read the head (sent as one
+message), one for the rows (one multi-row INSERT), the head anchor, the NOTIFY on :data:`CHANNEL` (which
+:meth:`PostgresLog.wait_for_change` listens for) and the COMMIT, sent together. With the default
+``durability="process"`` the writer's session runs with ``synchronous_commit = off``: the server holds the
+commit and the lock is not held across a WAL flush; ``"power"`` waits for the flush before the COMMIT
+returns (and holds the lock through it).
+
+Throughput with many processes is bounded by that one lock: appends are serial, each holding it for a
+round trip plus the time its process takes to catch up and derive (and, with ``"power"``, a WAL flush), so
+the rate of one log is about one over that time, whatever the number of processes; the clients' CPU does
+the deriving, the server's the inserts.
+
+Workers record how far they got in the tracking table, in the same transaction as the events they derive
+(:meth:`PostgresLog.append_tracked`).
 
 A connection that breaks (the server restarted, the network dropped) is made anew, with :class:`Backoff`,
-for up to ``reconnect_timeout_s`` seconds; reads run again, as does a write that broke before its COMMIT
-was sent. A write that broke during its COMMIT looks its first event id up once reconnected: found, it
-committed; absent (and the broken session ended), it runs again. Driver errors reach callers as
+for up to ``reconnect_timeout_s`` seconds; reads run again, as does a write that broke before its rows were
+sent. A write that broke once they were (they go with their COMMIT) looks its first event id up once
+reconnected: found, it committed; absent (and the broken session ended), it runs again, in a new
+transaction under the lock, if no other process appended since the one that broke read the head (else
+WriteConflict: its rows were derived on an older state). Driver errors reach callers as
 :class:`~rtopt.errors.StorageError` and its subclasses; a unique or serialization violation on the events or
-tracking table (another writer took the id, the seq or the position first) as :class:`~rtopt.errors.WriteConflict`.
+tracking table (another writer took the id, the seq or the position first) as
+:class:`~rtopt.errors.WriteConflict`.
 """
 
 from __future__ import annotations
@@ -20,12 +40,24 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Any, TypeVar
 
+from rtopt.arguments import one_of
 from rtopt.errors import CommitUncertain, InvalidLog, RtoptError, StorageError, StorageUnavailable, WriteConflict
-from rtopt.storage.interface import CHAIN, COLUMNS, FORMAT_VERSION, HEAD, Row, chained, head_value, shown_url
+from rtopt.storage.interface import (
+    CHAIN,
+    COLUMNS,
+    FORMAT_VERSION,
+    GENESIS,
+    HEAD,
+    Row,
+    chained,
+    head_value,
+    shown_url,
+)
 from rtopt.storage.sql import (
     _SELECT,
     _SET_META,
@@ -40,6 +72,7 @@ from rtopt.storage.sql import (
 try:
     import psycopg
     from psycopg.conninfo import conninfo_to_dict
+    from psycopg.pq import TransactionStatus
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise RtoptError("a PostgreSQL log needs psycopg: pip install 'rtopt[postgres]'") from exc
 
@@ -50,8 +83,18 @@ RECONNECT_TIMEOUT_S = 30.0
 # refusals that a server gives while it starts, stops or is full: the next attempt may get in
 _PASSING_REFUSALS = ("the database system is", "too many clients", "connection slots are reserved", "terminating")
 T = TypeVar("T")
+APPEND_LOCK = 0x7270_740A
+"""The high half of the advisory lock key an append holds; the low half is the events table's oid, so logs in
+other schemas of the database do not wait for each other."""
+INSERTED_ROWS = 16
+"""The most rows an append sends as one INSERT with its COMMIT; more are copied (``COPY ... FORMAT BINARY``)
+first, two round trips more and faster for large batches."""
 _COPY = f"COPY events ({', '.join(COLUMNS)}, {CHAIN}) FROM STDIN (FORMAT BINARY)"
 _COPY_TYPES = ["int8", "text", "text", "text", "float8", "float8", "text", "text", "int4", "bytea", "bytea"]
+_LOCK_AND_READ_HEAD = (
+    f"BEGIN; SELECT pg_advisory_xact_lock(({APPEND_LOCK}::bigint << 32) | 'events'::regclass::oid::bigint);"
+    f" SELECT seq, {CHAIN} FROM events ORDER BY seq DESC LIMIT 1"
+)
 _TRIGGERS = ["events_append_only", "events_no_truncate"]
 _SCHEMA = [
     f"CREATE TABLE {META_TABLE} (key text PRIMARY KEY, value text NOT NULL)",
@@ -199,11 +242,9 @@ class PostgresLog(SQLLog):
     UPDATE, DELETE and TRUNCATE on the events table are refused by triggers in the database.
 
     >>> log = PostgresLog.open("postgresql://postgres@127.0.0.1:5432/rtopt", seed=3)  # doctest: +SKIP
-    >>> log.append([(1, "id-1", "Feedback", "p1", 0.0, 0.0, None, None, 1, b"...")], guard=())  # doctest: +SKIP
+    >>> log.append([(1, "id-1", "Feedback", "p1", 0.0, 0.0, None, None, 1, b"...")])  # doctest: +SKIP
     1
     """
-
-    shared = True
 
     def __init__(
         self,
@@ -212,6 +253,7 @@ class PostgresLog(SQLLog):
         reader: psycopg.Connection,
         *,
         reconnect_timeout_s: float = RECONNECT_TIMEOUT_S,
+        durability: str = "process",
     ) -> None:
         self.location = shown_url(url)
         self.read_only = writer is None
@@ -223,8 +265,12 @@ class PostgresLog(SQLLog):
         self._writer = writer
         self._reader = reader
         self._listener: psycopg.Connection | None = None
-        self._write_lock = threading.Lock()
+        self.durability = durability
+        self._write_lock = threading.RLock()
         self._read_lock = threading.Lock()
+        self._held: tuple[int, bytes] = (0, GENESIS)  # the head read under the append lock by appending()
+        self._holder: int | None = None  # the thread inside appending(), whose statements join its transaction
+        self._pending: list[Row] = []  # the rows appended inside appending(), committed when it ends
         self._rng = random.Random()  # jitter of the reconnection backoff only
         self._closed = False
 
@@ -237,6 +283,7 @@ class PostgresLog(SQLLog):
         seed: int | None = None,
         check: bool = True,
         reconnect_timeout_s: float = RECONNECT_TIMEOUT_S,
+        durability: str = "process",
     ) -> PostgresLog:
         """Open the log in the database at ``url``, creating its tables in an empty database.
 
@@ -245,7 +292,14 @@ class PostgresLog(SQLLog):
         empty database opened ``read_only``. A format-1 log opened writable is migrated to the current format.
         A server that cannot be reached within ``reconnect_timeout_s`` seconds raises
         :class:`StorageUnavailable`, then and whenever a connection breaks later.
+
+        ``durability`` ``"process"`` commits with ``synchronous_commit = off``: a commit returns once the
+        server holds it, so it survives the calling process being killed at any moment, and the append lock is
+        not held across a WAL flush; a crash of the server or of its host can lose the commits of the last
+        moments (up to three times ``wal_writer_delay``, 600 ms by default). ``"power"`` sets it on: the commit
+        is flushed to disk before the call returns.
         """
+        one_of("durability", durability, ("process", "power"))
         location = shown_url(url)
         rng = random.Random()
         if read_only:
@@ -264,8 +318,11 @@ class PostgresLog(SQLLog):
             except BaseException:
                 writer.close()
                 raise
-            log = cls(url, writer, _reach(url, reconnect_timeout_s, rng), reconnect_timeout_s=reconnect_timeout_s)
+            reader = _reach(url, reconnect_timeout_s, rng)
+            log = cls(url, writer, reader, reconnect_timeout_s=reconnect_timeout_s, durability=durability)
         try:
+            if log._writer is not None:
+                log._prepare(log._writer, "_writer")
             log._inspect(check)
         except BaseException:
             log.close()
@@ -309,10 +366,7 @@ class PostgresLog(SQLLog):
             raise StorageError(f"{self.location}: the log is closed")
         conn = _connect(self._url, self.reconnect_timeout_s)
         try:
-            if role == "_reader" and self.read_only:
-                conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
-            elif role == "_listener":
-                conn.execute(f"LISTEN {CHANNEL}")
+            self._prepare(conn, role)
         except psycopg.Error as exc:
             conn.close()
             raise _Lost(_said(exc)) from exc
@@ -322,6 +376,16 @@ class PostgresLog(SQLLog):
             self.reconnects += 1
         setattr(self, role, conn)
         return conn
+
+    def _prepare(self, conn: psycopg.Connection, role: str) -> None:
+        """Set up a new connection for ``role``: a reader of a read-only log reads only, the writer commits
+        as :attr:`durability` says, the listener listens."""
+        if role == "_reader" and self.read_only:
+            conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        elif role == "_writer":
+            conn.execute(f"SET synchronous_commit = {'off' if self.durability == 'process' else 'on'}")
+        elif role == "_listener":
+            conn.execute(f"LISTEN {CHANNEL}")
 
     def _attempt(self, role: str, action: Callable[..., T], *args: object) -> T:
         """``action(connection, *args)`` on the connection in ``role``, made anew first if it broke.
@@ -361,81 +425,153 @@ class PostgresLog(SQLLog):
     # --- writing ---------------------------------------------------------------------------------
 
     def _execute(self, sql: str, params: Sequence[object] = ()) -> None:
-        # the writes that come here (meta data, snapshots) are upserts: running one twice does no harm
+        if self._holder == threading.get_ident():  # inside appending(): part of its transaction
+            self._in_held(_run, sql, params)
+            return
+        # the writes that come here (meta data, snapshots, keys) are upserts: running one twice does no harm
         with self._write_lock:
             self._retrying("_writer", _run, sql.replace("?", "%s"), params)
 
-    def append(self, rows: Sequence[Row], guard: Collection[str] | None = None) -> int:
+    def append(self, rows: Sequence[Row]) -> int:
         self._writable()
         if not rows:
             return self.last_seq() + 1
-        return self._write(rows, guard)
+        with self._write_lock:
+            if self._holder == threading.get_ident():  # inside appending(): its transaction commits the rows
+                self._place(rows, self._held[0] + len(self._pending))
+                self._pending.extend(rows)
+                return rows[0][0]
+            return self._write(rows)
 
     def append_tracked(self, rows: Sequence[Row], tracker: str, previous: int, position: int) -> int:
         self._writable()
-        return self._write(rows, (), (tracker, previous, position))
+        with self._write_lock:
+            return self._write(rows, (tracker, previous, position))
+
+    @contextmanager
+    def appending(self) -> Iterator[int]:
+        self._writable()
+        with self._write_lock:
+            head = self._retrying("_writer", self._lock)
+            self._held, self._holder, self._pending = head, threading.get_ident(), []
+            try:
+                yield head[0]
+                rows = self._pending
+            except BaseException:
+                self._end_quietly()
+                raise
+            finally:
+                self._holder, self._pending = None, []
+            if rows:
+                self._write(rows, held=head)
+            else:
+                self._end_quietly()
+
+    def _in_held(self, action: Callable[..., T], sql: str, params: Sequence[object]) -> T:
+        """``action(writer, sql, params)`` inside the transaction appending() holds, which a break ends."""
+        try:
+            return self._attempt("_writer", action, sql.replace("?", "%s"), params)
+        except _Lost as lost:
+            raise StorageUnavailable(
+                f"{self.location}: the connection broke while appending ({lost}); nothing was written"
+            ) from lost.__cause__
+
+    def _end_quietly(self) -> None:
+        """Roll back what the writer's connection holds open; a broken session has ended it already."""
+        conn = self._writer
+        if conn is None or conn.closed or conn.info.transaction_status == TransactionStatus.IDLE:
+            return
+        try:
+            conn.execute("ROLLBACK")
+        except psycopg.Error as exc:
+            _is_broken(conn, exc)
+
+    def _lock(self, conn: psycopg.Connection) -> tuple[int, bytes]:
+        """Begin a transaction on ``conn`` that holds the append lock and return the log's last seq and
+        chain value as read under it; one round trip."""
+        self._end_quietly()  # nothing is left open, so the BEGIN begins a transaction of its own
+        try:
+            cur = conn.execute(_LOCK_AND_READ_HEAD)
+            cur.nextset()
+            cur.nextset()
+            return self._head_row(cur.fetchone())
+        except BaseException:
+            self._end_quietly()
+            raise
 
     def _write(
-        self, rows: Sequence[Row], guard: Collection[str] | None, tracking: tuple[str, int, int] | None = None
+        self, rows: Sequence[Row], tracking: tuple[str, int, int] | None = None, held: tuple[int, bytes] | None = None
     ) -> int:
-        """Append ``rows`` (and move the tracker) in one transaction, made again after a broken connection
-        unless it may have committed: then the log is asked whether it did."""
-        with self._write_lock:
-            backoff = None
-            unresolved = None  # the server process of a session that broke during its COMMIT
-            while True:
-                try:
-                    if unresolved is not None:
-                        first = self._attempt("_writer", self._committed_at, rows, tracking, unresolved)
-                        if first is not None:
-                            return first
-                        unresolved = None  # it did not commit: write again
-                    return self._attempt("_writer", self._transaction, rows, guard, tracking)
-                except _Lost as lost:
-                    unresolved = lost.committing or unresolved
-                    backoff = backoff or self._backoff()
-                    if backoff.wait():
-                        continue
-                    if unresolved is None:
-                        raise _unavailable(self.location, self.reconnect_timeout_s, lost) from lost.__cause__
-                    ids = [row[1] for row in rows]
-                    raise CommitUncertain(
-                        f"{self.location}: the connection broke while {len(ids)} events were being committed and"
-                        f" the server could not be asked within reconnect_timeout_s = {self.reconnect_timeout_s:g}"
-                        f" s whether they were ({lost}); all of them or none are in the log: look up"
-                        f" {ids[0] if ids else tracking!r} once the server is back",
-                        event_ids=ids,
-                    ) from lost.__cause__
+        """Append ``rows`` (and move the tracker) in one transaction: the one appending() holds with
+        ``held`` as the head, or a new one. Made again after a broken connection unless it may have
+        committed: then the log is asked whether it did. The caller holds the write lock."""
+        backoff = None
+        unresolved = None  # the server process of a session that broke during its COMMIT
+        while True:
+            try:
+                if unresolved is not None:
+                    first = self._attempt("_writer", self._committed_at, rows, tracking, unresolved)
+                    if first is not None:
+                        return first
+                    unresolved = None  # it did not commit: write again
+                return self._attempt("_writer", self._transaction, rows, tracking, held)
+            except _Lost as lost:
+                unresolved = lost.committing or unresolved
+                backoff = backoff or self._backoff()
+                if backoff.wait():
+                    continue
+                if unresolved is None:
+                    raise _unavailable(self.location, self.reconnect_timeout_s, lost) from lost.__cause__
+                ids = [row[1] for row in rows]
+                raise CommitUncertain(
+                    f"{self.location}: the connection broke while {len(ids)} events were being committed and"
+                    f" the server could not be asked within reconnect_timeout_s = {self.reconnect_timeout_s:g}"
+                    f" s whether they were ({lost}); all of them or none are in the log: look up"
+                    f" {ids[0] if ids else tracking!r} once the server is back",
+                    event_ids=ids,
+                ) from lost.__cause__
 
     def _transaction(
-        self, conn: psycopg.Connection, rows: Sequence[Row], guard: Collection[str] | None,
+        self,
+        conn: psycopg.Connection,
+        rows: Sequence[Row],
         tracking: tuple[str, int, int] | None,
+        held: tuple[int, bytes] | None,
     ) -> int:
+        """Write ``rows`` and commit: in the transaction open on ``conn`` at head ``held``, or in a new one
+        (rows numbered after another head than the new one's raise WriteConflict, unless ``tracking``: those
+        move after it). The rows, the head anchor, the NOTIFY and the COMMIT go in one round trip."""
         backend = conn.info.backend_pid
         committing = False
         try:
-            with conn.transaction():
+            if held is None or conn.info.transaction_status != TransactionStatus.INTRANS:
+                held = self._lock(conn)  # a connection made anew after the one appending() began on broke
+            if tracking is not None:
                 cur = conn.cursor()
-                if tracking is not None:
-                    self._move_tracker(lambda sql, params: _first(cur, sql, params), *tracking, lock=" FOR UPDATE")
-                cur.execute("LOCK TABLE events IN EXCLUSIVE MODE")
-                last, previous = self._head_row(
-                    cur.execute(f"SELECT seq, {CHAIN} FROM events ORDER BY seq DESC LIMIT 1").fetchone()
-                )
-                if not rows:
-                    return last + 1
-                placed = self._place(rows, last, guard, lambda after, streams: _clash(cur, after, streams))
-                stored = chained(placed, previous)
-                with cur.copy(_COPY) as copy:
+                self._move_tracker(lambda sql, params: _first(cur, sql, params), *tracking, lock=" FOR UPDATE")
+            if not rows:
+                conn.execute("COMMIT")
+                return held[0] + 1
+            placed = self._place(rows, held[0], anywhere=tracking is not None)
+            stored = chained(placed, held[1])
+            head = head_value(stored[-1][0], stored[-1][-1])
+            if len(stored) > INSERTED_ROWS:
+                with conn.cursor().copy(_COPY) as copy:
                     copy.set_types(_COPY_TYPES)
                     for row in stored:
                         copy.write_row(row)
-                cur.execute(_SET_META.replace("?", "%s"), (HEAD, head_value(stored[-1][0], stored[-1][-1])))
-                cur.execute(f"NOTIFY {CHANNEL}")
-                committing = True
+                stored = []
+            values = [*(value for row in stored for value in row), head]
+            statements = psycopg.ClientCursor(conn).mogrify(_append_statements(len(stored)), values)
+            committing = True
+            conn.execute(statements)  # one message, so one round trip
         except psycopg.Error as exc:
-            if committing and _is_broken(conn, exc):
-                raise _Lost(_said(exc), committing=backend) from exc
+            if _is_broken(conn, exc):
+                raise _Lost(_said(exc), committing=backend if committing else None) from exc
+            self._end_quietly()
+            raise
+        except BaseException:
+            self._end_quietly()
             raise
         return placed[0][0]
 
@@ -462,6 +598,8 @@ class PostgresLog(SQLLog):
     # --- reading ---------------------------------------------------------------------------------
 
     def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+        if self._holder == threading.get_ident():  # inside appending(): read in its transaction
+            return self._in_held(_fetch, sql, params)
         with self._read_lock:
             return self._retrying("_reader", _fetch, sql.replace("?", "%s"), params)
 
@@ -516,14 +654,6 @@ def _notified(listener: psycopg.Connection, timeout: float) -> bool:
     return True
 
 
-def _clash(cur: psycopg.Cursor, after: int, streams: Collection[str]) -> tuple[int, str] | None:
-    """The first event after seq ``after`` on one of ``streams``, as (seq, stream)."""
-    return cur.execute(
-        "SELECT seq, stream FROM events WHERE seq > %s AND stream = ANY(%s) ORDER BY seq LIMIT 1",
-        (after, list(streams)),
-    ).fetchone()
-
-
 _TABLES = "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() ORDER BY 1"
 
 
@@ -566,3 +696,13 @@ def _migrate(conn: psycopg.Connection) -> None:
     set_meta = _SET_META.replace("?", "%s")
     conn.execute(set_meta, (HEAD, head))
     conn.execute(set_meta, ("format_version", str(FORMAT_VERSION)))
+
+
+@lru_cache(maxsize=INSERTED_ROWS + 1)
+def _append_statements(count: int) -> str:
+    """The statements that commit ``count`` rows (none: copied already) in the open transaction: the insert,
+    the head anchor, the NOTIFY and the COMMIT, sent together; ``%s`` stands for each row's columns, then the
+    head's value."""
+    row = f"({', '.join(['%s'] * (len(COLUMNS) + 1))})"
+    insert = f"INSERT INTO events ({', '.join(COLUMNS)}, {CHAIN}) VALUES {', '.join([row] * count)}; " if count else ""
+    return f"{insert}UPDATE {META_TABLE} SET value = %s WHERE key = '{HEAD}'; NOTIFY {CHANNEL}; COMMIT"

@@ -1,5 +1,5 @@
-"""What the SQL logs share: the tables' names, the queries of reading, how a batch is placed after other
-writers', the integrity audit, tracking positions, and the meta data of a new log."""
+"""What the SQL logs share: the tables' names, the queries of reading, how a batch is placed after the
+log's end, the integrity audit, tracking positions, and the meta data of a new log."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 import secrets
 import time
 from abc import abstractmethod
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import cast
 
@@ -42,7 +42,7 @@ _SET_META = (
 
 
 class SQLLog(EventLog):
-    """What the SQL logs share: the queries of reading, how a batch is placed after other writers', and how a
+    """What the SQL logs share: the queries of reading, how a batch is placed after the log's end, and how a
     tracker moves.
 
     Subclasses run SQL written with ``?`` placeholders through :meth:`_query` and :meth:`_execute`.
@@ -60,33 +60,19 @@ class SQLLog(EventLog):
         if self.read_only:
             raise ReadOnlyLog(f"{self.location} is open read-only")
 
-    def _place(
-        self,
-        rows: Sequence[Row],
-        last: int,
-        guard: Collection[str] | None,
-        clash: Callable[[int, Collection[str]], tuple[int, str] | None],
-        *,
-        anywhere: bool = False,
-    ) -> Sequence[Row]:
+    def _place(self, rows: Sequence[Row], last: int, *, anywhere: bool = False) -> Sequence[Row]:
         """``rows`` numbered to follow ``last``, the committed end of the log read under the write lock.
 
-        ``clash(after, streams)`` finds an event committed after seq ``after`` on one of ``streams``. Rows of
-        a :attr:`shared` log, or ``anywhere`` (a tracked append's), may move after what others committed.
+        Rows numbered after another seq raise WriteConflict, unless ``anywhere`` (a tracked append's): those
+        move after what others committed.
         """
         seen = rows[0][0] - 1
         if seen == last:
             return rows
-        if not (self.shared or anywhere) or guard is None or seen > last:
+        if not anywhere:
             raise WriteConflict(
                 f"{self.location}: expected to append at seq {last + 1}, got {rows[0][0]};"
                 " another process is writing to this log"
-            )
-        found = clash(seen, guard) if guard else None
-        if found is not None:
-            raise WriteConflict(
-                f"{self.location}: stream {found[1]!r} got seq {found[0]} from another process after seq {seen},"
-                " which this batch was derived without; nothing was written"
             )
         shift = last - seen
         return [(row[0] + shift, *row[1:]) for row in rows]

@@ -8,7 +8,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
@@ -142,16 +142,16 @@ class SQLiteLog(SQLLog):
 
     # --- writing ---------------------------------------------------------------------------------
 
-    def append(self, rows: Sequence[Row], guard: Collection[str] | None = None) -> int:
+    def append(self, rows: Sequence[Row]) -> int:
         self._writable()
         if not rows:
             return self.last_seq() + 1
         with self._write_lock:
             if self._held is not None:  # inside appending(): its transaction commits the rows
-                self._held = self._insert(rows, guard, self._held)
+                self._held = self._insert(rows, self._held)
                 return rows[0][0]
             with self._transaction() as head:
-                self._insert(rows, guard, head)
+                self._insert(rows, head)
         return rows[0][0]
 
     def append_tracked(self, rows: Sequence[Row], tracker: str, previous: int, position: int) -> int:
@@ -162,11 +162,11 @@ class SQLiteLog(SQLLog):
             self._move_tracker(lambda sql, params: conn.execute(sql, params).fetchone(), tracker, previous, position)
             if not rows:
                 return head[0] + 1
-            last = self._insert(rows, (), head, anywhere=True)
+            last = self._insert(rows, head, anywhere=True)
         return last[0] - len(rows) + 1
 
     @contextmanager
-    def appending(self) -> Iterator[int | None]:
+    def appending(self) -> Iterator[int]:
         self._writable()
         with self._write_lock, self._transaction() as head:
             self._held, self._holder = head, threading.get_ident()
@@ -214,12 +214,10 @@ class SQLiteLog(SQLLog):
         finally:
             fcntl.flock(self._line, fcntl.LOCK_UN)
 
-    def _insert(
-        self, rows: Sequence[Row], guard: Collection[str] | None, head: tuple[int, bytes], *, anywhere: bool = False
-    ) -> tuple[int, bytes]:
+    def _insert(self, rows: Sequence[Row], head: tuple[int, bytes], *, anywhere: bool = False) -> tuple[int, bytes]:
         """Insert ``rows`` after ``head`` (the last seq and its chain value) in the open transaction (placed
         after it ``anywhere``, as :meth:`SQLLog._place` says); returns the new head."""
-        placed = self._place(rows, head[0], guard, lambda after, streams: None, anywhere=anywhere)
+        placed = self._place(rows, head[0], anywhere=anywhere)
         stored = chained(placed, head[1])
         try:
             self._write_connection.executemany(_INSERT, stored)

@@ -234,12 +234,12 @@ class Writer:
 
     def state(self, handler: str, key: str | None = None) -> Any:
         """A detached copy of ``handler``'s state, or of the part of it for ``key``, with what other processes
-        appended to a writable log folded in first."""
+        appended to a writable log folded in first (a closed engine's state as it was at closing)."""
         with self.lock:
             for slot in self.slots:
                 if slot.name == handler:
                     self.recover()
-                    if not self.log.read_only:
+                    if not (self.log.read_only or self.closed):
                         self._look_ahead()
                         self.recover()
                     return slot.handler.view(slot.state, key)

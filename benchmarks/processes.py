@@ -1,14 +1,16 @@
-"""Decide+feedback rounds per second with several processes on one log and one experiment, on SQLite and on
-PostgreSQL, each beside the physical limit of its storage measured in the same run.
+"""Decide+feedback rounds per second with several processes on one log, on one experiment and on one
+experiment per process, on SQLite and on PostgreSQL, each beside the physical limit of its storage measured
+in the same run, with the learning lag.
 
 For each backend and each number of processes (1, 2 and 4 by default; ``--processes 1 2 4 8`` adds 8), on
 SQLite files (WAL mode) under one temporary folder and on a throwaway PostgreSQL server (fsync on, as a
 production server runs; see :mod:`rtopt.pgserver`), each run in a log of its own:
 
 1. engine: each process opens the log with ``Engine.open(location, handlers=[BanditHandler()])`` (the
-   default ``durability="process"``), defines the Thompson experiment (the same definition, recorded once)
-   and, once all are ready, runs ``--rounds`` rounds of ``decide`` then ``feedback``; rounds/s is every
-   process's rounds over the time from the first start to the last end;
+   default ``durability="process"``), defines the Thompson experiment (``shared``: one for all, the same
+   definition recorded once; ``own``: one per process) and, once all are ready, runs ``--rounds`` rounds of
+   ``decide`` then ``feedback``; rounds/s is every process's rounds over the time from the first start to
+   the last end, CPU the seconds the processes (and the PostgreSQL server's) used per round;
 2. limit: as many processes of the plain driver write the very transactions step 1 committed (its rows read
    back from its log and grouped by commit: a Decision, then a Feedback with its ArmUpdated), each in one
    transaction that takes the append lock, reads the last seq, inserts the rows after it and moves the
@@ -18,34 +20,42 @@ production server runs; see :mod:`rtopt.pgserver`), each run in a log of its own
    COMMIT sent together).
 
 The ratio engine / limit says what share of the storage's rate the engine keeps, the ratio to 1 process
-what more processes add. Run ``python benchmarks/processes.py`` (``--quick`` for a tiny run, ``--json`` for
-one JSON object on stdout, ``--backends sqlite`` for one backend).
+what more processes add. The learning lag (:func:`lags_from`) is, for each Feedback and each other process
+deciding on its experiment, the time from the Feedback's commit to that process's first decision made on a
+state that holds what the Feedback derived. Run ``python benchmarks/processes.py`` (``--quick`` for a tiny
+run, ``--json`` for one JSON object on stdout, ``--backends sqlite`` for one backend, ``--layouts shared``
+for one experiment only).
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import contextlib
 import json
+import math
 import multiprocessing
 import os
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import groupby
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from rich.console import Console
 from rich.table import Table
 from rtopt.handlers.bandits import BanditHandler
 
 from rtopt import Engine
+from rtopt.events import Decision, Feedback
 from rtopt.pgserver import TemporaryServer, server_binaries
+from rtopt.privacy import Keyring
 from rtopt.storage.factory import open_log
-from rtopt.storage.interface import COLUMNS, HEAD, head_value
+from rtopt.storage.interface import COLUMNS, HEAD, EventLog, head_value
 from rtopt.storage.sql import _SET_META
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -55,28 +65,96 @@ ARMS = ("v1", "v2", "v3")
 SUCCESS = (0.3, 0.5, 0.7)
 WAIT_S = 600.0
 BACKENDS = ("sqlite", "postgres")
+LAYOUTS = ("shared", "own")
+"""One experiment for every process, or one experiment per process."""
+DECISION, FEEDBACK = Decision.tag(), Feedback.tag()
 
 
-def engine_rounds(location: str, rounds: int, worker: int, ready: Barrier) -> tuple[float, float, float]:
-    """Run ``rounds`` decide+feedback rounds once every process is ready; returns (start, end) in seconds of
-    the system's monotonic clock and the CPU seconds the process used in between."""
+LagRow = tuple[int, str, str, str | None, float, int | None]
+"""seq, id, type tag, causation id, recorded_at, and a Decision's basis."""
+
+
+def lags_from(rows: Iterable[LagRow], makers: Mapping[str, int], learners: Mapping[str, int]) -> list[float]:
+    """The learning lags, in seconds, of ``rows`` (in seq order): ``makers`` maps decision ids to the process
+    that made them, ``learners`` feedback ids to the process that committed them.
+
+    A decision is made on the state up to its basis (the seq its Decision records, or the seq right before
+    it when it records none); a Feedback's derived events commit with it, so a state holds them once it
+    reaches the last of them. Times are the commits' ``recorded_at`` (one host, one clock): a decision made
+    before its commit counts until that commit, so a lag is an upper bound.
+
+    >>> rows = [  # seq, id, type, causation, recorded_at, basis
+    ...     (1, "d1", "Decision", None, 10.0, None), (2, "f1", "Feedback", None, 10.25, None),
+    ...     (3, "u1", "ArmUpdated", "f1", 10.25, None), (4, "d2", "Decision", None, 10.5, 1),
+    ...     (5, "d3", "Decision", None, 10.75, None)]
+    >>> lags_from(rows, makers={"d1": 0, "d2": 1, "d3": 1}, learners={"f1": 0})
+    [0.5]
+    """
+    decided: dict[int, tuple[list[int], list[float]]] = defaultdict(lambda: ([], []))  # state seqs, times
+    committed: dict[str, tuple[int, float]] = {}  # feedback id -> (seq of the last event it caused, time)
+    for seq, event_id, tag, cause, recorded_at, basis in rows:
+        if tag == DECISION and event_id in makers:
+            states, times = decided[makers[event_id]]
+            states.append(seq - 1 if basis is None else basis)
+            times.append(recorded_at)
+        elif tag == FEEDBACK and event_id in learners:
+            committed[event_id] = (seq, recorded_at)
+        elif cause in committed:
+            committed[cause] = (seq, committed[cause][1])
+    lags = []
+    for feedback_id, (learnt, at) in committed.items():
+        for process, (states, times) in decided.items():
+            if process == learners[feedback_id]:
+                continue
+            first = bisect.bisect_left(states, learnt)  # a process's states only move forward
+            if first < len(states):
+                lags.append(times[first] - at)
+    return lags
+
+
+def learning_lags(log: EventLog, makers: Mapping[str, int], learners: Mapping[str, int]) -> list[float]:
+    """:func:`lags_from` over every event of ``log``."""
+    keys = Keyring(log)
+
+    def rows() -> Iterable[LagRow]:
+        for row in log.rows():
+            basis = keys.decode(row[2], row[9], row[8]).basis if row[2] == DECISION else None
+            yield row[0], row[1], row[2], row[6], row[5], basis
+
+    return lags_from(rows(), makers, learners)
+
+
+class Run(NamedTuple):
+    """What one process of a run reports: its start and end (seconds of the system's monotonic clock), the CPU
+    seconds it used in between, and the ids of the decisions and feedback it committed."""
+
+    start: float
+    end: float
+    cpu: float
+    decisions: tuple[str, ...] = ()
+    feedback: tuple[str, ...] = ()
+
+
+def engine_rounds(location: str, rounds: int, experiment: str, worker: int, ready: Barrier) -> Run:
+    """Run ``rounds`` decide+feedback rounds on ``experiment`` once every process is ready."""
     import random
 
     outcomes = random.Random(worker)
+    decisions, feedback = [], []
     with Engine.open(location, handlers=[BanditHandler()]) as engine:
-        engine.define_experiment(EXPERIMENT, arms=list(ARMS), policy="thompson")
+        engine.define_experiment(experiment, arms=list(ARMS), policy="thompson")
         ready.wait(WAIT_S)
         start, cpu = time.monotonic(), time.process_time()
         for _ in range(rounds):
-            decision = engine.decide(EXPERIMENT)
+            decision = engine.decide(experiment)
             success = outcomes.random() < SUCCESS[ARMS.index(decision.payload.arm)]
-            engine.feedback(decision.id, success=success, quality_score=float(success), response_time_ms=10.0)
-        return start, time.monotonic(), time.process_time() - cpu
+            learnt = engine.feedback(decision.id, success=success, quality_score=float(success), response_time_ms=10.0)
+            decisions.append(decision.id)
+            feedback.append(learnt.id)
+        return Run(start, time.monotonic(), time.process_time() - cpu, tuple(decisions), tuple(feedback))
 
 
-def sqlite_transactions(
-    path: str, transactions: list[list[tuple[Any, ...]]], ready: Barrier
-) -> tuple[float, float, float]:
+def sqlite_transactions(path: str, transactions: list[list[tuple[Any, ...]]], ready: Barrier) -> Run:
     """Write each of ``transactions`` (rows without their seq) in a ``BEGIN IMMEDIATE`` transaction of its own,
     after the last seq, moving the head; returns (start, end) as :func:`engine_rounds` does."""
     conn = sqlite3.connect(path, isolation_level=None, timeout=30)
@@ -93,12 +171,10 @@ def sqlite_transactions(
         conn.execute("COMMIT")
     end, cpu = time.monotonic(), time.process_time() - cpu
     conn.close()
-    return start, end, cpu
+    return Run(start, end, cpu)
 
 
-def postgres_transactions(
-    url: str, transactions: list[list[tuple[Any, ...]]], ready: Barrier
-) -> tuple[float, float, float]:
+def postgres_transactions(url: str, transactions: list[list[tuple[Any, ...]]], ready: Barrier) -> Run:
     """Write each of ``transactions`` (rows without their seq) in a transaction of its own that holds an
     advisory lock, after the last seq, moving the head and notifying, in two round trips; returns (start,
     end) as :func:`engine_rounds` does."""
@@ -124,23 +200,45 @@ def postgres_transactions(
         conn.execute(client.mogrify(statements, [*values, head_value(numbered[-1][0], numbered[-1][-1])]))
     end, cpu = time.monotonic(), time.process_time() - cpu
     conn.close()
-    return start, end, cpu
+    return Run(start, end, cpu)
 
 
-LIMITS: dict[str, Callable[..., tuple[float, float, float]]] = {
+LIMITS: dict[str, Callable[..., Run]] = {
     "sqlite": sqlite_transactions,
     "postgres": postgres_transactions,
 }
 
 
-def together(target: Any, argument_lists: list[tuple[Any, ...]]) -> tuple[float, float]:
-    """Run ``target`` in one spawned process per argument list, started together; the seconds from the
-    first start to the last end, and the CPU seconds the processes used in their runs."""
+def together(target: Callable[..., Run], argument_lists: list[tuple[Any, ...]]) -> list[Run]:
+    """Run ``target`` in one spawned process per argument list, started together; what each reports."""
     with SPAWN.Manager() as manager, SPAWN.Pool(len(argument_lists)) as pool:
         ready = manager.Barrier(len(argument_lists))
         results = [pool.apply_async(target, (*arguments, ready)) for arguments in argument_lists]
-        spans = [result.get(WAIT_S) for result in results]
-    return max(end for _, end, _ in spans) - min(start for start, _, _ in spans), sum(cpu for _, _, cpu in spans)
+        return [result.get(WAIT_S) for result in results]
+
+
+def span(runs: list[Run]) -> float:
+    """Seconds from the first start of ``runs`` to their last end."""
+    return max(run.end for run in runs) - min(run.start for run in runs)
+
+
+def server_cpu_s(data: Path | None) -> float:
+    """CPU seconds the PostgreSQL server with data directory ``data`` has used (0 without one): its postmaster,
+    the children it reaped and the ones alive (Linux ``/proc``)."""
+    if data is None:
+        return 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    postmaster = int((data / "postmaster.pid").read_text().split()[0])
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            pid, parent = int(stat.parent.name), int(fields[1])
+            if pid == postmaster:
+                total += sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
+            elif parent == postmaster:
+                total += int(fields[11]) + int(fields[12])
+    return total / ticks
 
 
 def committed_transactions(location: str) -> list[list[tuple[Any, ...]]]:
@@ -155,31 +253,51 @@ def committed_transactions(location: str) -> list[list[tuple[Any, ...]]]:
     return [[row[1:] for row in group] for _, group in groupby(rows, key=lambda row: row[recorded_at])]
 
 
-def measure(backend: str, new_log: Callable[[str], str], processes: int, rounds: int) -> dict[str, Any]:
+def measure(
+    backend: str, new_log: Callable[[str], str], server: Path | None, layout: str, processes: int, rounds: int
+) -> dict[str, Any]:
     """Rounds/s of the engine and of the limit on ``backend`` with ``processes`` processes of ``rounds`` rounds
-    each; ``new_log(name)`` gives the location of a new, empty log."""
-    location = new_log(f"engine_{processes}")
+    each, on experiments laid out as ``layout`` says (:data:`LAYOUTS`); ``new_log(name)`` gives the location
+    of a new, empty log, ``server`` the data directory of the PostgreSQL server (None for SQLite)."""
+    location = new_log(f"engine_{layout}_{processes}")
     open_log(location, seed=SEED).close()
-    seconds, cpu = together(engine_rounds, [(location, rounds, worker) for worker in range(processes)])
+    experiments = [EXPERIMENT if layout == "shared" else f"{EXPERIMENT}-{worker}" for worker in range(processes)]
+    server_before = server_cpu_s(server)
+    runs = together(engine_rounds, [(location, rounds, experiments[worker], worker) for worker in range(processes)])
+    server_cpu = server_cpu_s(server) - server_before
+    log = open_log(location, read_only=True)
+    try:
+        lags = learning_lags(
+            log,
+            {decision: worker for worker, run in enumerate(runs) for decision in run.decisions},
+            {feedback: worker for worker, run in enumerate(runs) for feedback in run.feedback},
+        ) if layout == "shared" else []  # fmt: skip
+    finally:
+        log.close()
     with Engine.open(location, read_only=True, handlers=[BanditHandler()]) as engine:
         ok = Engine.verify(location).ok
-        pulls = sum(arm.pulls for arm in engine.state("bandit", EXPERIMENT).arms.values())
+        pulls = sum(arm.pulls for name in set(experiments) for arm in engine.state("bandit", name).arms.values())
     transactions = committed_transactions(location)
-    raw = new_log(f"raw_{processes}")
+    raw = new_log(f"raw_{layout}_{processes}")
     open_log(raw, seed=SEED).close()
     parts = [(raw, transactions[worker::processes]) for worker in range(processes)]
-    raw_seconds, _ = together(LIMITS[backend], parts)
+    raw_seconds = span(together(LIMITS[backend], parts))
     total = processes * rounds
-    engine_rate = total / seconds
+    engine_rate = total / span(runs)
     limit_rate = len(transactions) / 2 / raw_seconds
+    ordered = sorted(lags)
     return {
         "backend": backend,
+        "layout": layout,
         "processes": processes,
         "rounds": total,
         "engine_rounds_per_s": engine_rate,
         "limit_rounds_per_s": limit_rate,
         "ratio": engine_rate / limit_rate,
-        "engine_cpu_us_per_round": cpu / total * 1e6,
+        "engine_cpu_us_per_round": sum(run.cpu for run in runs) / total * 1e6,
+        "server_cpu_us_per_round": server_cpu / total * 1e6,
+        "lag_p50_ms": percentile(ordered, 50) * 1e3 if ordered else None,
+        "lag_p99_ms": percentile(ordered, 99) * 1e3 if ordered else None,
         "transactions": len(transactions),
         "rows": sum(len(rows) for rows in transactions),
         "verify_ok": ok,
@@ -187,19 +305,35 @@ def measure(backend: str, new_log: Callable[[str], str], processes: int, rounds:
     }
 
 
-def measure_backend(backend: str, process_counts: Sequence[int], rounds: int) -> list[dict[str, Any]]:
-    """:func:`measure` for each of ``process_counts`` on ``backend`` (its server started for the run)."""
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in [0, 100]) of sorted values."""
+    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
+
+
+def measure_backend(
+    backend: str, layouts: Sequence[str], process_counts: Sequence[int], rounds: int
+) -> list[dict[str, Any]]:
+    """:func:`measure` for each of ``layouts`` and ``process_counts`` on ``backend`` (its server started for
+    the run)."""
     with contextlib.ExitStack() as stack:
+        server: Path | None = None
         if backend == "postgres":
-            server = stack.enter_context(TemporaryServer(durable=True))
-            new_log: Callable[[str], str] = server.create_database
+            postgres = stack.enter_context(TemporaryServer(durable=True))
+            new_log: Callable[[str], str] = postgres.create_database
+            server = postgres.data
         else:
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
             new_log = lambda name: str(folder / f"{name}.sqlite")  # noqa: E731
-        results = [measure(backend, new_log, processes, rounds) for processes in process_counts]
-    one = {result["processes"]: result["engine_rounds_per_s"] for result in results}.get(1)
-    for result in results:
-        result["to_one_process"] = None if one is None else result["engine_rounds_per_s"] / one
+        results = [
+            measure(backend, new_log, server, layout, processes, rounds)
+            for layout in layouts
+            for processes in process_counts
+        ]
+    for layout in layouts:
+        of_layout = [result for result in results if result["layout"] == layout]
+        one = {result["processes"]: result["engine_rounds_per_s"] for result in of_layout}.get(1)
+        for result in of_layout:
+            result["to_one_process"] = None if one is None else result["engine_rounds_per_s"] / one
     return results
 
 
@@ -211,32 +345,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--processes", type=int, nargs="+", default=[1, 2, 4], help="numbers of processes (default 1 2 4; add 8)"
     )
     parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS), help="default both")
+    parser.add_argument(
+        "--layouts", nargs="+", choices=LAYOUTS, default=list(LAYOUTS), help="one experiment, one per process"
+    )
     parser.add_argument("--quick", action="store_true", help="a tiny run: 50 rounds per process")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
     rounds = 50 if args.quick else args.rounds
     backends = [b for b in args.backends if b != "postgres" or server_binaries() is not None]
-    results = [result for backend in backends for result in measure_backend(backend, args.processes, rounds)]
+    results = [
+        result for backend in backends for result in measure_backend(backend, args.layouts, args.processes, rounds)
+    ]
     load = os.getloadavg()
     if args.json:
         print(json.dumps({"rounds_per_process": rounds, "load_average": load, "results": results}))
         return 0
     console = Console()
     for backend in backends:
-        table = Table(title=f"decide+feedback on one {backend} log, one experiment, {rounds} rounds per process")
-        for column in ("processes", "engine rounds/s", "to 1 process", "limit rounds/s", "engine / limit",
-                       "CPU us/round", "verify", "pulls"):  # fmt: skip
+        table = Table(
+            title=f"decide+feedback rounds on one {backend} log, {rounds} per process (CPU: per round)",
+            caption="lag: from a Feedback's commit to each other process deciding with it learnt",
+        )
+        for column in ("experiments", "procs", "rounds/s", "to 1 proc", "limit/s", "to limit", "CPU us",
+                       "server us", "lag p50 ms", "lag p99 ms", "verify"):  # fmt: skip
             table.add_column(column, justify="right")
         for result in (result for result in results if result["backend"] == backend):
             table.add_row(
+                "one" if result["layout"] == "shared" else "one each",
                 str(result["processes"]),
                 f"{result['engine_rounds_per_s']:,.0f}",
                 "" if result["to_one_process"] is None else f"{result['to_one_process']:.2f}",
                 f"{result['limit_rounds_per_s']:,.0f}",
                 f"{result['ratio']:.2f}",
                 f"{result['engine_cpu_us_per_round']:,.0f}",
-                "ok" if result["verify_ok"] else "FAILED",
-                f"{result['pulls']:,}",
+                f"{result['server_cpu_us_per_round']:,.0f}" if backend == "postgres" else "",
+                "" if result["lag_p50_ms"] is None else f"{result['lag_p50_ms']:.1f}",
+                "" if result["lag_p99_ms"] is None else f"{result['lag_p99_ms']:.1f}",
+                "ok" if result["verify_ok"] and result["pulls"] == result["rounds"] else "FAILED",
             )
         console.print(table)
     skipped = sorted(set(args.backends) - set(backends))

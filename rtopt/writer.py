@@ -53,6 +53,7 @@ from rtopt.errors import (
     RtoptError,
     StorageError,
     StorageUnavailable,
+    WriteConflict,
     short_repr,
 )
 from rtopt.events import (
@@ -75,7 +76,8 @@ REJECTED_FEEDBACK = FeedbackRejected.tag()
 FORGOTTEN_SUBJECT = SubjectForgotten.tag()
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 COMMIT_ATTEMPTS = 5
-"""How many times a commit starts again after catching up with other processes failed to read the log."""
+"""How many times a commit starts again after catching up with other processes failed to read the log, or
+its append found that others had appended after the state it derived on (a connection made anew)."""
 RECENT_INPUTS = 1024
 """How many of its last committed inputs an engine keeps to look up without reading the log (a decision
 that feedback names)."""
@@ -499,6 +501,15 @@ class Writer:
                             self.log.append(self._stored_rows(written))
                         else:
                             self._batch.add(written, len(written) - len(batch))
+                except WriteConflict as conflict:
+                    # nothing written: others appended while a broken connection was made anew
+                    self._abandon(conflict)
+                    if self._batch is not None:
+                        raise
+                    self._catch_up_error = conflict
+                    for ticket in tickets:
+                        ticket.envelopes.clear()
+                    continue
                 except BaseException as exc:
                     if folding or self._batch is not None:
                         self._abandon(exc)  # the handlers may have folded events that are not in the log
@@ -506,8 +517,8 @@ class Writer:
                 break
             else:
                 raise StorageUnavailable(
-                    f"{self.log.location}: reading what other processes appended failed {COMMIT_ATTEMPTS} times;"
-                    " nothing was written"
+                    f"{self.log.location}: reading what other processes appended, or writing after them, failed"
+                    f" {COMMIT_ATTEMPTS} times; nothing was written"
                 ) from self._catch_up_error
             self.last_seq, self._inputs = written[-1].seq, inputs
             self.time_bound.advance((envelope.stream, envelope.time) for envelope in batch)

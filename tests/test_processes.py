@@ -13,7 +13,7 @@ import pytest
 from processes_support import ARMS, SPAWN, SUCCESS, WAIT_S, failing_the_others, learnt_exactly_once, play_round
 from rtopt.handlers.bandits import BanditHandler
 
-from rtopt import Engine, InvalidEvent, ReadOnlyLog, RtoptError, StorageUnavailable
+from rtopt import Engine, InvalidEvent, ReadOnlyLog, RtoptError, StorageUnavailable, WriteConflict
 from rtopt.events import Decision, Feedback
 
 
@@ -205,6 +205,31 @@ def test_a_commit_refused_before_folding_keeps_the_state(tmp_path: Path, monkeyp
         rebuilds: list[int] = []
         monkeypatch.setattr(engine._writer, "rebuild", lambda: rebuilds.append(1))
         assert engine.publish(feedback()).seq == 2 and rebuilds == []
+
+
+def test_an_append_that_finds_others_came_first_is_made_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A log that found, once a broken connection was made anew, that another process appended meanwhile
+    raises WriteConflict, nothing written: the engine starts the commit again from the log, and the call
+    succeeds."""
+    path = tmp_path / "log.sqlite"
+    with Engine.open(path, seed=1, handlers=[BanditHandler()]) as engine:
+        engine.define_experiment("shared", arms=ARMS, policy="ucb1")
+        decision = engine.decide("shared")
+        append = engine.log.append
+        conflicts = []
+
+        def others_came_first(rows: list) -> int:
+            if not conflicts:
+                conflicts.append(rows)
+                raise WriteConflict("another process appended first; nothing was written")
+            return append(rows)
+
+        monkeypatch.setattr(engine.log, "append", others_came_first)
+        learnt = engine.feedback(decision.id, success=True, quality_score=1.0, response_time_ms=5.0)
+
+    assert [row[2] for row in conflicts[0]] == ["Feedback", "ArmUpdated"]
+    assert learnt.seq == decision.seq + 1
+    check_every_feedback_learnt_once(str(path), 1)
 
 
 def test_catching_up_that_keeps_failing_names_its_cause(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -771,6 +771,9 @@ class Writer:
                 return
             self.check_writable()
             self.commit_queue()
+            self.recover()
+            self._look_ahead()  # the block's calls are made on the log as it is now
+            self.recover()
             batch = self._batch = _Batch()
             try:
                 yield
@@ -826,6 +829,7 @@ class Writer:
     def recorded_answer(self, command: Command[Any], answer_id: str) -> tuple[str, Any]:
         """``answer_id`` and the committed event it names, an event of an answer to ``command``; another id is
         counted and refused."""
+        self.check_writable()
         noun = command.noun
         answer_id = self.key(f"{noun}_id", answer_id, optional=False, reason=f"unknown {noun}")
         recorded = self.recorded(answer_id)

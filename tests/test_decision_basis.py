@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from rtopt.handlers.bandits import BanditHandler
 
-from rtopt import Engine
+from rtopt import Engine, RtoptError
 from rtopt.writer import STALEST_BASIS
 
 GREEDY = {"policy": "epsilon_greedy", "epsilon": 0.0}
@@ -121,3 +121,25 @@ def test_state_read_between_commits_holds_what_another_process_learnt(two_engine
 
     assert (arms["b"].pulls, arms["b"].n, arms["b"].total) == (2, 2.0, 2.0)
     assert first.position == second.position
+
+
+def test_a_batch_starts_from_what_another_process_appended_before_it(two_engines: tuple[Path, Engine, Engine]) -> None:
+    path, first, second = two_engines
+    learn(first, "a", True)
+    learn(second, "b", True)  # first has not looked since
+
+    with first.batch():
+        decision = first.decide("exp")
+        first.feedback(decision.id, success=False, quality_score=0.0, response_time_ms=5.0)
+
+    assert decision.payload.basis is None and first.position == second.position + 3
+    assert Engine.verify(path).ok
+
+
+def test_feedback_on_a_closed_engine_says_it_is_closed(tmp_path: Path) -> None:
+    engine = Engine.open(tmp_path / "log.sqlite", seed=1, handlers=[BanditHandler()])
+    engine.define_experiment("exp", arms=["a", "b"])
+    decision = engine.decide("exp")
+    engine.close()
+    with pytest.raises(RtoptError, match="is closed"):
+        engine.feedback(decision.id, success=True, quality_score=1.0, response_time_ms=5.0)

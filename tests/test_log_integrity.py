@@ -311,7 +311,7 @@ def test_odd_paths_open_the_file_they_name(tmp_path: Path, name: str) -> None:
 
 
 def test_new_logs_are_readable_by_their_owner_only(tmp_path: Path) -> None:
-    mask = os.umask(0)  # the permissions come from file_mode, whatever the umask
+    mask = os.umask(0o077)  # the permissions come from file_mode, whatever the umask
     try:
         for name, options in (("private.sqlite", {}), ("group.sqlite", {"file_mode": 0o640})):
             path = tmp_path / name

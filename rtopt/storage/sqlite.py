@@ -109,8 +109,13 @@ class SQLiteLog(SQLLog):
             writer = _connect_writer(path, synchronous)
             if version < FORMAT_VERSION:
                 _migrate(writer)
+        try:
+            line = _open_line(path, file_mode)
+        except BaseException:
+            writer.close()
+            raise
         reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-        return cls(location, writer, reader, os.open(f"{path}{LINE_SUFFIX}", os.O_CREAT | os.O_RDWR, file_mode))
+        return cls(location, writer, reader, line)
 
     def _damage_as_invalid(self, run: Callable[..., int], *args: object) -> int:
         """``run(*args)``, with SQLite's report of a damaged file raised as InvalidLog."""
@@ -372,6 +377,21 @@ def _create_if_new(path: Path, seed: int | None, synchronous: str, file_mode: in
     finally:
         if folder is not None:
             os.close(folder)  # and with it the lock
+
+
+def _open_line(path: Path, file_mode: int) -> int:
+    """A descriptor of the lock file beside the log at ``path`` that its writers wait in line on, created with
+    the permissions ``file_mode`` if it is new."""
+    name = f"{path}{LINE_SUFFIX}"
+    try:
+        try:
+            line = os.open(name, os.O_CREAT | os.O_EXCL | os.O_RDONLY, file_mode)
+            os.fchmod(line, file_mode)  # whatever the umask
+            return line
+        except FileExistsError:
+            return os.open(name, os.O_RDONLY)
+    except PermissionError as exc:
+        raise ReadOnlyLog(f"{path}: cannot open {Path(name).name}, which writers wait in line on: {exc}") from exc
 
 
 def _connect_read_only(path: Path) -> sqlite3.Connection:

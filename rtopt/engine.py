@@ -309,27 +309,30 @@ class Engine:
         """Route ``request`` to the handler that answers ``command`` for ``target`` and record its answer,
         each event with the next input id and that id as its correlation id."""
         writer = self._writer
+        refused = [f"unknown {command.target}"]  # why the last answer made was refused, counted if it stands
 
         def answer() -> list[Draft]:
             slot = writer.commands.route(command, target)
             if slot is None:
-                writer.refuse(
-                    InvalidEvent(
-                        f"{command.target} = {target!r}: no such {command.target}", field=command.target, value=target
-                    ),
-                    f"unknown {command.target}",
+                refused[0] = f"unknown {command.target}"
+                raise InvalidEvent(
+                    f"{command.target} = {target!r}: no such {command.target}", field=command.target, value=target
                 )
             ids = writer.next_input_ids(command.size(request))
             try:
                 made = writer.commands.ask(slot, command, target, Context(when, ids[0], self.seed), request)
             except InvalidEvent:
-                writer.rejected["invalid command"] += 1
+                refused[0] = "invalid command"
                 raise
             return [Draft(event, target, when, event_id, event_id) for event, event_id in zip(made, ids, strict=True)]
 
         with writer.lock:
             writer.commit_queue()
-            return writer.commit_now([], checked=True, answer=answer)
+            try:
+                return writer.commit_now([], checked=True, answer=answer)
+            except InvalidEvent:
+                writer.rejected[refused[0]] += 1
+                raise
 
     def define_experiment(
         self, name: str, arms: Sequence[str], policy: str = "thompson", *, time: float | None = None, **options: Any

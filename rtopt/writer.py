@@ -538,29 +538,35 @@ class Writer:
         if self._batch is None:
             self._dispatch(written)
 
-    def _make_answers(self, tickets: list[_Ticket]) -> None:
+    def _make_answers(self, tickets: list[_Ticket], *, final: bool = False) -> None:
         """Make the answers that tickets of commands wait for, on the state the engine holds now: their basis.
 
         This runs before the commit takes the log's write lock, so that processes make their answers at the
         same time; under the lock, :meth:`_settle_answers` records the basis of those that others' events
-        came after."""
+        came after. A refusal made then stands only if nothing was appended since (``final`` makes it stand):
+        another process may have defined the target meanwhile."""
         for ticket in tickets:
             if ticket.answer is not None and not ticket.done:
+                ticket.error, ticket.basis = None, self.last_seq
                 try:
-                    ticket.drafts, ticket.basis = ticket.answer(), self.last_seq
+                    ticket.drafts = ticket.answer()
                 except InvalidEvent as exc:
-                    ticket.error, ticket.done = exc, True
+                    ticket.drafts, ticket.error, ticket.done = [], exc, final
 
     def _settle_answers(self, tickets: list[_Ticket]) -> None:
-        """Record its basis on each answer that events of other processes, folded since it was made, come
-        between; make again, on the state now, one whose ids another process gave meanwhile or whose basis is
-        older than :data:`STALEST_BASIS` allows."""
+        """Under the write lock: refuse the answers that were refused on the state now; record its basis on
+        each answer that events of other processes, folded since it was made, come between; make again, on
+        the state now, one refused before them, one whose ids another process gave meanwhile, or one whose
+        basis is older than :data:`STALEST_BASIS` allows."""
         for ticket in tickets:
-            if ticket.answer is None or ticket.done or ticket.basis == self.last_seq:
+            if ticket.answer is None or ticket.done:
+                continue
+            if ticket.basis == self.last_seq:
+                ticket.done = ticket.error is not None
                 continue
             ids = [draft.id for draft in ticket.drafts if draft.id is not None]
-            if self.last_seq - ticket.basis > STALEST_BASIS or self.log.existing_ids(ids):
-                self._make_answers([ticket])
+            if ticket.error is not None or self.last_seq - ticket.basis > STALEST_BASIS or self.log.existing_ids(ids):
+                self._make_answers([ticket], final=True)
                 continue
             ticket.drafts = [
                 msgspec.structs.replace(draft, event=msgspec.structs.replace(draft.event, basis=ticket.basis))

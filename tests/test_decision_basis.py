@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from rtopt.handlers.bandits import BanditHandler
 
-from rtopt import Engine, RtoptError
+from rtopt import Engine, InvalidEvent, RtoptError
 from rtopt.writer import STALEST_BASIS
 
 GREEDY = {"policy": "epsilon_greedy", "epsilon": 0.0}
@@ -38,8 +38,8 @@ def between_making_and_locking(engine: Engine, monkeypatch: pytest.MonkeyPatch, 
     make = writer._make_answers
     calls = []
 
-    def made_then_others_write(tickets: list) -> None:
-        make(tickets)
+    def made_then_others_write(tickets: list, *, final: bool = False) -> None:
+        make(tickets, final=final)
         if not calls:
             calls.append(True)
             meanwhile()
@@ -143,3 +143,19 @@ def test_feedback_on_a_closed_engine_says_it_is_closed(tmp_path: Path) -> None:
     engine.close()
     with pytest.raises(RtoptError, match="is closed"):
         engine.feedback(decision.id, success=True, quality_score=1.0, response_time_ms=5.0)
+
+
+def test_deciding_on_an_experiment_another_process_just_defined_succeeds(
+    two_engines: tuple[Path, Engine, Engine],
+) -> None:
+    path, first, second = two_engines
+    first.decide("exp")  # first commits alone: it does not look for others' events before its next answer
+    second.define_experiment("new", arms=["x", "y"])
+
+    decision = first.decide("new")
+    with pytest.raises(InvalidEvent, match="no such experiment"):
+        first.decide("never defined")
+
+    assert decision.payload.experiment == "new"
+    assert first.stats().rejected == {"unknown experiment": 1}
+    assert Engine.verify(path).ok

@@ -208,6 +208,7 @@ class Writer:
         self._dispatching = False
         self._batch: _Batch | None = None
         self._stale = False  # a failed write left handler state ahead of the log: rebuild before using it
+        self._last_event: tuple[str, float] | None = None  # the id and recording time of the event at last_seq
         self._others_wrote = True  # another process appended before this engine's last commit
         self._recent: dict[str, Envelope[Any]] = {}  # the last inputs this engine committed, by id
         self._catch_up_error: Exception | None = None  # why the last fold of other processes' events failed
@@ -252,6 +253,7 @@ class Writer:
         self._recent.clear()  # a subject may have been forgotten: its values are read from the log again
         self.rebuilt: Rebuilt = rebuild(self.log, self.slots, self.keys, self._until_seq, self._progress)
         self.last_seq = self.rebuilt.position
+        self._last_event = next(((row[1], row[5]) for row in self.log.rows(self.last_seq, self.last_seq)), None)
         self._inputs = self.log.count_inputs(self.last_seq)
         if not self.log.read_only:
             self.time_bound.reset(self.log.latest_times())
@@ -521,6 +523,7 @@ class Writer:
                     f" {COMMIT_ATTEMPTS} times; nothing was written"
                 ) from self._catch_up_error
             self.last_seq, self._inputs = written[-1].seq, inputs
+            self._last_event = written[-1].id, written[-1].recorded_at
             self.time_bound.advance((envelope.stream, envelope.time) for envelope in batch)
             if self._batch is None:
                 self._remember(batch)
@@ -715,9 +718,10 @@ class Writer:
             return
         if not self._apart:
             self._name_inputs_apart()
-        inputs = self._take_in_others(known, end)
-        if inputs is not None:
-            self.last_seq, self._inputs = end, self._inputs + inputs
+        theirs = self._take_in_others(known, end)
+        if theirs:
+            self.last_seq, self._last_event = end, (theirs[-1][1], theirs[-1][5])
+            self._inputs += sum(row[6] is None for row in theirs)
 
     def _abandon(self, error: BaseException) -> None:
         """Drop what the current batch holds (if any) and reset state to the log's: now, or at the next
@@ -740,15 +744,22 @@ class Writer:
         batch.envelopes.clear()
         batch.by_id.clear()
 
-    def _take_in_others(self, known: int, end: int) -> int | None:
+    def _take_in_others(self, known: int, end: int) -> list[Row] | None:
         """Fold into the handlers and the event-time bound what other processes appended after seq ``known``
-        up to ``end``, and drop the keys read so far if one of them forgot a subject; returns how many inputs
-        they appended. Never raises: a failed read leaves the state stale, rebuilt at the next call, and
-        returns None."""
+        up to ``end``, and drop the keys read so far if one of them forgot a subject; returns their rows.
+        Never raises: a failed read, or a log whose event at ``known`` is not the one this engine folded
+        there (by id and recording time: the log lost events it had folded, and others appended since; ids
+        alone may agree, as an engine numbers its inputs by their count), leaves the state stale,
+        rebuilt at the next call, and returns None."""
         for slot in self.slots:
             slot.position = known
         try:
-            theirs = list(self.log.rows(known + 1, end))
+            theirs = list(self.log.rows(max(known, 1), end))
+            if known:
+                if not theirs or (theirs[0][1], theirs[0][5]) != self._last_event:
+                    self._stale = True
+                    return None
+                theirs = theirs[1:]
             self.time_bound.advance((row[3], row[4]) for row in theirs)
             if any(row[2] == FORGOTTEN_SUBJECT for row in theirs):
                 self.keys.reload()  # its key is gone: this engine must not seal or open with it any more
@@ -757,7 +768,7 @@ class Writer:
             self._catch_up_error = exc
             self._stale = True  # start again from the log, which holds ours and theirs
             return None
-        return sum(row[6] is None for row in theirs)
+        return theirs
 
     # --- batches ----------------------------------------------------------------------------------------
 

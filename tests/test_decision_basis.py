@@ -7,6 +7,7 @@ once)."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -158,4 +159,29 @@ def test_deciding_on_an_experiment_another_process_just_defined_succeeds(
 
     assert decision.payload.experiment == "new"
     assert first.stats().rejected == {"unknown experiment": 1}
+    assert Engine.verify(path).ok
+
+
+def test_an_engine_whose_folded_events_the_log_lost_starts_again_from_the_log(tmp_path: Path) -> None:
+    """Commits this engine folded are lost (a server's crash with asynchronous commit; here an older copy of
+    the file restored under it) and another process appends past them: the engine sees that the event at its
+    position is not the one it folded, and rebuilds from the log rather than deciding on events it lost."""
+    path, older = tmp_path / "log.sqlite", tmp_path / "older.sqlite"
+    with Engine.open(path, seed=5, handlers=[BanditHandler()]) as engine:
+        engine.define_experiment("exp", arms=["a", "b"], **GREEDY)
+        learn(engine, "a", False)
+        learn(engine, "b", False)
+        with sqlite3.connect(path) as live, sqlite3.connect(older) as copy:
+            live.backup(copy)
+        learn(engine, "a", True, times=2)  # lost below: on the state with them, greedy would choose "a"
+        with sqlite3.connect(older) as copy, sqlite3.connect(path) as live:
+            copy.backup(live)
+        with Engine.open(path, handlers=[BanditHandler()]) as other:
+            learn(other, "b", True, times=3)  # more events than were lost
+
+        decision = engine.decide("exp")
+
+        arms = engine.state("bandit", "exp").arms
+        assert decision.payload.arm == "b"  # 3/4 against 0/1
+        assert (arms["a"].pulls, arms["b"].pulls) == (1, 5)
     assert Engine.verify(path).ok

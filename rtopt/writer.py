@@ -67,7 +67,7 @@ from rtopt.events import (
 from rtopt.handler import Chains, Handler, HandlerSlot
 from rtopt.ids import ordered_id, prefix_of
 from rtopt.privacy import Keyring
-from rtopt.replay import Progress, Rebuilt, fold_history, rebuild
+from rtopt.replay import WORKED, Progress, Rebuilt, fold_history, rebuild
 from rtopt.rows import envelope_from_row, envelope_row
 from rtopt.storage.interface import EventLog, Row
 from rtopt.watermark import TimeBound
@@ -214,6 +214,11 @@ class Writer:
         self._catch_up_error: Exception | None = None  # why the last fold of other processes' events failed
         for handler in handlers:
             self.add(handler)
+        if self.slots and not log.read_only and WORKED in log.meta():
+            raise RtoptError(
+                f"{log.location}: workers derive this log's events (rtopt worker); open it with handlers=[] to"
+                " publish inputs, or read_only=True to read its state"
+            )
         self.rebuild()
 
     # --- handlers and their state ------------------------------------------------------------------

@@ -19,9 +19,10 @@ import pytest
 from conftest import EXPERIMENTS, derived_events
 from rtopt.handlers.bandits import BanditHandler
 
-from rtopt import Draft, Engine, InvalidArgument, InvalidLog, WriteConflict, default_handlers
+from rtopt import Draft, Engine, InvalidArgument, InvalidLog, RtoptError, WriteConflict, default_handlers
 from rtopt.cli import main
 from rtopt.copying import copy_log
+from rtopt.events import Feedback
 from rtopt.replay import WORKED
 from rtopt.rows import envelope_from_row
 from rtopt.storage.factory import is_postgres_url, open_log
@@ -225,6 +226,22 @@ def test_a_worker_refuses_a_log_whose_writers_derive(reference: Path, tmp_path: 
     finally:
         log.close()
     assert Engine.verify(copy).ok
+
+
+def test_a_log_workers_derive_refuses_writers_that_would_derive_too(tmp_path: Path) -> None:
+    path = tmp_path / "worked.sqlite"
+    with Engine.open(path, seed=3, handlers=[]) as writer:
+        writer.define_experiment("greeting", arms=["a", "b"])
+    finished(worker(str(path), "--drain"))
+    with pytest.raises(RtoptError, match="workers derive this log's events"):
+        Engine.open(path, handlers=[BanditHandler()])
+    with Engine.open(path, handlers=[]) as writer:
+        writer.publish(Feedback(prompt_id="greeting", variant_id="a", success=True, quality_score=1.0,
+                                response_time_ms=5.0))  # fmt: skip
+    finished(worker(str(path), "--drain"))
+    with Engine.open(path, read_only=True, handlers=[BanditHandler()]) as reader:
+        assert "greeting" in reader.state("bandit").experiments  # what the worker derived folds on reading
+    assert Engine.verify(path).ok
 
 
 def test_simulate_with_workers_writes_one_log_that_verifies(

@@ -46,12 +46,15 @@ def post(port: int, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any
         connection.close()
 
 
-def wait_for(condition: Any, server: subprocess.Popen, what: str) -> None:
-    """Return once ``condition()`` holds, polling; fail if the server exits or GUARD seconds pass."""
+def wait_for(condition: Any, server: subprocess.Popen, what: str, output: Path) -> None:
+    """Return once ``condition()`` holds, polling; fail if the server exits (showing its ``output``) or GUARD
+    seconds pass."""
     deadline = time.monotonic() + GUARD
     while not condition():
         if server.poll() is not None:
-            pytest.fail(f"the service exited with status {server.returncode} while waiting for {what}")
+            pytest.fail(
+                f"the service exited with status {server.returncode} while waiting for {what}:\n{output.read_text()}"
+            )
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.05)
@@ -104,8 +107,9 @@ def test_four_uvicorn_workers_decide_and_learn_on_one_log(tmp_path: Path) -> Non
             start_new_session=True,  # its own process group, to end the workers too if it does not stop
         )
     try:
-        wait_for(lambda: output.read_text().count("Application startup complete") == WORKERS, server, "the workers")
-        wait_for(lambda: answers(port), server, "an answer")
+        started = "Application startup complete"
+        wait_for(lambda: output.read_text().count(started) == WORKERS, server, "the workers", output)
+        wait_for(lambda: answers(port), server, "an answer", output)
         refused = post(port, "/decide", {"experiment": "unknown"})
         with ThreadPoolExecutor(CLIENTS) as pool:
             requests = [outcome for done in pool.map(client, [port] * CLIENTS, range(CLIENTS)) for outcome in done]

@@ -131,7 +131,7 @@ class EngineStats(msgspec.Struct, frozen=True):
 
 
 class _Ticket:
-    __slots__ = ("answer", "basis", "done", "drafts", "envelopes", "error", "make")
+    __slots__ = ("answer", "apart", "basis", "done", "drafts", "envelopes", "error", "make")
 
     def __init__(
         self,
@@ -143,6 +143,7 @@ class _Ticket:
         self.make = make  # makes the drafts from the state the commit derives from, under the write lock
         self.answer = answer  # makes the drafts (an answer to a command) from the state the engine holds
         self.basis = 0  # the seq of that state, once the answer is made
+        self.apart = False  # whether its ids were named in this engine's own namespace
         self.envelopes: list[Envelope[Any]] = []
         self.error: BaseException | None = None
         self.done = False
@@ -555,7 +556,7 @@ class Writer:
         another process may have defined the target meanwhile."""
         for ticket in tickets:
             if ticket.answer is not None and not ticket.done:
-                ticket.error, ticket.basis = None, self.last_seq
+                ticket.error, ticket.basis, ticket.apart = None, self.last_seq, self._apart
                 try:
                     ticket.drafts = ticket.answer()
                 except InvalidEvent as exc:
@@ -572,8 +573,10 @@ class Writer:
             if ticket.basis == self.last_seq:
                 ticket.done = ticket.error is not None
                 continue
-            ids = [draft.id for draft in ticket.drafts if draft.id is not None]
-            if ticket.error is not None or self.last_seq - ticket.basis > STALEST_BASIS or self.log.existing_ids(ids):
+            # ids named in this engine's own namespace are given by no other process: no need to look them up
+            ids = [] if ticket.apart else [draft.id for draft in ticket.drafts if draft.id is not None]
+            stale = self.last_seq - ticket.basis > STALEST_BASIS
+            if ticket.error is not None or stale or (ids and self.log.existing_ids(ids)):
                 self._make_answers([ticket], final=True)
                 continue
             ticket.drafts = [

@@ -246,6 +246,8 @@ class PostgresLog(SQLLog):
     1
     """
 
+    connections = ("_writer", "_reader", "_listener")
+
     def __init__(
         self,
         url: str,
@@ -273,6 +275,7 @@ class PostgresLog(SQLLog):
         self._pending: list[Row] = []  # the rows appended inside appending(), committed when it ends
         self._rng = random.Random()  # jitter of the reconnection backoff only
         self._closed = False
+        self.belongs_here()
 
     @classmethod
     def open(
@@ -617,6 +620,8 @@ class PostgresLog(SQLLog):
 
     def close(self) -> None:
         self._closed = True
+        if self.inherited:  # its connections are the parent's
+            return
         with self._write_lock, self._read_lock:
             for conn in (self._writer, self._reader, self._listener):
                 if conn is not None:
@@ -640,9 +645,7 @@ def _first(cur: psycopg.Cursor, sql: str, params: Sequence[object]) -> tuple | N
 def _is_conflict(exc: psycopg.Error) -> bool:
     """True if ``exc`` says another transaction took first what this one wrote: a serialization failure, or
     a unique violation on the events or the tracking table."""
-    return exc.sqlstate == "40001" or (
-        exc.sqlstate == "23505" and exc.diag.table_name in ("events", TRACKING_TABLE)
-    )
+    return exc.sqlstate == "40001" or (exc.sqlstate == "23505" and exc.diag.table_name in ("events", TRACKING_TABLE))
 
 
 def _notified(listener: psycopg.Connection, timeout: float) -> bool:

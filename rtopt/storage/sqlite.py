@@ -45,6 +45,8 @@ class SQLiteLog(SQLLog):
     >>> log.close()
     """
 
+    connections = ("_writer", "_reader")
+
     def __init__(
         self, location: str, writer: sqlite3.Connection | None, reader: sqlite3.Connection, line: int | None = None
     ) -> None:
@@ -58,6 +60,7 @@ class SQLiteLog(SQLLog):
         self._held: tuple[int, bytes] | None = None  # the head while appending() holds the write transaction
         self._holder: int | None = None  # the thread inside appending(), which reads what it has written
         self._data_version = self._pragma_data_version()
+        self.belongs_here()
 
     # --- opening ---------------------------------------------------------------------------------
 
@@ -285,6 +288,8 @@ class SQLiteLog(SQLLog):
         return self._query("PRAGMA integrity_check")[0][0]
 
     def close(self) -> None:
+        if self.inherited:  # its connections are the parent's
+            return
         with self._write_lock:
             if self._writer is not None:
                 self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -10,7 +10,7 @@ import threading
 import psycopg
 import pytest
 
-from rtopt import Engine, Feedback, InvalidLog, RtoptError, WriteConflict
+from rtopt import Engine, Feedback, InvalidLog, RtoptError, StorageUnavailable, WriteConflict
 from rtopt.errors import StorageError
 from rtopt.pgserver import TemporaryServer
 from rtopt.storage.interface import COLUMNS, GENESIS, HEAD, chained, head_value
@@ -257,3 +257,26 @@ def test_a_format_1_log_migrates_when_opened_writable(pg_url: str) -> None:
     ]
     report = Engine.verify(pg_url, handlers=[])
     assert report.ok and not report.notes
+
+
+def test_a_writer_stopped_inside_its_commit_is_ended_by_the_server_and_the_others_go_on(pg_url: str) -> None:
+    """The server ends the session of a writer idle in its transaction for half its ``turn_wait_s``: the
+    append lock it held is free again and the other writer's commit goes through, without an error."""
+    with Engine.open(pg_url, seed=1, handlers=[]) as stopped, Engine.open(pg_url, handlers=[]) as other:
+        stopped.publish(fb(0))
+        stopped.log.turn_wait_s = 0.2  # its session ends after 0.1 s idle inside a transaction
+        with stopped.log.appending():  # holds the append lock, and goes no further
+            assert other.publish(fb(1)).seq == 2
+        assert stopped.publish(fb(2)).seq == 3  # it connects again and goes on
+        assert stopped.log.reconnects == 1
+
+
+def test_a_write_that_waits_for_the_append_lock_past_its_turn_wait_writes_nothing(pg_url: str) -> None:
+    with Engine.open(pg_url, seed=1, handlers=[]) as holding, Engine.open(pg_url, handlers=[]) as waiting:
+        holding.publish(fb(0))
+        waiting.log.turn_wait_s = 0.2
+        with holding.log.appending():
+            with pytest.raises(StorageUnavailable, match=r"append lock for more than turn_wait_s = 0.2 s; nothing"):
+                waiting.publish(fb(1))
+        assert waiting.log.last_seq() == 1
+        assert waiting.publish(fb(2)).seq == 2  # the next write takes its turn

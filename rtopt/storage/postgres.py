@@ -79,6 +79,11 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 CHANNEL = "rtopt_events"
 SCHEMA_LOCK = 0x7270_7409  # advisory lock held while a process creates the tables
 RECONNECT_TIMEOUT_S = 30.0
+TURN_WAIT_S = 30.0
+"""Seconds a write waits for the append lock by default (see :attr:`PostgresLog.turn_wait_s`)."""
+_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
+"""TCP keepalives (libpq's parameters) unless the URL sets its own: a server host that vanished is noticed in
+about 25 s, not the operating system's two hours."""
 """Seconds a log keeps trying to reach its server again before it gives up with StorageUnavailable."""
 # refusals that a server gives while it starts, stops or is full: the next attempt may get in
 _PASSING_REFUSALS = ("the database system is", "too many clients", "connection slots are reserved", "terminating")
@@ -191,10 +196,12 @@ def _connect(url: str, timeout: float) -> psycopg.Connection:
     """
     try:
         given = conninfo_to_dict(url)
-        limit: dict[str, Any] = (  # keyword arguments of psycopg.connect
-            {} if "connect_timeout" in given else {"connect_timeout": min(max(2, math.ceil(timeout)), 10)}
-        )
-        return psycopg.connect(url, autocommit=True, **limit)
+        limits: dict[str, Any] = {  # keyword arguments of psycopg.connect
+            key: value
+            for key, value in {"connect_timeout": min(max(2, math.ceil(timeout)), 10), **_KEEPALIVES}.items()
+            if key not in given
+        }
+        return psycopg.connect(url, autocommit=True, **limits)
     except psycopg.Error as exc:
         text = _said(exc)
         lasting = not isinstance(exc, psycopg.OperationalError) or (
@@ -275,6 +282,7 @@ class PostgresLog(SQLLog):
         self._pending: list[Row] = []  # the rows appended inside appending(), committed when it ends
         self._rng = random.Random()  # jitter of the reconnection backoff only
         self._closed = False
+        self._turn_wait_s = TURN_WAIT_S
         self.belongs_here()
 
     @classmethod
@@ -387,8 +395,29 @@ class PostgresLog(SQLLog):
             conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
         elif role == "_writer":
             conn.execute(f"SET synchronous_commit = {'off' if self.durability == 'process' else 'on'}")
+            self._set_waits(conn)
         elif role == "_listener":
             conn.execute(f"LISTEN {CHANNEL}")
+
+    @property
+    def turn_wait_s(self) -> float:
+        """Seconds a write waits for the append lock (``lock_timeout``) before it raises
+        :class:`StorageUnavailable`, nothing written. The server ends the session of a writer whose transaction
+        sits idle for half of that (``idle_in_transaction_session_timeout``: a client stopped or cut off
+        inside its commit), which frees the lock for the others before their wait ends."""
+        return self._turn_wait_s
+
+    @turn_wait_s.setter
+    def turn_wait_s(self, seconds: float) -> None:
+        self._turn_wait_s = seconds
+        if self._writer is not None:
+            with self._write_lock:
+                self._retrying("_writer", self._set_waits)
+
+    def _set_waits(self, conn: psycopg.Connection) -> None:
+        wait_ms = max(1, round(self._turn_wait_s * 1000))
+        conn.execute(f"SET lock_timeout = {wait_ms}")
+        conn.execute(f"SET idle_in_transaction_session_timeout = {max(1, wait_ms // 2)}")
 
     def _attempt(self, role: str, action: Callable[..., T], *args: object) -> T:
         """``action(connection, *args)`` on the connection in ``role``, made anew first if it broke.
@@ -403,6 +432,11 @@ class PostgresLog(SQLLog):
         except psycopg.Error as exc:
             if _is_broken(conn, exc):
                 raise _Lost(_said(exc)) from exc
+            if exc.sqlstate == "55P03":  # lock_not_available: lock_timeout passed
+                raise StorageUnavailable(
+                    f"{self.location}: another writer held the append lock for more than turn_wait_s ="
+                    f" {self._turn_wait_s:g} s; nothing was written"
+                ) from exc
             if _is_conflict(exc):
                 raise WriteConflict(
                     f"{self.location}: another writer came first on table {exc.diag.table_name}"

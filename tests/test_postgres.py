@@ -280,3 +280,19 @@ def test_a_write_that_waits_for_the_append_lock_past_its_turn_wait_writes_nothin
             waiting.publish(fb(1))
         assert waiting.log.last_seq() == 1
         assert waiting.publish(fb(2)).seq == 2  # the next write takes its turn
+
+
+def test_a_commit_that_broke_is_found_by_its_row_not_by_an_event_of_another_process_named_alike(pg_url: str) -> None:
+    """After a COMMIT broke, the log is asked whether it committed: an event under the same id written by
+    another process (which named its inputs alike) is not this commit's."""
+    log = PostgresLog.open(pg_url, seed=1)
+    try:
+        ours = (1, "input-1", "Feedback", "p1", 1.0, 2.0, None, None, 1, b"ours")
+        theirs = (1, "input-1", "Feedback", "p1", 1.0, 3.0, None, None, 1, b"theirs")
+        writer, ended = log._writer, 2**31 - 1  # no server process has that pid: the broken session has ended
+        assert log._committed_at(writer, [ours], None, ended) is None  # nothing under the id
+        log.append([theirs])
+        assert log._committed_at(writer, [ours], None, ended) is None  # another's event under the id
+        assert log._committed_at(writer, [theirs], None, ended) == 1  # the very row: committed
+    finally:
+        log.close()

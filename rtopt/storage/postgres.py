@@ -616,12 +616,12 @@ class PostgresLog(SQLLog):
         self, conn: psycopg.Connection, rows: Sequence[Row], tracking: tuple[str, int, int] | None, backend: int
     ) -> int | None:
         """The seq the first of ``rows`` got if the transaction whose COMMIT broke on server process
-        ``backend`` committed, else None; raises _Lost while that process still runs (its outcome is open)."""
+        ``backend`` committed (the log holds that very row), else None; raises _Lost while that process still runs (its outcome is open)."""
         if conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (backend,)).fetchone():
             raise _Lost(f"the session that was committing (server process {backend}) has not ended yet")
-        if rows:
-            found = conn.execute("SELECT seq FROM events WHERE id = %s", (rows[0][1],)).fetchone()
-            return None if found is None else found[0]
+        if rows:  # the event under its id must be this one: another process may have named one alike
+            found = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM events WHERE id = %s", (rows[0][1],)).fetchone()
+            return found[0] if found is not None and found == tuple(rows[0]) else None
         if tracking is None:
             return None
         name, _, position = tracking

@@ -616,7 +616,8 @@ class PostgresLog(SQLLog):
         self, conn: psycopg.Connection, rows: Sequence[Row], tracking: tuple[str, int, int] | None, backend: int
     ) -> int | None:
         """The seq the first of ``rows`` got if the transaction whose COMMIT broke on server process
-        ``backend`` committed (the log holds that very row), else None; raises _Lost while that process still runs (its outcome is open)."""
+        ``backend`` committed (the log holds that very row), else None; raises _Lost while that process still
+        runs (its outcome is open)."""
         if conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (backend,)).fetchone():
             raise _Lost(f"the session that was committing (server process {backend}) has not ended yet")
         if rows:  # the event under its id must be this one: another process may have named one alike

@@ -144,6 +144,11 @@ def test_detection_benchmark_runs_and_both_sides_agree_where_they_share_a_statis
     for row in detectors.values():
         assert all(_positive(side["updates_per_s"]) for side in (row["rtopt"], row.get("river", row["rtopt"])))
         assert "river" not in row or _positive(row["speed_ratio"])
+    long = json.loads(result.stdout)["adwin_long_stream"]  # the script fails if the detections differ
+    for setting in ("river_defaults", "replayable", "handler_clock_1"):
+        row = long[setting]
+        assert all(_positive(row[key]) for key in ("river_updates_per_s", "rtopt_updates_per_s", "speed_ratio"))
+        assert [i // (long["values"] // 5) for i in row["detections"]] == [1, 2, 3, 4]
 
 
 def test_processes_benchmark_runs_and_every_run_verifies() -> None:

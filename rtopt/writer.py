@@ -69,6 +69,7 @@ from rtopt.ids import ordered_id, prefix_of
 from rtopt.privacy import Keyring
 from rtopt.replay import WORKED, Progress, Rebuilt, fold_history, rebuild
 from rtopt.rows import envelope_from_row, envelope_row
+from rtopt.storage.group import GroupCommitLog, GroupLost
 from rtopt.storage.interface import EventLog, Row
 from rtopt.watermark import TimeBound
 
@@ -519,8 +520,9 @@ class Writer:
                         ticket.envelopes.clear()
                     continue
                 except BaseException as exc:
-                    if folding or self._batch is not None:
-                        self._abandon(exc)  # the handlers may have folded events that are not in the log
+                    # the handlers may have folded events that are not in the log (a lost group holds some)
+                    if folding or self._batch is not None or isinstance(exc, GroupLost):
+                        self._abandon(exc)
                     raise
                 break
             else:
@@ -642,6 +644,17 @@ class Writer:
         finally:
             self._dispatching = False
 
+    def flush(self) -> None:
+        """Wait until what this engine committed is in the log (see :meth:`rtopt.Engine.flush`); a lost group
+        is raised, and the state goes back to the log's."""
+        if isinstance(self.log, GroupCommitLog):
+            with self.lock:
+                try:
+                    self.log.flush()
+                except GroupLost as lost:
+                    self._abandon(lost)
+                    raise
+
     def stats(self) -> EngineStats:
         """What this writer published, derived and rejected since it was made."""
         return EngineStats(
@@ -737,8 +750,8 @@ class Writer:
         if self._batch is not None:
             self._batch.error = error
             self._forget(self._batch)
-        if isinstance(error, CommitUncertain):
-            self._retire_input_ids()  # the error hands them out, committed or not
+        if isinstance(error, CommitUncertain | GroupLost):
+            self._retire_input_ids()  # handed out (by the error, or by the calls that returned), in the log or not
         self.keys.reload()
         self._stale = True
         if not isinstance(error, StorageUnavailable | CommitUncertain):

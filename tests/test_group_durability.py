@@ -32,6 +32,14 @@ def play(engine: Engine, rounds: int, start: int = 0) -> list[str]:
     return decisions
 
 
+def held_back(path: Path) -> Engine:
+    """A group engine on a new log whose groups wait (an hour) until something asks for them, with the UCB1
+    experiment "shared" defined."""
+    engine = Engine.open(path, seed=1, handlers=[BanditHandler()], durability="group", commit_interval_ms=HOUR_MS)
+    engine.define_experiment("shared", arms=ARMS, policy="ucb1", time=1_000.0)
+    return engine
+
+
 def events_of(path: Path) -> list[tuple]:
     """The log's events as replay compares them: every column but the wall-clock recording time."""
     with Engine.open(path, read_only=True, handlers=[]) as engine:
@@ -51,10 +59,7 @@ def test_group_writes_the_same_events_as_a_commit_per_call(tmp_path: Path) -> No
 
 def test_a_call_returns_before_its_group_is_written_and_reads_see_it(tmp_path: Path) -> None:
     path = tmp_path / "log.sqlite"
-    with Engine.open(
-        path, seed=1, handlers=[BanditHandler()], durability="group", commit_interval_ms=HOUR_MS
-    ) as engine:
-        engine.define_experiment("shared", arms=ARMS, policy="ucb1", time=1_000.0)
+    with held_back(path) as engine:
         play(engine, 5)
         assert engine.position == 16  # applied: the definition, then a Decision, a Feedback, an ArmUpdated each
         assert engine.log.storage.last_seq() == 0  # nothing written yet
@@ -95,10 +100,7 @@ def test_the_engine_keeps_the_log_and_another_writer_waits_then_gives_up(tmp_pat
 
 def test_a_lost_group_is_raised_once_the_state_goes_back_to_the_log_and_its_feedback_is_unknown(tmp_path: Path) -> None:
     path = tmp_path / "log.sqlite"
-    with Engine.open(
-        path, seed=1, handlers=[BanditHandler()], durability="group", commit_interval_ms=HOUR_MS
-    ) as engine:
-        engine.define_experiment("shared", arms=ARMS, policy="ucb1", time=1_000.0)
+    with held_back(path) as engine:
         kept = play(engine, 3)
         engine.flush()
         storage = engine.log.storage

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time as wall_clock
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import msgspec
@@ -18,25 +18,39 @@ from rtopt.storage.interface import EventLog, Row
 
 def envelope_from_row(row: Row, keys: Keyring | None = None) -> Envelope[Any]:
     """Decode a stored row into its envelope, opening its sealed values with ``keys``."""
-    seq, event_id, tag, stream, time, recorded_at, causation_id, correlation_id, version, payload = row
+    seq, tag, version, payload = row[0], row[2], row[8], row[9]
     try:
         event = decode_payload(tag, payload, version) if keys is None else keys.decode(tag, payload, version)
     except msgspec.DecodeError as exc:
         raise InvalidLog(f"seq {seq}: its {tag} payload cannot be decoded ({exc}): the log is damaged") from None
     except UnreadableSchemaVersion as exc:
         raise UnreadableSchemaVersion(f"seq {seq}: {exc}") from None
-    return Envelope(
-        seq,
-        event_id,
-        tag,
-        stream,
-        time,
-        recorded_at,
-        causation_id,
-        correlation_id,
-        version,
-        event,
-    )
+    return Envelope(*row[:9], event)
+
+
+def envelopes_from_rows(rows: Sequence[Row], keys: Keyring) -> list[Envelope[Any]]:
+    """The envelopes of ``rows``, each as :func:`envelope_from_row` decodes it (the same errors too)."""
+    decode = keys.decode
+    try:
+        return [
+            Envelope(
+                seq,
+                event_id,
+                tag,
+                stream,
+                time,
+                recorded_at,
+                causation_id,
+                correlation_id,
+                version,
+                decode(tag, payload, version),
+            )
+            for seq, event_id, tag, stream, time, recorded_at, causation_id, correlation_id, version, payload in rows
+        ]
+    except (msgspec.DecodeError, UnreadableSchemaVersion):
+        for row in rows:
+            envelope_from_row(row, keys)  # raises, naming the seq of the row that does not decode
+        raise
 
 
 def envelope_row(envelope: Envelope[Any], keys: Keyring | None = None) -> Row:

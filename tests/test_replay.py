@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import gc
 import shutil
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 from conftest import edit_log, rows_without_recorded_at, sha256, simulate_into
 from rtopt.handlers.bandits import ArmUpdated, BanditHandler
+from test_log_integrity import Counted, FeedbackCounter
 
-from rtopt import ConfigurationChanged, Decision, Engine, RtoptError, default_handlers
+from rtopt import (
+    ConfigurationChanged,
+    Context,
+    Decision,
+    Engine,
+    Envelope,
+    Event,
+    Feedback,
+    RtoptError,
+    default_handlers,
+)
 
 
 def derived_rows(engine: Engine) -> list[tuple]:
@@ -172,3 +186,33 @@ def test_verify_finds_a_decision_whose_arm_was_altered_in_a_copy(tmp_path: Path)
     assert (report.difference.seq, report.difference.field) == (seq, "decision")
     assert (report.difference.recorded["arm"], report.difference.rederived["arm"]) == (decision["arm"], chosen)
     assert Engine.verify(original).ok  # the copy was altered, not the log it was copied from
+
+
+class CollectorProbe(FeedbackCounter):
+    """Counts Feedback, noting whether the cyclic garbage collector was on at each fold."""
+
+    name = "collector_probe"
+
+    def __init__(self) -> None:
+        self.collector_on: list[bool] = []
+
+    def _count(self, state: Counted, envelope: Envelope[Any], ctx: Context) -> tuple[Counted, Sequence[Event]]:
+        self.collector_on.append(gc.isenabled())
+        return super()._count(state, envelope, ctx)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_rebuild_pauses_the_garbage_collector_and_leaves_it_as_it_was(tmp_path: Path, enabled: bool) -> None:
+    path = tmp_path / "log.sqlite"
+    feedback = Feedback(prompt_id="p", variant_id="v", response_time_ms=1.0, success=True, quality_score=0.5)
+    with Engine.open(path, seed=1, handlers=[CollectorProbe()]) as engine:
+        engine.publish_many([feedback] * 7, time=1.0)
+    probe = CollectorProbe()
+    (gc.enable if enabled else gc.disable)()
+    try:
+        with Engine.open(path, read_only=True, handlers=[probe]) as reopened:
+            assert gc.isenabled() is enabled
+            assert reopened.state("collector_probe").feedback == 7
+    finally:
+        gc.enable()
+    assert probe.collector_on == [False] * 7

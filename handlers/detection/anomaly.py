@@ -23,7 +23,7 @@ from typing import Annotated
 import msgspec
 import numpy as np
 from msgspec import Meta
-from river._river_rust.stats import RsRollingQuantile as RollingQuantile  # River's rolling quantile (Rust)
+from river.stats import RollingQuantile
 from rtopt.handlers.checked import Checked, at_most
 from scipy import stats
 

@@ -255,7 +255,7 @@ def _over_range(
 ) -> tuple[float, float]:
     """The integral of f_arm * prod F_rivals over [start, end]."""
     centres, widths = posteriors.centre, posteriors.width
-    narrow = rivals[widths[rivals] < widths[arm]]  # their steps are sharper than the arm's density
+    narrow = rivals[widths[rivals] < widths[arm] / 4.0]  # their steps are sharper than the arm's density
     inner = np.concatenate(
         [centres[arm] + widths[arm] * _STEPS, (centres[narrow, None] + widths[narrow, None] * _NARROW_STEPS).ravel()]
     )

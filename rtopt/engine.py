@@ -10,7 +10,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -52,6 +51,8 @@ SET_BY_DECISION = frozenset({"prompt_id", "variant_id", "decision_id"})
 
 def default_handlers() -> list[Handler[Any]]:
     """One instance of every handler that installed packages declare under ``rtopt.handlers``."""
+    from importlib.metadata import entry_points
+
     found = sorted(entry_points(group=HANDLER_ENTRY_POINTS), key=lambda ep: ep.name)
     return [ep.load()() for ep in found]
 

@@ -22,10 +22,10 @@ from typing import Annotated
 
 import msgspec
 import numpy as np
+import scipy  # its submodules load on first use
 from msgspec import Meta
 from river._river_rust.stats import RsRollingQuantile as RollingQuantile  # River's rolling quantile (Rust)
 from rtopt.handlers.checked import Checked, at_most
-from scipy import stats
 
 from rtopt import InvalidArgument
 
@@ -288,7 +288,7 @@ class Mahalanobis(Checked):
     @property
     def threshold(self) -> float:
         """The squared distance beyond which a vector is an anomaly."""
-        return float(stats.chi2.ppf(1.0 - self.alpha, self.dimensions))
+        return float(scipy.stats.chi2.ppf(1.0 - self.alpha, self.dimensions))
 
     def score(self, x: Sequence[float]) -> float:
         """The squared Mahalanobis distance of ``x`` from the running mean (0 before ``min_samples``)."""

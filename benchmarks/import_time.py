@@ -49,10 +49,11 @@ LABELS = {
 }
 
 
-def seconds_to_run(arguments: list[str]) -> float:
-    """Wall seconds of one fresh interpreter running ``arguments``; it must exit 0."""
+def seconds_to_run(arguments: list[str], folder: str) -> float:
+    """Wall seconds of one fresh interpreter running ``arguments`` in ``folder`` (where no other rtopt can be
+    found first); it must exit 0."""
     started = time.perf_counter()
-    subprocess.run([sys.executable, *arguments], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, *arguments], check=True, stdout=subprocess.DEVNULL, cwd=folder)
     return time.perf_counter() - started
 
 
@@ -61,11 +62,11 @@ def measure(runs: int) -> dict[str, object]:
     times: dict[str, list[float]] = {case: [] for case in CASES}
     with tempfile.TemporaryDirectory() as folder:
         existing = Path(folder) / "existing.sqlite"
-        seconds_to_run(["-c", PUBLISH, str(existing)])
+        seconds_to_run(["-c", PUBLISH, str(existing)], folder)
         for run in range(runs):
             paths = {"existing": str(existing), "new": str(Path(folder) / f"new-{run}.sqlite")}
             for case, arguments in CASES.items():
-                times[case].append(seconds_to_run([argument.format(**paths) for argument in arguments]))
+                times[case].append(seconds_to_run([argument.format(**paths) for argument in arguments], folder))
     medians = {case: statistics.median(values) for case, values in times.items()}
     return {
         "runs": runs,

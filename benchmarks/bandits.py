@@ -6,7 +6,7 @@ every (round, arm) is drawn once, before anything is timed, into a table ``rewar
 library reads the reward of the arm it chose from that table, so all of them face the very same world.
 
 For every policy rtopt shares with a peer (epsilon-greedy, UCB1, Beta-Bernoulli Thompson sampling, and
-softmax, which MABWiser has and River has not) the script measures, over ``--rounds`` rounds and
+softmax and LinUCB, which MABWiser has and River has not) the script measures, over ``--rounds`` rounds and
 averaged over ``--seeds`` seeds:
 
 - **rtopt**: ``Engine.open`` on a temporary SQLite file (WAL, the default ``durability="process"``: every
@@ -14,6 +14,15 @@ averaged over ``--seeds`` seeds:
   defined by ``define_experiment``, then per round ``engine.decide`` and ``engine.feedback`` (success
   drawn from the table, ``quality_score`` 1.0 on success and 0.0 otherwise, so the binary reward is the
   table's value); the experiment keeps rtopt's default options except the policy's own hyper-parameter;
+  the same again inside ``engine.batch()`` of 1,000 rounds (one transaction each; the same decisions,
+  checked);
+- **the physical limit**: plain ``sqlite3`` writing the very rows the per-call run wrote (read back from
+  its log, with their chain values) into a log whose schema ``Engine.open`` created, commit by commit as
+  rtopt did (a one-row transaction for the Decision; one for the Feedback, its ArmUpdated and, every 100
+  rewards, its ExperimentStats), each moving the head anchor as rtopt's does, and the same rows in
+  1,000-round transactions (:mod:`benchmarks.limits`; the copy is checked to be the same log, link by
+  link). Nothing else runs: no encoding, hashing, folding or deciding. rtopt's ratio to it is the share of
+  the storage's rate the engine keeps;
 - **MABWiser** (``mabwiser.mab.MAB``), one decision at a time: ``predict()`` then
   ``partial_fit([arm], [reward])``;
 - **River** (``river.bandit``): ``pull(arm_ids)`` then ``update(arm, reward)``.
@@ -23,8 +32,10 @@ i.e. two durable commits) over the timed loop only (opening the engine and defin
 not timed), and cumulative pseudo-regret ``sum_t (mu* - mu[arm_t])`` (lower variance than the realised
 regret; the realised reward is in the JSON output too).
 
-Goals (from the issue): rtopt's rounds/s at least 3x MABWiser's on every shared policy, and rtopt's regret
-equal to or lower than both peers' on every policy they share. "Equal" has a tolerance: rtopt passes if
+Targets (issue #16), on every policy MABWiser shares: per call, at least 0.6x the per-call limit and at
+least 1x MABWiser where that limit allows it (the limit's own ratio to MABWiser is printed: below 1x, it
+does not); inside ``engine.batch()``, at least 3x MABWiser; and rtopt's regret equal to or lower than
+both peers' on every policy they share. "Equal" has a tolerance: rtopt passes if
 its mean regret exceeds the peer's by no more than the larger of 10 % of the peer's mean regret and one
 standard error of the per-seed (paired: same world) regret differences.
 
@@ -39,12 +50,16 @@ Hyper-parameters, matched where they mean the same thing:
 - softmax: temperature 0.1 (rtopt ``temperature``, MABWiser ``tau``). MABWiser does not sample from the
   Boltzmann distribution: it takes the argmax of one Dirichlet draw whose concentrations are the softmax
   probabilities, so the two explore differently with the same temperature;
+- LinUCB: alpha 1 and ridge 1 (rtopt ``alpha`` and ``ridge``, MABWiser ``alpha`` and ``l2_lambda``), on a
+  contextual world of its own: each round has a context of 10 features drawn from Dirichlet(0.5, ...)
+  (they sum to 1, so no intercept is needed), and arm ``a`` succeeds with probability ``x . w_a``, the
+  weights ``w_a`` drawn once from U(0.05, 0.6); regret is ``sum_t (max_a x_t . w_a - x_t . w_{arm_t})``;
 - first pulls: rtopt's default ``min_samples`` (1 for epsilon-greedy, UCB1 and softmax: untried arms
   first, in random order) and River's ``burn_in=1`` (in arm order) try every arm once before the policy's
   rule; MABWiser has no burn-in and its UCB1 gives untried arms an expectation of 0 (they would never be
   tried), so for those three policies the harness pulls each arm once in arm order (``fit`` then
-  ``partial_fit``, timed like any other round). Thompson sampling has no first pulls anywhere (MABWiser is
-  ``fit`` on empty data, untimed, so that ``predict`` may be called);
+  ``partial_fit``, timed like any other round). Thompson sampling and LinUCB have no first pulls anywhere
+  (MABWiser is ``fit`` on empty data, untimed, so that ``predict`` may be called);
 - rtopt also emits an ``ExperimentStats`` event (2,000 posterior draws per arm) every 100 rewards
   (``stats_every``, default 100), which it logs and the peers have no equivalent of.
 
@@ -61,6 +76,7 @@ import importlib
 import importlib.metadata
 import json
 import math
+import os
 import platform
 import sqlite3
 import sys
@@ -79,6 +95,10 @@ from rtopt.handlers.bandits import BanditHandler
 
 from rtopt import Engine
 
+if not __package__:  # run as a script (python benchmarks/bandits.py): the benchmarks package is its folder
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.limits import audit, copy_commits, merged, stored_commits
+
 SEED = 20_260_101
 START = 1_767_225_600.0  # event time of the first round: 2026-01-01T00:00:00Z
 STEP = 1e-2  # event time between rounds (s); feedback follows its decision by half a step
@@ -86,17 +106,29 @@ EXPERIMENT = "bench"
 MEANS = np.linspace(0.10, 0.55, 10)
 ARMS = len(MEANS)
 ARM_NAMES = tuple(f"v{i}" for i in range(ARMS))
+FEATURES = tuple(f"x{i}" for i in range(10))  # the context of the contextual world
 
 DEFAULTS = {"rounds": 10_000, "seeds": 5}
 QUICK = {"rounds": 300, "seeds": 2}
 
-SPEED_TARGET = 3.0  # rtopt rounds/s over MABWiser's, at least
+BATCH = 1_000  # rounds per transaction in the batched rtopt run and its limit
+LIMIT_TARGET = 0.6  # rtopt per call over the raw per-call limit, at least
+PER_CALL_TARGET = 1.0  # rtopt per call over MABWiser, at least (where the limit allows it)
+BATCHED_TARGET = 3.0  # rtopt inside engine.batch() over MABWiser, at least
 REGRET_TOLERANCE = 0.10  # relative tolerance on "equal or lower" regret (or one standard error, if larger)
 
-BATCH = 1_000  # rounds per transaction in the batched rtopt run
-LIBRARIES = ("rtopt", "rtopt_batched", "mabwiser", "river")
-LABELS = {"rtopt": "rtopt", "rtopt_batched": f"rtopt, batches of {BATCH:,}", "mabwiser": "MABWiser", "river": "River"}
-RTOPT_MODES = ("rtopt", "rtopt_batched")
+RTOPT_MODES = {"rtopt": "limit", "rtopt_batched": "limit_batched"}  # each mode and the limit it is held to
+LIMITS = ("limit", "limit_batched")
+PEERS = ("mabwiser", "river")
+LIBRARIES = (*LIMITS, *RTOPT_MODES, *PEERS)
+LABELS = {
+    "limit": "limit: sqlite3, per call",
+    "limit_batched": f"limit: sqlite3, {BATCH:,}/commit",
+    "rtopt": "rtopt, per call",
+    "rtopt_batched": f"rtopt, batch() of {BATCH:,}",
+    "mabwiser": "MABWiser",
+    "river": "River",
+}
 
 
 # --- the policies and how each library spells them -------------------------------------------------
@@ -113,6 +145,7 @@ class PolicySpec:
     mabwiser: Callable[[], Any] | None
     river: Callable[[int], Any] | None
     hyper: str = ""
+    contextual: bool = False  # played on the contextual world, with a context per decision
 
 
 def _mabwiser_policy(name: str, **kwargs: Any) -> Callable[[], Any]:
@@ -181,6 +214,16 @@ POLICIES: dict[str, PolicySpec] = {
             None,
             "temperature 0.1 (rtopt temperature, MABWiser tau; River has no softmax)",
         ),
+        PolicySpec(
+            "linucb",
+            "LinUCB",
+            {"features": list(FEATURES), "alpha": 1.0, "ridge": 1.0},
+            False,
+            _mabwiser_policy("LinUCB", alpha=1.0, l2_lambda=1.0),
+            None,
+            "alpha 1, ridge 1, 10 features (rtopt alpha/ridge, MABWiser alpha/l2_lambda; River not measured)",
+            contextual=True,
+        ),
     )
 }
 
@@ -190,15 +233,36 @@ POLICIES: dict[str, PolicySpec] = {
 
 @dataclass
 class World:
-    """The pre-drawn rewards of one seed: ``success[i][a]`` (bool) and ``value[i][a]`` (0.0 or 1.0)."""
+    """The pre-drawn rewards of one seed: ``success[i][a]`` (bool) and ``value[i][a]`` (0.0 or 1.0), drawn
+    with the success rates ``means[i, a]``; a contextual world has the context of each round too, as a
+    mapping (``context[i]``, for rtopt) and as a 1 x features array (``vector[i]``, for MABWiser)."""
 
     success: list[list[bool]]
     value: list[list[float]]
+    means: np.ndarray
+    context: list[dict[str, float]] | None = None
+    vector: list[np.ndarray] | None = None
 
     @classmethod
     def draw(cls, rounds: int, seed: int) -> World:
         table = np.random.default_rng([SEED, seed]).random((rounds, ARMS)) < MEANS
-        return cls(success=table.tolist(), value=table.astype(float).tolist())
+        means = np.broadcast_to(MEANS, (rounds, ARMS))
+        return cls(success=table.tolist(), value=table.astype(float).tolist(), means=means)
+
+    @classmethod
+    def draw_contextual(cls, rounds: int, seed: int) -> World:
+        weights = np.random.default_rng([SEED, 1]).uniform(0.05, 0.6, (ARMS, len(FEATURES)))
+        rng = np.random.default_rng([SEED, seed, 1])
+        contexts = rng.dirichlet(np.full(len(FEATURES), 0.5), rounds)
+        means = contexts @ weights.T
+        table = rng.random((rounds, ARMS)) < means
+        return cls(
+            success=table.tolist(),
+            value=table.astype(float).tolist(),
+            means=means,
+            context=[dict(zip(FEATURES, row, strict=True)) for row in contexts.tolist()],
+            vector=[row.reshape(1, -1) for row in contexts],
+        )
 
 
 @dataclass
@@ -209,14 +273,15 @@ class Run:
     regret: float
     reward: float
     chosen: list[int] | None = None
+    limits: dict[str, float] | None = None  # seconds of each physical limit (LIMITS) on the rows rtopt wrote
 
 
 def score(chosen: Sequence[int], world: World, seconds: float) -> Run:
     """Pseudo-regret and realised reward of the arms ``chosen`` round by round."""
     arms = np.asarray(chosen, dtype=np.intp)
-    gaps = MEANS.max() - MEANS
+    regret = world.means.max(axis=1).sum() - world.means[np.arange(len(arms)), arms].sum()
     reward = float(sum(world.value[i][arm] for i, arm in enumerate(chosen)))
-    return Run(seconds=seconds, regret=float(gaps[arms].sum()), reward=reward)
+    return Run(seconds=seconds, regret=float(regret), reward=reward)
 
 
 # --- the three libraries ----------------------------------------------------------------------------
@@ -224,12 +289,14 @@ def score(chosen: Sequence[int], world: World, seconds: float) -> Run:
 
 def run_rtopt(spec: PolicySpec, world: World, seed: int, workdir: Path, batch: int = 1) -> Run:
     """rtopt through the engine: decide + feedback per round, every event committed to a SQLite file, one
-    transaction per call (``batch`` 1) or per ``batch`` rounds (``Engine.batch``)."""
+    transaction per call (``batch`` 1) or per ``batch`` rounds (``Engine.batch``). A run of one transaction
+    per call measures the physical limits on the rows it wrote too (``Run.limits``)."""
     rounds = len(world.success)
     path = workdir / f"rtopt-{spec.key}-{seed}-{batch}.sqlite"
     index = {name: i for i, name in enumerate(ARM_NAMES)}
     chosen = [0] * rounds
     success = world.success
+    contexts = world.context if spec.contextual else None
     with Engine.open(path, seed=SEED + seed, handlers=[BanditHandler()]) as engine:
         engine.define_experiment(EXPERIMENT, arms=list(ARM_NAMES), policy=spec.key, time=START, **spec.rtopt_options)
         decide, feedback = engine.decide, engine.feedback
@@ -239,7 +306,7 @@ def run_rtopt(spec: PolicySpec, world: World, seed: int, workdir: Path, batch: i
             with engine.batch() if batch > 1 else nullcontext():
                 for i in range(first, min(first + batch, rounds)):
                     when = START + 1.0 + i * STEP
-                    decision = decide(EXPERIMENT, time=when)
+                    decision = decide(EXPERIMENT, None if contexts is None else contexts[i], time=when)
                     arm = index[decision.arm]
                     ok = success[i][arm]
                     feedback(
@@ -253,18 +320,44 @@ def run_rtopt(spec: PolicySpec, world: World, seed: int, workdir: Path, batch: i
         elapsed = time.perf_counter_ns() - t0
         stats = engine.stats()
         learnt = engine.state("bandit", EXPERIMENT).rewards
-    path.unlink()
-    for suffix in ("-wal", "-shm"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
     if stats.rejected or stats.handler_failures or stats.published != 2 * rounds + 1 or learnt != rounds:
         raise RuntimeError(f"rtopt {spec.key} did not run cleanly: {stats}, {learnt} rewards learnt")
     run = score(chosen, world, elapsed / 1e9)
     run.chosen = chosen
+    if batch == 1:
+        run.limits = measure_limits(path, rounds, SEED + seed)
+    remove_log(path)
     return run
 
 
+def measure_limits(path: Path, rounds: int, seed: int) -> dict[str, float]:
+    """Seconds plain sqlite3 takes to write the rounds of the per-call rtopt log at ``path`` into a new log
+    (its schema made by ``Engine.open``), a commit per call (``limit``) and ``BATCH`` rounds a commit
+    (``limit_batched``); the experiment's definition is written first, untimed."""
+    definition, *calls = stored_commits(path)
+    if len(calls) != 2 * rounds:
+        raise RuntimeError(f"{path}: {len(calls)} commits after the definition, expected 2 x {rounds} rounds")
+    seconds = {}
+    for name, commits in (("limit", calls), ("limit_batched", merged(calls, 2 * BATCH))):
+        copy = path.with_name(f"{path.stem}-{name}.sqlite")
+        Engine.open(copy, seed=seed, handlers=[BanditHandler()]).close()
+        spent = copy_commits(copy, [definition, *commits])
+        audit(copy)
+        remove_log(copy)
+        seconds[name] = sum(spent[1:]) / 1e9
+    return seconds
+
+
+def remove_log(path: Path) -> None:
+    """Delete the SQLite log at ``path`` and the files SQLite and rtopt keep beside it."""
+    path.unlink()
+    for suffix in ("-wal", "-shm", "-lock"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
 def run_mabwiser(spec: PolicySpec, world: World, seed: int) -> Run:
-    """MABWiser one decision at a time: predict() then partial_fit([arm], [reward])."""
+    """MABWiser one decision at a time: predict() then partial_fit([arm], [reward]) (with the round's context
+    for a contextual policy)."""
     from mabwiser.mab import MAB
 
     assert spec.mabwiser is not None
@@ -273,9 +366,20 @@ def run_mabwiser(spec: PolicySpec, world: World, seed: int) -> Run:
     chosen = [0] * rounds
     mab = MAB(arms=list(range(ARMS)), learning_policy=spec.mabwiser(), seed=SEED + seed)
     first = ARMS if spec.warmup else 0
+    predict, partial_fit = mab.predict, mab.partial_fit
+    if spec.contextual:
+        assert world.vector is not None
+        vector = world.vector
+        mab.fit([], [], contexts=np.empty((0, len(FEATURES))))  # nothing learnt: the ridge prior
+        gc.collect()
+        t0 = time.perf_counter_ns()
+        for i in range(rounds):
+            arm = predict(contexts=vector[i])
+            partial_fit([arm], [value[i][arm]], contexts=vector[i])
+            chosen[i] = arm
+        return score(chosen, world, (time.perf_counter_ns() - t0) / 1e9)
     if not spec.warmup:
         mab.fit([], [])  # nothing learnt: Beta(1, 1) priors; MABWiser refuses predict() before a fit
-    predict, partial_fit = mab.predict, mab.partial_fit
     gc.collect()
     t0 = time.perf_counter_ns()
     for i in range(first):  # one pull of each arm, in arm order (River's burn_in=1 does the same)
@@ -343,6 +447,30 @@ class Series:
         }
 
 
+SPEED_TARGETS = {
+    "speed_vs_limit": LIMIT_TARGET,
+    "speed_vs_mabwiser": PER_CALL_TARGET,  # attainable where limit_vs_mabwiser is at least as high
+    "batched_speed_vs_mabwiser": BATCHED_TARGET,
+}
+"""Each speed ratio with a target and the least it must be."""
+
+
+def speed_ratios(results: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """The rounds/s ratios of one policy's ``results`` (by library): each rtopt mode to its limit and to each
+    peer measured, and each limit to each peer (``batched_`` for the batched mode and its limit)."""
+    ratios: dict[str, float | None] = {}
+    for mode, limit in RTOPT_MODES.items():
+        prefix = "batched_" if mode == "rtopt_batched" else ""
+        ours, bound = results[mode]["rounds_per_s"], results[limit]["rounds_per_s"]
+        ratios[f"{prefix}speed_vs_limit"] = ours / bound
+        for lib in PEERS:
+            if lib in results:
+                peer = results[lib]["rounds_per_s"]
+                ratios[f"{prefix}speed_vs_{lib}"] = ours / peer
+                ratios[f"{prefix}limit_vs_{lib}"] = bound / peer
+    return ratios
+
+
 def standard_error(values: np.ndarray) -> float:
     return float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
 
@@ -358,28 +486,26 @@ def run(
     rounds: int, seeds: int, policies: Sequence[str], *, workdir: Path, err: Console, quiet: bool = False
 ) -> dict[str, Any]:
     """Measure every library on every policy and seed; return the results as one JSON-ready dict."""
-    started = time.perf_counter()
+    started, load = time.perf_counter(), os.getloadavg()[0]
     versions = peer_versions()
-    available = [lib for lib in LIBRARIES if lib in RTOPT_MODES or versions[lib] is not None]
     series: dict[str, dict[str, Series]] = {key: {} for key in policies}
     for seed in range(seeds):
-        world = World.draw(rounds, seed)
+        worlds = {False: World.draw(rounds, seed)}
+        if any(POLICIES[key].contextual for key in policies):
+            worlds[True] = World.draw_contextual(rounds, seed)
         t0 = time.perf_counter()
         for key in policies:
             spec = POLICIES[key]
-            for lib in available:
-                if lib == "rtopt":
-                    result = run_rtopt(spec, world, seed, workdir)
-                elif lib == "rtopt_batched":
-                    result = run_rtopt(spec, world, seed, workdir, batch=BATCH)
-                    if result.chosen != series[key]["rtopt"].runs[-1].chosen:
-                        raise RuntimeError(f"rtopt {key}: batching changed the decisions")
-                elif lib == "mabwiser" and spec.mabwiser is not None:
-                    result = run_mabwiser(spec, world, seed)
-                elif lib == "river" and spec.river is not None:
-                    result = run_river(spec, world, seed)
-                else:
-                    continue
+            world = worlds[spec.contextual]
+            runs = {"rtopt": run_rtopt(spec, world, seed, workdir)}
+            runs["rtopt_batched"] = run_rtopt(spec, world, seed, workdir, batch=BATCH)
+            if runs["rtopt_batched"].chosen != runs["rtopt"].chosen:
+                raise RuntimeError(f"rtopt {key}: batching changed the decisions")
+            if versions["mabwiser"] is not None and spec.mabwiser is not None:
+                runs["mabwiser"] = run_mabwiser(spec, world, seed)
+            if versions["river"] is not None and spec.river is not None:
+                runs["river"] = run_river(spec, world, seed)
+            for lib, result in runs.items():
                 series[key].setdefault(lib, Series()).runs.append(result)
         if not quiet:
             err.print(f"seed {seed + 1}/{seeds} done in {time.perf_counter() - t0:.1f} s", highlight=False)
@@ -390,30 +516,29 @@ def run(
     tolerances: dict[str, dict[str, float]] = {}
     for key in policies:
         results[key] = {lib: s.summary(rounds) for lib, s in series[key].items()}
-        ours = results[key]["rtopt"]
-        ratios[key], status[key], tolerances[key] = {}, {}, {}
-        for lib in ("mabwiser", "river"):
+        per_call = series[key]["rtopt"].runs
+        for name in LIMITS:
+            seconds = sum(run.limits[name] for run in per_call if run.limits is not None)
+            results[key][name] = {"rounds_per_s": rounds * len(per_call) / seconds, "seconds": seconds}
+        ratios[key], status[key], tolerances[key] = speed_ratios(results[key]), {}, {}
+        for lib in PEERS:
             if lib not in results[key]:
                 continue
-            peer = results[key][lib]
-            ratios[key][f"speed_vs_{lib}"] = ours["rounds_per_s"] / peer["rounds_per_s"]
-            batched = results[key]["rtopt_batched"]
-            ratios[key][f"batched_speed_vs_{lib}"] = batched["rounds_per_s"] / peer["rounds_per_s"]
+            ours, peer = results[key]["rtopt"], results[key][lib]
             ratios[key][f"regret_vs_{lib}"] = ours["regret"] / peer["regret"] if peer["regret"] > 0 else None
             verdict, tolerance = regret_status(ours["regret_per_seed"], peer["regret_per_seed"])
             status[key][f"regret_vs_{lib}"] = verdict
             tolerances[key][f"regret_vs_{lib}"] = tolerance
-            if lib == "mabwiser":
-                for prefix in ("", "batched_"):
-                    ratio = ratios[key][f"{prefix}speed_vs_mabwiser"]
-                    status[key][f"{prefix}speed_vs_mabwiser"] = "PASS" if ratio >= SPEED_TARGET else "MISS"
+        for ratio, bound in SPEED_TARGETS.items():
+            if ratio in ratios[key]:
+                status[key][ratio] = "PASS" if ratios[key][ratio] >= bound else "MISS"
     return {
         "results": results,
         "ratios": ratios,
         "status": status,
         "tolerances": tolerances,
         "targets": {
-            "speed_vs_mabwiser": {"op": ">=", "value": SPEED_TARGET},
+            **{ratio: {"op": ">=", "value": bound} for ratio, bound in SPEED_TARGETS.items()},
             "regret_vs_peer": {
                 "op": "<=",
                 "value": "peer mean regret + max(10 % of it, 1 SE of the paired per-seed differences)",
@@ -435,6 +560,7 @@ def run(
             "sqlite": sqlite3.sqlite_version,
             "numpy": np.__version__,
             "machine": platform.machine(),
+            "load_average": load,
         },
         "elapsed_s": time.perf_counter() - started,
     }
@@ -449,44 +575,64 @@ def format_status(status: str | None) -> str:
     return "[green]PASS[/green]" if status == "PASS" else "[red]MISS[/red]"
 
 
+def format_ratio(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}x"
+
+
+def speed_targets(ratios: dict[str, float | None], status: dict[str, str], prefix: str) -> str:
+    """The speed targets of one rtopt mode (``prefix`` "" or "batched_") and whether they were met; a per-call
+    miss against MABWiser says when the limit itself is below the target."""
+    shown = []
+    for ratio, bound in SPEED_TARGETS.items():
+        if not ratio.startswith(prefix) or ratio[len(prefix) :].startswith("batched_") or ratio not in status:
+            continue
+        against = "limit" if ratio.endswith("limit") else "MABWiser"
+        text = f"≥ {bound:g}x {against} {format_status(status[ratio])}"
+        allowed = ratios.get(f"{prefix}limit_vs_mabwiser")
+        if against == "MABWiser" and allowed is not None and allowed < bound:
+            text += f" (limit {allowed:.2f}x)"
+        shown.append(text)
+    return " · ".join(shown)
+
+
 def render(results: dict[str, Any], console: Console) -> None:
     """The results as a rich table plus a few lines on the world and the hyper-parameters."""
     config = results["config"]
     table = Table(
-        title=f"bandits: {config['rounds']:,} rounds x {config['seeds']} seeds, {config['arms']}-arm Bernoulli",
+        title=f"bandits: {config['rounds']:,} rounds x {config['seeds']} seeds, {config['arms']} arms",
         title_justify="left",
     )
     table.add_column("policy")
     table.add_column("library")
     table.add_column("rounds/s", justify="right")
     table.add_column("regret (± SE)", justify="right")
-    table.add_column("rtopt/peer rounds/s\nper call · batched", justify="right")
-    table.add_column(f"speed ≥ {SPEED_TARGET:g}x", justify="center")
-    table.add_column("rtopt/peer regret", justify="right")
-    table.add_column("regret ≤ peer", justify="center")
+    table.add_column("to limit", justify="right")
+    table.add_column("to MABWiser", justify="right")
+    table.add_column("to River", justify="right")
+    table.add_column("targets: rtopt rounds/s, regret")
     for key in config["policies"]:
-        spec = POLICIES[key]
+        ratios, status = results["ratios"][key], results["status"][key]
+        label = POLICIES[key].label
         for lib in LIBRARIES:
             figures = results["results"][key].get(lib)
             if figures is None:
                 continue
-            ratios, status = results["ratios"][key], results["status"][key]
-            regret = f"{figures['regret']:,.1f} ± {figures['regret_se']:,.1f}"
-            if lib in RTOPT_MODES:
-                label = spec.label if lib == "rtopt" else ""
-                table.add_row(label, LABELS[lib], f"{figures['rounds_per_s']:,.0f}", regret, "", "", "", "")
-                continue
-            speed_status = [status.get(f"{prefix}speed_vs_{lib}") for prefix in ("", "batched_")]
-            table.add_row(
-                "",
-                LABELS[lib],
-                f"{figures['rounds_per_s']:,.0f}",
-                regret,
-                f"{ratios[f'speed_vs_{lib}']:.2f}x · {ratios[f'batched_speed_vs_{lib}']:.2f}x",
-                " · ".join(format_status(verdict) for verdict in speed_status if verdict) or "—",
-                "—" if ratios[f"regret_vs_{lib}"] is None else f"{ratios[f'regret_vs_{lib}']:.3f}",
-                format_status(status.get(f"regret_vs_{lib}")),
-            )
+            regret = f"{figures['regret']:,.1f} ± {figures['regret_se']:,.1f}" if "regret" in figures else "—"
+            row = [label, LABELS[lib], f"{figures['rounds_per_s']:,.0f}", regret]
+            label = ""
+            if lib in LIMITS:
+                prefix = "batched_" if lib == "limit_batched" else ""
+                row += ["", *(format_ratio(ratios.get(f"{prefix}limit_vs_{peer}")) for peer in PEERS), ""]
+            elif lib in RTOPT_MODES:
+                prefix = "batched_" if lib == "rtopt_batched" else ""
+                row += [format_ratio(ratios[f"{prefix}speed_vs_limit"])]
+                row += [format_ratio(ratios.get(f"{prefix}speed_vs_{peer}")) for peer in PEERS]
+                row += [speed_targets(ratios, status, prefix)]
+            else:
+                regret_ratio = ratios[f"regret_vs_{lib}"]
+                shown = "—" if regret_ratio is None else f"{regret_ratio:.3f}"
+                row += ["", "", "", f"regret {shown} {format_status(status.get(f'regret_vs_{lib}'))}"]
+            table.add_row(*row)
         table.add_section()
     console.print(table)
     for lib, version in results["peers"].items():
@@ -501,8 +647,11 @@ def render(results: dict[str, Any], console: Console) -> None:
         f"world: success rates {means}; the same pre-drawn rewards[round, arm] for every library; regret is the"
         f" cumulative pseudo-regret sum(mu* - mu[arm]); rtopt = Engine.decide + Engine.feedback, every event"
         f" committed (SQLite WAL, durability={config['durability']!r}) before the call returns, or at the end of"
-        f" each Engine.batch() of {BATCH:,} rounds (the same decisions, checked); regret 'equal' = within"
-        f" max({REGRET_TOLERANCE:.0%} of the peer's, 1 SE of the paired differences over seeds)",
+        f" each Engine.batch() of {BATCH:,} rounds (the same decisions, checked); raw sqlite3 = the rows the"
+        f" per-call run wrote (chain values and head anchor included) written again into a log with rtopt's"
+        f" schema, in rtopt's commits or {BATCH:,} rounds a commit, and nothing else; regret 'equal' = within"
+        f" max({REGRET_TOLERANCE:.0%} of the peer's, 1 SE of the paired differences over seeds); LinUCB plays"
+        f" a world of its own (success rate x . w_arm for a context x of {len(FEATURES)} features)",
         highlight=False,
         markup=False,
         soft_wrap=True,
@@ -513,7 +662,7 @@ def render(results: dict[str, Any], console: Console) -> None:
         )
     console.print(
         f"{versions or 'no peer'}; Python {config['python']}, SQLite {config['sqlite']}, numpy {config['numpy']};"
-        f" {results['elapsed_s']:.1f} s in all",
+        f" {results['elapsed_s']:.1f} s in all; load average {config['load_average']:.2f} at the start",
         highlight=False,
         soft_wrap=True,
     )

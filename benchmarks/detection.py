@@ -12,6 +12,13 @@ River's parameters (the same detections: the speed of the two codes alone), the 
 River's ``GaussianScorer`` over the same window (both score then learn), and the IQR fences beside River's
 Rust ``RollingIQR`` over the same window. CUSUM and MAD have no River equivalent and are measured alone.
 
+ADWIN on a long stream: 500,000 seeded values whose mean moves by one standard deviation every 100,000,
+given one at a time to River's ``drift.ADWIN`` class (``update(x)``, then ``drift_detected``) and to rtopt's
+``ADWIN`` (``update(x) -> bool``), in River's default setting, the same with ``replayable`` (the values
+since the last detection kept for snapshots) and the detection handler's (``clock=1``, ``replayable``):
+updates/s of each, the ratio (goal: at least 0.95), and the detections, which must be the same (the
+script fails otherwise).
+
 Run ``python benchmarks/detection.py`` (``--seeds N``, ``--quick``, ``--json``).
 """
 
@@ -20,6 +27,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +40,12 @@ from rtopt.handlers.detection import ADWIN, CUSUM, MAD, IQRFences, PageHinkley, 
 
 CHANGE = 10_000
 WINDOW = 100
+LONG_STREAM, LONG_CHANGES = 500_000, 5  # the ADWIN stream: its length and its levels (4 changes)
+ADWIN_SETTINGS: dict[str, dict[str, Any]] = {
+    "river_defaults": {},
+    "replayable": {"replayable": True},
+    "handler_clock_1": {"clock": 1, "replayable": True},
+}
 Update = Callable[[float], bool]
 
 
@@ -101,6 +115,66 @@ ANOMALY: dict[str, tuple[Callable[[], Update], Callable[[], Update] | None]] = {
 }
 
 
+def long_stream(seed: int, size: int) -> list[float]:
+    """``size`` N(0, 1) values whose mean is 0 and 1 by turns, over ``LONG_CHANGES`` equal stretches."""
+    rng = np.random.default_rng(3000 + seed)
+    level = (np.arange(size) * LONG_CHANGES // size) % 2
+    return (rng.standard_normal(size) + level).tolist()
+
+
+def river_adwin(values: Sequence[float], params: dict[str, Any]) -> list[int]:
+    """The indices where River's ADWIN class, used as its documentation shows, detects a change."""
+    detector = drift.ADWIN(**params)
+    found = []
+    for i, x in enumerate(values):
+        detector.update(x)
+        if detector.drift_detected:
+            found.append(i)
+    return found
+
+
+def rtopt_adwin(values: Sequence[float], params: dict[str, Any]) -> list[int]:
+    """The indices where rtopt's ADWIN detects a change."""
+    detector = ADWIN(**params)
+    found = []
+    for i, x in enumerate(values):
+        if detector.update(x):
+            found.append(i)
+    return found
+
+
+def adwin_figures(size: int, repeats: int) -> dict[str, Any]:
+    """River's ADWIN class and rtopt's on one long stream in each setting: updates per second of the process's
+    CPU time (the best of ``repeats`` runs of each, taken in turns, so other work on the machine moves the
+    ratio little), the ratio and the detections; raises if they detect at different values."""
+    values = long_stream(0, size)
+    settings = {}
+    for name, options in ADWIN_SETTINGS.items():
+        river_params = {key: value for key, value in options.items() if key != "replayable"}
+        best = {"river": math.inf, "rtopt": math.inf}
+        found: dict[str, list[int]] = {}
+        for _ in range(repeats):
+            for side, run_side, params in (("river", river_adwin, river_params), ("rtopt", rtopt_adwin, options)):
+                gc.collect()
+                gc.disable()
+                try:
+                    started = time.process_time()
+                    found[side] = run_side(values, params)
+                    best[side] = min(best[side], time.process_time() - started)
+                finally:
+                    gc.enable()
+        if found["rtopt"] != found["river"]:
+            raise AssertionError(f"ADWIN {name}: rtopt detects at {found['rtopt']}, River at {found['river']}")
+        settings[name] = {
+            "params": options,
+            "river_updates_per_s": size / best["river"],
+            "rtopt_updates_per_s": size / best["rtopt"],
+            "speed_ratio": best["river"] / best["rtopt"],
+            "detections": found["rtopt"],
+        }
+    return {"values": size, "changes_at": [size * k // LONG_CHANGES for k in range(1, LONG_CHANGES)], **settings}
+
+
 def timed(make: Callable[[], Update], values: Sequence[float], repeats: int = 3) -> tuple[list[int], float]:
     """The indices a fresh ``make()`` flags in ``values`` and its updates per second (the best of ``repeats``
     runs: other work on the machine only ever slows a run down)."""
@@ -152,8 +226,9 @@ def anomaly_figures(make: Callable[[], Update], seeds: int, size: int, repeats: 
     return {"updates_per_s": float(np.median(rates)), "outliers_caught": caught, "clean_flagged": false_flags}
 
 
-def run(seeds: int, size: int, repeats: int = 3) -> dict[str, Any]:
+def run(seeds: int, size: int, repeats: int = 3, long_size: int = LONG_STREAM) -> dict[str, Any]:
     results: dict[str, Any] = {"seeds": seeds, "change_at": size, "detectors": {}}
+    results["adwin_long_stream"] = adwin_figures(long_size, repeats)
     for table, figures in ((DRIFT, drift_figures), (ANOMALY, anomaly_figures)):
         for name, (ours, theirs) in table.items():
             row = {"rtopt": figures(ours, seeds, size, repeats)}
@@ -183,6 +258,18 @@ def report(results: dict[str, Any]) -> str:
             else:
                 accuracy = f"outliers caught {figures['outliers_caught']}, clean flagged {figures['clean_flagged']}"
             lines.append(f"{name:28} {side:6} {figures['updates_per_s']:>11,.0f} {ratio:>6}  {accuracy}")
+    long = results["adwin_long_stream"]
+    lines += [
+        "",
+        f"ADWIN, {long['values']:,} values, changes at {long['changes_at']}: River's class beside rtopt's",
+        f"{'setting':28} {'River/s':>11} {'rtopt/s':>11} {'ratio':>6}  detections (the same on both sides)",
+    ]
+    for name, row in long.items():
+        if isinstance(row, dict):
+            lines.append(
+                f"{name:28} {row['river_updates_per_s']:>11,.0f} {row['rtopt_updates_per_s']:>11,.0f} "
+                f"{row['speed_ratio']:>6.2f}  {row['detections']}"
+            )
     return "\n".join(lines)
 
 
@@ -192,8 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a tiny run (2,000 values a side, one seed, one timing)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    seeds, size, repeats = (1, 2_000, 1) if args.quick else (args.seeds, CHANGE, 3)
-    results = run(seeds, size, repeats)
+    seeds, size, repeats, long_size = (1, 2_000, 1, 20_000) if args.quick else (args.seeds, CHANGE, 3, LONG_STREAM)
+    results = run(seeds, size, repeats, long_size)
     print(json.dumps(results) if args.json else report(results))
     return 0
 

@@ -15,9 +15,15 @@ production server runs; see :mod:`rtopt.pgserver`), each run in a log of its own
    back from its log and grouped by commit: a Decision, then a Feedback with its ArmUpdated), each in one
    transaction that takes the append lock, reads the last seq, inserts the rows after it and moves the
    log's head, as the engine does, and nothing else: no folding, no deciding, no catching up. On SQLite
-   that is ``sqlite3`` with ``BEGIN IMMEDIATE``; on PostgreSQL ``psycopg`` with ``synchronous_commit =
-   off``, in the engine's two round trips (the lock and the read; the rows, the head, the NOTIFY and the
-   COMMIT sent together).
+   that is ``sqlite3`` with ``BEGIN IMMEDIATE``; on PostgreSQL ``psycopg``, in the engine's two round trips
+   (the lock and the read; the rows, the head, the NOTIFY and the COMMIT sent together);
+3. on PostgreSQL, the limit without an order: the same transactions without the append lock, numbered by a
+   sequence, into a table of the same shape, in one round trip each, so commits overlap and share WAL
+   flushes. What the engine's order (every commit derived from every event before it) costs is the
+   difference between 2 and 3.
+
+``--durability power`` runs the engine with ``durability="power"`` and the limits with ``synchronous=FULL``
+(SQLite) and ``synchronous_commit = on`` (PostgreSQL): every commit flushed before it returns.
 
 The ratio engine / limit says what share of the storage's rate the engine keeps, the ratio to 1 process
 what more processes add. The learning lag (:func:`lags_from`) is, for each Feedback and each other process
@@ -135,13 +141,13 @@ class Run(NamedTuple):
     feedback: tuple[str, ...] = ()
 
 
-def engine_rounds(location: str, rounds: int, experiment: str, worker: int, ready: Barrier) -> Run:
+def engine_rounds(location: str, rounds: int, experiment: str, worker: int, durability: str, ready: Barrier) -> Run:
     """Run ``rounds`` decide+feedback rounds on ``experiment`` once every process is ready."""
     import random
 
     outcomes = random.Random(worker)
     decisions, feedback = [], []
-    with Engine.open(location, handlers=[BanditHandler()]) as engine:
+    with Engine.open(location, handlers=[BanditHandler()], durability=durability) as engine:
         engine.define_experiment(experiment, arms=list(ARMS), policy="thompson")
         ready.wait(WAIT_S)
         start, cpu = time.monotonic(), time.process_time()
@@ -154,11 +160,11 @@ def engine_rounds(location: str, rounds: int, experiment: str, worker: int, read
         return Run(start, time.monotonic(), time.process_time() - cpu, tuple(decisions), tuple(feedback))
 
 
-def sqlite_transactions(path: str, transactions: list[list[tuple[Any, ...]]], ready: Barrier) -> Run:
+def sqlite_transactions(path: str, transactions: list[list[tuple[Any, ...]]], durability: str, ready: Barrier) -> Run:
     """Write each of ``transactions`` (rows without their seq) in a ``BEGIN IMMEDIATE`` transaction of its own,
     after the last seq, moving the head; returns (start, end) as :func:`engine_rounds` does."""
     conn = sqlite3.connect(path, isolation_level=None, timeout=30)
-    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'power' else 'NORMAL'}")
     insert = f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
     ready.wait(WAIT_S)
     start, cpu = time.monotonic(), time.process_time()
@@ -174,15 +180,11 @@ def sqlite_transactions(path: str, transactions: list[list[tuple[Any, ...]]], re
     return Run(start, end, cpu)
 
 
-def postgres_transactions(url: str, transactions: list[list[tuple[Any, ...]]], ready: Barrier) -> Run:
+def postgres_transactions(url: str, transactions: list[list[tuple[Any, ...]]], durability: str, ready: Barrier) -> Run:
     """Write each of ``transactions`` (rows without their seq) in a transaction of its own that holds an
     advisory lock, after the last seq, moving the head and notifying, in two round trips; returns (start,
     end) as :func:`engine_rounds` does."""
-    import psycopg
-
-    conn = psycopg.connect(url, autocommit=True)
-    conn.execute("SET synchronous_commit = off")
-    client = psycopg.ClientCursor(conn)
+    conn, client = _postgres_writer(url, durability)
     row = f"({', '.join(['%s'] * len(COLUMNS))})"
     ready.wait(WAIT_S)
     start, cpu = time.monotonic(), time.process_time()
@@ -201,6 +203,51 @@ def postgres_transactions(url: str, transactions: list[list[tuple[Any, ...]]], r
     end, cpu = time.monotonic(), time.process_time() - cpu
     conn.close()
     return Run(start, end, cpu)
+
+
+UNORDERED = "unordered_events"
+"""The table the limit without an order writes (see :func:`postgres_unordered_transactions`)."""
+
+
+def postgres_unordered_transactions(
+    url: str, transactions: list[list[tuple[Any, ...]]], durability: str, ready: Barrier
+) -> Run:
+    """Write each of ``transactions`` in a transaction of its own without the append lock, its rows numbered by
+    a sequence, with a NOTIFY, in one round trip; returns (start, end) as :func:`engine_rounds` does."""
+    conn, client = _postgres_writer(url, durability)
+    columns = COLUMNS[1:]
+    row = f"(nextval('{UNORDERED}_seq'), {', '.join(['%s'] * len(columns))})"
+    ready.wait(WAIT_S)
+    start, cpu = time.monotonic(), time.process_time()
+    for rows in transactions:
+        statement = (
+            f"BEGIN; INSERT INTO {UNORDERED} ({', '.join(COLUMNS)}) VALUES {', '.join([row] * len(rows))};"
+            " NOTIFY rtopt_events; COMMIT"
+        )
+        conn.execute(client.mogrify(statement, [value for values in rows for value in values]))
+    end, cpu = time.monotonic(), time.process_time() - cpu
+    conn.close()
+    return Run(start, end, cpu)
+
+
+def _postgres_writer(url: str, durability: str) -> tuple[Any, Any]:
+    """A connection that commits as ``durability`` says, and a client-side cursor on it to bind values with."""
+    import psycopg
+
+    conn = psycopg.connect(url, autocommit=True)
+    conn.execute(f"SET synchronous_commit = {'on' if durability == 'power' else 'off'}")
+    return conn, psycopg.ClientCursor(conn)
+
+
+def make_unordered_table(url: str) -> None:
+    """A table shaped as the events table, without its triggers, and the sequence that numbers its rows."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            f"CREATE TABLE {UNORDERED} (LIKE events INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES)"
+        )
+        conn.execute(f"CREATE SEQUENCE {UNORDERED}_seq")
 
 
 LIMITS: dict[str, Callable[..., Run]] = {
@@ -254,7 +301,13 @@ def committed_transactions(location: str) -> list[list[tuple[Any, ...]]]:
 
 
 def measure(
-    backend: str, new_log: Callable[[str], str], server: Path | None, layout: str, processes: int, rounds: int
+    backend: str,
+    new_log: Callable[[str], str],
+    server: Path | None,
+    layout: str,
+    processes: int,
+    rounds: int,
+    durability: str = "process",
 ) -> dict[str, Any]:
     """Rounds/s of the engine and of the limit on ``backend`` with ``processes`` processes of ``rounds`` rounds
     each, on experiments laid out as ``layout`` says (:data:`LAYOUTS`); ``new_log(name)`` gives the location
@@ -263,7 +316,9 @@ def measure(
     open_log(location, seed=SEED).close()
     experiments = [EXPERIMENT if layout == "shared" else f"{EXPERIMENT}-{worker}" for worker in range(processes)]
     server_before = server_cpu_s(server)
-    runs = together(engine_rounds, [(location, rounds, experiments[worker], worker) for worker in range(processes)])
+    runs = together(
+        engine_rounds, [(location, rounds, experiments[worker], worker, durability) for worker in range(processes)]
+    )
     server_cpu = server_cpu_s(server) - server_before
     log = open_log(location, read_only=True)
     try:
@@ -280,8 +335,12 @@ def measure(
     transactions = committed_transactions(location)
     raw = new_log(f"raw_{layout}_{processes}")
     open_log(raw, seed=SEED).close()
-    parts = [(raw, transactions[worker::processes]) for worker in range(processes)]
+    parts = [(raw, transactions[worker::processes], durability) for worker in range(processes)]
     raw_seconds = span(together(LIMITS[backend], parts))
+    unordered_rate = None
+    if backend == "postgres":
+        make_unordered_table(raw)
+        unordered_rate = len(transactions) / 2 / span(together(postgres_unordered_transactions, parts))
     total = processes * rounds
     engine_rate = total / span(runs)
     limit_rate = len(transactions) / 2 / raw_seconds
@@ -294,6 +353,8 @@ def measure(
         "engine_rounds_per_s": engine_rate,
         "limit_rounds_per_s": limit_rate,
         "ratio": engine_rate / limit_rate,
+        "unordered_limit_rounds_per_s": unordered_rate,
+        "durability": durability,
         "engine_cpu_us_per_round": sum(run.cpu for run in runs) / total * 1e6,
         "server_cpu_us_per_round": server_cpu / total * 1e6,
         "lag_p50_ms": percentile(ordered, 50) * 1e3 if ordered else None,
@@ -311,7 +372,7 @@ def percentile(ordered: Sequence[float], q: float) -> float:
 
 
 def measure_backend(
-    backend: str, layouts: Sequence[str], process_counts: Sequence[int], rounds: int
+    backend: str, layouts: Sequence[str], process_counts: Sequence[int], rounds: int, durability: str = "process"
 ) -> list[dict[str, Any]]:
     """:func:`measure` for each of ``layouts`` and ``process_counts`` on ``backend`` (its server started for
     the run)."""
@@ -325,7 +386,7 @@ def measure_backend(
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
             new_log = lambda name: str(folder / f"{name}.sqlite")  # noqa: E731
         results = [
-            measure(backend, new_log, server, layout, processes, rounds)
+            measure(backend, new_log, server, layout, processes, rounds, durability)
             for layout in layouts
             for processes in process_counts
         ]
@@ -348,13 +409,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--layouts", nargs="+", choices=LAYOUTS, default=list(LAYOUTS), help="one experiment, one per process"
     )
+    parser.add_argument(
+        "--durability", choices=("process", "power"), default="process", help="the engine's (default process)"
+    )
     parser.add_argument("--quick", action="store_true", help="a tiny run: 50 rounds per process")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
     rounds = 50 if args.quick else args.rounds
     backends = [b for b in args.backends if b != "postgres" or server_binaries() is not None]
     results = [
-        result for backend in backends for result in measure_backend(backend, args.layouts, args.processes, rounds)
+        result
+        for backend in backends
+        for result in measure_backend(backend, args.layouts, args.processes, rounds, args.durability)
     ]
     load = os.getloadavg()
     if args.json:
@@ -363,11 +429,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     for backend in backends:
         table = Table(
-            title=f"decide+feedback rounds on one {backend} log, {rounds} per process (CPU: per round)",
+            title=f"decide+feedback rounds on one {backend} log, {rounds} per process, durability"
+            f" {args.durability!r} (CPU: per round)",
             caption="lag: from a Feedback's commit to each other process deciding with it learnt",
         )
-        for column in ("experiments", "procs", "rounds/s", "to 1 proc", "limit/s", "to limit", "CPU us",
-                       "server us", "lag p50 ms", "lag p99 ms", "verify"):  # fmt: skip
+        for column in ("experiments", "procs", "rounds/s", "to 1 proc", "limit/s", "to limit", "no-order limit/s",
+                       "CPU us", "server us", "lag p50 ms", "lag p99 ms", "verify"):  # fmt: skip
             table.add_column(column, justify="right")
         for result in (result for result in results if result["backend"] == backend):
             table.add_row(
@@ -377,6 +444,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "" if result["to_one_process"] is None else f"{result['to_one_process']:.2f}",
                 f"{result['limit_rounds_per_s']:,.0f}",
                 f"{result['ratio']:.2f}",
+                ""
+                if result["unordered_limit_rounds_per_s"] is None
+                else f"{result['unordered_limit_rounds_per_s']:,.0f}",
                 f"{result['engine_cpu_us_per_round']:,.0f}",
                 f"{result['server_cpu_us_per_round']:,.0f}" if backend == "postgres" else "",
                 "" if result["lag_p50_ms"] is None else f"{result['lag_p50_ms']:.1f}",

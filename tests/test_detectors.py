@@ -77,16 +77,31 @@ def test_page_hinkley_detects_where_rivers_does_with_the_same_parameters() -> No
     assert detections(PageHinkley(threshold=30.0), values) == expected
 
 
-def test_adwin_detects_where_rivers_does() -> None:
-    values = [x * 0.5 + (i // 3000) % 2 for i, x in enumerate(stationary(7, 15_000))]
-    river = RiverADWIN(delta=0.01, clock=8)
+@pytest.mark.parametrize("clock", [1, 8, 32])
+def test_adwin_detects_where_rivers_does(clock: int) -> None:
+    values = [x * 0.5 + (i // 3000) % 2 for i, x in enumerate(stationary(7, 15_000))]  # changes every 3,000
+    river = RiverADWIN(delta=0.01, clock=clock)
     expected = []
     for i, x in enumerate(values):
         river.update(x)
         if river.drift_detected:
             expected.append(i)
-    assert len(expected) >= 4
-    assert detections(ADWIN(delta=0.01, clock=8), values) == expected
+    assert [i // 3000 for i in expected] == [1, 2, 3, 4]  # each change found before the next
+    assert detections(ADWIN(delta=0.01, clock=clock), values) == expected
+    kept = ADWIN(delta=0.01, clock=clock, replayable=True)
+    assert detections(kept, values) == expected
+    assert kept.n == len(values) and len(kept.seen) == len(values) - 1 - expected[-1]
+
+
+def test_adwin_reports_the_same_evidence_whether_it_keeps_its_values_or_not() -> None:
+    values = [x + (i // 2500) % 2 for i, x in enumerate(stationary(9, 10_000))]
+    kept, plain = ADWIN(replayable=True), ADWIN()
+    for x in values:
+        found = kept.update(x)
+        assert plain.update(x) is found
+        if found:  # the sums of the values since the last detection: Python's of the kept ones, River's of hers
+            assert (plain.evidence, plain.change_point, plain.n) == (kept.evidence, kept.change_point, kept.n)
+    assert kept.detections == plain.detections == 3
 
 
 def siegmund_arl(drift: float, threshold: float, shift: float) -> float:
@@ -147,16 +162,36 @@ def test_adwin_reports_the_cut_and_the_means_on_either_side() -> None:
 
 def test_a_detector_decoded_from_a_snapshot_goes_on_as_if_never_stopped() -> None:
     values = step_stream(6)
-    kinds = ((ADWIN, {"replayable": True}), (PageHinkley, {}), (CUSUM, {}), (CUSUM, {"sigma": 1.0}))
-    for (kind, options), stop in itertools.product(kinds, (5_000, 10_003)):
+    kinds = (
+        (ADWIN, {"replayable": True}),
+        (ADWIN, {"replayable": True, "clock": 1}),
+        (PageHinkley, {}),
+        (CUSUM, {}),
+        (CUSUM, {"sigma": 1.0}),
+    )
+    for (kind, options), stop in itertools.product(kinds, (5_000, 10_003, 10_100)):
         never_stopped = kind(**options)
         whole = detections(never_stopped, values)
         first = kind(**options)
         head = detections(first, values[:stop])
         copy = msgspec.msgpack.decode(msgspec.msgpack.encode(first), type=kind)
         assert msgspec.to_builtins(copy) == msgspec.to_builtins(first), (kind.__name__, stop)
+        assert copy.n == first.n == stop
         tail = [i + stop for i in detections(copy, values[stop:])]
-        assert head + tail == whole, (kind.__name__, stop)
+        assert head + tail == whole, (kind.__name__, options, stop)
+        assert msgspec.to_builtins(copy) == msgspec.to_builtins(never_stopped)
+
+
+def test_an_adwin_snapshot_that_also_holds_its_count_and_sum_decodes_to_the_same_detector() -> None:
+    values = step_stream(6)
+    first = ADWIN(replayable=True)
+    detections(first, values[:10_100])
+    [change] = detections(ADWIN(replayable=True), values[:10_100])
+    older = {**msgspec.to_builtins(first), "n": 10_100, "total": math.fsum(values[change + 1 : 10_100])}
+    copy = msgspec.msgpack.decode(msgspec.msgpack.encode(older), type=ADWIN)
+    assert copy.n == 10_100
+    assert detections(copy, values[10_100:]) == detections(first, values[10_100:])
+    assert msgspec.to_builtins(copy) == msgspec.to_builtins(first)
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import threading
 import psycopg
 import pytest
 
-from rtopt import Engine, Feedback, InvalidLog, RtoptError, WriteConflict
+from rtopt import Engine, Feedback, InvalidLog, RtoptError, StorageUnavailable, WriteConflict
 from rtopt.errors import StorageError
 from rtopt.pgserver import TemporaryServer
 from rtopt.storage.interface import COLUMNS, GENESIS, HEAD, chained, head_value
@@ -257,3 +257,42 @@ def test_a_format_1_log_migrates_when_opened_writable(pg_url: str) -> None:
     ]
     report = Engine.verify(pg_url, handlers=[])
     assert report.ok and not report.notes
+
+
+def test_a_writer_stopped_inside_its_commit_is_ended_by_the_server_and_the_others_go_on(pg_url: str) -> None:
+    """The server ends the session of a writer idle in its transaction for half its ``turn_wait_s``: the
+    append lock it held is free again and the other writer's commit goes through, without an error."""
+    with Engine.open(pg_url, seed=1, handlers=[]) as stopped, Engine.open(pg_url, handlers=[]) as other:
+        stopped.publish(fb(0))
+        stopped.log.turn_wait_s = 0.2  # its session ends after 0.1 s idle inside a transaction
+        with stopped.log.appending():  # holds the append lock, and goes no further
+            assert other.publish(fb(1)).seq == 2
+        assert stopped.publish(fb(2)).seq == 3  # it connects again and goes on
+        assert stopped.log.reconnects == 1
+
+
+def test_a_write_that_waits_for_the_append_lock_past_its_turn_wait_writes_nothing(pg_url: str) -> None:
+    with Engine.open(pg_url, seed=1, handlers=[]) as holding, Engine.open(pg_url, handlers=[]) as waiting:
+        holding.publish(fb(0))
+        waiting.log.turn_wait_s = 0.2
+        taken = r"append lock for more than turn_wait_s = 0.2 s; nothing"
+        with holding.log.appending(), pytest.raises(StorageUnavailable, match=taken):
+            waiting.publish(fb(1))
+        assert waiting.log.last_seq() == 1
+        assert waiting.publish(fb(2)).seq == 2  # the next write takes its turn
+
+
+def test_a_commit_that_broke_is_found_by_its_row_not_by_an_event_of_another_process_named_alike(pg_url: str) -> None:
+    """After a COMMIT broke, the log is asked whether it committed: an event under the same id written by
+    another process (which named its inputs alike) is not this commit's."""
+    log = PostgresLog.open(pg_url, seed=1)
+    try:
+        ours = (1, "input-1", "Feedback", "p1", 1.0, 2.0, None, None, 1, b"ours")
+        theirs = (1, "input-1", "Feedback", "p1", 1.0, 3.0, None, None, 1, b"theirs")
+        writer, ended = log._writer, 2**31 - 1  # no server process has that pid: the broken session has ended
+        assert log._committed_at(writer, [ours], None, ended) is None  # nothing under the id
+        log.append([theirs])
+        assert log._committed_at(writer, [ours], None, ended) is None  # another's event under the id
+        assert log._committed_at(writer, [theirs], None, ended) == 1  # the very row: committed
+    finally:
+        log.close()

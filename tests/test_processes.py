@@ -3,6 +3,8 @@ PostgreSQL), and no call fails because another process wrote."""
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import sqlite3
 from multiprocessing.synchronize import Barrier
@@ -249,3 +251,45 @@ def test_catching_up_that_keeps_failing_names_its_cause(tmp_path: Path, monkeypa
         with pytest.raises(StorageUnavailable, match="failed 5 times") as raised:
             second.publish(feedback())
         assert raised.value.__cause__ is cause
+
+
+def test_an_engine_opened_before_a_fork_refuses_in_the_child_and_goes_on_in_the_parent(location: str) -> None:
+    """The child's calls on the inherited engine raise, saying to open it after the fork, without touching the
+    parent's connections; an engine the child opens itself works, and so does the parent's afterwards."""
+    with Engine.open(location, handlers=[BanditHandler()]) as engine:
+        engine.define_experiment("shared", arms=ARMS, policy="ucb1")
+        engine.decide("shared")  # seq 2
+        reading, writing = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child reports through the pipe and leaves without cleanup
+            os.close(reading)
+            os.write(writing, json.dumps(_inherited_engine_report(engine, location)).encode())
+            os._exit(0)
+        os.close(writing)
+        with os.fdopen(reading) as pipe:
+            report = json.load(pipe)
+        assert os.waitpid(child, 0)[1] == 0
+        for call in ("decide", "read"):
+            error, message = report[call]
+            assert error == "RtoptError" and f"was opened in process {os.getpid()}, which this process" in message
+            assert message.endswith("open the engine in each process after it is forked"), message
+        assert report["close"] == "quiet" and report["own decision"] == 3
+        decision = engine.decide("shared")
+        assert decision.seq == 4  # after the child's
+        engine.feedback(decision.id, success=True, quality_score=0.5, response_time_ms=10.0)
+    learnt_exactly_once(location)
+
+
+def _inherited_engine_report(engine: Engine, location: str) -> dict[str, object]:
+    report: dict[str, object] = {}
+    for call, attempt in (("decide", lambda: engine.decide("shared")), ("read", lambda: list(engine.read()))):
+        try:
+            attempt()
+            report[call] = [None, "no error"]
+        except Exception as error:  # the report names whatever was raised
+            report[call] = [type(error).__name__, str(error)]
+    engine.close()
+    report["close"] = "quiet"
+    with Engine.open(location, handlers=[BanditHandler()]) as own:
+        report["own decision"] = own.decide("shared").seq
+    return report

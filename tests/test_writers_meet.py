@@ -3,7 +3,10 @@ durable commit is never reported failed, and damaged meta data or snapshots do n
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -127,3 +130,31 @@ def test_a_write_lock_held_past_the_busy_timeout_is_a_storage_error_and_nothing_
             holder.execute("ROLLBACK")
             holder.close()
         assert engine.publish(rating(), time=3.0).seq == 2
+
+
+def test_a_turn_held_past_the_wait_is_a_storage_error_and_a_turn_given_in_time_is_taken(tmp_path: Path) -> None:
+    """Another writer holds the line's lock (as one stopped inside its transaction would): a write waits
+    ``turn_wait_s``, then raises with nothing written; one whose turn comes within the wait goes on, and so do
+    the writes after it."""
+    path = tmp_path / "log.sqlite"
+    with Engine.open(path, seed=1, handlers=[]) as engine:
+        engine.publish(rating(), time=1.0)
+        holder = os.open(f"{path}-lock", os.O_RDONLY)  # a descriptor of its own, as another process has
+        try:
+            fcntl.flock(holder, fcntl.LOCK_EX)
+            engine.log.turn_wait_s = 0.2
+            with pytest.raises(StorageUnavailable, match=r"turn_wait_s = 0.2 s .* nothing was written"):
+                engine.publish(rating(), time=2.0)
+            assert engine.log.last_seq() == 1
+            engine.log.turn_wait_s = 60.0
+            given = threading.Timer(0.05, fcntl.flock, (holder, fcntl.LOCK_UN))
+            given.start()
+            assert engine.publish(rating(), time=3.0).seq == 2  # waited for the turn, then wrote
+            given.join()
+            fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the writer gave the turn back after its write
+            fcntl.flock(holder, fcntl.LOCK_UN)
+        finally:
+            os.close(holder)
+        assert [engine.publish(rating(), time=4.0 + i).seq for i in range(3)] == [3, 4, 5]
+    with Engine.open(path, read_only=True, handlers=[]) as reader:
+        assert [row[0] for row in reader.log.rows()] == [1, 2, 3, 4, 5]

@@ -24,7 +24,7 @@ import msgspec
 import numpy as np
 import scipy  # its submodules load on first use
 from msgspec import Meta
-from river._river_rust.stats import RsRollingQuantile as RollingQuantile  # River's rolling quantile (Rust)
+from river.stats import RollingQuantile
 from rtopt.handlers.checked import Checked, at_most
 
 from rtopt import InvalidArgument

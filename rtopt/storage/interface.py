@@ -9,13 +9,17 @@ transaction as the events it derived from them.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple, NoReturn
 
 import msgspec
+
+from rtopt.errors import RtoptError
 
 FORMAT_VERSION = 2
 """Version 2 added the ``chain`` column and the ``head`` anchor; a version-1 log is migrated when opened writable."""
@@ -112,6 +116,29 @@ class EventLog(ABC):
 
     location: str
     read_only: bool
+    connections: ClassVar[tuple[str, ...]] = ()
+    """The attributes holding the log's connections, which belong to the process that opened it."""
+    inherited = False
+    """Whether this process got the log from the process that opened it by a fork (see :func:`belongs_here`)."""
+
+    def belongs_here(self) -> None:
+        """Mark the log as this process's: a process forked from this one afterwards finds the log's
+        connections set aside, and any use of them raises :class:`~rtopt.errors.RtoptError` saying to open the
+        log after the fork (a connection used by two processes at once corrupts both sides' transactions)."""
+        self.opened_in = os.getpid()
+        _open_logs.add(self)
+
+    def _set_aside_after_fork(self) -> None:
+        self.inherited = True
+        message = (
+            f"{self.location} was opened in process {self.opened_in}, which this process ({os.getpid()}) was"
+            " forked from; open the engine in each process after it is forked"
+        )
+        for name in self.connections:
+            connection = getattr(self, name)
+            if connection is not None:
+                _kept_from_parent.append(connection)
+                setattr(self, name, _InheritedConnection(message))
 
     @abstractmethod
     def append(self, rows: Sequence[Row]) -> int:
@@ -215,3 +242,28 @@ class EventLog(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release the storage."""
+
+
+class _InheritedConnection:
+    """Stands for a connection of the process this one was forked from: every use of it raises."""
+
+    def __init__(self, message: str) -> None:
+        self._message = message
+
+    def __getattr__(self, name: str) -> NoReturn:
+        raise RtoptError(self._message)
+
+
+_open_logs: weakref.WeakSet[EventLog] = weakref.WeakSet()
+# the parent's connections, kept from being closed or collected in a forked child: closing one there would end
+# the parent's session (PostgreSQL) or release what its file handle holds (SQLite)
+_kept_from_parent: list[object] = []
+
+
+def _set_logs_aside_after_fork() -> None:
+    for log in list(_open_logs):
+        log._set_aside_after_fork()
+    _open_logs.clear()
+
+
+os.register_at_fork(after_in_child=_set_logs_aside_after_fork)

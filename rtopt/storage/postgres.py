@@ -79,6 +79,11 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 CHANNEL = "rtopt_events"
 SCHEMA_LOCK = 0x7270_7409  # advisory lock held while a process creates the tables
 RECONNECT_TIMEOUT_S = 30.0
+TURN_WAIT_S = 30.0
+"""Seconds a write waits for the append lock by default (see :attr:`PostgresLog.turn_wait_s`)."""
+_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
+"""TCP keepalives (libpq's parameters) unless the URL sets its own: a server host that vanished is noticed in
+about 25 s, not the operating system's two hours."""
 """Seconds a log keeps trying to reach its server again before it gives up with StorageUnavailable."""
 # refusals that a server gives while it starts, stops or is full: the next attempt may get in
 _PASSING_REFUSALS = ("the database system is", "too many clients", "connection slots are reserved", "terminating")
@@ -191,10 +196,12 @@ def _connect(url: str, timeout: float) -> psycopg.Connection:
     """
     try:
         given = conninfo_to_dict(url)
-        limit: dict[str, Any] = (  # keyword arguments of psycopg.connect
-            {} if "connect_timeout" in given else {"connect_timeout": min(max(2, math.ceil(timeout)), 10)}
-        )
-        return psycopg.connect(url, autocommit=True, **limit)
+        limits: dict[str, Any] = {  # keyword arguments of psycopg.connect
+            key: value
+            for key, value in {"connect_timeout": min(max(2, math.ceil(timeout)), 10), **_KEEPALIVES}.items()
+            if key not in given
+        }
+        return psycopg.connect(url, autocommit=True, **limits)
     except psycopg.Error as exc:
         text = _said(exc)
         lasting = not isinstance(exc, psycopg.OperationalError) or (
@@ -246,6 +253,8 @@ class PostgresLog(SQLLog):
     1
     """
 
+    connections = ("_writer", "_reader", "_listener")
+
     def __init__(
         self,
         url: str,
@@ -273,6 +282,8 @@ class PostgresLog(SQLLog):
         self._pending: list[Row] = []  # the rows appended inside appending(), committed when it ends
         self._rng = random.Random()  # jitter of the reconnection backoff only
         self._closed = False
+        self._turn_wait_s = TURN_WAIT_S
+        self.belongs_here()
 
     @classmethod
     def open(
@@ -384,8 +395,29 @@ class PostgresLog(SQLLog):
             conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
         elif role == "_writer":
             conn.execute(f"SET synchronous_commit = {'off' if self.durability == 'process' else 'on'}")
+            self._set_waits(conn)
         elif role == "_listener":
             conn.execute(f"LISTEN {CHANNEL}")
+
+    @property
+    def turn_wait_s(self) -> float:
+        """Seconds a write waits for the append lock (``lock_timeout``) before it raises
+        :class:`StorageUnavailable`, nothing written. The server ends the session of a writer whose transaction
+        sits idle for half of that (``idle_in_transaction_session_timeout``: a client stopped or cut off
+        inside its commit), which frees the lock for the others before their wait ends."""
+        return self._turn_wait_s
+
+    @turn_wait_s.setter
+    def turn_wait_s(self, seconds: float) -> None:
+        self._turn_wait_s = seconds
+        if self._writer is not None:
+            with self._write_lock:
+                self._retrying("_writer", self._set_waits)
+
+    def _set_waits(self, conn: psycopg.Connection) -> None:
+        wait_ms = max(1, round(self._turn_wait_s * 1000))
+        conn.execute(f"SET lock_timeout = {wait_ms}")
+        conn.execute(f"SET idle_in_transaction_session_timeout = {max(1, wait_ms // 2)}")
 
     def _attempt(self, role: str, action: Callable[..., T], *args: object) -> T:
         """``action(connection, *args)`` on the connection in ``role``, made anew first if it broke.
@@ -400,6 +432,11 @@ class PostgresLog(SQLLog):
         except psycopg.Error as exc:
             if _is_broken(conn, exc):
                 raise _Lost(_said(exc)) from exc
+            if exc.sqlstate == "55P03":  # lock_not_available: lock_timeout passed
+                raise StorageUnavailable(
+                    f"{self.location}: another writer held the append lock for more than turn_wait_s ="
+                    f" {self._turn_wait_s:g} s; nothing was written"
+                ) from exc
             if _is_conflict(exc):
                 raise WriteConflict(
                     f"{self.location}: another writer came first on table {exc.diag.table_name}"
@@ -579,12 +616,13 @@ class PostgresLog(SQLLog):
         self, conn: psycopg.Connection, rows: Sequence[Row], tracking: tuple[str, int, int] | None, backend: int
     ) -> int | None:
         """The seq the first of ``rows`` got if the transaction whose COMMIT broke on server process
-        ``backend`` committed, else None; raises _Lost while that process still runs (its outcome is open)."""
+        ``backend`` committed (the log holds that very row), else None; raises _Lost while that process still
+        runs (its outcome is open)."""
         if conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (backend,)).fetchone():
             raise _Lost(f"the session that was committing (server process {backend}) has not ended yet")
-        if rows:
-            found = conn.execute("SELECT seq FROM events WHERE id = %s", (rows[0][1],)).fetchone()
-            return None if found is None else found[0]
+        if rows:  # the event under its id must be this one: another process may have named one alike
+            found = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM events WHERE id = %s", (rows[0][1],)).fetchone()
+            return found[0] if found is not None and found == tuple(rows[0]) else None
         if tracking is None:
             return None
         name, _, position = tracking
@@ -617,6 +655,8 @@ class PostgresLog(SQLLog):
 
     def close(self) -> None:
         self._closed = True
+        if self.inherited:  # its connections are the parent's
+            return
         with self._write_lock, self._read_lock:
             for conn in (self._writer, self._reader, self._listener):
                 if conn is not None:
@@ -640,9 +680,7 @@ def _first(cur: psycopg.Cursor, sql: str, params: Sequence[object]) -> tuple | N
 def _is_conflict(exc: psycopg.Error) -> bool:
     """True if ``exc`` says another transaction took first what this one wrote: a serialization failure, or
     a unique violation on the events or the tracking table."""
-    return exc.sqlstate == "40001" or (
-        exc.sqlstate == "23505" and exc.diag.table_name in ("events", TRACKING_TABLE)
-    )
+    return exc.sqlstate == "40001" or (exc.sqlstate == "23505" and exc.diag.table_name in ("events", TRACKING_TABLE))
 
 
 def _notified(listener: psycopg.Connection, timeout: float) -> bool:

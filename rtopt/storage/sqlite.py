@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import queue
 import sqlite3
 import threading
 import time
@@ -28,6 +29,8 @@ from rtopt.storage.sql import (
 )
 
 WAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes the WAL file is cut back to after a checkpoint
+TURN_WAIT_S = 30.0
+"""Seconds a write waits for its turn in line, as SQLite's own busy timeout waits, before it gives up."""
 
 
 class SQLiteLog(SQLLog):
@@ -43,6 +46,8 @@ class SQLiteLog(SQLLog):
     >>> log.close()
     """
 
+    connections = ("_writer", "_reader")
+
     def __init__(
         self, location: str, writer: sqlite3.Connection | None, reader: sqlite3.Connection, line: int | None = None
     ) -> None:
@@ -50,12 +55,16 @@ class SQLiteLog(SQLLog):
         self.read_only = writer is None
         self._writer = writer
         self._reader = reader
-        self._line = line  # the lock file writers of the log wait in line on (see _turn)
+        self._line = None if line is None else _Line(line)  # the writers' line (see _turn)
+        self.turn_wait_s = TURN_WAIT_S
+        """Seconds a write waits for its turn behind the other processes' writes before it raises
+        :class:`StorageUnavailable`, nothing written."""
         self._write_lock = threading.RLock()
         self._read_lock = self._write_lock if writer is reader else threading.Lock()
         self._held: tuple[int, bytes] | None = None  # the head while appending() holds the write transaction
         self._holder: int | None = None  # the thread inside appending(), which reads what it has written
         self._data_version = self._pragma_data_version()
+        self.belongs_here()
 
     # --- opening ---------------------------------------------------------------------------------
 
@@ -207,15 +216,22 @@ class SQLiteLog(SQLLog):
         """Wait for this process's turn to write: writers of a log file wait in line on its lock file, which the
         kernel hands to the next one the moment a transaction ends (SQLite's own busy handler, by contrast,
         polls with sleeps of up to 100 ms, which leaves the log idle while writers sleep). A writer killed
-        mid-transaction leaves the line at once; one that is stopped holds it until it goes on."""
-        if self._line is None:
+        mid-transaction leaves the line at once; behind one that is stopped, the others wait
+        :attr:`turn_wait_s` seconds, then raise :class:`StorageUnavailable`."""
+        line = self._line
+        if line is None:
             yield
             return
-        fcntl.flock(self._line, fcntl.LOCK_EX)
+        if not line.take(self.turn_wait_s):
+            raise StorageUnavailable(
+                f"{self.location}: another process held the turn to write for more than turn_wait_s ="
+                f" {self.turn_wait_s:g} s (a writer stopped inside its transaction holds it until it goes on);"
+                " nothing was written"
+            )
         try:
             yield
         finally:
-            fcntl.flock(self._line, fcntl.LOCK_UN)
+            line.give_back()
 
     def _insert(self, rows: Sequence[Row], head: tuple[int, bytes], *, anywhere: bool = False) -> tuple[int, bytes]:
         """Insert ``rows`` after ``head`` (the last seq and its chain value) in the open transaction (placed
@@ -283,6 +299,8 @@ class SQLiteLog(SQLLog):
         return self._query("PRAGMA integrity_check")[0][0]
 
     def close(self) -> None:
+        if self.inherited:  # its connections are the parent's
+            return
         with self._write_lock:
             if self._writer is not None:
                 self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -290,7 +308,7 @@ class SQLiteLog(SQLLog):
             if self._reader is not self._writer:
                 self._reader.close()
             if self._line is not None:
-                os.close(self._line)
+                self._line.close()
                 self._line = None
 
 
@@ -375,6 +393,71 @@ def _create_if_new(path: Path, seed: int | None, synchronous: str, file_mode: in
     finally:
         if folder is not None:
             os.close(folder)  # and with it the lock
+
+
+class _Line:
+    """The line a log's writers wait in for their turn: an exclusive ``flock`` on the log's lock file. A turn
+    that is not free at once is waited for by a thread of the line's own, so that the wait can end at a
+    deadline (a blocking ``flock`` cannot); the lock belongs to the file's descriptor, whichever thread took it.
+    One thread of the process asks at a time (the log's write lock sees to it)."""
+
+    def __init__(self, descriptor: int) -> None:
+        self.descriptor = descriptor
+        self._asked: queue.SimpleQueue[_Ask | None] = queue.SimpleQueue()
+        self._waiter: threading.Thread | None = None
+        self._waits = 0  # asks the waiting thread has not finished with (one may hold the lock to pass it on)
+        self._waits_lock = threading.Lock()
+
+    def take(self, timeout: float) -> bool:
+        """Take the turn, waiting at most ``timeout`` seconds; False if it did not come in time."""
+        with self._waits_lock:
+            if not self._waits:  # else the lock this descriptor may hold is a withdrawn ask's, about to go
+                try:
+                    fcntl.flock(self.descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return True
+                except BlockingIOError:
+                    pass
+            self._waits += 1
+        if self._waiter is None:
+            self._waiter = threading.Thread(target=self._wait_for_turns, name="rtopt-sqlite-line", daemon=True)
+            self._waiter.start()
+        ask = _Ask()
+        self._asked.put(ask)
+        if ask.given.wait(timeout):
+            return True
+        with ask.lock:
+            ask.withdrawn = not ask.given.is_set()
+            return not ask.withdrawn
+
+    def give_back(self) -> None:
+        fcntl.flock(self.descriptor, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        """Leave the line; a wait still under way closes the descriptor when its turn comes."""
+        if self._waiter is None:
+            os.close(self.descriptor)
+        else:
+            self._asked.put(None)
+
+    def _wait_for_turns(self) -> None:
+        while (ask := self._asked.get()) is not None:
+            fcntl.flock(self.descriptor, fcntl.LOCK_EX)
+            with ask.lock, self._waits_lock:
+                if ask.withdrawn:  # its caller gave up: pass the turn on
+                    fcntl.flock(self.descriptor, fcntl.LOCK_UN)
+                else:
+                    ask.given.set()
+                self._waits -= 1
+        os.close(self.descriptor)
+
+
+class _Ask:
+    """One wait for a turn: given, or withdrawn by a caller that stopped waiting."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.given = threading.Event()
+        self.withdrawn = False
 
 
 def _open_line(path: Path, file_mode: int) -> int:

@@ -7,6 +7,7 @@ answer (:mod:`rtopt.commands`: decide, suggest), and replay and verify (:mod:`rt
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -40,6 +41,7 @@ from rtopt.privacy import Keyring, Privacy
 from rtopt.replay import Progress, Rebuilt, VerifyReport, note_configurations, replay_log, verify_log
 from rtopt.rows import envelope_from_row, follow
 from rtopt.storage.factory import open_log
+from rtopt.storage.group import GroupCommitLog
 from rtopt.storage.interface import EventLog
 from rtopt.watermark import TimeBound
 from rtopt.writer import Draft, EngineStats, Limits, Writer
@@ -91,7 +93,7 @@ class Engine:
         self._writer = Writer(
             log,
             handlers,
-            Keyring(log, Privacy.of(privacy)),
+            Keyring(log.storage, Privacy.of(privacy)),
             until_seq=until_seq,
             progress=progress,
             limits=self.limits,
@@ -111,6 +113,8 @@ class Engine:
         handlers: Sequence[Handler[Any]] | None = None,
         read_only: bool = False,
         durability: str = "process",
+        commit_interval_ms: float = 5.0,
+        commit_every: int = 1000,
         until_seq: int | None = None,
         progress: Progress | None = None,
         limits: Limits | None = None,
@@ -128,7 +132,11 @@ class Engine:
         ``"process"`` (a committed event survives the process being killed at any moment; on PostgreSQL the
         server holds the commit, ``synchronous_commit = off``, and a crash of the server or its host can lose
         the last moments' commits) or ``"power"`` (it also survives an OS crash or power loss: flushed to disk
-        before the call returns). A read-only engine rebuilds state
+        before the call returns) or ``"group"``: a call returns once its events are ordered and folded into the
+        state, and a thread writes them, with the others of its group, in one transaction every
+        ``commit_interval_ms`` or as soon as ``commit_every`` events wait; a crash loses at most that group,
+        never a part of a commit, and the engine keeps the log for its process (:meth:`flush` waits for the
+        group). A read-only engine rebuilds state
         up to ``until_seq`` and refuses writes. ``limits`` bounds what one call may write (:class:`Limits`).
 
         An input's event time may run at most ``max_time_ahead_s`` seconds (None: any) ahead of the later of
@@ -140,7 +148,11 @@ class Engine:
         A new SQLite log's files get the permissions ``file_mode`` (owner only by default: events may hold
         user ids and session data).
         """
-        one_of("durability", durability, ("process", "power"))
+        one_of("durability", durability, ("process", "power", "group"))
+        if commit_interval_ms <= 0 or not math.isfinite(commit_interval_ms):
+            raise invalid("commit_interval_ms", commit_interval_ms, "must be a positive number of milliseconds")
+        if commit_every < 1:
+            raise invalid("commit_every", commit_every, "must be at least 1")
         if limits is not None and not isinstance(limits, Limits):
             raise invalid("limits", limits, "must be an rtopt.Limits")
         limits = None if limits is None else validate(limits)
@@ -149,7 +161,7 @@ class Engine:
             DEFAULT_LOG if location is None else location,
             read_only=read_only,
             seed=seed,
-            durability=durability,
+            durability="process" if durability == "group" else durability,
             file_mode=file_mode,
         )
         recorded = int(log.meta()["seed"])
@@ -161,6 +173,8 @@ class Engine:
             raise RtoptError("until_seq needs read_only=True: a writable engine must hold the whole log's state")
         chains = default_handlers() if handlers is None else handlers
         try:
+            if durability == "group" and not read_only:
+                log = GroupCommitLog(log, interval_s=commit_interval_ms / 1000, most=commit_every)
             return cls(
                 log,
                 chains,
@@ -177,6 +191,11 @@ class Engine:
     def close(self) -> None:
         """Commit what is waiting, complete every observer and release the log."""
         self._writer.close()
+
+    def flush(self) -> None:
+        """Return once every event this engine committed is in the log (with ``durability="group"``: written
+        by the committer; else at once). Raises :class:`~rtopt.storage.group.GroupLost` if a group was lost."""
+        self._writer.flush()
 
     def __enter__(self) -> Engine:
         return self

@@ -295,21 +295,26 @@ class Chains:
     """
 
     def __init__(self) -> None:
-        self._subject: Subject[Sequence[Envelope[Any]]] = Subject()
+        self._routes: list[tuple[frozenset[str], Subject[Sequence[Envelope[Any]]]]] = []
         self._derived: list[Derived] = []
         self._accepted: set[str] = set()
 
     def add(self, slot: HandlerSlot) -> None:
-        """Fold every batch through ``slot`` too (after the slots added before it)."""
-        self._subject.pipe(fold_operator(slot)).subscribe(self._derived.extend)
+        """Fold the batches that hold a type ``slot`` accepts through it too (after the slots added before it)."""
+        subject: Subject[Sequence[Envelope[Any]]] = Subject()
+        subject.pipe(fold_operator(slot)).subscribe(self._derived.extend)
+        self._routes.append((slot.accepted, subject))
         self._accepted |= slot.accepted
 
     def fold(self, batch: Sequence[Envelope[Any]]) -> list[Derived]:
-        """What the handlers derive directly from ``batch``, in the order of their causes."""
-        accepted = self._accepted
-        if not any(envelope.type in accepted for envelope in batch):
+        """What the handlers derive directly from ``batch``, in the order of their causes. A handler sees the
+        batches that hold a type it accepts, and no other."""
+        types = {envelope.type for envelope in batch}
+        if types.isdisjoint(self._accepted):
             return []
-        self._subject.on_next(batch)
+        for accepted, subject in self._routes:
+            if not types.isdisjoint(accepted):
+                subject.on_next(batch)
         derived = sorted(self._derived, key=lambda d: d.cause.seq) if len(self._derived) > 1 else self._derived[:]
         self._derived.clear()
         return derived

@@ -69,6 +69,7 @@ from rtopt.ids import ordered_id, prefix_of
 from rtopt.privacy import Keyring
 from rtopt.replay import WORKED, Progress, Rebuilt, fold_history, rebuild
 from rtopt.rows import envelope_from_row, envelope_row
+from rtopt.storage.group import GroupCommitLog, GroupLost
 from rtopt.storage.interface import EventLog, Row
 from rtopt.watermark import TimeBound
 
@@ -79,8 +80,10 @@ COMMIT_ATTEMPTS = 5
 """How many times a commit starts again after catching up with other processes failed to read the log, or
 its append found that others had appended after the state it derived on (a connection made anew)."""
 RECENT_INPUTS = 1024
-"""How many of its last committed inputs an engine keeps to look up without reading the log (a decision
-that feedback names)."""
+"""How many of the log's last inputs an engine keeps to look up without reading the log (a decision that
+feedback names), from the moment it opens."""
+RECENT_READ_BACK = 4 * RECENT_INPUTS
+"""How many of the log's last events an engine reads its recent inputs from when it opens (or rebuilds)."""
 STALEST_BASIS = 50
 """How many events other processes may have appended after the state an answer was made on, when its commit
 takes the write lock, for the answer to be recorded as made; beyond that it is made again on the current state."""
@@ -263,6 +266,8 @@ class Writer:
         self._inputs = self.log.count_inputs(self.last_seq)
         if not self.log.read_only:
             self.time_bound.reset(self.log.latest_times())
+            start = max(1, self.last_seq - RECENT_READ_BACK + 1)
+            self._remember([envelope_from_row(row, self.keys) for row in self.log.inputs(start, self.last_seq)])
 
     def recover(self) -> None:
         """Rebuild state from the log if a failed write left it stale; raises StorageUnavailable (staying
@@ -519,8 +524,9 @@ class Writer:
                         ticket.envelopes.clear()
                     continue
                 except BaseException as exc:
-                    if folding or self._batch is not None:
-                        self._abandon(exc)  # the handlers may have folded events that are not in the log
+                    # the handlers may have folded events that are not in the log (a lost group holds some)
+                    if folding or self._batch is not None or isinstance(exc, GroupLost):
+                        self._abandon(exc)
                     raise
                 break
             else:
@@ -642,6 +648,17 @@ class Writer:
         finally:
             self._dispatching = False
 
+    def flush(self) -> None:
+        """Wait until what this engine committed is in the log (see :meth:`rtopt.Engine.flush`); a lost group
+        is raised, and the state goes back to the log's."""
+        if isinstance(self.log, GroupCommitLog):
+            with self.lock:
+                try:
+                    self.log.flush()
+                except GroupLost as lost:
+                    self._abandon(lost)
+                    raise
+
     def stats(self) -> EngineStats:
         """What this writer published, derived and rejected since it was made."""
         return EngineStats(
@@ -737,8 +754,8 @@ class Writer:
         if self._batch is not None:
             self._batch.error = error
             self._forget(self._batch)
-        if isinstance(error, CommitUncertain):
-            self._retire_input_ids()  # the error hands them out, committed or not
+        if isinstance(error, CommitUncertain | GroupLost):
+            self._retire_input_ids()  # handed out (by the error, or by the calls that returned), in the log or not
         self.keys.reload()
         self._stale = True
         if not isinstance(error, StorageUnavailable | CommitUncertain):

@@ -97,7 +97,7 @@ def test_imports_down_or_within_a_layer_pass(folder: str, source: str) -> None:
 
 
 # storage, from the bottom: a module imports only storage modules of a lower rank, and of the rest of rtopt only errors
-STORAGE_RANKS = {"interface": 0, "sql": 1, "sqlite": 2, "postgres": 2, "factory": 3}
+STORAGE_RANKS = {"interface": 0, "group": 1, "sql": 1, "sqlite": 2, "postgres": 2, "factory": 3}
 STORAGE_BASE = (["errors"], ["arguments"], ["storage"])
 """What storage may import: itself and the kernel modules that import nothing of rtopt but errors."""
 STORAGE_BASE_RULE = "storage builds on rtopt.errors and rtopt.arguments alone"

@@ -121,6 +121,11 @@ class EventLog(ABC):
     inherited = False
     """Whether this process got the log from the process that opened it by a fork (see :func:`belongs_here`)."""
 
+    @property
+    def storage(self) -> EventLog:
+        """The log that stores the rows: this one, or the one a log that holds appends back writes them to."""
+        return self
+
     def belongs_here(self) -> None:
         """Mark the log as this process's: a process forked from this one afterwards finds the log's
         connections set aside, and any use of them raises :class:`~rtopt.errors.RtoptError` saying to open the
@@ -238,6 +243,12 @@ class EventLog(ABC):
     @abstractmethod
     def load_snapshot(self, handler: str, fingerprint: str, until: int | None) -> tuple[int, bytes] | None:
         """The newest snapshot of ``handler`` with ``fingerprint`` taken at a seq <= ``until``."""
+
+    @abstractmethod
+    def reserve(self) -> None:
+        """Keep the log for this process until it is closed: other processes' writes wait for it (and give up,
+        writing nothing, after their wait); raises :class:`~rtopt.errors.StorageUnavailable` if another
+        process keeps writing past this one's wait."""
 
     @abstractmethod
     def close(self) -> None:

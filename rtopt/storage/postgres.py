@@ -96,8 +96,9 @@ INSERTED_ROWS = 16
 first, two round trips more and faster for large batches."""
 _COPY = f"COPY events ({', '.join(COLUMNS)}, {CHAIN}) FROM STDIN (FORMAT BINARY)"
 _COPY_TYPES = ["int8", "text", "text", "text", "float8", "float8", "text", "text", "int4", "bytea", "bytea"]
+_APPEND_LOCK_KEY = f"({APPEND_LOCK}::bigint << 32) | 'events'::regclass::oid::bigint"
 _LOCK_AND_READ_HEAD = (
-    f"BEGIN; SELECT pg_advisory_xact_lock(({APPEND_LOCK}::bigint << 32) | 'events'::regclass::oid::bigint);"
+    f"BEGIN; SELECT pg_advisory_xact_lock({_APPEND_LOCK_KEY});"
     f" SELECT seq, {CHAIN} FROM events ORDER BY seq DESC LIMIT 1"
 )
 _TRIGGERS = ["events_append_only", "events_no_truncate"]
@@ -283,6 +284,7 @@ class PostgresLog(SQLLog):
         self._rng = random.Random()  # jitter of the reconnection backoff only
         self._closed = False
         self._turn_wait_s = TURN_WAIT_S
+        self._reserved = False  # the writer's session keeps the append lock (see reserve)
         self.belongs_here()
 
     @classmethod
@@ -396,8 +398,25 @@ class PostgresLog(SQLLog):
         elif role == "_writer":
             conn.execute(f"SET synchronous_commit = {'off' if self.durability == 'process' else 'on'}")
             self._set_waits(conn)
+            if self._reserved:  # a new session: take the lock again (a commit that others came before conflicts)
+                self._keep_append_lock(conn)
         elif role == "_listener":
             conn.execute(f"LISTEN {CHANNEL}")
+
+    def reserve(self) -> None:
+        self._writable()
+        with self._write_lock:
+            self._retrying("_writer", self._keep_append_lock)
+            self._reserved = True
+
+    def _keep_append_lock(self, conn: psycopg.Connection) -> None:
+        try:
+            conn.execute(f"SELECT pg_advisory_lock({_APPEND_LOCK_KEY})")
+        except psycopg.errors.LockNotAvailable as exc:
+            raise StorageUnavailable(
+                f"{self.location}: another writer held the append lock for more than turn_wait_s ="
+                f" {self._turn_wait_s:g} s; the log cannot be kept for this one"
+            ) from exc
 
     @property
     def turn_wait_s(self) -> float:

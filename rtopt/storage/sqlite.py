@@ -211,6 +211,17 @@ class SQLiteLog(SQLLog):
                 raise
             conn.execute("COMMIT")
 
+    def reserve(self) -> None:
+        line = self._line
+        if line is None:  # in memory: no other process can open it
+            return
+        if not line.take(self.turn_wait_s):
+            raise StorageUnavailable(
+                f"{self.location}: another process held the turn to write for more than turn_wait_s ="
+                f" {self.turn_wait_s:g} s; the log cannot be kept for this one"
+            )
+        line.kept = True
+
     @contextmanager
     def _turn(self) -> Iterator[None]:
         """Wait for this process's turn to write: writers of a log file wait in line on its lock file, which the
@@ -407,9 +418,12 @@ class _Line:
         self._waiter: threading.Thread | None = None
         self._waits = 0  # asks the waiting thread has not finished with (one may hold the lock to pass it on)
         self._waits_lock = threading.Lock()
+        self.kept = False  # the turn is this process's until the descriptor closes (see SQLiteLog.reserve)
 
     def take(self, timeout: float) -> bool:
         """Take the turn, waiting at most ``timeout`` seconds; False if it did not come in time."""
+        if self.kept:
+            return True
         with self._waits_lock:
             if not self._waits:  # else the lock this descriptor may hold is a withdrawn ask's, about to go
                 try:
@@ -430,7 +444,8 @@ class _Line:
             return not ask.withdrawn
 
     def give_back(self) -> None:
-        fcntl.flock(self.descriptor, fcntl.LOCK_UN)
+        if not self.kept:
+            fcntl.flock(self.descriptor, fcntl.LOCK_UN)
 
     def close(self) -> None:
         """Leave the line; a wait still under way closes the descriptor when its turn comes."""

@@ -31,8 +31,8 @@ from typing import Literal
 
 import msgspec
 import numpy as np
+import scipy  # its submodules load on first use
 from rtopt.handlers.bandits.events import ArmUpdated
-from scipy import stats
 
 from rtopt import Decision, Engine, ExperimentDefined
 from rtopt.arguments import in_range, invalid, positive, whole
@@ -283,7 +283,7 @@ def _weights(
 
 def _z(level: float) -> float:
     in_range("level", level, 0.0, 1.0, low_open=True, high_open=True)
-    return float(stats.norm.ppf(0.5 + level / 2.0))
+    return float(scipy.stats.norm.ppf(0.5 + level / 2.0))
 
 
 def _kish(weight: np.ndarray) -> float:

@@ -41,7 +41,7 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from scipy import special
+import scipy  # its submodules load on first use
 
 TAIL = 1e-12
 """Probability left in each tail cut off the range of integration, and the most a left-out arm changes."""
@@ -143,17 +143,17 @@ class BetaPosteriors(Posteriors):
         total = alpha + beta
         self.centre = alpha / total
         self.width = np.sqrt(alpha * beta / (total * total * (total + 1.0)))
-        self._log_norm = special.betaln(alpha, beta)
+        self._log_norm = scipy.special.betaln(alpha, beta)
 
     def cdf(self, x: np.ndarray, arms: np.ndarray) -> np.ndarray:
-        return special.betainc(self.alpha[arms], self.beta[arms], np.clip(x, 0.0, 1.0))
+        return scipy.special.betainc(self.alpha[arms], self.beta[arms], np.clip(x, 0.0, 1.0))
 
     def pdf(self, x: np.ndarray, arm: int) -> np.ndarray:
         a, b = self.alpha[arm], self.beta[arm]
         return np.exp((a - 1.0) * np.log(x) + (b - 1.0) * np.log1p(-x) - self._log_norm[arm])
 
     def quantile(self, q: np.ndarray, arms: np.ndarray) -> np.ndarray:
-        return special.betaincinv(self.alpha[arms], self.beta[arms], q)
+        return scipy.special.betaincinv(self.alpha[arms], self.beta[arms], q)
 
     def bounds(self, arms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Quick bounds: a Beta(a, b) variable is sub-Gaussian with variance proxy 1 / (4 (a + b + 1))
@@ -175,17 +175,19 @@ class StudentPosteriors(Posteriors):
     def __init__(self, df: np.ndarray, centre: np.ndarray, width: np.ndarray) -> None:
         self.df, self.centre, self.width = df, centre, width
         half = (df + 1.0) / 2.0
-        self._log_norm = special.gammaln(half) - special.gammaln(df / 2.0) - 0.5 * np.log(df * math.pi) - np.log(width)
+        self._log_norm = (
+            scipy.special.gammaln(half) - scipy.special.gammaln(df / 2.0) - 0.5 * np.log(df * math.pi) - np.log(width)
+        )
 
     def cdf(self, x: np.ndarray, arms: np.ndarray) -> np.ndarray:
-        return special.stdtr(self.df[arms], (x - self.centre[arms]) / self.width[arms])
+        return scipy.special.stdtr(self.df[arms], (x - self.centre[arms]) / self.width[arms])
 
     def pdf(self, x: np.ndarray, arm: int) -> np.ndarray:
         df, z = self.df[arm], (x - self.centre[arm]) / self.width[arm]
         return np.exp(self._log_norm[arm] - (df + 1.0) / 2.0 * np.log1p(z * z / df))
 
     def quantile(self, q: np.ndarray, arms: np.ndarray) -> np.ndarray:
-        return self.centre[arms] + self.width[arms] * special.stdtrit(self.df[arms], q)
+        return self.centre[arms] + self.width[arms] * scipy.special.stdtrit(self.df[arms], q)
 
 
 class NormalPosteriors(Posteriors):
@@ -199,14 +201,14 @@ class NormalPosteriors(Posteriors):
         self.centre, self.width = centre, width
 
     def cdf(self, x: np.ndarray, arms: np.ndarray) -> np.ndarray:
-        return special.ndtr((x - self.centre[arms]) / self.width[arms])
+        return scipy.special.ndtr((x - self.centre[arms]) / self.width[arms])
 
     def pdf(self, x: np.ndarray, arm: int) -> np.ndarray:
         z = (x - self.centre[arm]) / self.width[arm]
         return np.exp(-0.5 * z * z) / (self.width[arm] * math.sqrt(2.0 * math.pi))
 
     def quantile(self, q: np.ndarray, arms: np.ndarray) -> np.ndarray:
-        return self.centre[arms] + self.width[arms] * special.ndtri(q)
+        return self.centre[arms] + self.width[arms] * scipy.special.ndtri(q)
 
 
 class WinProbability(NamedTuple):

@@ -64,7 +64,9 @@ class DecisionLedger(msgspec.Struct, Generic[P]):
     def open(self, decision_id: str, entry: P, horizon_s: float, max_pending: int) -> None:
         """Record a decision, made at ``entry.time``, that waits for feedback; forget the decisions past
         the horizon, then the oldest beyond ``max_pending``."""
-        self._forget(self.horizon.expire(entry.time - horizon_s))
+        expired = self.horizon.expire(entry.time - horizon_s)
+        if expired:
+            self._forget(expired)
         self.pending[decision_id] = entry
         self.horizon.add(entry.time, decision_id)
         if len(self.horizon) > max_pending:

@@ -34,7 +34,7 @@ class Horizon(msgspec.Struct):
         end = self.start
         while end < len(entries) and entries[end][0] < cutoff:
             end += 1
-        return self._forget_before(end)
+        return self._forget_before(end) if end > self.start else []
 
     def trim(self, limit: int) -> list[tuple[float, str]]:
         """Forget and return the oldest entries beyond the ``limit`` most recently added.

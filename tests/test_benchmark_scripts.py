@@ -23,7 +23,14 @@ FIGURES = {
     "publish_many_inputs_per_s",
     "publish_events_per_s",
     "publish_inputs_per_s",
-    *(f"decide_{policy}_{q}_us" for policy in ("thompson", "ucb1", "linucb") for q in ("p50", "p99")),
+    "publish_group_events_per_s",
+    "publish_group_inputs_per_s",
+    *(
+        f"decide_{policy}_{q}_us{durability}"
+        for policy in ("thompson", "ucb1", "linucb")
+        for q in ("p50", "p99")
+        for durability in ("", "_group")
+    ),
     "replay_events_per_s",
     "verify_events_per_s",
     "streaming_events_per_s",

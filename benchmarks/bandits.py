@@ -50,8 +50,8 @@ Hyper-parameters, matched where they mean the same thing:
 - UCB1: rtopt ``exploration`` sqrt(2) in ``c * sqrt(ln N / n)``, MABWiser ``alpha`` 1 and River ``delta``
   1 in ``alpha * sqrt(2 ln N / n)``: the same bonus (River's "delta" is not a confidence level here: it is
   the multiplier of that bonus, and River documents delta=1 as UCB1);
-- Thompson sampling: Beta(1, 1) priors everywhere. rtopt draws ``propensity_draws`` (default 256)
-  posterior samples per decision to log the decision's propensity, where the peers draw one per arm;
+- Thompson sampling: Beta(1, 1) priors everywhere. Each draws one sample per arm; rtopt also computes
+  the decision's propensity (a one-dimensional integral) to log it;
 - softmax: temperature 0.1 (rtopt ``temperature``, MABWiser ``tau``). MABWiser does not sample from the
   Boltzmann distribution: it takes the argmax of one Dirichlet draw whose concentrations are the softmax
   probabilities, so the two explore differently with the same temperature;

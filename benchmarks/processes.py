@@ -61,8 +61,8 @@ from rtopt.events import Decision, Feedback
 from rtopt.pgserver import TemporaryServer, server_binaries
 from rtopt.privacy import Keyring
 from rtopt.storage.factory import open_log
-from rtopt.storage.interface import COLUMNS, HEAD, EventLog, head_value
-from rtopt.storage.sql import _SET_META
+from rtopt.storage.interface import CHAIN, COLUMNS, HEAD, EventLog, head_value
+from rtopt.storage.sql import _SET_META, SQLLog
 
 SPAWN = multiprocessing.get_context("spawn")
 SEED = 20_260_101
@@ -71,6 +71,8 @@ ARMS = ("v1", "v2", "v3")
 SUCCESS = (0.3, 0.5, 0.7)
 WAIT_S = 600.0
 BACKENDS = ("sqlite", "postgres")
+STORED = (*COLUMNS, CHAIN)
+"""The columns of a row as the engine stores it: the envelope, the payload and the row's link in the chain."""
 LAYOUTS = ("shared", "own")
 """One experiment for every process, or one experiment per process."""
 DECISION, FEEDBACK = Decision.tag(), Feedback.tag()
@@ -165,7 +167,7 @@ def sqlite_transactions(path: str, transactions: list[list[tuple[Any, ...]]], du
     after the last seq, moving the head; returns (start, end) as :func:`engine_rounds` does."""
     conn = sqlite3.connect(path, isolation_level=None, timeout=30)
     conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'power' else 'NORMAL'}")
-    insert = f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+    insert = f"INSERT INTO events ({', '.join(STORED)}) VALUES ({', '.join('?' * len(STORED))})"
     ready.wait(WAIT_S)
     start, cpu = time.monotonic(), time.process_time()
     for rows in transactions:
@@ -185,7 +187,7 @@ def postgres_transactions(url: str, transactions: list[list[tuple[Any, ...]]], d
     advisory lock, after the last seq, moving the head and notifying, in two round trips; returns (start,
     end) as :func:`engine_rounds` does."""
     conn, client = _postgres_writer(url, durability)
-    row = f"({', '.join(['%s'] * len(COLUMNS))})"
+    row = f"({', '.join(['%s'] * len(STORED))})"
     ready.wait(WAIT_S)
     start, cpu = time.monotonic(), time.process_time()
     for rows in transactions:
@@ -195,7 +197,7 @@ def postgres_transactions(url: str, transactions: list[list[tuple[Any, ...]]], d
         (last,) = cur.fetchone()
         numbered = [(last + i, *row) for i, row in enumerate(rows, start=1)]
         statements = (
-            f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES {', '.join([row] * len(numbered))};"
+            f"INSERT INTO events ({', '.join(STORED)}) VALUES {', '.join([row] * len(numbered))};"
             f" UPDATE rtopt_meta SET value = %s WHERE key = '{HEAD}'; NOTIFY rtopt_events; COMMIT"
         )
         values = [value for numbered_row in numbered for value in numbered_row]
@@ -215,13 +217,13 @@ def postgres_unordered_transactions(
     """Write each of ``transactions`` in a transaction of its own without the append lock, its rows numbered by
     a sequence, with a NOTIFY, in one round trip; returns (start, end) as :func:`engine_rounds` does."""
     conn, client = _postgres_writer(url, durability)
-    columns = COLUMNS[1:]
+    columns = STORED[1:]
     row = f"(nextval('{UNORDERED}_seq'), {', '.join(['%s'] * len(columns))})"
     ready.wait(WAIT_S)
     start, cpu = time.monotonic(), time.process_time()
     for rows in transactions:
         statement = (
-            f"BEGIN; INSERT INTO {UNORDERED} ({', '.join(COLUMNS)}) VALUES {', '.join([row] * len(rows))};"
+            f"BEGIN; INSERT INTO {UNORDERED} ({', '.join(STORED)}) VALUES {', '.join([row] * len(rows))};"
             " NOTIFY rtopt_events; COMMIT"
         )
         conn.execute(client.mogrify(statement, [value for values in rows for value in values]))
@@ -289,15 +291,16 @@ def server_cpu_s(data: Path | None) -> float:
 
 
 def committed_transactions(location: str) -> list[list[tuple[Any, ...]]]:
-    """The rows of the engine's log after its definition, without their seq, grouped by the commit that wrote
-    them (a commit's events share their recording time)."""
+    """The rows of the engine's log after its definition, as stored (with their chain values) but without
+    their seq, grouped by the commit that wrote them (a commit's events share their recording time)."""
     log = open_log(location, read_only=True)
+    assert isinstance(log, SQLLog)  # both backends are
     try:
-        rows = [row for row in log.rows() if row[2] != "ExperimentDefined"]
+        rows = log._query(f"SELECT {', '.join(STORED)} FROM events WHERE type <> 'ExperimentDefined' ORDER BY seq")
     finally:
         log.close()
     recorded_at = COLUMNS.index("recorded_at")
-    return [[row[1:] for row in group] for _, group in groupby(rows, key=lambda row: row[recorded_at])]
+    return [[tuple(row[1:]) for row in group] for _, group in groupby(rows, key=lambda row: row[recorded_at])]
 
 
 def measure(

@@ -11,7 +11,6 @@ import math
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -54,6 +53,8 @@ SET_BY_DECISION = frozenset({"prompt_id", "variant_id", "decision_id"})
 
 def default_handlers() -> list[Handler[Any]]:
     """One instance of every handler that installed packages declare under ``rtopt.handlers``."""
+    from importlib.metadata import entry_points
+
     found = sorted(entry_points(group=HANDLER_ENTRY_POINTS), key=lambda ep: ep.name)
     return [ep.load()() for ep in found]
 

@@ -23,13 +23,12 @@ import contextlib
 import functools
 import math
 import re
+import sys
 import threading
 from collections.abc import Callable, Iterator
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Literal, TypeVar, cast
 
 import msgspec
-import numpy as np
 from msgspec import Meta
 
 from rtopt.errors import InvalidEvent, UnknownEventType, UnreadableSchemaVersion, short_repr
@@ -52,7 +51,8 @@ _UNSTORABLE = (TypeError, ValueError, OverflowError, RecursionError, msgspec.Enc
 
 def _python_scalar(value: object) -> object:
     """A numpy scalar as the Python number it holds (np.int64 -> int, np.bool_ -> bool, np.float32 -> float)."""
-    if isinstance(value, np.generic):
+    numpy = sys.modules.get("numpy")  # a numpy scalar exists only once numpy is imported
+    if numpy is not None and isinstance(value, numpy.generic):
         scalar = value.item()
         if isinstance(scalar, bool | int | float | str):
             return scalar
@@ -297,6 +297,8 @@ HANDLER_ENTRY_POINTS = "rtopt.handlers"
 @functools.cache
 def _import_installed_handlers() -> None:
     """Import the packages that declare handlers: importing them registers their event types."""
+    from importlib.metadata import entry_points
+
     for entry_point in entry_points(group=HANDLER_ENTRY_POINTS):
         entry_point.load()
 

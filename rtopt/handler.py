@@ -14,9 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, NamedTuple, TypeVar
 
 import msgspec
-import numpy as np
 import reactivex
-from numpy.random.bit_generator import ISpawnableSeedSequence
 from reactivex import operators as ops
 from reactivex.subject import Subject
 
@@ -25,47 +23,12 @@ from rtopt.events import Envelope, Event, HandlerFailed, unvalidated, validate
 from rtopt.ids import ordered_id, prefix_of
 
 if TYPE_CHECKING:
-    import numpy.typing as npt
+    import numpy as np
 
 S = TypeVar("S")
 F = TypeVar("F", bound=Callable[..., Any])
 MAX_CASCADE_DEPTH = 32
 DERIVED_NAMESPACE = b"rtopt/derived/"
-
-
-class _DigestSeed(ISpawnableSeedSequence):
-    """A seed whose words are a digest already: PCG64 takes them as they are, skipping SeedSequence's mixing
-    (a hash spreads the entropy just as well, at a fifth of the cost on the per-event path)."""
-
-    __slots__ = ("spawned", "words")
-
-    def __init__(self, digest: bytes) -> None:
-        self.words = np.frombuffer(digest, np.uint64)
-        self.spawned = 0
-
-    def generate_state(self, n_words: int, dtype: npt.DTypeLike = np.uint32) -> np.ndarray:
-        words = self.words if np.dtype(dtype) == np.uint64 else self.words.view(np.uint32)
-        return words[:n_words]
-
-    def spawn(self, n_children: int) -> list[_DigestSeed]:
-        """Seeds of independent child generators; each call gives new ones, as SeedSequence.spawn does."""
-        first, self.spawned = self.spawned, self.spawned + n_children
-        parent = self.words.tobytes()
-        return [
-            _DigestSeed(hashlib.blake2b(parent + i.to_bytes(8, "big"), digest_size=32).digest())
-            for i in range(first, first + n_children)
-        ]
-
-
-def seeded_generator(seed: int, key: str) -> np.random.Generator:
-    """The random generator of ``key`` (an event id) under engine seed ``seed``: the same draws every time.
-
-    >>> seeded_generator(7, "e1").random() == seeded_generator(7, "e1").random() != seeded_generator(8, "e1").random()
-    True
-    """
-    digest = hashlib.blake2b(f"{seed}/{key}".encode(), digest_size=32).digest()
-    # numpy's stub names only SeedSequence, but PCG64 takes any ISeedSequence
-    return np.random.Generator(np.random.PCG64(_DigestSeed(digest)))  # type: ignore[arg-type]
 
 
 class Context:
@@ -93,6 +56,8 @@ class Context:
     def rng(self) -> np.random.Generator:
         """A generator seeded from (engine seed, event id): the same draws live and in replay."""
         if self._rng is None:
+            from rtopt.randomness import seeded_generator
+
             self._rng = seeded_generator(self.seed, self.event_id)
         return self._rng
 
@@ -330,21 +295,26 @@ class Chains:
     """
 
     def __init__(self) -> None:
-        self._subject: Subject[Sequence[Envelope[Any]]] = Subject()
+        self._routes: list[tuple[frozenset[str], Subject[Sequence[Envelope[Any]]]]] = []
         self._derived: list[Derived] = []
         self._accepted: set[str] = set()
 
     def add(self, slot: HandlerSlot) -> None:
-        """Fold every batch through ``slot`` too (after the slots added before it)."""
-        self._subject.pipe(fold_operator(slot)).subscribe(self._derived.extend)
+        """Fold the batches that hold a type ``slot`` accepts through it too (after the slots added before it)."""
+        subject: Subject[Sequence[Envelope[Any]]] = Subject()
+        subject.pipe(fold_operator(slot)).subscribe(self._derived.extend)
+        self._routes.append((slot.accepted, subject))
         self._accepted |= slot.accepted
 
     def fold(self, batch: Sequence[Envelope[Any]]) -> list[Derived]:
-        """What the handlers derive directly from ``batch``, in the order of their causes."""
-        accepted = self._accepted
-        if not any(envelope.type in accepted for envelope in batch):
+        """What the handlers derive directly from ``batch``, in the order of their causes. A handler sees the
+        batches that hold a type it accepts, and no other."""
+        types = {envelope.type for envelope in batch}
+        if types.isdisjoint(self._accepted):
             return []
-        self._subject.on_next(batch)
+        for accepted, subject in self._routes:
+            if not types.isdisjoint(accepted):
+                subject.on_next(batch)
         derived = sorted(self._derived, key=lambda d: d.cause.seq) if len(self._derived) > 1 else self._derived[:]
         self._derived.clear()
         return derived

@@ -21,11 +21,9 @@ import binascii
 import hashlib
 import secrets
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 
 from rtopt.arguments import invalid
 from rtopt.errors import InvalidLog, ReadOnlyLog, RtoptError, StorageError
@@ -33,6 +31,9 @@ from rtopt.events import Event, decode_payload, encode_payload
 from rtopt.storage.interface import EventLog
 from rtopt.storage.sql import SQLLog
 from rtopt.storage.sqlite import SQLiteLog
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 
 KEYS_TABLE = "rtopt_subject_keys"
 SEALED = "sealed:1:"
@@ -90,7 +91,14 @@ def _subject(event: Event, fields: tuple[str, ...]) -> str | None:
 
 
 def _new_key() -> str:
-    return base64.b64encode(AESGCMSIV.generate_key(256)).decode()
+    return base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def _cipher(key: str) -> AESGCMSIV:
+    """The AES-GCM-SIV cipher of a stored (base64) key."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV  # imported by the first log that seals
+
+    return AESGCMSIV(base64.b64decode(key))
 
 
 def _remember(cache: dict[Any, str], key: Any, value: str) -> None:
@@ -203,7 +211,7 @@ class Keyring:
                 )
                 found = self._stored(part)
             for digest, (ref, key) in found.items():
-                cipher = AESGCMSIV(base64.b64decode(key))
+                cipher = _cipher(key)
                 self._by_subject[by_hash[digest]] = (ref, cipher)
                 self._by_ref[ref] = cipher
 
@@ -260,6 +268,8 @@ class Keyring:
         cipher = self._cipher_of(ref)
         if cipher is None:
             return f"{FORGOTTEN}{ref}"
+        from cryptography.exceptions import InvalidTag
+
         try:
             return cipher.decrypt(_NONCE, base64.b64decode(body), ref.encode()).decode()
         except (InvalidTag, binascii.Error, UnicodeDecodeError):
@@ -270,7 +280,7 @@ class Keyring:
             # a value sealed elsewhere (its row copied without the keys) has no key here: it reads as forgotten
             self._table_ready = self._table_ready or _has_keys(self._log)
             found = self._log._query(f"SELECT key FROM {KEYS_TABLE} WHERE ref = ?", (ref,)) if self._table_ready else []
-            self._by_ref[ref] = AESGCMSIV(base64.b64decode(found[0][0])) if found else None
+            self._by_ref[ref] = _cipher(found[0][0]) if found else None
         return self._by_ref[ref]
 
     def reload(self) -> None:

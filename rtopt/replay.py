@@ -144,15 +144,25 @@ def rebuild(
     return Rebuilt(until, snapshots, folded, wall_clock.perf_counter() - started)
 
 
+def recorded_configurations(meta: dict[str, str]) -> dict[str, str]:
+    """Handler name -> fingerprint of the configuration that last wrote the log whose ``meta`` is given."""
+    try:
+        return msgspec.json.decode(meta.get(HANDLERS, "{}"), type=dict[str, str])
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return {}  # unreadable: every handler's configuration counts as the first one recorded
+
+
+def changed_configurations(recorded: dict[str, str], current: dict[str, str]) -> list[str]:
+    """The handlers whose ``current`` fingerprint differs from the ``recorded`` one, by name."""
+    return sorted(name for name, fingerprint in current.items() if recorded.get(name, fingerprint) != fingerprint)
+
+
 def note_configurations(log: EventLog, slots: Sequence[HandlerSlot]) -> None:
     """Warn when a handler runs with another configuration than the one that last wrote ``log``, and
     record the current ones (in a writable log)."""
-    try:
-        recorded = msgspec.json.decode(log.meta().get(HANDLERS, "{}"), type=dict[str, str])
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        recorded = {}  # unreadable: every handler's configuration counts as the first one recorded
+    recorded = recorded_configurations(log.meta())
     current = {slot.name: slot.handler.fingerprint() for slot in slots}
-    changed = sorted(name for name, fingerprint in current.items() if recorded.get(name, fingerprint) != fingerprint)
+    changed = changed_configurations(recorded, current)
     if changed:
         warnings.warn(
             f"{log.location}: {changed} run with another configuration than the one that last wrote this "
@@ -375,6 +385,15 @@ def verify_log(
             damage = src.audit()
             if damage is not None:
                 return VerifyReport(events=src.last_seq(), derived=derived, decisions=0, difference=Difference(*damage))
+        changed = changed_configurations(
+            recorded_configurations(meta), {handler.name: handler.fingerprint() for handler in handlers}
+        )
+        if changed:
+            notes.append(
+                f"{changed} run with another configuration than the one that last wrote this log (their code "
+                "version or options changed): what they derive, and the decisions they make, can differ from "
+                "what the log records"
+            )
         replayed = REPLAYED_FROM in meta
         if replayed:
             notes.append(

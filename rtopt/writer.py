@@ -80,8 +80,10 @@ COMMIT_ATTEMPTS = 5
 """How many times a commit starts again after catching up with other processes failed to read the log, or
 its append found that others had appended after the state it derived on (a connection made anew)."""
 RECENT_INPUTS = 1024
-"""How many of its last committed inputs an engine keeps to look up without reading the log (a decision
-that feedback names)."""
+"""How many of the log's last inputs an engine keeps to look up without reading the log (a decision that
+feedback names), from the moment it opens."""
+RECENT_READ_BACK = 4 * RECENT_INPUTS
+"""How many of the log's last events an engine reads its recent inputs from when it opens (or rebuilds)."""
 STALEST_BASIS = 50
 """How many events other processes may have appended after the state an answer was made on, when its commit
 takes the write lock, for the answer to be recorded as made; beyond that it is made again on the current state."""
@@ -264,6 +266,8 @@ class Writer:
         self._inputs = self.log.count_inputs(self.last_seq)
         if not self.log.read_only:
             self.time_bound.reset(self.log.latest_times())
+            start = max(1, self.last_seq - RECENT_READ_BACK + 1)
+            self._remember([envelope_from_row(row, self.keys) for row in self.log.inputs(start, self.last_seq)])
 
     def recover(self) -> None:
         """Rebuild state from the log if a failed write left it stale; raises StorageUnavailable (staying

@@ -78,6 +78,18 @@ def test_throughput_quick_json(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_import_time_reports_every_case(tmp_path: Path) -> None:
+    data = run_json(SCRIPT.with_name("import_time.py"), "--runs", "1", cwd=tmp_path)
+
+    cases = {"baseline", "import", "first_event_existing_log", "first_event_new_log", "cli_help"}
+    assert data["runs"] == 1
+    for medians, excess in (("median_s", "over_baseline_s"), ("median_cpu_s", "cpu_over_baseline_s")):
+        assert set(data[medians]) == cases
+        assert set(data[excess]) == cases - {"baseline"}
+        assert all(_positive(value) for value in data[medians].values())
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_window_benchmark_runs_and_agrees_with_its_plain_loop() -> None:
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "windows.py"
     result = subprocess.run(

@@ -463,3 +463,19 @@ def test_an_engine_without_handlers_records_a_study_definition() -> None:
     with Engine.open(":memory:", seed=3, handlers=[]) as engine:
         envelope = engine.publish(StudyDefined(study="s", space={"x": {"low": 0.0, "high": 1.0}}))
         assert envelope.seq == 1 and engine.stats().rejected == {}
+
+
+def test_feedback_finds_a_recent_decision_in_memory_after_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite"
+    with Engine.open(path, seed=1, handlers=[BanditHandler()]) as engine:
+        engine.define_experiment("greeting", arms=["v1", "v2"], policy="ucb1", time=1.0)
+        decisions = [engine.decide("greeting", time=2.0 + i).id for i in range(3)]
+    with Engine.open(path, handlers=[BanditHandler()]) as engine:
+
+        def no_lookup(event_id: str) -> None:
+            raise AssertionError(f"read {event_id} from the log")
+
+        engine.log.get = no_lookup  # type: ignore[method-assign]
+        for i, decision in enumerate(decisions):
+            engine.feedback(decision, success=True, quality_score=0.5, response_time_ms=1.0, time=10.0 + i)
+        assert engine.state("bandit", "greeting").rewards == 3

@@ -290,7 +290,7 @@ def test_end_to_end_the_diagnostics_flag_a_target_the_log_barely_supports(
     with Engine.open(path, read_only=True, handlers=[]) as engine:
         log = rounds_from_log(engine, "greeting")
     # the uniform policy chooses arms Thompson sampling has long stopped choosing: a few rounds carry
-    # weights up to 0.2 * 256, and the effective sample size collapses
+    # large weights (0.2 / their small propensity), and the effective sample size collapses
     estimate = snips(log.rounds, uniform)
     assert estimate.effective_sample_size < 0.1 * len(log.rounds)
     assert estimate.max_weight > 10

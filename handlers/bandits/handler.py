@@ -116,7 +116,7 @@ class BanditHandler(MatchesFeedback, Handler[BanditState]):
     state_type = BanditState
     policies: ClassVar[Mapping[str, Policy]] = POLICIES
     answers: ClassVar[dict[str, Collection[str]]] = {"decide": POLICIES}  # the registry: policies registered later too
-    version = 7
+    version = 8  # 8: Thompson propensities computed exactly (were estimated from posterior draws)
 
     def initial_state(self) -> BanditState:
         return BanditState(guard=self.fresh_guard())

@@ -31,8 +31,8 @@ from typing import Literal
 
 import msgspec
 import numpy as np
+import scipy  # its submodules load on first use
 from rtopt.handlers.bandits.events import ArmUpdated
-from scipy import stats
 
 from rtopt import Decision, Engine, ExperimentDefined
 from rtopt.arguments import in_range, invalid, positive, whole
@@ -171,12 +171,13 @@ def rounds_from_log(engine: Engine, experiment: str) -> BanditLog:
     the experiment's arms. Only the public API is used: ``engine.read`` of ExperimentDefined, Decision and
     ArmUpdated events, so an engine opened with ``Engine.open(path, read_only=True, handlers=[])`` will do.
 
-    Thompson sampling's propensities are Monte Carlo estimates from ``propensity_draws`` posterior draws,
-    one of which made the choice, so they are at least 1 / draws and the weights 1 / propensity at most
-    draws; for an arm chosen with probability p, E[1{chosen} / propensity] = 1 - (1 - p)^draws: IPS on such
-    a log is biased down by (1 - p)^draws, about e^-4 = 2 % at p = 4 / draws and negligible above, but a
-    target that favours arms the policy has all but abandoned is underestimated (the effective sample size
-    shows it).
+    Thompson sampling's propensities are the probabilities that the chosen arm's posterior draw was the
+    highest, computed by quadrature (:mod:`rtopt.handlers.bandits.policies.propensity`) to a relative
+    error of about 1e-4, so IPS on such a log is unbiased. Its weights are still large where the target
+    favours arms the policy has all but abandoned (the effective sample size and the largest weight show
+    it), and there the normal intervals, which treat the adaptive log's rounds as independent, cover the
+    truth less often than their level says. Logs written before (bandit handler version 7) recorded
+    estimates from 256 posterior draws, at least 1/256, which biased IPS down for such targets.
 
     >>> from rtopt.handlers.bandits import BanditHandler
     >>> with Engine.open(":memory:", seed=1, handlers=[BanditHandler()]) as engine:
@@ -282,7 +283,7 @@ def _weights(
 
 def _z(level: float) -> float:
     in_range("level", level, 0.0, 1.0, low_open=True, high_open=True)
-    return float(stats.norm.ppf(0.5 + level / 2.0))
+    return float(scipy.stats.norm.ppf(0.5 + level / 2.0))
 
 
 def _kish(weight: np.ndarray) -> float:

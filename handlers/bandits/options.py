@@ -53,4 +53,3 @@ class BanditOptions(RewardOptions, frozen=True, forbid_unknown_fields=True):
     alpha: NonNegative = 1.0
     scale: Positive = 0.25
     ridge: Positive = 1.0
-    propensity_draws: Annotated[int, Meta(ge=1, le=100_000)] = 256

@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 import numpy as np
+import scipy  # its submodules load on first use
 from rich.console import Console
 from rich.table import Table
 from rtopt.handlers.bandits.events import ArmSummary
@@ -32,7 +33,6 @@ from rtopt.handlers.experiments.events import (
 )
 from rtopt.handlers.experiments.options import CANARY
 from rtopt.handlers.experiments.options import POLICIES as AB_POLICIES
-from scipy import stats
 
 from rtopt import Decision, Engine
 from rtopt.arguments import in_range, whole
@@ -81,7 +81,7 @@ class VariantProfile(msgspec.Struct, frozen=True):
             ) + LONG_PROMPT_SHARE * self.reward_probability(quality_threshold, True)
         mean = self.quality(long_prompt)
         a, b = mean * self.quality_concentration, (1.0 - mean) * self.quality_concentration
-        return self.success_rate * float(stats.beta.sf(quality_threshold, a, b))
+        return self.success_rate * float(scipy.stats.beta.sf(quality_threshold, a, b))
 
 
 def default_variants(count: int, seed: int) -> list[VariantProfile]:

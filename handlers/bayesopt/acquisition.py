@@ -11,8 +11,8 @@ import math
 from collections.abc import Callable
 
 import numpy as np
+import scipy  # its submodules load on first use
 from rtopt.handlers.bayesopt.gp import GaussianProcess
-from scipy import optimize, special
 
 from rtopt.arguments import one_of
 
@@ -38,12 +38,12 @@ def log_h(z: np.ndarray) -> np.ndarray:
     out = np.empty_like(z)
     near = z > -1.0
     zn = z[near]
-    out[near] = np.log(zn * special.ndtr(zn) + np.exp(-0.5 * zn**2 - LOG_SQRT_2PI))
+    out[near] = np.log(zn * scipy.special.ndtr(zn) + np.exp(-0.5 * zn**2 - LOG_SQRT_2PI))
     tail = z < -TAIL
     middle = ~near & ~tail
     zm = z[middle]
     # h(z) = phi(z) * (1 - |z| * Mills ratio(|z|)), the ratio through the scaled complementary error function
-    out[middle] = -0.5 * zm**2 - LOG_SQRT_2PI + np.log1p(zm * SQRT_HALF_PI * special.erfcx(-zm / math.sqrt(2.0)))
+    out[middle] = -0.5 * zm**2 - LOG_SQRT_2PI + np.log1p(zm * SQRT_HALF_PI * scipy.special.erfcx(-zm / math.sqrt(2.0)))
     zt = z[tail]  # there 1 - |z| * ratio cancels to nothing: h(z) = phi(z) / z^2 * (1 - 3 / z^2 + ...)
     out[tail] = -0.5 * zt**2 - LOG_SQRT_2PI - 2.0 * np.log(-zt) + np.log1p(-3.0 / zt**2)
     return out
@@ -61,7 +61,7 @@ def probability_of_improvement(mean: np.ndarray, std: np.ndarray, best: float, x
     >>> float(probability_of_improvement(np.array([1.0]), np.array([2.0]), 1.0)[0])
     0.5
     """
-    return special.ndtr((mean - best - xi) / np.maximum(std, MIN_STD))
+    return scipy.special.ndtr((mean - best - xi) / np.maximum(std, MIN_STD))
 
 
 def upper_confidence_bound(mean: np.ndarray, std: np.ndarray, beta: float) -> np.ndarray:
@@ -89,7 +89,7 @@ class Acquisition:
         if self.name == "ei":
             return log_expected_improvement(mean, std, self.best, self.xi)
         if self.name == "pi":
-            return special.log_ndtr((mean - self.best - self.xi) / np.maximum(std, MIN_STD))
+            return scipy.special.log_ndtr((mean - self.best - self.xi) / np.maximum(std, MIN_STD))
         return upper_confidence_bound(mean, std, self.beta)
 
     def value_and_gradient(
@@ -102,10 +102,10 @@ class Acquisition:
         z = (mean - self.best - self.xi) / std
         d_z = (d_mean - z * d_std) / std
         if self.name == "pi":
-            log_pi = float(special.log_ndtr(z))
+            log_pi = float(scipy.special.log_ndtr(z))
             return log_pi, math.exp(-0.5 * z * z - LOG_SQRT_2PI - log_pi) * d_z
         log_hz = float(log_h(np.array([z]))[0])
-        return math.log(std) + log_hz, d_std / std + math.exp(float(special.log_ndtr(z)) - log_hz) * d_z
+        return math.log(std) + log_hz, d_std / std + math.exp(float(scipy.special.log_ndtr(z)) - log_hz) * d_z
 
     def report(self, mean: float, std: float, target_scale: float) -> float:
         """The acquisition value to record, in the objective's units where it has them: EI and UCB scaled
@@ -145,7 +145,7 @@ def maximize(
 
     finals = [candidates[int(np.argmax(scores))]]
     for start in np.vstack([chosen, near]):
-        result = optimize.minimize(
+        result = scipy.optimize.minimize(
             negative, start, jac=True, method="L-BFGS-B", bounds=[(0.0, 1.0)] * dims, options={"maxiter": 100}
         )
         finals.append(np.clip(result.x, 0.0, 1.0))

@@ -13,8 +13,8 @@ import functools
 import math
 
 import numpy as np
+import scipy  # its submodules load on first use
 from rtopt.handlers.bayesopt.kernels import Kernel
-from scipy import linalg, optimize
 from threadpoolctl import ThreadpoolController
 
 LOG_NOISE_BOUNDS = (math.log(1e-6), math.log(1.0))
@@ -26,6 +26,8 @@ HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 @functools.cache
 def _blas() -> ThreadpoolController:
+    import scipy.linalg  # noqa: F401 -- the controller sees only the BLAS libraries loaded before it
+
     return ThreadpoolController()
 
 
@@ -68,10 +70,10 @@ def cholesky(matrix: np.ndarray) -> np.ndarray:
     scale = float(np.mean(np.diag(matrix)))
     for jitter in JITTERS:
         try:
-            return linalg.cholesky(matrix + jitter * scale * np.eye(len(matrix)), lower=True, check_finite=False)
-        except linalg.LinAlgError:
+            return scipy.linalg.cholesky(matrix + jitter * scale * np.eye(len(matrix)), lower=True, check_finite=False)
+        except scipy.linalg.LinAlgError:
             continue
-    raise linalg.LinAlgError("covariance matrix is not positive definite even with jitter")
+    raise scipy.linalg.LinAlgError("covariance matrix is not positive definite even with jitter")
 
 
 class GaussianProcess:
@@ -95,7 +97,7 @@ class GaussianProcess:
         noise[len(x) - believed :] = 0.0
         covariance = kernel.matrix(self.kernel_theta, x, x) + np.diag(noise)
         self.factor = cholesky(covariance)
-        self.alpha = linalg.cho_solve((self.factor, True), y, check_finite=False)
+        self.alpha = scipy.linalg.cho_solve((self.factor, True), y, check_finite=False)
 
     def believe(self, points: np.ndarray) -> GaussianProcess:
         """This GP with its posterior mean at the rows of ``points`` added as exact observations (the
@@ -108,7 +110,7 @@ class GaussianProcess:
         """Posterior mean and variance (of the latent function, without noise) at each row of ``points``."""
         cross = self.kernel.matrix(self.kernel_theta, points, self.x)
         mean = cross @ self.alpha
-        v = linalg.solve_triangular(self.factor, cross.T, lower=True, check_finite=False)
+        v = scipy.linalg.solve_triangular(self.factor, cross.T, lower=True, check_finite=False)
         variance = self.kernel.diagonal(self.kernel_theta, points) - np.einsum("ij,ij->j", v, v)
         return mean, np.maximum(variance, 0.0)
 
@@ -116,7 +118,7 @@ class GaussianProcess:
         """Posterior mean and standard deviation at ``point`` and their gradients by ``point``."""
         k, dk = self.kernel.cross(self.kernel_theta, point, self.x)
         mean = float(k @ self.alpha)
-        v = linalg.solve_triangular(self.factor, np.column_stack([k, dk]), lower=True, check_finite=False)
+        v = scipy.linalg.solve_triangular(self.factor, np.column_stack([k, dk]), lower=True, check_finite=False)
         prior = self.kernel.diagonal(self.kernel_theta, point[None, :])[0]
         variance = max(float(prior - v[:, 0] @ v[:, 0]), 1e-18)
         std = math.sqrt(variance)
@@ -136,10 +138,10 @@ def negative_log_likelihood(
     noise = math.exp(theta[-1])
     try:
         factor = cholesky(k + noise * np.eye(len(x)))
-    except linalg.LinAlgError:
+    except scipy.linalg.LinAlgError:
         return 1e25, np.zeros_like(theta)
-    alpha = linalg.cho_solve((factor, True), y, check_finite=False)
-    inverse = linalg.cho_solve((factor, True), np.eye(len(x)), check_finite=False)
+    alpha = scipy.linalg.cho_solve((factor, True), y, check_finite=False)
+    inverse = scipy.linalg.cho_solve((factor, True), np.eye(len(x)), check_finite=False)
     w = inverse - np.outer(alpha, alpha)
     value = 0.5 * y @ alpha + np.log(np.diag(factor)).sum() + len(y) * HALF_LOG_2PI
     gradient = np.empty_like(theta)
@@ -183,7 +185,7 @@ def fit_hyperparameters(
     starts = [np.clip(first, low, high), *rng.uniform(low, high, size=(restarts, len(bounds)))]
     best_theta, best_value = starts[0], math.inf
     for theta in starts:
-        result = optimize.minimize(
+        result = scipy.optimize.minimize(
             objective,
             theta,
             jac=True,

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 import msgspec
 import numpy as np
+import scipy  # its submodules load on first use
 from rtopt.handlers.bandits.rewards import reward
 from rtopt.handlers.bayesopt.acquisition import Acquisition, maximize
 from rtopt.handlers.bayesopt.events import StudyCompleted, SurrogateFitted
@@ -16,7 +17,6 @@ from rtopt.handlers.bayesopt.gp import GaussianProcess, fit_hyperparameters, one
 from rtopt.handlers.bayesopt.kernels import make_kernel
 from rtopt.handlers.bayesopt.options import METHODS, StudyOptions, parse_study
 from rtopt.handlers.bayesopt.space import Space
-from scipy.stats import qmc
 
 from rtopt import (
     Context,
@@ -34,7 +34,7 @@ from rtopt import (
     handles,
 )
 from rtopt.events import ParamValue
-from rtopt.handler import seeded_generator
+from rtopt.randomness import seeded_generator
 
 DEFAULT_LOG_NOISE = float(np.log(1e-3))
 SUGGESTION_KEY = "suggestion_id"  # the Feedback metadata key naming the suggestion it reports on
@@ -423,7 +423,7 @@ def _rng(study: StudyState, ctx: Context) -> np.random.Generator:
 def _initial_design(study: StudyState, space: Space, engine_seed: int) -> np.ndarray:
     """The study's Latin hypercube of ``n_initial`` unit-cube points."""
     seed = study.definition.seed if study.definition.seed is not None else engine_seed
-    sampler = qmc.LatinHypercube(d=space.width, rng=seeded_generator(seed, study.definition_id))
+    sampler = scipy.stats.qmc.LatinHypercube(d=space.width, rng=seeded_generator(seed, study.definition_id))
     return sampler.random(study.definition.n_initial)
 
 

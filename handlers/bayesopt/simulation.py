@@ -18,11 +18,11 @@ from typing import Any
 
 import msgspec
 import numpy as np
+import scipy  # its submodules load on first use
 from rich.console import Console
 from rich.table import Table
 from rtopt.handlers.bandits.rewards import RewardOptions, reward
 from rtopt.handlers.bayesopt.handler import recommend
-from scipy import optimize
 
 from rtopt import Engine, Feedback, arguments
 from rtopt.cli import log_seed, non_negative, positive, replace_log
@@ -104,7 +104,7 @@ def _optimum(task: TaskProfile) -> tuple[dict[str, Any], float]:
     at = np.unravel_index(int(np.argmax(task.expected_reward(t, p, n))), t.shape)
     best: tuple[dict[str, Any], float] = ({}, -np.inf)
     for tokens in range(max(64, int(n[at]) - 4), min(1024, int(n[at]) + 4) + 1):
-        found = optimize.minimize(
+        found = scipy.optimize.minimize(
             lambda x, tokens=tokens: -float(task.expected_reward(x[0], x[1], tokens)),
             [t[at], p[at]],
             method="L-BFGS-B",

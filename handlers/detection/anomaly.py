@@ -18,16 +18,18 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Sequence
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 import numpy as np
+import scipy  # its submodules load on first use
 from msgspec import Meta
-from river.stats import RollingQuantile
 from rtopt.handlers.checked import Checked, at_most
-from scipy import stats
 
 from rtopt import InvalidArgument
+
+if TYPE_CHECKING:
+    from river.stats import RollingQuantile
 
 Positive = Annotated[float, Meta(gt=0.0)]
 WindowSize = Annotated[int, Meta(ge=3)]
@@ -180,6 +182,8 @@ class IQRFences(Rolling, tag="iqr", dict=True):
         try:
             return self._rolling
         except AttributeError:
+            from river.stats import RollingQuantile  # loads part of River and narwhals: not before it is needed
+
             quartiles = self._rolling = (RollingQuantile(0.25, self.window), RollingQuantile(0.75, self.window))
             for x in self.values:
                 quartiles[0].update(x)
@@ -288,7 +292,7 @@ class Mahalanobis(Checked):
     @property
     def threshold(self) -> float:
         """The squared distance beyond which a vector is an anomaly."""
-        return float(stats.chi2.ppf(1.0 - self.alpha, self.dimensions))
+        return float(scipy.stats.chi2.ppf(1.0 - self.alpha, self.dimensions))
 
     def score(self, x: Sequence[float]) -> float:
         """The squared Mahalanobis distance of ``x`` from the running mean (0 before ``min_samples``)."""

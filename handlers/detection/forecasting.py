@@ -20,9 +20,9 @@ from typing import Annotated
 
 import msgspec
 import numpy as np
+import scipy  # its submodules load on first use
 from msgspec import Meta
 from rtopt.handlers.checked import Checked
-from scipy import stats
 
 Smoothing = Annotated[float, Meta(gt=0.0, le=1.0)]
 Level = Annotated[float, Meta(gt=0.0, lt=1.0)]
@@ -115,12 +115,12 @@ class Forecaster(Checked):
 
 @functools.cache
 def _z(level: float) -> float:
-    return float(stats.norm.ppf(0.5 + level / 2))
+    return float(scipy.stats.norm.ppf(0.5 + level / 2))
 
 
 @functools.cache
 def _t(level: float, dof: int) -> float:
-    return float(stats.t.ppf(0.5 + level / 2, dof))
+    return float(scipy.stats.t.ppf(0.5 + level / 2, dof))
 
 
 class Windowed(Forecaster):

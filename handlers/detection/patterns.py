@@ -22,10 +22,10 @@ from typing import Annotated
 
 import msgspec
 import numpy as np
+import scipy  # its submodules load on first use
 from msgspec import Meta
 from rtopt.handlers.checked import Checked
 from rtopt.handlers.detection.events import Correlation, Recommendation
-from scipy import stats
 
 DEGRADATION, IMPROVEMENT, OSCILLATION, PLATEAU, ANOMALY = (
     "degradation",
@@ -80,7 +80,7 @@ def trend(values: Sequence[float], lower_is_better: bool, options: PatternOption
     n = len(values)
     if n < options.min_windows or np.ptp(values) == 0.0:
         return None
-    fit = stats.linregress(np.arange(n), values)
+    fit = scipy.stats.linregress(np.arange(n), values)
     change = fit.slope * (n - 1)
     if not 1.0 - fit.pvalue >= options.confidence or abs(change) < options.min_change * abs(float(np.mean(values))):
         return None
@@ -91,7 +91,7 @@ def trend(values: Sequence[float], lower_is_better: bool, options: PatternOption
 
 def _detrended(values: Sequence[float]) -> np.ndarray:
     x = np.arange(len(values))
-    fit = stats.linregress(x, values)
+    fit = scipy.stats.linregress(x, values)
     return np.asarray(values) - (fit.intercept + fit.slope * x)
 
 
@@ -114,9 +114,9 @@ def oscillation(values: Sequence[float], options: PatternOptions) -> Found | Non
     best_p, period = 1.0, 0
     for k, r in zip(lags, acf, strict=True):
         if k == 1:
-            p = stats.norm.cdf(r * math.sqrt(n))  # alternation: negative at lag 1
+            p = scipy.stats.norm.cdf(r * math.sqrt(n))  # alternation: negative at lag 1
         elif min(acf[: k - 1]) < 0.0:
-            p = stats.norm.sf(r * math.sqrt(n))  # a period k: positive at k after a negative lag before it
+            p = scipy.stats.norm.sf(r * math.sqrt(n))  # a period k: positive at k after a negative lag before it
         else:
             continue
         if p < best_p:
@@ -144,14 +144,15 @@ def plateau(values: Sequence[float], options: PatternOptions) -> Found | None:
         return None
     if spread == 0.0:
         return Found.of(PLATEAU, 0.0, 0.0, slope=0.0, cv=0.0)
-    fit = stats.linregress(np.arange(n), values)
+    fit = scipy.stats.linregress(np.arange(n), values)
     bound = margin / (n - 1)  # the slope that would move the level by the whole margin over the series
     if fit.stderr == 0.0:
         p_value = 0.0 if abs(fit.slope) < bound else 1.0
     else:
         dof = n - 2
         p_value = max(
-            stats.t.sf((fit.slope + bound) / fit.stderr, dof), stats.t.cdf((fit.slope - bound) / fit.stderr, dof)
+            scipy.stats.t.sf((fit.slope + bound) / fit.stderr, dof),
+            scipy.stats.t.cdf((fit.slope - bound) / fit.stderr, dof),
         )
     if not 1.0 - p_value >= options.confidence:
         return None
@@ -169,7 +170,7 @@ def anomaly(values: Sequence[float], options: PatternOptions) -> Found | None:
         return None
     x = np.arange(n)
     history = np.asarray(values[:-1])
-    fit = stats.linregress(x, history)
+    fit = scipy.stats.linregress(x, history)
     residuals = history - (fit.intercept + fit.slope * x)
     s = math.sqrt(float(residuals @ residuals) / (n - 2))
     predicted = fit.intercept + fit.slope * n
@@ -180,7 +181,7 @@ def anomaly(values: Sequence[float], options: PatternOptions) -> Found | None:
         p_value = 0.0
     else:
         se = s * math.sqrt(1.0 + 1.0 / n + (n - x.mean()) ** 2 / float(((x - x.mean()) ** 2).sum()))
-        p_value = float(2.0 * stats.t.sf(abs(deviation) / se, n - 2))
+        p_value = float(2.0 * scipy.stats.t.sf(abs(deviation) / se, n - 2))
     if p_value >= options.anomaly_p:
         return None
     return Found.of(ANOMALY, p_value, deviation, predicted=predicted, value=values[-1])
@@ -209,8 +210,8 @@ def correlations(series: Mapping[str, Sequence[float]], metric: str) -> dict[str
             continue
         if np.ptp(own) == 0.0 or np.ptp(other_values) == 0.0:
             continue
-        pearson = stats.pearsonr(own, other_values)
-        spearman = stats.spearmanr(own, other_values)
+        pearson = scipy.stats.pearsonr(own, other_values)
+        spearman = scipy.stats.spearmanr(own, other_values)
         if not (math.isfinite(spearman.statistic) and math.isfinite(spearman.pvalue)):
             continue
         out[other] = Correlation(

@@ -35,9 +35,9 @@ from typing import Literal
 
 import msgspec
 import numpy as np
+import scipy  # its submodules load on first use
 from numpy.typing import ArrayLike
 from rtopt.streams.moments import RunningMoments
-from scipy import special
 
 from rtopt import InvalidArgument
 from rtopt.arguments import finite, in_range, non_negative, one_of, whole
@@ -375,7 +375,7 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> In
     if x > n:
         raise InvalidArgument(f"successes ({x}) exceeds trials ({n})", argument="successes", value=x)
     _level("confidence", confidence)
-    z = float(special.ndtri(0.5 + confidence / 2.0))
+    z = float(scipy.special.ndtri(0.5 + confidence / 2.0))
     p = x / n
     scale = 1.0 + z * z / n
     centre = (p + z * z / (2.0 * n)) / scale
@@ -395,7 +395,7 @@ def mean_interval_from_stats(mean: float, variance: float, n: int, confidence: f
     v = _variance("variance", variance)
     size = _sample_size("n", n)
     _level("confidence", confidence)
-    half = float(special.stdtrit(size - 1, 0.5 + confidence / 2.0)) * math.sqrt(v / size)
+    half = float(scipy.special.stdtrit(size - 1, 0.5 + confidence / 2.0)) * math.sqrt(v / size)
     return Interval(estimate=float(mean), low=mean - half, high=mean + half, confidence=confidence)
 
 
@@ -605,7 +605,7 @@ def sample_ratio_mismatch(
     expected = total * shares
     statistic = float(np.sum(np.square(observed - expected) / expected))
     df = observed.size - 1
-    p_value = float(special.chdtrc(df, statistic))
+    p_value = float(scipy.special.chdtrc(df, statistic))
     return SampleRatioCheck(
         counts=tuple(int(count) for count in observed),
         expected=tuple(float(e) for e in expected),
@@ -651,16 +651,16 @@ def cuped(y: ArrayLike, x: ArrayLike) -> Cuped:
 def _p_value(statistic: float, df: float, alternative: str) -> float:
     """P-value of a t (or, with infinite ``df``, normal) statistic."""
     if alternative == "greater":
-        return float(special.stdtr(df, -statistic))
+        return float(scipy.special.stdtr(df, -statistic))
     if alternative == "less":
-        return float(special.stdtr(df, statistic))
-    return float(2.0 * special.stdtr(df, -abs(statistic)))
+        return float(scipy.special.stdtr(df, statistic))
+    return float(2.0 * scipy.special.stdtr(df, -abs(statistic)))
 
 
 def _interval(estimate: float, se: float, df: float, alternative: str, confidence: float) -> tuple[float, float]:
     """Confidence bounds ``estimate ± quantile * se``, one-sided ones open at the other end."""
     level = confidence if alternative != "two-sided" else 0.5 + confidence / 2.0
-    quantile = float(special.stdtrit(df, level))
+    quantile = float(scipy.special.stdtrit(df, level))
     low, high = estimate - quantile * se, estimate + quantile * se
     if alternative == "greater":
         return low, math.inf
@@ -672,7 +672,7 @@ def _interval(estimate: float, se: float, df: float, alternative: str, confidenc
 def _z_alpha(alpha: float, alternative: str) -> float:
     _level("alpha", alpha)
     _alternative(alternative)
-    return float(special.ndtri(1.0 - (alpha / 2.0 if alternative == "two-sided" else alpha)))
+    return float(scipy.special.ndtri(1.0 - (alpha / 2.0 if alternative == "two-sided" else alpha)))
 
 
 def _sample_size_for(
@@ -687,15 +687,15 @@ def _sample_size_for(
             argument="mde",
             value=delta,
         )
-    z_b = float(special.ndtri(power))
+    z_b = float(scipy.special.ndtri(power))
     return math.ceil(((z_a * sd_null + z_b * sd_alternative) / abs(delta)) ** 2)
 
 
 def _power_for(delta: float, sd_null: float, sd_alternative: float, n: int, alpha: float, alternative: str) -> float:
     z_a = _z_alpha(alpha, alternative)
     se_null, se_alternative = sd_null / math.sqrt(n), sd_alternative / math.sqrt(n)
-    upper = float(special.ndtr((delta - z_a * se_null) / se_alternative))
-    lower = float(special.ndtr((-delta - z_a * se_null) / se_alternative))
+    upper = float(scipy.special.ndtr((delta - z_a * se_null) / se_alternative))
+    lower = float(scipy.special.ndtr((-delta - z_a * se_null) / se_alternative))
     if alternative == "greater":
         return upper
     if alternative == "less":

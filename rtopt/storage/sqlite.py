@@ -14,8 +14,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
-import sqlite_utils
-
 from rtopt.arguments import one_of
 from rtopt.errors import InvalidLog, ReadOnlyLog, StorageUnavailable, WriteConflict
 from rtopt.storage.interface import CHAIN, FORMAT_VERSION, HEAD, Row, chained, head_value
@@ -545,6 +543,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 
 def _create_schema(conn: sqlite3.Connection, seed: int | None) -> None:
+    import sqlite_utils  # slow to import and needed only here: not on the path of opening a log
+
     db = sqlite_utils.Database(conn)
     conn.execute("BEGIN IMMEDIATE")
     try:

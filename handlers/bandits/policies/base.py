@@ -17,12 +17,16 @@ from typing import ClassVar, NamedTuple, TypeVar
 import msgspec
 import numpy as np
 from rtopt.handlers.bandits.options import COMMON_OPTIONS, NON_STATIONARY_OPTIONS, BanditOptions
+from rtopt.handlers.bandits.policies.propensity import BetaPosteriors, Posteriors, win_probability
 from rtopt.handlers.options import typed_options
 
 from rtopt import ExperimentDefined, InvalidEvent
 from rtopt.handler import Context
 
 ACTIVE, PAUSED, RETIRED = "active", "paused", "retired"
+MIN_PROPENSITY = 1e-12
+"""The least propensity a choice records: a probability computed below it is within its error of 0, yet
+the choice was made, and off-policy evaluation needs a positive one."""
 
 
 class ArmState(msgspec.Struct):
@@ -122,22 +126,26 @@ def best_indices(scores: Sequence[float] | np.ndarray) -> list[int]:
     return [i for i, score in enumerate(scores) if score == top]
 
 
-def choice_by_draws(draws: np.ndarray, greedy: Sequence[int]) -> Choice:
-    """A choice by the first row of posterior draws (one row per draw, one column per arm); the rows
-    together estimate its propensity."""
-    winners = draws.argmax(axis=1)
-    chosen = int(winners[0])
-    propensity = float(np.count_nonzero(winners == chosen)) / len(draws)
+def choice_by_draw(draw: np.ndarray, posteriors: Posteriors, greedy: Sequence[int]) -> Choice:
+    """The choice of the arm whose ``draw`` (one per arm, from ``posteriors``) is highest, with the
+    probability of that choice (:func:`~rtopt.handlers.bandits.policies.propensity.win_probability`),
+    never below MIN_PROPENSITY."""
+    chosen = int(draw.argmax())
+    propensity = max(win_probability(posteriors, chosen).value, MIN_PROPENSITY)
     return Choice(chosen, propensity, chosen not in greedy)
+
+
+def beta_posteriors(n: np.ndarray, total: np.ndarray, options: BanditOptions) -> BetaPosteriors:
+    """Each arm's Beta posterior of its mean (rewards in [0, 1] as fractional successes)."""
+    return BetaPosteriors(options.prior_alpha + np.maximum(total, 0.0), options.prior_beta + np.maximum(n - total, 0.0))
 
 
 def beta_draws(
     n: np.ndarray, total: np.ndarray, options: BanditOptions, rng: np.random.Generator, draws: int
 ) -> np.ndarray:
-    """Draws of each arm's mean from its Beta posterior (rewards in [0, 1] as fractional successes)."""
-    alpha = options.prior_alpha + np.maximum(total, 0.0)
-    beta = options.prior_beta + np.maximum(n - total, 0.0)
-    return rng.beta(alpha, beta, size=(draws, len(n)))
+    """Draws of each arm's mean from its Beta posterior (:func:`beta_posteriors`), one row per draw."""
+    posteriors = beta_posteriors(n, total, options)
+    return rng.beta(posteriors.alpha, posteriors.beta, size=(draws, len(n)))
 
 
 class Turn(NamedTuple):

@@ -7,33 +7,35 @@ Reference: S. Agrawal and N. Goyal (2013), "Thompson sampling for contextual ban
 from __future__ import annotations
 
 import numpy as np
-from rtopt.handlers.bandits.policies.base import Choice, Turn, best_indices, choice_by_draws, register
+from rtopt.handlers.bandits.policies.base import Choice, Turn, best_indices, choice_by_draw, register, tie_break
 from rtopt.handlers.bandits.policies.linear import LinearModels, LinearPolicy
+from rtopt.handlers.bandits.policies.propensity import NormalPosteriors
 
 
 @register
 class LinThompson(LinearPolicy):
-    """Chooses by the first of ``propensity_draws`` draws of each arm's weights, spread by ``scale``; the
-    share of draws the chosen arm wins estimates its propensity.
+    """Draws each arm's weights from Normal(theta, scale^2 A^-1) and chooses the arm whose draw scores
+    highest for the context vector x: the score of an arm is Normal(theta . x, scale^2 x' A^-1 x), the
+    arms independent, which gives the propensity. A zero context vector scores every arm 0: the choice is
+    then a tie among them all.
 
     >>> from rtopt import Context
     >>> from rtopt.handlers.bandits import ArmState, BanditOptions
-    >>> options = BanditOptions(features=["bias"], propensity_draws=1_000)
+    >>> options = BanditOptions(features=["bias"])
     >>> arms = [ArmState(), ArmState()]
     >>> choice = LinThompson().choose(arms, Turn(options, Context(0.0, "e1", 0), vector=np.ones(1)))
-    >>> round(choice.propensity, 1)
+    >>> round(choice.propensity, 9)
     0.5
     """
 
     name = "lin_thompson"
-    option_names = frozenset({"features", "scale", "ridge", "propensity_draws"})
+    option_names = frozenset({"features", "scale", "ridge"})
 
     def select_linear(self, models: LinearModels, vector: np.ndarray, turn: Turn) -> Choice:
-        draws, rng = turn.options.propensity_draws, turn.ctx.rng
-        scores = np.empty((draws, len(models.thetas)))
-        for i, (theta, a_inv) in enumerate(zip(models.thetas, models.inverses, strict=True)):
-            # every arm draws its own noise: shared draws would correlate the arms' samples
-            spread = turn.options.scale * np.linalg.cholesky(a_inv + 1e-12 * np.eye(len(vector)))
-            samples = theta + rng.standard_normal((draws, len(vector))) @ spread.T
-            scores[:, i] = samples @ vector
-        return choice_by_draws(scores, best_indices(models.estimates))
+        spread = np.array([vector @ a_inv @ vector for a_inv in models.inverses])
+        widths = turn.options.scale * np.sqrt(np.maximum(spread, 0.0))
+        greedy = best_indices(models.estimates)
+        if not (widths > 0.0).all():
+            return Choice(tie_break(turn.ctx, greedy), 1.0 / len(greedy), False)
+        draw = models.estimates + widths * turn.ctx.rng.standard_normal(len(widths))
+        return choice_by_draw(draw, NormalPosteriors(models.estimates, widths), greedy)

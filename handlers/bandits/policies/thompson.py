@@ -17,31 +17,43 @@ from rtopt.handlers.bandits.policies.base import (
     Policy,
     Turn,
     beta_draws,
-    choice_by_draws,
+    beta_posteriors,
+    choice_by_draw,
     register,
 )
+from rtopt.handlers.bandits.policies.propensity import Posteriors
 
 
 @register
 class Thompson(Policy):
-    """Chooses by the first of ``propensity_draws`` draws from the arms' posteriors; the share of draws the
-    chosen arm wins estimates its propensity. Subclasses change the posterior (:meth:`mean_draws`).
+    """Chooses the arm whose draw from its posterior is highest; the propensity is the probability of
+    that, computed from the posteriors (:mod:`~rtopt.handlers.bandits.policies.propensity`). Subclasses
+    change the posterior: its draws (:meth:`mean_draws`) and its distribution (:meth:`posteriors`).
 
     >>> from rtopt import Context
     >>> from rtopt.handlers.bandits import ArmState, BanditOptions
     >>> arms = [ArmState(n=50.0, total=5.0), ArmState(n=50.0, total=45.0)]
-    >>> Thompson().choose(arms, Turn(BanditOptions(), Context(0.0, "e1", 0), decisions=100))
-    Choice(index=1, propensity=1.0, explored=False)
+    >>> choice = Thompson().choose(arms, Turn(BanditOptions(), Context(0.0, "e1", 0), decisions=100))
+    >>> choice.index, round(choice.propensity, 9), choice.explored
+    (1, 1.0, False)
+    >>> even = Thompson().choose([ArmState(), ArmState()], Turn(BanditOptions(), Context(0.0, "e1", 0)))
+    >>> round(even.propensity, 9)
+    0.5
     """
 
     name = "thompson"
-    option_names = frozenset({"prior_alpha", "prior_beta", "propensity_draws"})
+    option_names = frozenset({"prior_alpha", "prior_beta"})
 
     def select(self, arms: Sequence[ArmState], turn: Turn) -> Choice:
         evidence = Evidence.of(arms, turn.options, turn.ctx.time)
-        draws = self.mean_draws(evidence, turn.options, turn.ctx.rng, turn.options.propensity_draws)
-        return choice_by_draws(draws, evidence.greedy)
+        draw = self.mean_draws(evidence, turn.options, turn.ctx.rng, 1)[0]
+        return choice_by_draw(draw, self.posteriors(evidence, turn.options), evidence.greedy)
 
     def mean_draws(self, evidence: Evidence, options: BanditOptions, rng: np.random.Generator, size: int) -> np.ndarray:
         n, total, _ = evidence.arrays()
         return beta_draws(n, total, options, rng, size)
+
+    def posteriors(self, evidence: Evidence, options: BanditOptions) -> Posteriors:
+        """The distribution of each arm's draw given its ``evidence``."""
+        n, total, _ = evidence.arrays()
+        return beta_posteriors(n, total, options)

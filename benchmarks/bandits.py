@@ -14,28 +14,33 @@ averaged over ``--seeds`` seeds:
   defined by ``define_experiment``, then per round ``engine.decide`` and ``engine.feedback`` (success
   drawn from the table, ``quality_score`` 1.0 on success and 0.0 otherwise, so the binary reward is the
   table's value); the experiment keeps rtopt's default options except the policy's own hyper-parameter;
-  the same again inside ``engine.batch()`` of 1,000 rounds (one transaction each; the same decisions,
-  checked);
+  the same again with ``durability="group"`` (``commit_interval_ms`` 5, ``commit_every`` 1,000: a call
+  returns once its events are folded, a committer thread writes them in groups; the timed loop ends with
+  ``engine.flush()``, so every event is in the log when the clock stops; the same decisions, checked), and
+  inside ``engine.batch()`` of 1,000 rounds (one transaction each; the same decisions, checked);
 - **the physical limit**: plain ``sqlite3`` writing the very rows the per-call run wrote (read back from
   its log, with their chain values) into a log whose schema ``Engine.open`` created, commit by commit as
   rtopt did (a one-row transaction for the Decision; one for the Feedback, its ArmUpdated and, every 100
   rewards, its ExperimentStats), each moving the head anchor as rtopt's does, and the same rows in
   1,000-round transactions (:mod:`benchmarks.limits`; the copy is checked to be the same log, link by
   link). Nothing else runs: no encoding, hashing, folding or deciding. rtopt's ratio to it is the share of
-  the storage's rate the engine keeps;
+  the storage's rate the engine keeps: per call to the per-call limit, with group durability and batched
+  to the 1,000-round one (a group holds at most ``commit_every`` events, so fewer rounds than that);
 - **MABWiser** (``mabwiser.mab.MAB``), one decision at a time: ``predict()`` then
   ``partial_fit([arm], [reward])``;
 - **River** (``river.bandit``): ``pull(arm_ids)`` then ``update(arm, reward)``.
 
 Figures: rounds/s (one decision and the learning from its reward; for rtopt ``decide`` + ``feedback``,
-i.e. two durable commits) over the timed loop only (opening the engine and defining the experiment are
-not timed), and cumulative pseudo-regret ``sum_t (mu* - mu[arm_t])`` (lower variance than the realised
-regret; the realised reward is in the JSON output too).
+i.e. two durable commits per call, or their share of a group's or a batch's) over the timed loop only
+(opening the engine and defining the experiment are not timed), and cumulative pseudo-regret
+``sum_t (mu* - mu[arm_t])`` (lower variance than the realised regret; the realised reward is in the JSON
+output too).
 
 Targets (issue #16), on every policy MABWiser shares: per call, at least 0.6x the per-call limit and at
 least 1x MABWiser where that limit allows it (the limit's own ratio to MABWiser is printed: below 1x, it
-does not); inside ``engine.batch()``, at least 3x MABWiser; and rtopt's regret equal to or lower than
-both peers' on every policy they share. "Equal" has a tolerance: rtopt passes if
+does not); with ``durability="group"`` and inside ``engine.batch()``, at least 3x MABWiser, with the same
+decisions, hence the same regret, as per call; and rtopt's regret equal to or lower than both peers' on every
+policy they share. "Equal" has a tolerance: rtopt passes if
 its mean regret exceeds the peer's by no more than the larger of 10 % of the peer's mean regret and one
 standard error of the per-seed (paired: same world) regret differences.
 
@@ -112,19 +117,38 @@ DEFAULTS = {"rounds": 10_000, "seeds": 5}
 QUICK = {"rounds": 300, "seeds": 2}
 
 BATCH = 1_000  # rounds per transaction in the batched rtopt run and its limit
+GROUP_COMMIT = {"commit_interval_ms": 5.0, "commit_every": 1_000}  # the group rtopt run's Engine.open settings
 LIMIT_TARGET = 0.6  # rtopt per call over the raw per-call limit, at least
 PER_CALL_TARGET = 1.0  # rtopt per call over MABWiser, at least (where the limit allows it)
-BATCHED_TARGET = 3.0  # rtopt inside engine.batch() over MABWiser, at least
+GROUPED_TARGET = 3.0  # rtopt with durability="group", and inside engine.batch(), over MABWiser, at least
 REGRET_TOLERANCE = 0.10  # relative tolerance on "equal or lower" regret (or one standard error, if larger)
 
-RTOPT_MODES = {"rtopt": "limit", "rtopt_batched": "limit_batched"}  # each mode and the limit it is held to
-LIMITS = ("limit", "limit_batched")
+
+@dataclass(frozen=True)
+class Mode:
+    """How rtopt is run: the limit it is held to, the prefix of its ratios, rounds per ``engine.batch()``
+    (1: none) and the engine's durability."""
+
+    limit: str
+    prefix: str
+    batch: int = 1
+    durability: str = "process"
+
+
+LIMITS = {"limit": "", "limit_batched": "batched_"}  # each limit and the prefix of its ratios to the peers
+RTOPT_MODES = {
+    "rtopt": Mode("limit", ""),
+    "rtopt_group": Mode("limit_batched", "group_", durability="group"),
+    "rtopt_batched": Mode("limit_batched", "batched_", batch=BATCH),
+}
+PER_CALL = "rtopt"  # the mode every other one must decide like, and whose log the limits copy
 PEERS = ("mabwiser", "river")
 LIBRARIES = (*LIMITS, *RTOPT_MODES, *PEERS)
 LABELS = {
     "limit": "limit: sqlite3, per call",
     "limit_batched": f"limit: sqlite3, {BATCH:,}/commit",
     "rtopt": "rtopt, per call",
+    "rtopt_group": 'rtopt, per call, "group"',
     "rtopt_batched": f"rtopt, batch() of {BATCH:,}",
     "mabwiser": "MABWiser",
     "river": "River",
@@ -287,18 +311,23 @@ def score(chosen: Sequence[int], world: World, seconds: float) -> Run:
 # --- the three libraries ----------------------------------------------------------------------------
 
 
-def run_rtopt(spec: PolicySpec, world: World, seed: int, workdir: Path, batch: int = 1) -> Run:
-    """rtopt through the engine: decide + feedback per round, every event committed to a SQLite file, one
-    transaction per call (``batch`` 1) or per ``batch`` rounds (``Engine.batch``). A run of one transaction
-    per call measures the physical limits on the rows it wrote too (``Run.limits``)."""
+def run_rtopt(spec: PolicySpec, world: World, seed: int, workdir: Path, mode: Mode) -> Run:
+    """rtopt through the engine: decide + feedback per round, every event written to a SQLite file, one
+    transaction per call (``mode.batch`` 1), per ``mode.batch`` rounds (``Engine.batch``) or per group
+    (``durability="group"``, the timed loop ending with ``Engine.flush``). A run of one transaction per call
+    measures the physical limits on the rows it wrote too (``Run.limits``)."""
     rounds = len(world.success)
-    path = workdir / f"rtopt-{spec.key}-{seed}-{batch}.sqlite"
+    batch = mode.batch
+    path = workdir / f"rtopt-{spec.key}-{seed}-{batch}-{mode.durability}.sqlite"
     index = {name: i for i, name in enumerate(ARM_NAMES)}
     chosen = [0] * rounds
     success = world.success
     contexts = world.context if spec.contextual else None
-    with Engine.open(path, seed=SEED + seed, handlers=[BanditHandler()]) as engine:
+    grouping = GROUP_COMMIT if mode.durability == "group" else {}
+    handlers = [BanditHandler()]
+    with Engine.open(path, seed=SEED + seed, handlers=handlers, durability=mode.durability, **grouping) as engine:
         engine.define_experiment(EXPERIMENT, arms=list(ARM_NAMES), policy=spec.key, time=START, **spec.rtopt_options)
+        engine.flush()
         decide, feedback = engine.decide, engine.feedback
         gc.collect()
         t0 = time.perf_counter_ns()
@@ -317,6 +346,7 @@ def run_rtopt(spec: PolicySpec, world: World, seed: int, workdir: Path, batch: i
                         time=when + STEP / 2,
                     )
                     chosen[i] = arm
+        engine.flush()  # every event in the log (group durability) before the clock stops
         elapsed = time.perf_counter_ns() - t0
         stats = engine.stats()
         learnt = engine.state("bandit", EXPERIMENT).rewards
@@ -324,7 +354,7 @@ def run_rtopt(spec: PolicySpec, world: World, seed: int, workdir: Path, batch: i
         raise RuntimeError(f"rtopt {spec.key} did not run cleanly: {stats}, {learnt} rewards learnt")
     run = score(chosen, world, elapsed / 1e9)
     run.chosen = chosen
-    if batch == 1:
+    if mode == RTOPT_MODES[PER_CALL]:
         run.limits = measure_limits(path, rounds, SEED + seed)
     remove_log(path)
     return run
@@ -450,24 +480,29 @@ class Series:
 SPEED_TARGETS = {
     "speed_vs_limit": LIMIT_TARGET,
     "speed_vs_mabwiser": PER_CALL_TARGET,  # attainable where limit_vs_mabwiser is at least as high
-    "batched_speed_vs_mabwiser": BATCHED_TARGET,
+    "group_speed_vs_mabwiser": GROUPED_TARGET,
+    "batched_speed_vs_mabwiser": GROUPED_TARGET,
 }
 """Each speed ratio with a target and the least it must be."""
 
 
 def speed_ratios(results: dict[str, dict[str, Any]]) -> dict[str, float | None]:
-    """The rounds/s ratios of one policy's ``results`` (by library): each rtopt mode to its limit and to each
-    peer measured, and each limit to each peer (``batched_`` for the batched mode and its limit)."""
+    """The rounds/s ratios of one policy's ``results`` (by library): each rtopt mode to its limit, to each peer
+    measured and (but the per-call mode) to the per-call mode, under the mode's prefix; each limit to each
+    peer, under the limit's prefix."""
     ratios: dict[str, float | None] = {}
-    for mode, limit in RTOPT_MODES.items():
-        prefix = "batched_" if mode == "rtopt_batched" else ""
-        ours, bound = results[mode]["rounds_per_s"], results[limit]["rounds_per_s"]
-        ratios[f"{prefix}speed_vs_limit"] = ours / bound
+    for limit, prefix in LIMITS.items():
         for lib in PEERS:
             if lib in results:
-                peer = results[lib]["rounds_per_s"]
-                ratios[f"{prefix}speed_vs_{lib}"] = ours / peer
-                ratios[f"{prefix}limit_vs_{lib}"] = bound / peer
+                ratios[f"{prefix}limit_vs_{lib}"] = results[limit]["rounds_per_s"] / results[lib]["rounds_per_s"]
+    for name, mode in RTOPT_MODES.items():
+        prefix, ours = mode.prefix, results[name]["rounds_per_s"]
+        ratios[f"{prefix}speed_vs_limit"] = ours / results[mode.limit]["rounds_per_s"]
+        if name != PER_CALL:
+            ratios[f"{prefix}speed_vs_per_call"] = ours / results[PER_CALL]["rounds_per_s"]
+        for lib in PEERS:
+            if lib in results:
+                ratios[f"{prefix}speed_vs_{lib}"] = ours / results[lib]["rounds_per_s"]
     return ratios
 
 
@@ -497,10 +532,10 @@ def run(
         for key in policies:
             spec = POLICIES[key]
             world = worlds[spec.contextual]
-            runs = {"rtopt": run_rtopt(spec, world, seed, workdir)}
-            runs["rtopt_batched"] = run_rtopt(spec, world, seed, workdir, batch=BATCH)
-            if runs["rtopt_batched"].chosen != runs["rtopt"].chosen:
-                raise RuntimeError(f"rtopt {key}: batching changed the decisions")
+            runs = {name: run_rtopt(spec, world, seed, workdir, mode) for name, mode in RTOPT_MODES.items()}
+            for name in RTOPT_MODES:
+                if runs[name].chosen != runs[PER_CALL].chosen:
+                    raise RuntimeError(f"rtopt {key}: {LABELS[name]} did not decide as {LABELS[PER_CALL]}")
             if versions["mabwiser"] is not None and spec.mabwiser is not None:
                 runs["mabwiser"] = run_mabwiser(spec, world, seed)
             if versions["river"] is not None and spec.river is not None:
@@ -516,7 +551,7 @@ def run(
     tolerances: dict[str, dict[str, float]] = {}
     for key in policies:
         results[key] = {lib: s.summary(rounds) for lib, s in series[key].items()}
-        per_call = series[key]["rtopt"].runs
+        per_call = series[key][PER_CALL].runs
         for name in LIMITS:
             seconds = sum(run.limits[name] for run in per_call if run.limits is not None)
             results[key][name] = {"rounds_per_s": rounds * len(per_call) / seconds, "seconds": seconds}
@@ -524,7 +559,7 @@ def run(
         for lib in PEERS:
             if lib not in results[key]:
                 continue
-            ours, peer = results[key]["rtopt"], results[key][lib]
+            ours, peer = results[key][PER_CALL], results[key][lib]
             ratios[key][f"regret_vs_{lib}"] = ours["regret"] / peer["regret"] if peer["regret"] > 0 else None
             verdict, tolerance = regret_status(ours["regret_per_seed"], peer["regret_per_seed"])
             status[key][f"regret_vs_{lib}"] = verdict
@@ -554,7 +589,9 @@ def run(
             "means": MEANS.round(6).tolist(),
             "hyper_parameters": {key: POLICIES[key].hyper for key in policies},
             "rtopt_options": {key: POLICIES[key].rtopt_options for key in policies},
-            "durability": "process",
+            "durability": {name: mode.durability for name, mode in RTOPT_MODES.items()},
+            "group_commit": GROUP_COMMIT,
+            "batch": {name: mode.batch for name, mode in RTOPT_MODES.items()},
             "seed": SEED,
             "python": platform.python_version(),
             "sqlite": sqlite3.sqlite_version,
@@ -579,16 +616,17 @@ def format_ratio(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}x"
 
 
-def speed_targets(ratios: dict[str, float | None], status: dict[str, str], prefix: str) -> str:
-    """The speed targets of one rtopt mode (``prefix`` "" or "batched_") and whether they were met; a per-call
-    miss against MABWiser says when the limit itself is below the target."""
+def speed_targets(ratios: dict[str, float | None], status: dict[str, str], mode: Mode) -> str:
+    """The speed targets of one rtopt ``mode`` and whether they were met; a miss against MABWiser says when
+    the mode's limit itself is below the target."""
     shown = []
-    for ratio, bound in SPEED_TARGETS.items():
-        if not ratio.startswith(prefix) or ratio[len(prefix) :].startswith("batched_") or ratio not in status:
+    for against, ratio in (("limit", "speed_vs_limit"), ("MABWiser", "speed_vs_mabwiser")):
+        ratio = mode.prefix + ratio
+        if ratio not in SPEED_TARGETS or ratio not in status:
             continue
-        against = "limit" if ratio.endswith("limit") else "MABWiser"
+        bound = SPEED_TARGETS[ratio]
         text = f"≥ {bound:g}x {against} {format_status(status[ratio])}"
-        allowed = ratios.get(f"{prefix}limit_vs_mabwiser")
+        allowed = ratios.get(f"{LIMITS[mode.limit]}limit_vs_mabwiser")
         if against == "MABWiser" and allowed is not None and allowed < bound:
             text += f" (limit {allowed:.2f}x)"
         shown.append(text)
@@ -621,13 +659,12 @@ def render(results: dict[str, Any], console: Console) -> None:
             row = [label, LABELS[lib], f"{figures['rounds_per_s']:,.0f}", regret]
             label = ""
             if lib in LIMITS:
-                prefix = "batched_" if lib == "limit_batched" else ""
-                row += ["", *(format_ratio(ratios.get(f"{prefix}limit_vs_{peer}")) for peer in PEERS), ""]
+                row += ["", *(format_ratio(ratios.get(f"{LIMITS[lib]}limit_vs_{peer}")) for peer in PEERS), ""]
             elif lib in RTOPT_MODES:
-                prefix = "batched_" if lib == "rtopt_batched" else ""
-                row += [format_ratio(ratios[f"{prefix}speed_vs_limit"])]
-                row += [format_ratio(ratios.get(f"{prefix}speed_vs_{peer}")) for peer in PEERS]
-                row += [speed_targets(ratios, status, prefix)]
+                mode = RTOPT_MODES[lib]
+                row += [format_ratio(ratios[f"{mode.prefix}speed_vs_limit"])]
+                row += [format_ratio(ratios.get(f"{mode.prefix}speed_vs_{peer}")) for peer in PEERS]
+                row += [speed_targets(ratios, status, mode)]
             else:
                 regret_ratio = ratios[f"regret_vs_{lib}"]
                 shown = "—" if regret_ratio is None else f"{regret_ratio:.3f}"
@@ -642,14 +679,18 @@ def render(results: dict[str, Any], console: Console) -> None:
                 highlight=False,
             )
     means = ", ".join(f"{m:.2f}" for m in config["means"])
+    group = config["group_commit"]
     versions = ", ".join(f"{LABELS[lib]} {v}" for lib, v in results["peers"].items() if v is not None)
     console.print(
         f"world: success rates {means}; the same pre-drawn rewards[round, arm] for every library; regret is the"
         f" cumulative pseudo-regret sum(mu* - mu[arm]); rtopt = Engine.decide + Engine.feedback, every event"
-        f" committed (SQLite WAL, durability={config['durability']!r}) before the call returns, or at the end of"
-        f" each Engine.batch() of {BATCH:,} rounds (the same decisions, checked); raw sqlite3 = the rows the"
-        f" per-call run wrote (chain values and head anchor included) written again into a log with rtopt's"
-        f" schema, in rtopt's commits or {BATCH:,} rounds a commit, and nothing else; regret 'equal' = within"
+        f" committed (SQLite WAL, durability='process') before the call returns, or by the engine's committer"
+        f" thread in groups (durability='group', commit_interval_ms {group['commit_interval_ms']:g},"
+        f" commit_every {group['commit_every']:,}; the clock stops after Engine.flush()), or at the end of each"
+        f" Engine.batch() of {BATCH:,} rounds (the same decisions as per call, checked, hence the same regret);"
+        f" raw sqlite3 = the rows the per-call run wrote (chain values and head anchor included) written again"
+        f" into a log with rtopt's schema, in rtopt's commits or {BATCH:,} rounds a commit, and nothing else"
+        f" (group and batched rtopt are held to the latter); regret 'equal' = within"
         f" max({REGRET_TOLERANCE:.0%} of the peer's, 1 SE of the paired differences over seeds); LinUCB plays"
         f" a world of its own (success rate x . w_arm for a context x of {len(FEATURES)} features)",
         highlight=False,

@@ -45,7 +45,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import msgspec
 
 from rtopt.bus import Bus
-from rtopt.commands import Command, Commands
+from rtopt.commands import COMMANDS, Command, Commands
 from rtopt.errors import (
     CommitUncertain,
     InvalidEvent,
@@ -80,10 +80,12 @@ COMMIT_ATTEMPTS = 5
 """How many times a commit starts again after catching up with other processes failed to read the log, or
 its append found that others had appended after the state it derived on (a connection made anew)."""
 RECENT_INPUTS = 1024
-"""How many of the log's last inputs an engine keeps to look up without reading the log (a decision that
-feedback names), from the moment it opens."""
+"""How many recent inputs an engine keeps to look up without reading the log (a decision that feedback
+names): its own, and from the moment it opens, the answers among the log's last events."""
 RECENT_READ_BACK = 4 * RECENT_INPUTS
 """How many of the log's last events an engine reads its recent inputs from when it opens (or rebuilds)."""
+INPUT_EPOCH = "input_epoch"
+"""Meta key: how many times engines opened the log since one with ``durability="group"`` first did."""
 STALEST_BASIS = 50
 """How many events other processes may have appended after the state an answer was made on, when its commit
 takes the write lock, for the answer to be recorded as made; beyond that it is made again on the current state."""
@@ -218,6 +220,8 @@ class Writer:
         self._catch_up_error: Exception | None = None  # why the last fold of other processes' events failed
         for handler in handlers:
             self.add(handler)
+        if not log.read_only:
+            self._begin_input_epoch()
         if self.slots and not log.read_only and WORKED in log.meta():
             raise RtoptError(
                 f"{log.location}: workers derive this log's events (rtopt worker); open it with handlers=[] to"
@@ -266,8 +270,18 @@ class Writer:
         self._inputs = self.log.count_inputs(self.last_seq)
         if not self.log.read_only:
             self.time_bound.reset(self.log.latest_times())
-            start = max(1, self.last_seq - RECENT_READ_BACK + 1)
-            self._remember([envelope_from_row(row, self.keys) for row in self.log.inputs(start, self.last_seq)])
+            self._remember_recent_answers()
+
+    def _remember_recent_answers(self) -> None:
+        """Keep the answers to commands (decisions, suggestions) among the log's last events: the inputs that
+        later calls name. Rows the engine cannot read (a type of another application) are left to the log."""
+        start = max(1, self.last_seq - RECENT_READ_BACK + 1)
+        answers = [command.makes.tag() for command in COMMANDS]
+        found = []
+        for row in self.log.rows(start, self.last_seq, types=answers):
+            with suppress(RtoptError):
+                found.append(envelope_from_row(row, self.keys))
+        self._remember(found)
 
     def recover(self) -> None:
         """Rebuild state from the log if a failed write left it stale; raises StorageUnavailable (staying
@@ -281,6 +295,7 @@ class Writer:
         with self.lock:
             self.refuse_in_batch("take a snapshot")
             self.commit_queue()
+            self.flush()  # a snapshot is never ahead of the log
             self.recover()
             for slot in self.slots:
                 blob = msgspec.msgpack.encode(slot.state)
@@ -680,8 +695,10 @@ class Writer:
             if not self.log.read_only:
                 self.commit_queue()
             self.bus.complete()
-            self.log.close()
-            self.closed = True
+            try:
+                self.log.close()  # a group that could not be written raises here
+            finally:
+                self.closed = True
 
     def forget(self, subject: str, time: float | None) -> Envelope[SubjectForgotten]:
         """Delete ``subject``'s key, rebuild the state without it and record a SubjectForgotten input."""
@@ -713,6 +730,18 @@ class Writer:
         must not name other events."""
         self._abandoned_batches += 1
         self._rename_inputs()
+
+    def _begin_input_epoch(self) -> None:
+        """On a log that an engine with ``durability="group"`` opened, number this engine's inputs in an epoch
+        of its own (recorded before any of them): ids handed out for events a crash lost are not given again."""
+        recorded = self.log.meta().get(INPUT_EPOCH)
+        if recorded is None and not isinstance(self.log, GroupCommitLog):
+            return  # no engine that returns before writing has opened it
+        epoch = 0 if recorded is None else int(recorded) + 1
+        self.log.set_meta(INPUT_EPOCH, str(epoch))
+        if epoch:
+            self._input_prefix += f"epoch-{epoch}/"
+            self._rename_inputs()
 
     def _name_inputs_apart(self) -> None:
         """Name later inputs in a namespace of this engine's own, apart from other processes' on the same log:

@@ -15,12 +15,15 @@ import pytest
 pytestmark = pytest.mark.slow
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bandits.py"
-POLICIES = {"epsilon_greedy", "ucb1", "thompson", "softmax"}
+POLICIES = {"epsilon_greedy", "ucb1", "thompson", "softmax", "linucb"}
 SHARED = {  # the policies each peer has
-    "mabwiser": {"epsilon_greedy", "ucb1", "thompson", "softmax"},
+    "mabwiser": POLICIES,
     "river": {"epsilon_greedy", "ucb1", "thompson"},
 }
+MODES = {"rtopt": "", "rtopt_group": "group_", "rtopt_batched": "batched_"}  # rtopt's runs, their ratios' prefix
+LIMITS = {"limit", "limit_batched"}
 FIGURES = {"rounds_per_s", "regret", "seconds"}
+TINY = ("--rounds", "40", "--seeds", "1")
 
 
 def _installed(module: str) -> bool:
@@ -48,34 +51,44 @@ def _run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> dict:
     return json.loads(result.stdout)
 
 
-def test_bandit_benchmark_quick_json(tmp_path: Path) -> None:
-    data = _run("--quick", cwd=tmp_path)
+def test_bandit_benchmark_tiny_json(tmp_path: Path) -> None:
+    data = _run(*TINY, cwd=tmp_path)  # the script raises if a raw copy is not the log rtopt wrote
     config = data["config"]
     rounds, seeds = config["rounds"], config["seeds"]
     assert set(config["policies"]) == POLICIES
+    assert config["durability"] == {"rtopt": "process", "rtopt_group": "group", "rtopt_batched": "process"}
     worst = rounds * (max(config["means"]) - min(config["means"]))
 
     peers = {lib for lib in SHARED if _installed(lib)}
     assert {lib for lib, version in data["peers"].items() if version is not None} == peers
     for policy in POLICIES:
         figures = data["results"][policy]
-        expected = {"rtopt", "rtopt_batched"} | {lib for lib in peers if policy in SHARED[lib]}
-        assert set(figures) == expected, policy
-        for lib, values in figures.items():
+        played = set(MODES) | {lib for lib in peers if policy in SHARED[lib]}
+        assert set(figures) == played | LIMITS, policy
+        for lib in LIMITS:
+            assert _positive(figures[lib]["rounds_per_s"]), f"{policy} {lib}"
+        for lib in played:
+            values = figures[lib]
             for key in FIGURES:
                 assert _positive(values[key]), f"{policy} {lib} {key} = {values[key]!r}"
             assert len(values["regret_per_seed"]) == seeds
             assert 0 < values["regret"] <= worst
             assert 0 <= values["reward"] <= rounds
+        # group durability and batching change when events are written, not what is decided
+        for mode in MODES:
+            assert figures[mode]["regret_per_seed"] == figures["rtopt"]["regret_per_seed"], mode
         ratios, status = data["ratios"][policy], data["status"][policy]
-        # batching changes when events are written, not what is decided
-        assert figures["rtopt_batched"]["regret_per_seed"] == figures["rtopt"]["regret_per_seed"]
-        for lib in expected - {"rtopt", "rtopt_batched"}:
-            assert _positive(ratios[f"speed_vs_{lib}"]) and _positive(ratios[f"regret_vs_{lib}"])
-            assert _positive(ratios[f"batched_speed_vs_{lib}"])
-            assert status[f"regret_vs_{lib}"] in {"PASS", "MISS"}
-        if "mabwiser" in expected:
-            assert {status["speed_vs_mabwiser"], status["batched_speed_vs_mabwiser"]} <= {"PASS", "MISS"}
+        for prefix in MODES.values():
+            assert _positive(ratios[f"{prefix}speed_vs_limit"])
+            assert prefix == "" or _positive(ratios[f"{prefix}speed_vs_per_call"])
+            for lib in played - set(MODES):
+                assert _positive(ratios[f"{prefix}speed_vs_{lib}"]), f"{policy} {prefix}speed_vs_{lib}"
+        for lib in played - set(MODES):
+            assert _positive(ratios[f"regret_vs_{lib}"]) and status[f"regret_vs_{lib}"] in {"PASS", "MISS"}
+            assert _positive(ratios[f"limit_vs_{lib}"]) and _positive(ratios[f"batched_limit_vs_{lib}"])
+        targets = {"speed_vs_limit", "speed_vs_mabwiser", "group_speed_vs_mabwiser", "batched_speed_vs_mabwiser"}
+        if "mabwiser" in peers:
+            assert targets <= set(status) and set(status.values()) <= {"PASS", "MISS"}
     assert list(tmp_path.iterdir()) == []
 
 
@@ -89,9 +102,10 @@ def test_bandit_benchmark_without_peers(tmp_path: Path) -> None:
     data = _run("--rounds", "40", "--seeds", "1", "--policy", "ucb1", "--policy", "thompson", cwd=tmp_path, env=env)
     assert data["peers"] == {"mabwiser": None, "river": None}
     for policy in ("ucb1", "thompson"):
-        assert set(data["results"][policy]) == {"rtopt", "rtopt_batched"}
+        assert set(data["results"][policy]) == set(MODES) | LIMITS
         assert _positive(data["results"][policy]["rtopt"]["rounds_per_s"])
-        assert data["ratios"][policy] == {} and data["status"][policy] == {}
+        named = [*data["ratios"][policy], *data["status"][policy]]
+        assert named and not [name for name in named if "mabwiser" in name or "river" in name]
 
     table = subprocess.run(
         [sys.executable, str(SCRIPT), "--rounds", "40", "--seeds", "1", "--policy", "softmax"],

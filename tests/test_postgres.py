@@ -264,7 +264,7 @@ def test_a_writer_stopped_inside_its_commit_is_ended_by_the_server_and_the_other
     append lock it held is free again and the other writer's commit goes through, without an error."""
     with Engine.open(pg_url, seed=1, handlers=[]) as stopped, Engine.open(pg_url, handlers=[]) as other:
         stopped.publish(fb(0))
-        stopped.log.turn_wait_s = 0.2  # its session ends after 0.1 s idle inside a transaction
+        stopped.log.turn_wait_s = 0.2  # its session ends after a second idle inside a transaction (the least)
         with stopped.log.appending():  # holds the append lock, and goes no further
             assert other.publish(fb(1)).seq == 2
         assert stopped.publish(fb(2)).seq == 3  # it connects again and goes on
@@ -294,5 +294,6 @@ def test_a_commit_that_broke_is_found_by_its_row_not_by_an_event_of_another_proc
         log.append([theirs])
         assert log._committed_at(writer, [ours], None, ended) is None  # another's event under the id
         assert log._committed_at(writer, [theirs], None, ended) == 1  # the very row: committed
+        assert log._committed_at(writer, [(7, *theirs[1:])], None, ended) == 1  # placed after others' rows
     finally:
         log.close()

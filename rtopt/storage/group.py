@@ -8,13 +8,19 @@ a prefix of what was appended, whole commits only, each input with everything de
 
 from __future__ import annotations
 
+import atexit
 import threading
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from rtopt.errors import StorageError
+from rtopt.errors import RtoptError, StorageError
 from rtopt.storage.interface import Damage, EventLog, Row
+
+BACKLOG_GROUPS = 10
+"""How many full groups may wait (the log being slow or out of reach) before an append waits for the
+committer: memory stays bounded, and so does what a crash can lose."""
 
 
 class GroupLost(StorageError):
@@ -41,6 +47,8 @@ class GroupCommitLog(EventLog):
     >>> log.close()
     """
 
+    connections = ()  # the log behind it has them
+
     def __init__(self, log: EventLog, *, interval_s: float = 0.005, most: int = 1000) -> None:
         log.reserve()
         self.log = log
@@ -55,10 +63,23 @@ class GroupCommitLog(EventLog):
         self._head = log.last_seq()
         self._written = self._head
         self._lost: GroupLost | None = None
+        self._losses = 0  # how many times appended rows were lost
         self._flush_asked = False
         self._closing = False
+        self._closed = False
         self._committer = threading.Thread(target=self._commit_groups, name="rtopt-group-commit", daemon=True)
         self._committer.start()
+        self.belongs_here()
+        _open_groups.add(self)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _BACKEND_SETTINGS:  # a setting of the log behind it (turn_wait_s, reconnect_timeout_s)
+            setattr(self.log, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def _set_aside_after_fork(self) -> None:
+        self.inherited = True  # the committer thread stayed in the parent: every call raises here
 
     @property
     def storage(self) -> EventLog:
@@ -67,7 +88,9 @@ class GroupCommitLog(EventLog):
     # --- appending -----------------------------------------------------------------------------------
 
     def append(self, rows: Sequence[Row]) -> int:
+        self._check_process()
         with self._changed:
+            self._changed.wait_for(lambda: len(self._waiting) < BACKLOG_GROUPS * self.most or self._lost is not None)
             self._raise_lost()
             if not rows:
                 return self._head + 1
@@ -82,6 +105,7 @@ class GroupCommitLog(EventLog):
 
     @contextmanager
     def appending(self) -> Iterator[int]:
+        self._check_process()
         with self._changed:
             self._raise_lost()
             head = self._head
@@ -89,9 +113,17 @@ class GroupCommitLog(EventLog):
 
     def flush(self) -> None:
         """Return once everything appended so far is written; raise :class:`GroupLost` if some was lost."""
+        self._check_process()
         with self._changed:
             self._write_now()
             self._raise_lost()
+
+    def _check_process(self) -> None:
+        if self.inherited:
+            raise RtoptError(
+                f"{self.location} was opened in process {self.opened_in}, which this process was forked from; open"
+                " the engine in each process after it is forked"
+            )
 
     def _raise_lost(self) -> None:
         lost, self._lost = self._lost, None
@@ -121,6 +153,10 @@ class GroupCommitLog(EventLog):
                 changed.notify_all()
 
     def _lose(self, cause: Exception) -> None:
+        try:  # where the log ends now: a commit whose outcome was open may be in it, or another writer's
+            end: int | None = self.log.last_seq()
+        except Exception:
+            end = None  # out of reach: the next append is numbered after what this log wrote, and checked
         with self._changed:
             count = len(self._writing) + len(self._waiting)
             self._lost = GroupLost(
@@ -128,35 +164,43 @@ class GroupCommitLog(EventLog):
                 f" not be written and are lost: {cause}"
             )
             self._lost.__cause__ = cause
+            self._losses += 1
             self._writing, self._waiting = [], []
             self._ids.clear()
+            if end is not None:
+                self._written = end
             self._head = self._written
             self._changed.notify_all()
 
     # --- reading: from memory, or from the log once what waits is written -----------------------------
 
     def last_seq(self) -> int:
+        self._check_process()
         with self._changed:
             return self._head
 
     def existing_ids(self, ids: Iterable[str]) -> set[str]:
         wanted = list(ids)
+        self._check_process()
         with self._changed:
             held = {event_id for event_id in wanted if event_id in self._ids}
         return held | self.log.existing_ids(wanted)
 
     def _written_log(self) -> EventLog:
         """The log, once everything appended so far is in it (a loss is left for the next append to raise)."""
+        self._check_process()
         with self._changed:
             self._write_now()
         return self.log
 
     def _write_now(self) -> None:
-        """Have what waits written at once, and wait until it is; the caller holds ``_changed``."""
+        """Have what waits written at once, and wait until it is (or is lost); the caller holds ``_changed``.
+        Later appends (other threads publishing on) are not waited for."""
         if self._waiting:
             self._flush_asked = True
             self._changed.notify_all()
-        self._changed.wait_for(lambda: not (self._waiting or self._writing))
+        target, losses = self._head, self._losses
+        self._changed.wait_for(lambda: self._written >= target or self._losses != losses)
 
     def rows(
         self,
@@ -193,7 +237,14 @@ class GroupCommitLog(EventLog):
         return self._written_log().append_tracked(rows, tracker, previous, position)
 
     def save_snapshot(self, handler: str, fingerprint: str, seq: int, state: bytes) -> None:
-        self._written_log().save_snapshot(handler, fingerprint, seq, state)  # never ahead of the log
+        with self._changed:
+            self._write_now()
+            self._raise_lost()
+            if seq > self._written:  # a state holding events the log lacks
+                raise GroupLost(
+                    f"{self.location}: a snapshot at seq {seq} would be ahead of the log (seq {self._written})"
+                )
+        self.log.save_snapshot(handler, fingerprint, seq, state)
 
     def load_snapshot(self, handler: str, fingerprint: str, until: int | None) -> tuple[int, bytes] | None:
         return self.log.load_snapshot(handler, fingerprint, until)
@@ -211,7 +262,12 @@ class GroupCommitLog(EventLog):
         """Kept for this process since it was made."""
 
     def close(self) -> None:
-        """Write what waits, then close the log; raises :class:`GroupLost` if some of it could not be written."""
+        """Write what waits, then close the log; raises :class:`GroupLost` if some of it could not be written.
+        Closing again does nothing, and so does closing in a process forked from the one that opened it."""
+        if self._closed or self.inherited:
+            return
+        self._closed = True
+        _open_groups.discard(self)
         try:
             self.flush()
         finally:
@@ -225,3 +281,16 @@ class GroupCommitLog(EventLog):
         if name == "log":  # not set yet
             raise AttributeError(name)
         return getattr(self.log, name)
+
+
+_BACKEND_SETTINGS = frozenset({"turn_wait_s", "reconnect_timeout_s"})
+_open_groups: weakref.WeakSet[GroupCommitLog] = weakref.WeakSet()
+
+
+@atexit.register
+def _write_open_groups() -> None:
+    """At the interpreter's exit, write what waits in the group logs left open (the committer thread would
+    not outlive it)."""
+    for log in list(_open_groups):
+        if not log.inherited:
+            log.close()

@@ -81,6 +81,8 @@ SCHEMA_LOCK = 0x7270_7409  # advisory lock held while a process creates the tabl
 RECONNECT_TIMEOUT_S = 30.0
 TURN_WAIT_S = 30.0
 """Seconds a write waits for the append lock by default (see :attr:`PostgresLog.turn_wait_s`)."""
+IDLE_IN_COMMIT_FLOOR_MS = 1000
+"""The least time the server lets a writer sit idle inside its transaction, whatever ``turn_wait_s``."""
 _KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
 """TCP keepalives (libpq's parameters) unless the URL sets its own: a server host that vanished is noticed in
 about 25 s, not the operating system's two hours."""
@@ -380,9 +382,11 @@ class PostgresLog(SQLLog):
         conn = _connect(self._url, self.reconnect_timeout_s)
         try:
             self._prepare(conn, role)
-        except psycopg.Error as exc:
+        except BaseException as exc:
             conn.close()
-            raise _Lost(_said(exc)) from exc
+            if isinstance(exc, psycopg.Error):
+                raise _Lost(_said(exc)) from exc
+            raise
         old = getattr(self, role)
         if old is not None:
             old.close()
@@ -422,8 +426,9 @@ class PostgresLog(SQLLog):
     def turn_wait_s(self) -> float:
         """Seconds a write waits for the append lock (``lock_timeout``) before it raises
         :class:`StorageUnavailable`, nothing written. The server ends the session of a writer whose transaction
-        sits idle for half of that (``idle_in_transaction_session_timeout``: a client stopped or cut off
-        inside its commit), which frees the lock for the others before their wait ends."""
+        sits idle for half of that, or a second if that is more (``idle_in_transaction_session_timeout``: a
+        client stopped or cut off inside its commit), which frees the lock for the others before their wait
+        ends."""
         return self._turn_wait_s
 
     @turn_wait_s.setter
@@ -434,9 +439,14 @@ class PostgresLog(SQLLog):
                 self._retrying("_writer", self._set_waits)
 
     def _set_waits(self, conn: psycopg.Connection) -> None:
+        """The writer session's bounds: how long it waits for a lock, how long the server lets it sit idle in a
+        transaction, and the server's keepalives on its connection (a client host that vanished while holding
+        the append lock, even one kept for group durability, is noticed in about 25 s)."""
         wait_ms = max(1, round(self._turn_wait_s * 1000))
-        conn.execute(f"SET lock_timeout = {wait_ms}")
-        conn.execute(f"SET idle_in_transaction_session_timeout = {max(1, wait_ms // 2)}")
+        idle_ms = max(IDLE_IN_COMMIT_FLOOR_MS, wait_ms // 2)
+        names = ("keepalives_idle", "keepalives_interval", "keepalives_count")
+        keepalives = "; ".join(f"SET tcp_{name} = {_KEEPALIVES[name]}" for name in names)
+        conn.execute(f"SET lock_timeout = {wait_ms}; SET idle_in_transaction_session_timeout = {idle_ms}; {keepalives}")
 
     def _attempt(self, role: str, action: Callable[..., T], *args: object) -> T:
         """``action(connection, *args)`` on the connection in ``role``, made anew first if it broke.
@@ -639,9 +649,10 @@ class PostgresLog(SQLLog):
         runs (its outcome is open)."""
         if conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (backend,)).fetchone():
             raise _Lost(f"the session that was committing (server process {backend}) has not ended yet")
-        if rows:  # the event under its id must be this one: another process may have named one alike
+        if rows:  # the event under its id must be this one (at whatever seq a tracked append placed it): another
+            # process may have named one alike
             found = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM events WHERE id = %s", (rows[0][1],)).fetchone()
-            return found[0] if found is not None and found == tuple(rows[0]) else None
+            return found[0] if found is not None and found[1:] == tuple(rows[0][1:]) else None
         if tracking is None:
             return None
         name, _, position = tracking

@@ -46,7 +46,7 @@ class SQLiteLog(SQLLog):
     >>> log.close()
     """
 
-    connections = ("_writer", "_reader")
+    connections = ("_writer", "_reader", "_line")
 
     def __init__(
         self, location: str, writer: sqlite3.Connection | None, reader: sqlite3.Connection, line: int | None = None
@@ -449,6 +449,8 @@ class _Line:
 
     def close(self) -> None:
         """Leave the line; a wait still under way closes the descriptor when its turn comes."""
+        if self.kept:  # released now, though a forked process may hold the descriptor open too
+            fcntl.flock(self.descriptor, fcntl.LOCK_UN)
         if self._waiter is None:
             os.close(self.descriptor)
         else:

@@ -115,7 +115,8 @@ class Worker:
         for slot in self._slots:
             self._chains.add(slot)
         if WORKED not in log.meta():
-            derived = log.last_seq() - log.count_inputs()
+            end = log.last_seq()  # inputs and derived events counted up to one seq: writers may append meanwhile
+            derived = end - log.count_inputs(end)
             if derived:
                 raise InvalidLog(
                     f"{log.location}: its {derived:,} derived events were derived by the engines that appended"
